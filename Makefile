@@ -1,0 +1,41 @@
+# smtpq: see README.md. Every target works on a fresh clone with Go installed.
+GO        ?= go
+BIN       := bin/smtpq
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS   := -X main.version=$(VERSION)
+DEVCONFIG := testdata/dev/smtpq.yaml
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.7.0
+
+.PHONY: all build run test test-short lint vet fmt-check cross demo bench bench-scale fuzz test-crash clean
+
+all: build
+
+build:
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/smtpq
+
+# Runs the service in the foreground on the development config: on first run
+# it creates the spool folders and keys under .dev/ and prints where they are.
+run: build
+	$(BIN) run --config $(DEVCONFIG) --init
+
+fmt-check:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+
+vet:
+	$(GO) vet ./...
+
+cross:
+	GOOS=windows GOARCH=amd64 $(GO) vet ./...
+	GOOS=windows GOARCH=amd64 $(GO) build -o /dev/null ./cmd/smtpq
+	GOOS=darwin GOARCH=arm64 $(GO) vet ./...
+	GOOS=darwin GOARCH=arm64 $(GO) build -o /dev/null ./cmd/smtpq
+
+test: fmt-check vet cross
+	$(GO) test -race -count=1 -timeout 15m ./...
+
+lint: vet
+	$(GO) run $(STATICCHECK) ./...
+
+clean:
+	rm -rf bin .dev

@@ -1,0 +1,109 @@
+// Command smtpq is the mail queue service and its tools: run the service,
+// enqueue mail (also as a sendmail replacement), manage keys and inspect the
+// queue. See README.md.
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"github.com/spf13/cobra"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+// exitError carries a process exit status with an error.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Unwrap() error { return e.err }
+
+// withCode attaches an exit status to err.
+func withCode(code int, err error) error {
+	if err == nil {
+		return nil
+	}
+	return &exitError{code: code, err: err}
+}
+
+// Exit statuses. Usage errors are 2, everything else that fails is 1, except
+// the sendmail command, which follows sysexits.h.
+const (
+	exitFailure = 1
+	exitUsage   = 2
+)
+
+func main() {
+	os.Exit(run(os.Args, os.Stdin, os.Stdout, os.Stderr))
+}
+
+// run executes the command line args and returns the exit status. It prints
+// at most one line on stderr for an error.
+func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	if filepath.Base(args[0]) == "sendmail" {
+		// Invoked through a link named sendmail: behave as "smtpq sendmail".
+		args = append([]string{args[0], "sendmail"}, args[1:]...)
+	}
+	root := newRootCmd(stdin, stdout, stderr)
+	root.SetArgs(args[1:])
+	err := root.Execute()
+	if err == nil {
+		return 0
+	}
+	fmt.Fprintf(stderr, "smtpq: %v\n", err)
+	var ee *exitError
+	if errors.As(err, &ee) {
+		return ee.code
+	}
+	if isUsageError(err) {
+		return exitUsage
+	}
+	return exitFailure
+}
+
+// usageError marks errors in the command line itself.
+type usageError struct{ err error }
+
+func (e usageError) Error() string { return e.err.Error() }
+func (e usageError) Unwrap() error { return e.err }
+
+func isUsageError(err error) bool {
+	var u usageError
+	return errors.As(err, &u)
+}
+
+func newRootCmd(stdin io.Reader, stdout, stderr io.Writer) *cobra.Command {
+	root := &cobra.Command{
+		Use:           "smtpq",
+		Short:         "A mail queue service: programs drop sealed messages in a folder, smtpq sends them",
+		Version:       version,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetIn(stdin)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+	root.PersistentFlags().String("config", "", "configuration file (default: $SMTPQ_CONFIG, else /etc/smtpq/smtpq.yaml)")
+	for _, c := range commands {
+		root.AddCommand(c())
+	}
+	return root
+}
+
+// commands are the subcommands; each file registers its own in an init-free
+// way by appending in a var block below.
+var commands = []func() *cobra.Command{
+	newRunCmd,
+	newKeygenCmd,
+	newConfigCmd,
+	newEnqueueCmd,
+	newSendmailCmd,
+}

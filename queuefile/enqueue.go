@@ -1,0 +1,260 @@
+package queuefile
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base32"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net/mail"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"filippo.io/age"
+)
+
+// TmpDir is the queue's private folder for files being written. Names that
+// start with a dot are never picked up by the service.
+const TmpDir = ".tmp"
+
+// Ext is the extension of a queue file; nothing else is picked up.
+const Ext = ".eml"
+
+// MaxHeaderSection bounds the header section that Enqueue reads into memory
+// to find addresses. The body is streamed and not bounded here.
+const MaxHeaderSection = 1 << 20
+
+// Queue is a queue directory as a producer sees it.
+type Queue struct {
+	Dir        string          // the service's queue_dir
+	Recipients []age.Recipient // the service's public key(s)
+	// Now returns the current time; nil means time.Now. Tests inject a clock.
+	Now func() time.Time
+}
+
+// Enqueue seals p into msg and puts the result into the queue. It returns the
+// queued file's name (not path), by which the message can be followed.
+//
+// When p.To is empty the recipients are taken from the To, Cc and Bcc header
+// fields and the Bcc fields are removed from the queued message. When p.From
+// is empty the sender is taken from the Sender field, else the first From
+// address. Apart from the Bcc removal, the message is queued byte for byte.
+//
+// The file is written under Dir/.tmp, fsynced, renamed into Dir and the
+// directory fsynced; on any error nothing is left where the service could pick
+// it up.
+func (q *Queue) Enqueue(msg io.Reader, p Params) (name string, err error) {
+	if len(q.Recipients) == 0 {
+		return "", errors.New("enqueue: no public key (recipient_file) to seal to")
+	}
+	br := bufio.NewReaderSize(msg, 32<<10)
+	hdr, err := readHeaderSection(br)
+	if err != nil {
+		return "", fmt.Errorf("enqueue: reading message: %w", err)
+	}
+	fields, _ := Strip(io.Discard, bytes.NewReader(hdr), func(string) bool { return true })
+	fromHeaders := len(p.To) == 0
+	if fromHeaders {
+		if p.To, err = headerRecipients(fields.Removed); err != nil {
+			return "", fmt.Errorf("enqueue: %w", err)
+		}
+	}
+	if p.From == "" {
+		if p.From, err = headerSender(fields.Removed); err != nil {
+			return "", fmt.Errorf("enqueue: %w", err)
+		}
+	}
+	p.Digest, p.Size = "", 0
+	if err := p.Validate(); err != nil {
+		return "", fmt.Errorf("enqueue: %w", err)
+	}
+
+	now := time.Now
+	if q.Now != nil {
+		now = q.Now
+	}
+	tmpDir := filepath.Join(q.Dir, TmpDir)
+	if err := os.MkdirAll(tmpDir, 0o700); err != nil {
+		return "", fmt.Errorf("enqueue: %w", err)
+	}
+	name, err = NewName(now())
+	if err != nil {
+		return "", fmt.Errorf("enqueue: %w", err)
+	}
+
+	// The message without the seal goes to a body file first: its digest must
+	// be known before the seal, which comes first in the file, can be made.
+	bodyPath := filepath.Join(tmpDir, name+".body")
+	body, err := os.OpenFile(bodyPath, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return "", fmt.Errorf("enqueue: %w", err)
+	}
+	defer func() {
+		body.Close()
+		os.Remove(bodyPath)
+	}()
+	h := sha256.New()
+	cw := &countWriter{w: io.MultiWriter(body, h)}
+	drop := func(string) bool { return false }
+	if fromHeaders {
+		drop = func(n string) bool { return equalFold(n, "Bcc") }
+	}
+	if _, err := Strip(cw, io.MultiReader(bytes.NewReader(hdr), br), drop); err != nil {
+		return "", fmt.Errorf("enqueue: reading message: %w", err)
+	}
+	p.Digest, p.Size = hex.EncodeToString(h.Sum(nil)), cw.n
+
+	seal, err := SealHeader(&p, lineEnding(hdr), q.Recipients...)
+	if err != nil {
+		return "", fmt.Errorf("enqueue: %w", err)
+	}
+	tmpPath := filepath.Join(tmpDir, name)
+	if err := writeQueueFile(tmpPath, seal, body); err != nil {
+		os.Remove(tmpPath)
+		return "", fmt.Errorf("enqueue: %w", err)
+	}
+	if err := os.Rename(tmpPath, filepath.Join(q.Dir, name)); err != nil {
+		os.Remove(tmpPath)
+		return "", fmt.Errorf("enqueue: %w", err)
+	}
+	if err := SyncDir(q.Dir); err != nil {
+		return "", fmt.Errorf("enqueue: %s is queued but the directory sync failed: %w", name, err)
+	}
+	return name, nil
+}
+
+func writeQueueFile(path string, seal []byte, body *os.File) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(seal); err != nil {
+		f.Close()
+		return err
+	}
+	if _, err := body.Seek(0, io.SeekStart); err != nil {
+		f.Close()
+		return err
+	}
+	if _, err := io.Copy(f, body); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// readHeaderSection reads up to and including the empty line that ends the
+// header section.
+func readHeaderSection(br *bufio.Reader) ([]byte, error) {
+	var hdr []byte
+	for {
+		line, err := br.ReadSlice('\n')
+		hdr = append(hdr, line...)
+		if len(hdr) > MaxHeaderSection {
+			return nil, fmt.Errorf("header section longer than %d bytes", MaxHeaderSection)
+		}
+		if err == bufio.ErrBufferFull {
+			continue
+		}
+		if err == io.EOF {
+			if len(hdr) == 0 {
+				return nil, errors.New("empty message")
+			}
+			return nil, ErrNoSeparator
+		}
+		if err != nil {
+			return nil, err
+		}
+		if isEmptyLine(line) {
+			if len(hdr) == len(line) {
+				return nil, errors.New("message has no header fields")
+			}
+			return hdr, nil
+		}
+		if len(hdr) == len(line) && (line[0] == ' ' || line[0] == '\t') {
+			return nil, errors.New("message starts with a continuation line")
+		}
+	}
+}
+
+func lineEnding(hdr []byte) string {
+	if i := bytes.IndexByte(hdr, '\n'); i > 0 && hdr[i-1] == '\r' {
+		return "\r\n"
+	}
+	return "\n"
+}
+
+func headerRecipients(fields []Field) ([]string, error) {
+	var to []string
+	seen := map[string]bool{}
+	for _, f := range fields {
+		if !equalFold(f.Name, "To") && !equalFold(f.Name, "Cc") && !equalFold(f.Name, "Bcc") {
+			continue
+		}
+		v := f.Value()
+		if v == "" {
+			continue
+		}
+		list, err := mail.ParseAddressList(v)
+		if err != nil {
+			return nil, fmt.Errorf("%s header: %v", f.Name, err)
+		}
+		for _, a := range list {
+			if k := strings.ToLower(a.Address); !seen[k] {
+				seen[k] = true
+				to = append(to, a.Address)
+			}
+		}
+	}
+	if len(to) == 0 {
+		return nil, fmt.Errorf("%w: none given and no To, Cc or Bcc header", ErrNoRecipients)
+	}
+	return to, nil
+}
+
+func headerSender(fields []Field) (string, error) {
+	for _, name := range []string{"Sender", "From"} {
+		for _, f := range fields {
+			if !equalFold(f.Name, name) {
+				continue
+			}
+			list, err := mail.ParseAddressList(f.Value())
+			if err != nil {
+				return "", fmt.Errorf("%s header: %v", f.Name, err)
+			}
+			if len(list) > 0 {
+				return list[0].Address, nil
+			}
+		}
+	}
+	return "", errors.New("no sender given and no Sender or From header")
+}
+
+var nameEncoding = base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithPadding(base32.NoPadding)
+
+// NewName returns a unique queue-file name that sorts by time:
+// 20261127T153826.123456789Z-<random>.eml.
+func NewName(t time.Time) (string, error) {
+	var rnd [10]byte
+	if _, err := rand.Read(rnd[:]); err != nil {
+		return "", err
+	}
+	return t.UTC().Format("20060102T150405.000000000Z") + "-" + nameEncoding.EncodeToString(rnd[:]) + Ext, nil
+}
+
+// IsQueueName reports whether a directory entry name is one the service picks
+// up: not hidden, ending in .eml, no path separators.
+func IsQueueName(name string) bool {
+	return len(name) > len(Ext) && name[0] != '.' && strings.HasSuffix(name, Ext) &&
+		!strings.ContainsAny(name, `/\`)
+}

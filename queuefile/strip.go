@@ -1,0 +1,175 @@
+package queuefile
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+)
+
+// SealedField is the name of the header field that carries the sealed
+// parameters. Field names compare case-insensitively.
+const SealedField = "X-SmtpQ-Sealed"
+
+// MaxFieldSize bounds the raw size of one removed header field (with its
+// continuation lines). A sealed field is a few hundred bytes; anything this
+// large is hostile input.
+const MaxFieldSize = 256 << 10
+
+// ErrFieldTooLong is returned when a removed header field exceeds MaxFieldSize.
+var ErrFieldTooLong = errors.New("header field too long")
+
+// Field is one removed header field: its name as written and its raw bytes,
+// continuation lines and line endings included.
+type Field struct {
+	Name string
+	Raw  []byte
+}
+
+// Value returns the field's unfolded value: the text after the colon with
+// line breaks removed and surrounding white space trimmed.
+func (f Field) Value() string {
+	v := f.Raw
+	if i := bytes.IndexByte(v, ':'); i >= 0 {
+		v = v[i+1:]
+	}
+	v = bytes.ReplaceAll(v, []byte("\r\n"), nil)
+	v = bytes.ReplaceAll(v, []byte("\n"), nil)
+	return string(bytes.TrimSpace(v))
+}
+
+// StripResult says what Strip saw.
+type StripResult struct {
+	Removed      []Field // the removed fields, in file order
+	HeaderEnd    bool    // the empty line ending the header section was found
+	LeadingBlock bool    // every removed field stood before any kept field
+}
+
+// Strip copies src to dst leaving out every header field for which drop
+// returns true (drop gets the field name as written). Every other byte is
+// copied unchanged: no re-folding, no re-encoding, line endings as they were.
+// The body is copied with io.Copy, so a message of any size streams through a
+// fixed buffer. Lines are not limited in length.
+func Strip(dst io.Writer, src io.Reader, drop func(name string) bool) (StripResult, error) {
+	br := bufio.NewReaderSize(src, 32<<10)
+	var res StripResult
+	res.LeadingBlock = true
+	var (
+		cur      *Field // field being removed, nil if the current field is kept
+		keptSeen bool
+	)
+	for {
+		line, err := readPhysicalLine(br)
+		if len(line.first) == 0 && err != nil {
+			if err == io.EOF {
+				return res, nil // message ended inside the header section
+			}
+			return res, err
+		}
+		first := line.first
+		switch {
+		case isEmptyLine(first):
+			res.HeaderEnd = true
+			if _, werr := dst.Write(first); werr != nil {
+				return res, werr
+			}
+			_, cerr := io.Copy(dst, br)
+			return res, cerr
+		case first[0] == ' ' || first[0] == '\t':
+			// Continuation of the current field: same fate as its first line.
+		default:
+			cur = nil
+			if name, ok := fieldName(first); ok && drop(name) {
+				res.Removed = append(res.Removed, Field{Name: name})
+				cur = &res.Removed[len(res.Removed)-1]
+				if keptSeen {
+					res.LeadingBlock = false
+				}
+			} else {
+				keptSeen = true
+			}
+		}
+		if cur != nil {
+			if len(cur.Raw)+len(first) > MaxFieldSize {
+				return res, fmt.Errorf("%s: %w", cur.Name, ErrFieldTooLong)
+			}
+			cur.Raw = append(cur.Raw, first...)
+		} else if _, werr := dst.Write(first); werr != nil {
+			return res, werr
+		}
+		// The rest of a line longer than the buffer.
+		for line.more {
+			var chunk []byte
+			chunk, line.more, err = readChunk(br)
+			if cur != nil {
+				if len(cur.Raw)+len(chunk) > MaxFieldSize {
+					return res, fmt.Errorf("%s: %w", cur.Name, ErrFieldTooLong)
+				}
+				cur.Raw = append(cur.Raw, chunk...)
+			} else if _, werr := dst.Write(chunk); werr != nil {
+				return res, werr
+			}
+			if err != nil && err != io.EOF {
+				return res, err
+			}
+		}
+		if err == io.EOF {
+			return res, nil
+		}
+		if err != nil {
+			return res, err
+		}
+	}
+}
+
+type physLine struct {
+	first []byte // first chunk of the line (the whole line if !more)
+	more  bool   // the line continues beyond first
+}
+
+// readPhysicalLine returns the first chunk of the next line. first is only
+// valid until the next read from br.
+func readPhysicalLine(br *bufio.Reader) (physLine, error) {
+	b, more, err := readChunk(br)
+	return physLine{first: b, more: more}, err
+}
+
+func readChunk(br *bufio.Reader) (b []byte, more bool, err error) {
+	b, err = br.ReadSlice('\n')
+	if err == bufio.ErrBufferFull {
+		return b, true, nil
+	}
+	return b, false, err
+}
+
+func isEmptyLine(b []byte) bool {
+	return len(b) == 1 && b[0] == '\n' || len(b) == 2 && b[0] == '\r' && b[1] == '\n'
+}
+
+// fieldName returns the name of a header field line ("Name: value").
+func fieldName(line []byte) (string, bool) {
+	i := bytes.IndexByte(line, ':')
+	if i <= 0 {
+		return "", false
+	}
+	name := bytes.TrimRight(line[:i], " \t") // obsolete syntax allows WSP before the colon
+	for _, c := range name {
+		if c <= ' ' || c >= 127 {
+			return "", false
+		}
+	}
+	return string(name), len(name) > 0
+}
+
+// IsSealedField reports whether name is SealedField, ignoring case.
+func IsSealedField(name string) bool { return equalFold(name, SealedField) }
+
+func equalFold(a, b string) bool { return len(a) == len(b) && bytes.EqualFold([]byte(a), []byte(b)) }
+
+// StripSealed copies src to dst without the sealed header field(s). It is what
+// the service sends and what it files in Sent.
+func StripSealed(dst io.Writer, src io.Reader) error {
+	_, err := Strip(dst, src, IsSealedField)
+	return err
+}
