@@ -1,0 +1,184 @@
+package stages
+
+import (
+	"math/rand/v2"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// RetryPolicy says when a transient failure is tried again.
+type RetryPolicy struct {
+	MinBackoff  time.Duration // delay after the first failure; doubles after each
+	MaxBackoff  time.Duration // the doubling stops here
+	MaxAttempts int           // after this many attempts, Undeliverable
+	MaxAge      time.Duration // after this long since enqueueing, Undeliverable (expired)
+}
+
+// Backoff returns the delay before attempt n+1 after n failed attempts:
+// MinBackoff doubled n-1 times, capped at MaxBackoff, plus up to 10% random
+// jitter so that a restart does not send every retry at once.
+func (p RetryPolicy) Backoff(n int) time.Duration {
+	d := p.MinBackoff
+	for i := 1; i < n && d < p.MaxBackoff; i++ {
+		d *= 2
+	}
+	d = min(d, p.MaxBackoff)
+	if d > 0 {
+		d += time.Duration(rand.Int64N(int64(d)/10 + 1))
+	}
+	return d
+}
+
+// Filed is reported for every job the Archiver files, for logs and metrics.
+type Filed struct {
+	Job    *Job
+	Result string // sent, deferred, failed, parked, returned
+	Path   string // where the message now is (Sent or Undeliverable), if filed there
+	Err    error  // the filing failed: the file stayed where it was
+}
+
+// Archiver files every job it receives according to its Outcome: Sent,
+// Undeliverable with an XML log, the deferred folder (with its state, for a
+// retry), or back to the queue. Every write is durable before the previous
+// copy is removed. It is the end of the pipeline: it never stops reading
+// until its input is closed, so no stage can block on it forever.
+type Archiver struct {
+	Spool           *Spool
+	Retry           RetryPolicy
+	DeleteAfterSend bool
+	Clock           Clock
+	Log             *zap.Logger
+	// OnFiled, if set, is called after each job is filed (metrics, tests).
+	OnFiled func(Filed)
+}
+
+// Run files jobs from in until it is closed.
+func (a *Archiver) Run(in <-chan *Job) {
+	for job := range in {
+		a.file(job)
+	}
+}
+
+func (a *Archiver) file(job *Job) {
+	now := a.Clock.Now()
+	o := &job.Outcome
+	if o.Attempted {
+		job.State.Attempts++
+	}
+	// Merge the per-recipient results into the state: accepted recipients
+	// are never sent again, failed ones are kept for the final log.
+	for _, r := range o.Rcpts {
+		switch r.Status {
+		case RcptDelivered:
+			job.State.Done = appendUnique(job.State.Done, r.Addr)
+		case RcptFailed:
+			job.State.Failed = append(job.State.Failed, r)
+		}
+	}
+	if o.Verdict == Transient {
+		if o.Err == nil {
+			o.Err = Temporaryf("local", "transient failure")
+		}
+		age := now.Sub(job.State.Queued)
+		switch {
+		case a.Retry.MaxAge > 0 && age >= a.Retry.MaxAge:
+			o.Verdict, o.Class = Permanent, ClassExpired
+			o.Err.Text += "; given up: queued " + age.Round(time.Second).String() + " ago (retry.max_age)"
+		case job.State.Attempts >= a.Retry.MaxAttempts:
+			o.Verdict, o.Class = Permanent, ClassPermanent
+			o.Err.Text += "; given up after " + strconv.Itoa(job.State.Attempts) + " attempts (retry.max_attempts)"
+		}
+	}
+	if o.Attempted && o.Err != nil {
+		job.State.LastError = o.Err.Error()
+		job.State.AddHistory(now, o.Verdict.String()+": "+o.Err.Error())
+	}
+
+	f := Filed{Job: job, Result: o.Verdict.String()}
+	switch o.Verdict {
+	case Sent:
+		f.Path, f.Err = a.Spool.Sent(job, a.DeleteAfterSend)
+	case Permanent:
+		var log []byte
+		log, f.Err = BuildXMLLog(job, now)
+		if f.Err == nil {
+			f.Path, f.Err = a.Spool.Undeliverable(job, log)
+		}
+	case Transient:
+		f.Err = a.Spool.Defer(job, now.Add(a.Retry.Backoff(job.State.Attempts)))
+	case Park:
+		f.Err = a.Spool.Defer(job, o.Due)
+	case Return:
+		f.Err = a.Spool.Return(job)
+	default:
+		f.Err = a.Spool.Return(job)
+	}
+	if f.Err != nil {
+		// The message is still safe where it was (nothing is removed before
+		// its new copy is durable). Put it back in the queue to be tried
+		// again; its state says whether the server already accepted it.
+		a.Log.Error("filing a message failed; returning it to the queue",
+			zap.String("file", job.Name), zap.String("result", f.Result), zap.Error(f.Err))
+		if o.Verdict == Sent {
+			job.State.Accepted = true
+			if err := a.Spool.WriteState(job.Name, &job.State); err != nil {
+				a.Log.Error("recording the acceptance", zap.String("file", job.Name), zap.Error(err))
+			}
+		}
+		if o.Verdict != Return {
+			if err := a.Spool.Defer(job, now.Add(time.Minute)); err != nil {
+				a.Log.Error("the message stays in the active folder until the next start",
+					zap.String("file", job.Name), zap.Error(err))
+			}
+		}
+	}
+	a.logFiled(f)
+	if a.OnFiled != nil {
+		a.OnFiled(f)
+	}
+}
+
+func (a *Archiver) logFiled(f Filed) {
+	j := f.Job
+	if f.Result == "returned" || f.Result == "parked" {
+		a.Log.Debug(f.Result, zap.String("file", j.Name), zap.String("host", j.Host()))
+		return
+	}
+	fields := []zap.Field{
+		zap.String("file", j.Name), zap.String("host", j.Host()),
+		zap.Int("recipients", len(j.Pending)), zap.Int("attempt", j.State.Attempts),
+		zap.Duration("duration", j.Outcome.Duration),
+	}
+	if e := j.Outcome.Err; e != nil {
+		fields = append(fields, zap.Int("code", e.Code), zap.String("error", e.Error()))
+	}
+	if j.Outcome.Class != "" {
+		fields = append(fields, zap.String("class", string(j.Outcome.Class)))
+	}
+	if f.Path != "" {
+		fields = append(fields, zap.String("path", f.Path))
+	}
+	switch {
+	case f.Err != nil:
+		a.Log.Error(f.Result+" (filing failed)", append(fields, zap.NamedError("filing_error", f.Err))...)
+	case f.Result == "sent":
+		a.Log.Info("sent", fields...)
+	case f.Result == "deferred":
+		a.Log.Warn("deferred", append(fields, zap.Time("next_attempt", j.State.NextAttempt))...)
+	default:
+		a.Log.Error("failed", fields...)
+	}
+}
+
+func appendUnique(list []string, s string) []string {
+	for _, x := range list {
+		if strings.EqualFold(x, s) {
+			return list
+		}
+	}
+	return append(list, s)
+}
+

@@ -1,0 +1,477 @@
+package stages
+
+import (
+	"context"
+	"math/rand/v2"
+	"time"
+
+	"go.uber.org/zap"
+	"golang.org/x/time/rate"
+)
+
+// Limits are the limits the Dispatcher keeps towards one SMTP host.
+type Limits struct {
+	MaxConnections     int           // sessions at once; at least 1
+	Rate               float64       // messages per second; 0 means unlimited
+	Burst              int           // messages above the rate at once; at least 1 when Rate > 0
+	MaxMessagesPerConn int           // a session is closed after this many messages; 0 means unlimited
+	IdleTimeout        time.Duration // an unused open session is closed after this
+}
+
+// Request is a Sender worker asking for work. It carries the route of the
+// worker's open session (nil if it has none) and what the worker learnt
+// about the host of its last attempt.
+type Request struct {
+	Worker int
+	Conn   *Route
+	Report *HostReport
+	Reply  chan<- Assignment // buffered (1); the worker waits on it
+}
+
+// HostReport tells the Dispatcher how a host behaved.
+type HostReport struct {
+	Host string
+	Down bool // connection refused or timed out, TLS or greeting failure, 421
+	OK   bool // a session was established and answered
+}
+
+// Assignment is the Dispatcher's answer to a Request: a job to send (on the
+// open session if its route matches, else on a new one), or an instruction to
+// close the open session, or to stop.
+type Assignment struct {
+	Job   *Job
+	Limit int  // the session's message cap (Limits.MaxMessagesPerConn)
+	Close bool // close the open session (idle too long) and ask again
+	Stop  bool // close the open session and return
+}
+
+// Dispatcher holds parsed jobs in per-host queues and hands them to Sender
+// workers while keeping, at the same time, the global cap (the number of
+// workers is max_threads: one SMTP session each at most) and each host's
+// connection cap and message rate. A host that is saturated, rate-limited or
+// paused never holds up another host's mail: queues are per host and
+// workers take whichever host can go now.
+//
+// Memory is bounded: at most MaxQueued jobs are held, and at most
+// MaxQueuedPerHost for one host; beyond that a job is parked (sent back to
+// the deferred folder, attempts unchanged) until its host's backlog is
+// likely to have drained.
+//
+// When a host refuses connections, times out or answers 421, its connection
+// cap is halved for a while; after three such failures in a row it is paused
+// (circuit open) with a growing delay, then one probe session is allowed
+// (half-open) before it is opened again. Waiting messages are not counted as
+// attempts meanwhile.
+type Dispatcher struct {
+	Limits           func(host string) Limits
+	Workers          int // how many Sender workers send Requests
+	MaxQueued        int // default 4096
+	MaxQueuedPerHost int // default 1024
+	Clock            Clock
+	Log              *zap.Logger
+
+	hosts   map[string]*hostState
+	ring    []*hostState // hosts with queued work, for round robin
+	next    int
+	total   int
+	workers map[int]*workerState
+}
+
+type hostState struct {
+	name    string
+	lim     Limits
+	limiter *rate.Limiter
+	routes  []*routeQueue
+	n       int // queued jobs
+	conns   int // sessions open or being opened
+	inRing  bool
+
+	// circuit breaker
+	failures   int
+	capacity   int // effective connection cap
+	restoreAt  time.Time
+	openUntil  time.Time
+	halfOpen   bool
+	pauseLevel int
+}
+
+type routeQueue struct {
+	route Route
+	jobs  []*Job
+	head  int
+}
+
+func (q *routeQueue) len() int { return len(q.jobs) - q.head }
+
+func (q *routeQueue) pop() *Job {
+	j := q.jobs[q.head]
+	q.jobs[q.head] = nil
+	q.head++
+	if q.head > 64 && q.head*2 > len(q.jobs) {
+		q.jobs = append([]*Job(nil), q.jobs[q.head:]...)
+		q.head = 0
+	}
+	return j
+}
+
+type workerState struct {
+	id        int
+	route     *Route
+	host      *hostState
+	waiting   *Request
+	idleSince time.Time
+	stopped   bool
+}
+
+// Run dispatches until in is closed and every worker has been told to stop.
+// When ctx is done it stops assigning: queued jobs and jobs still arriving go
+// to out as Return (back to the queue), and each worker is told to stop when
+// it next asks. Parked jobs also go to out. Run does not close out.
+func (d *Dispatcher) Run(ctx context.Context, in <-chan *Job, requests <-chan *Request, out chan<- *Job) {
+	if d.MaxQueued <= 0 {
+		d.MaxQueued = 4096
+	}
+	if d.MaxQueuedPerHost <= 0 {
+		d.MaxQueuedPerHost = 1024
+	}
+	d.hosts = map[string]*hostState{}
+	d.workers = map[int]*workerState{}
+	var (
+		stopped     int
+		inClosed    bool
+		shutdown    bool
+		done        = ctx.Done()
+		timerAt     time.Time
+		timerC      <-chan time.Time
+		stopWaiting = func() {
+			for _, w := range d.workers {
+				if w.waiting != nil {
+					w.waiting.Reply <- Assignment{Stop: true}
+					w.waiting = nil
+					w.stopped = true
+					stopped++
+				}
+			}
+		}
+	)
+	for !(inClosed && stopped == d.Workers) {
+		now := d.Clock.Now()
+		if !shutdown {
+			wake := d.schedule(now)
+			if inClosed && d.total == 0 {
+				stopWaiting()
+			}
+			if !wake.IsZero() && !wake.Equal(timerAt) {
+				timerAt, timerC = wake, d.Clock.After(wake.Sub(now))
+			}
+		}
+		inCh := in
+		if inClosed {
+			inCh = nil
+		}
+		select {
+		case job, ok := <-inCh:
+			if !ok {
+				inClosed = true
+				continue
+			}
+			if shutdown {
+				job.Outcome = Outcome{Verdict: Return}
+				out <- job
+				continue
+			}
+			d.enqueue(job, now, out)
+		case req := <-requests:
+			w := d.worker(req.Worker)
+			d.report(req, w, now)
+			if shutdown || (inClosed && d.total == 0) {
+				req.Reply <- Assignment{Stop: true}
+				w.stopped = true
+				stopped++
+				continue
+			}
+			w.waiting = req
+			w.idleSince = now
+		case <-timerC:
+			timerAt, timerC = time.Time{}, nil
+		case <-done:
+			done = nil
+			shutdown = true
+			for _, h := range d.hosts {
+				for _, q := range h.routes {
+					for q.len() > 0 {
+						j := q.pop()
+						j.Outcome = Outcome{Verdict: Return}
+						out <- j
+					}
+				}
+				h.routes, h.n = nil, 0
+			}
+			d.total, d.ring = 0, nil
+			stopWaiting()
+		}
+	}
+}
+
+func (d *Dispatcher) worker(id int) *workerState {
+	w, ok := d.workers[id]
+	if !ok {
+		w = &workerState{id: id}
+		d.workers[id] = w
+	}
+	return w
+}
+
+func (d *Dispatcher) host(name string, now time.Time) *hostState {
+	h, ok := d.hosts[name]
+	if ok {
+		return h
+	}
+	lim := d.Limits(name)
+	lim.MaxConnections = max(lim.MaxConnections, 1)
+	h = &hostState{name: name, lim: lim, capacity: lim.MaxConnections}
+	if lim.Rate > 0 {
+		h.limiter = rate.NewLimiter(rate.Limit(lim.Rate), max(lim.Burst, 1))
+		// Start with a full bucket at the injected clock's time.
+		h.limiter.SetLimitAt(now, rate.Limit(lim.Rate))
+	}
+	d.hosts[name] = h
+	return h
+}
+
+// enqueue queues a job for its host, or parks it if memory bounds are hit.
+func (d *Dispatcher) enqueue(job *Job, now time.Time, out chan<- *Job) {
+	h := d.host(job.Host(), now)
+	if d.total >= d.MaxQueued || h.n >= d.MaxQueuedPerHost {
+		job.Outcome = Outcome{Verdict: Park, Due: now.Add(d.parkDelay(h, now))}
+		out <- job
+		return
+	}
+	var q *routeQueue
+	for _, rq := range h.routes {
+		if rq.route == job.Route {
+			q = rq
+			break
+		}
+	}
+	if q == nil {
+		q = &routeQueue{route: job.Route}
+		h.routes = append(h.routes, q)
+	}
+	q.jobs = append(q.jobs, job)
+	h.n++
+	d.total++
+	if !h.inRing {
+		h.inRing = true
+		d.ring = append(d.ring, h)
+	}
+}
+
+// parkDelay estimates when a saturated host's backlog will have room again.
+func (d *Dispatcher) parkDelay(h *hostState, now time.Time) time.Duration {
+	delay := time.Second
+	if h.limiter != nil {
+		delay = max(delay, time.Duration(float64(h.n)/h.lim.Rate*float64(time.Second)))
+	}
+	if h.openUntil.After(now) {
+		delay = max(delay, h.openUntil.Sub(now))
+	}
+	delay = min(delay, 10*time.Minute)
+	// Jitter, so that parked messages do not all come back in one second.
+	return delay + time.Duration(rand.Int64N(int64(delay/4)+1))
+}
+
+// report accounts for a worker's session and its host report.
+func (d *Dispatcher) report(req *Request, w *workerState, now time.Time) {
+	if w.route != nil && (req.Conn == nil || *req.Conn != *w.route) {
+		// The worker's session closed (error, cap, or on our instruction).
+		w.host.conns--
+		w.route, w.host = nil, nil
+	}
+	if req.Conn != nil && w.route == nil {
+		// A session we did not account for (should not happen): adopt it.
+		h := d.host(req.Conn.Host, now)
+		r := *req.Conn
+		w.route, w.host = &r, h
+		h.conns++
+	}
+	if r := req.Report; r != nil {
+		h := d.host(r.Host, now)
+		switch {
+		case r.Down:
+			h.failures++
+			h.capacity = max(1, h.capacity/2)
+			h.restoreAt = now.Add(time.Minute)
+			if h.failures >= 3 || h.halfOpen {
+				h.pauseLevel++
+				pause := min(5*time.Second<<min(h.pauseLevel-1, 6), 5*time.Minute)
+				h.openUntil = now.Add(pause)
+				h.halfOpen = false
+				d.Log.Warn("host paused after repeated failures",
+					zap.String("host", h.name), zap.Int("failures", h.failures), zap.Duration("pause", pause))
+			}
+		case r.OK:
+			if h.halfOpen || h.failures > 0 {
+				h.halfOpen = false
+				h.failures = 0
+				h.pauseLevel = 0
+			}
+		}
+	}
+}
+
+// canOpen reports whether a new session to h may be opened now.
+func (d *Dispatcher) canOpen(h *hostState, now time.Time) bool {
+	if !h.restoreAt.IsZero() && !now.Before(h.restoreAt) && h.capacity < h.lim.MaxConnections {
+		h.capacity = min(h.lim.MaxConnections, h.capacity*2)
+		h.restoreAt = now.Add(time.Minute)
+	}
+	if now.Before(h.openUntil) {
+		return false
+	}
+	if !h.openUntil.IsZero() && h.failures > 0 {
+		// Half-open: one probe session at a time.
+		h.halfOpen = true
+		return h.conns == 0
+	}
+	return h.conns < h.capacity
+}
+
+func rateAllows(h *hostState, now time.Time) bool {
+	return h.limiter == nil || h.limiter.TokensAt(now) >= 1
+}
+
+// take removes the next job of h (of route r if given) if the rate allows.
+func (d *Dispatcher) take(h *hostState, r *Route, now time.Time) *Job {
+	if h.n == 0 || !rateAllows(h, now) {
+		return nil
+	}
+	for _, q := range h.routes {
+		if q.len() == 0 || (r != nil && q.route != *r) {
+			continue
+		}
+		if h.limiter != nil {
+			h.limiter.AllowN(now, 1)
+		}
+		j := q.pop()
+		h.n--
+		d.total--
+		if q.len() == 0 {
+			d.dropRoute(h, q)
+		}
+		return j
+	}
+	return nil
+}
+
+func (d *Dispatcher) dropRoute(h *hostState, q *routeQueue) {
+	for i, rq := range h.routes {
+		if rq == q {
+			h.routes = append(h.routes[:i], h.routes[i+1:]...)
+			break
+		}
+	}
+}
+
+func (d *Dispatcher) assign(w *workerState, j *Job) {
+	w.waiting.Reply <- Assignment{Job: j, Limit: w.host.lim.MaxMessagesPerConn}
+	w.waiting = nil
+}
+
+// schedule hands queued jobs to waiting workers and closes idle sessions. It
+// returns when it next needs to run (zero: only on an event).
+func (d *Dispatcher) schedule(now time.Time) time.Time {
+	// Reuse: a waiting worker with an open session takes the next job of
+	// the same route.
+	for _, w := range d.workers {
+		if w.waiting != nil && w.route != nil {
+			if j := d.take(w.host, w.route, now); j != nil {
+				d.assign(w, j)
+			}
+		}
+	}
+	// New sessions: workers without one first, then idle ones, which close
+	// theirs to serve another host.
+	for pass := 0; pass < 2; pass++ {
+		for _, w := range d.workers {
+			if w.waiting == nil || (pass == 0) != (w.route == nil) {
+				continue
+			}
+			h := d.nextHost(now)
+			if h == nil {
+				break
+			}
+			if w.route != nil {
+				if w.host == h && w.host.conns <= h.capacity {
+					continue // same host, different route: keep it for now
+				}
+				w.host.conns--
+			}
+			j := d.take(h, nil, now)
+			h.conns++
+			r := j.Route
+			w.route, w.host = &r, h
+			d.assign(w, j)
+		}
+	}
+	// Idle sessions past their timeout are closed; compute the next wake.
+	var wake time.Time
+	earliest := func(t time.Time) {
+		if !t.IsZero() && (wake.IsZero() || t.Before(wake)) {
+			wake = t
+		}
+	}
+	for _, w := range d.workers {
+		if w.waiting == nil || w.route == nil {
+			continue
+		}
+		deadline := w.idleSince.Add(w.host.lim.IdleTimeout)
+		if !now.Before(deadline) {
+			w.waiting.Reply <- Assignment{Close: true}
+			w.waiting = nil
+			continue
+		}
+		earliest(deadline)
+	}
+	for _, h := range d.ring {
+		if h.n == 0 {
+			continue
+		}
+		if now.Before(h.openUntil) {
+			earliest(h.openUntil)
+		} else if h.limiter != nil && !rateAllows(h, now) {
+			need := 1 - h.limiter.TokensAt(now)
+			earliest(now.Add(time.Duration(need / h.lim.Rate * float64(time.Second))).Add(time.Millisecond))
+		}
+		if h.capacity < h.lim.MaxConnections {
+			earliest(h.restoreAt)
+		}
+	}
+	return wake
+}
+
+// nextHost returns, round robin, a host with queued work that may open a
+// session and send now, or nil.
+func (d *Dispatcher) nextHost(now time.Time) *hostState {
+	// Drop hosts without work from the ring.
+	kept := d.ring[:0]
+	for _, h := range d.ring {
+		if h.n > 0 {
+			kept = append(kept, h)
+		} else {
+			h.inRing = false
+		}
+	}
+	for i := len(kept); i < len(d.ring); i++ {
+		d.ring[i] = nil
+	}
+	d.ring = kept
+	for i := 0; i < len(d.ring); i++ {
+		h := d.ring[(d.next+i)%len(d.ring)]
+		if d.canOpen(h, now) && rateAllows(h, now) {
+			d.next = (d.next + i + 1) % len(d.ring)
+			return h
+		}
+	}
+	return nil
+}

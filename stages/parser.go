@@ -1,0 +1,234 @@
+package stages
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"filippo.io/age"
+	"go.uber.org/zap"
+
+	"github.com/smtpq/smtpq/queuefile"
+)
+
+// Resolver turns sealed parameters into a Route, looking up relay profiles
+// in the service configuration. It returns an error naming an unknown
+// profile.
+type Resolver func(p *queuefile.Params) (Route, error)
+
+// Parser opens each claimed file: it checks the seal and the digest,
+// resolves the route and validates everything before any connection is made.
+// A file that fails here goes straight to the Archiver as a permanent
+// failure of class "invalid", with its reason.
+type Parser struct {
+	Identities []age.Identity
+	Resolve    Resolver
+	// Pickup, if set, is the route for pickup-directory files (X-Sender /
+	// X-Receiver, pickup_compat); nil refuses them.
+	Pickup *Route
+	// Settle is how long a file that looks cut short may still be being
+	// written in place by a producer (not through enqueue): such a file is
+	// parked and looked at again instead of failed. Default 5s.
+	Settle time.Duration
+	Clock  Clock
+	Log    *zap.Logger
+}
+
+// Run reads claimed jobs from in until it is closed, and sends each to out
+// (ready to send) or to fail (decided: invalid, expired, parked, already
+// accepted). It does not close either channel: fail is shared with other
+// stages and out is closed by the caller when Run returns. When ctx is done,
+// jobs still arriving are returned to the queue unopened.
+func (p *Parser) Run(ctx context.Context, in <-chan *Job, out chan<- *Job, fail chan<- *Job) {
+	for job := range in {
+		if ctx.Err() != nil {
+			job.Outcome = Outcome{Verdict: Return}
+			fail <- job
+			continue
+		}
+		if p.parse(job) {
+			select {
+			case out <- job:
+				continue
+			case <-ctx.Done():
+				job.Outcome = Outcome{Verdict: Return}
+			}
+		}
+		fail <- job
+	}
+}
+
+// parse fills in the job, or its Outcome; it reports whether the job is ready
+// to send.
+func (p *Parser) parse(job *Job) bool {
+	now := p.Clock.Now()
+	if job.State.Accepted {
+		// The server accepted this message before a crash: file it as sent,
+		// do not send it again.
+		job.Outcome = Outcome{Verdict: Sent}
+		if err := p.open(job); err != nil {
+			job.Kind = KindSealed // best effort: strip the seal if there is one
+		}
+		return false
+	}
+	if err := p.open(job); err != nil {
+		var fi os.FileInfo
+		if isCutShort(err) {
+			fi, _ = os.Lstat(job.Path)
+		}
+		settle := p.Settle
+		if settle <= 0 {
+			settle = 5 * time.Second
+		}
+		if fi != nil && now.Sub(fi.ModTime()) < settle {
+			job.Outcome = Outcome{Verdict: Park, Due: now.Add(settle)}
+			return false
+		}
+		job.Outcome = Outcome{Verdict: Permanent, Class: ClassInvalid, Err: Permanentf("parse", "%v", err)}
+		return false
+	}
+	if job.Params != nil {
+		if exp := job.Params.Expires; !exp.IsZero() && now.After(exp) {
+			job.Outcome = Outcome{Verdict: Permanent, Class: ClassExpired,
+				Err: Permanentf("parse", "expired at %s before it could be sent", exp.UTC().Format(time.RFC3339))}
+			return false
+		}
+		if nb := job.Params.NotBefore; !nb.IsZero() && now.Before(nb) {
+			job.Outcome = Outcome{Verdict: Park, Due: nb}
+			return false
+		}
+	}
+	job.Pending = pending(job)
+	if len(job.Pending) == 0 {
+		// Every recipient is done or failed already: file it by what
+		// happened to them.
+		if len(job.State.Failed) > 0 {
+			job.Outcome = Outcome{Verdict: Permanent, Class: ClassPermanent, Err: Permanentf("rcpt", "no recipient left to send to")}
+		} else {
+			job.Outcome = Outcome{Verdict: Sent}
+		}
+		return false
+	}
+	return true
+}
+
+// isCutShort tells errors that a file still being written would give.
+func isCutShort(err error) bool {
+	return errors.Is(err, queuefile.ErrTruncated) || errors.Is(err, queuefile.ErrNoSeparator) ||
+		errors.Is(err, queuefile.ErrNoSeal) || errors.Is(err, queuefile.ErrMalformedSeal) ||
+		errors.Is(err, queuefile.ErrTampered) || errors.Is(err, io.ErrUnexpectedEOF)
+}
+
+func (p *Parser) open(job *Job) error {
+	fi, err := os.Lstat(job.Path)
+	if err != nil {
+		return err
+	}
+	if !fi.Mode().IsRegular() {
+		return fmt.Errorf("not a regular file (%s)", fi.Mode().Type())
+	}
+	f, err := os.Open(job.Path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	det := &eightBitDetector{}
+	params, err := queuefile.Open(io.TeeReader(f, det), p.Identities...)
+	if errors.Is(err, queuefile.ErrNoSeal) && p.Pickup != nil {
+		return p.openPickup(job, f)
+	}
+	if err != nil {
+		return err
+	}
+	if err := params.Validate(); err != nil {
+		return fmt.Errorf("sealed parameters: %w", err)
+	}
+	route, err := p.Resolve(params)
+	if err != nil {
+		return err
+	}
+	job.Kind = KindSealed
+	job.Params = params
+	job.Route = route
+	job.Sender = params.From
+	job.Size = params.Size
+	job.EightBit = det.found
+	job.UTF8 = !isASCII(params.From) || !allASCII(params.To)
+	return nil
+}
+
+func (p *Parser) openPickup(job *Job, f *os.File) error {
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return err
+	}
+	det := &eightBitDetector{}
+	pk, err := queuefile.OpenPickup(io.TeeReader(f, det))
+	if errors.Is(err, queuefile.ErrNotPickup) {
+		return queuefile.ErrNoSeal
+	}
+	if err != nil {
+		return fmt.Errorf("pickup file: %w", err)
+	}
+	job.Kind = KindPickup
+	job.Route = *p.Pickup
+	job.Sender = pk.From
+	job.Size = pk.Size
+	job.EightBit = det.found
+	job.Params = &queuefile.Params{From: pk.From, To: pk.To}
+	job.UTF8 = !isASCII(pk.From) || !allASCII(pk.To)
+	return nil
+}
+
+// pending returns the sealed recipients not yet done or failed.
+func pending(job *Job) []string {
+	skip := map[string]bool{}
+	for _, a := range job.State.Done {
+		skip[strings.ToLower(a)] = true
+	}
+	for _, r := range job.State.Failed {
+		skip[strings.ToLower(r.Addr)] = true
+	}
+	var out []string
+	for _, a := range job.Params.To {
+		if !skip[strings.ToLower(a)] {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+type eightBitDetector struct{ found bool }
+
+func (d *eightBitDetector) Write(b []byte) (int, error) {
+	if !d.found {
+		for _, c := range b {
+			if c >= 0x80 {
+				d.found = true
+				break
+			}
+		}
+	}
+	return len(b), nil
+}
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
+}
+
+func allASCII(ss []string) bool {
+	for _, s := range ss {
+		if !isASCII(s) {
+			return false
+		}
+	}
+	return true
+}

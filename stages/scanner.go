@@ -1,0 +1,119 @@
+package stages
+
+import (
+	"context"
+	"path/filepath"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+	"go.uber.org/zap"
+)
+
+// Scanner finds queue files and claims them, one at a time, as the next stage
+// is ready for them: it blocks on its output channel, so it never claims more
+// than the pipeline can hold. It watches the queue folder with fsnotify and
+// also rescans every Interval, because events can be missed or overflow; a
+// new file named in an event is claimed at once, without listing the folder.
+// Deferred files are taken when their bucket is due.
+type Scanner struct {
+	Spool    *Spool
+	Interval time.Duration // periodic rescan; default 10s
+	Clock    Clock
+	Log      *zap.Logger
+}
+
+// Run recovers what dead instances left claimed, then claims files and sends
+// them on out until ctx is done. It closes out when it returns. A failure to
+// watch the folder is logged and the Scanner falls back to rescans.
+func (s *Scanner) Run(ctx context.Context, out chan<- *Job) error {
+	defer close(out)
+	interval := s.Interval
+	if interval <= 0 {
+		interval = 10 * time.Second
+	}
+	if n, err := s.Spool.Recover(); err != nil {
+		s.Log.Error("recovering claimed files of a dead instance", zap.Error(err))
+	} else if n > 0 {
+		s.Log.Info("returned files claimed by a dead instance to the queue", zap.Int("files", n))
+	}
+
+	var events chan fsnotify.Event
+	var errs chan error
+	w, err := fsnotify.NewWatcher()
+	if err == nil {
+		err = w.Add(s.Spool.dirs.Queue)
+	}
+	if err != nil {
+		s.Log.Warn("cannot watch the queue folder; relying on periodic rescans", zap.Error(err))
+	} else {
+		defer w.Close()
+		events, errs = w.Events, w.Errors
+	}
+
+	send := func(j *Job) bool {
+		select {
+		case out <- j:
+			return true
+		case <-ctx.Done():
+			// Claimed but not handed on: put it back.
+			if err := s.Spool.Return(j); err != nil {
+				s.Log.Error("returning a claimed file to the queue", zap.String("file", j.Name), zap.Error(err))
+			}
+			return false
+		}
+	}
+	for {
+		next, err := s.Spool.Scan(ctx, s.Clock.Now(), send)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err != nil {
+			s.Log.Error("scanning the queue", zap.Error(err))
+		}
+		wait := interval
+		if !next.IsZero() {
+			if d := next.Sub(s.Clock.Now()); d < wait {
+				wait = max(d, 0)
+			}
+		}
+		timer := s.Clock.After(wait)
+	idle:
+		for {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-timer:
+				break idle
+			case ev, ok := <-events:
+				if !ok {
+					events = nil
+					continue
+				}
+				if !ev.Has(fsnotify.Create) {
+					continue
+				}
+				// Claim the named file directly: no listing for the common
+				// case of one message arriving in an idle queue.
+				if filepath.Dir(ev.Name) != filepath.Clean(s.Spool.dirs.Queue) {
+					continue
+				}
+				j, err := s.Spool.ScanOne(filepath.Base(ev.Name))
+				if err != nil {
+					s.Log.Error("claiming a new file", zap.String("file", ev.Name), zap.Error(err))
+					continue
+				}
+				if j != nil && !send(j) {
+					return nil
+				}
+			case err, ok := <-errs:
+				if !ok {
+					errs = nil
+					continue
+				}
+				// Overflow or another watcher error: events were lost; rescan.
+				s.Log.Warn("queue folder watcher", zap.Error(err))
+				break idle
+			}
+		}
+	}
+}

@@ -1,0 +1,514 @@
+package stages
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+	"go.uber.org/zap"
+
+	"github.com/smtpq/smtpq/queuefile"
+)
+
+// DialFunc opens a network connection; net.Dialer.DialContext is one.
+type DialFunc func(ctx context.Context, network, addr string) (net.Conn, error)
+
+// Timeouts bound each network step of an SMTP session.
+type Timeouts struct {
+	Connect time.Duration // TCP connect and TLS handshake
+	Command time.Duration // each command's reply
+	Data    time.Duration // sending the message and the reply to the final dot
+}
+
+// Sender delivers jobs over SMTP. Each worker (one Run call) owns at most one
+// SMTP session and reuses it for the next job with the same Route, as the
+// Dispatcher decides.
+type Sender struct {
+	Dial      DialFunc    // nil: a net.Dialer
+	TLSConfig *tls.Config // base TLS settings (RootCAs); ServerName is set per host
+	Timeouts  Timeouts
+	HELO      string // default EHLO name
+	// Accepted, if set, is called when the server has accepted the data of
+	// a job, before the job is handed on: it records the fact durably, so
+	// that after a crash the message is filed as sent, not sent again. An
+	// error is logged; the job goes on.
+	Accepted func(*Job) error
+	Clock    Clock
+	Log      *zap.Logger
+}
+
+// session is one open SMTP session.
+type session struct {
+	route  Route
+	conn   net.Conn
+	c      *smtp.Client
+	tr     *transcript
+	count  int
+	limit  int
+	isTLS  bool
+	cancel func() bool
+}
+
+func (s *session) close(quit bool) {
+	if quit {
+		s.c.Quit() // best effort, bounded by the command timeout
+	}
+	s.c.Close()
+	s.cancel()
+}
+
+// Run is one Sender worker. It asks the Dispatcher for work on requests,
+// delivers each job it is given and sends the job, with its Outcome, on out.
+// It returns when the Dispatcher tells it to stop. A job handed to it after
+// ctx is done is returned to the queue unsent; hard cancels network I/O in
+// progress (the shutdown deadline).
+func (s *Sender) Run(ctx, hard context.Context, id int, requests chan<- *Request, out chan<- *Job) {
+	reply := make(chan Assignment, 1)
+	var (
+		sess   *session
+		report *HostReport
+	)
+	defer func() {
+		if sess != nil {
+			sess.close(true)
+		}
+	}()
+	for {
+		req := &Request{Worker: id, Report: report, Reply: reply}
+		if sess != nil {
+			r := sess.route
+			req.Conn = &r
+		}
+		requests <- req
+		a := <-reply
+		report = nil
+		if a.Stop {
+			return
+		}
+		if a.Close {
+			if sess != nil {
+				sess.close(true)
+				sess = nil
+			}
+			continue
+		}
+		job := a.Job
+		if ctx.Err() != nil {
+			job.Outcome = Outcome{Verdict: Return}
+			out <- job
+			continue
+		}
+		if sess != nil && sess.route != job.Route {
+			sess.close(true)
+			sess = nil
+		}
+		start := s.Clock.Now()
+		if sess == nil {
+			var err *Error
+			sess, err = s.open(hard, job.Route)
+			if err != nil {
+				report = &HostReport{Host: job.Host(), Down: err.HostDown}
+				job.Outcome = Outcome{
+					Verdict: Transient, Err: err, Attempted: true,
+					Rcpts: allRcpts(job.Pending, err), Duration: s.Clock.Now().Sub(start),
+				}
+				if !err.Temporary {
+					job.Outcome.Verdict = Permanent
+					job.Outcome.Class = ClassPermanent
+				}
+				if sess != nil { // a transcript of the failed opening
+					job.Outcome.Transcript = sess.tr.String()
+					sess = nil
+				}
+				out <- job
+				continue
+			}
+			sess.limit = a.Limit
+			report = &HostReport{Host: job.Host(), OK: true}
+		} else {
+			sess.tr.reset()
+			sess.tr.note(fmt.Sprintf("[session reused: message %d on this connection]", sess.count+1))
+		}
+		broken := s.deliver(hard, sess, job)
+		job.Outcome.Duration = s.Clock.Now().Sub(start)
+		job.Outcome.Transcript = sess.tr.String()
+		if job.Outcome.Err != nil && job.Outcome.Err.HostDown {
+			report = &HostReport{Host: job.Host(), Down: true}
+		}
+		sess.count++
+		if broken || (sess.limit > 0 && sess.count >= sess.limit) {
+			sess.close(!broken)
+			sess = nil
+		}
+		out <- job
+	}
+}
+
+// open dials and sets up a session: TLS, EHLO, STARTTLS, AUTH. On failure
+// it returns the error and, if it got that far, a closed session whose
+// transcript tells what happened.
+func (s *Sender) open(ctx context.Context, r Route) (*session, *Error) {
+	tr := newTranscript(r.Password.Reveal(), r.OAuth2Token.Reveal())
+	tr.note("[connecting to " + r.String() + "]")
+	dial := s.Dial
+	if dial == nil {
+		d := &net.Dialer{}
+		dial = d.DialContext
+	}
+	connectTimeout := orDefault(s.Timeouts.Connect, 30*time.Second)
+	dctx, cancel := context.WithTimeout(ctx, connectTimeout)
+	defer cancel()
+	conn, err := dial(dctx, "tcp", r.Addr())
+	if err != nil {
+		e := Classify("connect", err)
+		e.HostDown = true
+		return nil, e
+	}
+	isTLS := false
+	if r.TLS == queuefile.TLSImplicit {
+		tc := tls.Client(conn, s.tlsConfig(r.Host))
+		if err := tc.HandshakeContext(dctx); err != nil {
+			conn.Close()
+			e := Classify("tls", fmt.Errorf("TLS handshake with %s: %w", r.Addr(), err))
+			e.HostDown = true
+			return nil, e
+		}
+		conn, isTLS = tc, true
+	}
+	// Hard cancellation closes the connection, failing whatever I/O is in
+	// progress.
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	helo := r.HELO
+	if helo == "" {
+		helo = s.HELO
+	}
+	if helo == "" {
+		helo, _ = os.Hostname()
+	}
+	var c *smtp.Client
+	if r.TLS == queuefile.TLSStartTLS {
+		// go-smtp does the plaintext part (greeting, EHLO, STARTTLS) inside
+		// NewClientStartTLS; record it from the connection itself.
+		rc := &recordingConn{Conn: conn, tr: tr, on: true}
+		c, err = smtp.NewClientStartTLS(rc, s.tlsConfig(r.Host))
+		rc.on = false
+		if err != nil {
+			stop()
+			conn.Close()
+			sess := &session{route: r, tr: tr}
+			var se *smtp.SMTPError
+			switch {
+			case errors.As(err, &se):
+				e := Classify("greeting", err)
+				e.HostDown = se.Code == 421 || se.Code == 554
+				return sess, e
+			case strings.Contains(err.Error(), "STARTTLS"):
+				return sess, Temporaryf("starttls", "the server does not offer STARTTLS, which tls: starttls requires; nothing was sent")
+			default:
+				e := Classify("greeting", err)
+				e.HostDown = true
+				return sess, e
+			}
+		}
+		isTLS = true
+	} else {
+		c = smtp.NewClient(conn)
+	}
+	c.CommandTimeout = orDefault(s.Timeouts.Command, 5*time.Minute)
+	c.SubmissionTimeout = orDefault(s.Timeouts.Data, 10*time.Minute)
+	c.DebugWriter = tr
+	sess := &session{route: r, conn: conn, c: c, tr: tr, isTLS: isTLS, cancel: stop}
+	fail := func(step string, err error) (*session, *Error) {
+		e := Classify(step, err)
+		sess.close(false)
+		return sess, e
+	}
+	if err := c.Hello(helo); err != nil {
+		e := Classify("greeting", err)
+		if r.TLS == queuefile.TLSStartTLS {
+			e.Step = "tls"
+		}
+		if e.Code == 0 || e.Code == 421 || e.Code == 554 {
+			e.HostDown = true
+		}
+		sess.close(false)
+		return sess, e
+	}
+	if r.Username != "" {
+		if !sess.isTLS && !isLoopback(conn.RemoteAddr()) {
+			sess.close(false)
+			return sess, Permanentf("auth", "refusing to send credentials over an unencrypted connection to %s (tls: none); use starttls or implicit", r.Addr())
+		}
+		if err := c.Auth(s.saslClient(r, c)); err != nil {
+			return fail("auth", err)
+		}
+	}
+	return sess, nil
+}
+
+func (s *Sender) saslClient(r Route, c *smtp.Client) sasl.Client {
+	switch {
+	case r.OAuth2Token != "":
+		return &xoauth2{user: r.Username, token: r.OAuth2Token.Reveal()}
+	case !c.SupportsAuth("PLAIN") && c.SupportsAuth("LOGIN"):
+		return sasl.NewLoginClient(r.Username, r.Password.Reveal())
+	default:
+		return sasl.NewPlainClient("", r.Username, r.Password.Reveal())
+	}
+}
+
+func (s *Sender) tlsConfig(host string) *tls.Config {
+	var cfg *tls.Config
+	if s.TLSConfig != nil {
+		cfg = s.TLSConfig.Clone()
+	} else {
+		cfg = &tls.Config{}
+	}
+	cfg.ServerName = host
+	if cfg.MinVersion == 0 {
+		cfg.MinVersion = tls.VersionTLS12
+	}
+	return cfg
+}
+
+// deliver runs one mail transaction on sess and sets job.Outcome. It reports
+// whether the session is broken and must not be reused.
+func (s *Sender) deliver(ctx context.Context, sess *session, job *Job) (broken bool) {
+	c := sess.c
+	fail := func(e *Error, rcpts []RcptResult) bool {
+		job.Outcome = Outcome{Verdict: Transient, Err: e, Attempted: true, Rcpts: rcpts}
+		if !e.Temporary {
+			job.Outcome.Verdict, job.Outcome.Class = Permanent, ClassPermanent
+		}
+		return e.Code == 0 || e.Code == 421
+	}
+	if max, ok := c.MaxMessageSize(); ok && max > 0 && job.Size > int64(max) {
+		e := Permanentf("size", "message of %d bytes is over the server's limit of %d bytes (SIZE); nothing was sent", job.Size, max)
+		e.Code, e.Enhanced = 552, "5.3.4"
+		return fail(e, allRcpts(job.Pending, e))
+	}
+	if job.UTF8 {
+		if ok, _ := c.Extension("SMTPUTF8"); !ok {
+			e := Permanentf("mail", "an envelope address is not ASCII and the server does not offer SMTPUTF8")
+			e.Code, e.Enhanced = 553, "5.6.7"
+			return fail(e, allRcpts(job.Pending, e))
+		}
+	}
+	if err := c.Mail(job.Sender, &smtp.MailOptions{Size: job.Size, UTF8: job.UTF8}); err != nil {
+		e := Classify("mail", err)
+		if fail(e, allRcpts(job.Pending, e)) {
+			return true
+		}
+		return c.Reset() != nil
+	}
+	rcpts := make([]RcptResult, 0, len(job.Pending))
+	var accepted []int
+	for _, to := range job.Pending {
+		if err := c.Rcpt(to, nil); err != nil {
+			e := Classify("rcpt", err)
+			rcpts = append(rcpts, rcptResult(to, e))
+			if e.Code == 0 || e.Code == 421 {
+				for _, rest := range job.Pending[len(rcpts):] {
+					rcpts = append(rcpts, rcptResult(rest, e))
+				}
+				return fail(e, rcpts)
+			}
+			continue
+		}
+		rcpts = append(rcpts, RcptResult{Addr: to, Status: RcptDelivered})
+		accepted = append(accepted, len(rcpts)-1)
+	}
+	if len(accepted) == 0 {
+		job.Outcome = outcomeFromRcpts(rcpts)
+		return c.Reset() != nil
+	}
+	w, err := c.Data()
+	if err != nil {
+		e := Classify("data", err)
+		for _, i := range accepted {
+			rcpts[i] = rcptResult(rcpts[i].Addr, e)
+		}
+		if fail(e, rcpts) {
+			return true
+		}
+		return c.Reset() != nil
+	}
+	sess.tr.muted = true
+	n, err := s.writeData(w, job)
+	var resp *smtp.DataResponse
+	if err == nil {
+		resp, err = w.CloseWithResponse()
+	}
+	sess.tr.muted = false
+	sess.tr.note(fmt.Sprintf("C: [message data: %d bytes]", n))
+	if err != nil {
+		e := Classify("data", err)
+		var se *smtp.SMTPError
+		if !errors.As(err, &se) {
+			// No reply after the data: the server may have the message.
+			job.State.Possible = true
+			e.Text += " (no reply to the message data: the server may have received it; it will be sent again)"
+		}
+		sess.tr.note("S: [" + e.Error() + "]")
+		for _, i := range accepted {
+			rcpts[i] = rcptResult(rcpts[i].Addr, e)
+		}
+		fail(e, rcpts)
+		if se != nil && se.Code != 421 {
+			return c.Reset() != nil
+		}
+		return true
+	}
+	sess.tr.note(fmt.Sprintf("S: 250 %s", resp.StatusText))
+	for _, i := range accepted {
+		rcpts[i].Code = 250
+	}
+	job.Outcome = outcomeFromRcpts(rcpts)
+	if s.Accepted != nil {
+		if err := s.Accepted(job); err != nil {
+			s.Log.Error("recording the server's acceptance", zap.String("file", job.Name), zap.Error(err))
+		}
+	}
+	return false
+}
+
+// writeData streams the message, without its envelope header, to w.
+func (s *Sender) writeData(w io.Writer, job *Job) (int64, error) {
+	f, err := os.Open(job.Path)
+	if err != nil {
+		return 0, Temporaryf("data", "reopening the queue file: %v", err)
+	}
+	defer f.Close()
+	cw := &counter{w: w}
+	if job.Kind == KindPickup {
+		err = queuefile.StripPickup(cw, f)
+	} else {
+		err = queuefile.StripSealed(cw, f)
+	}
+	return cw.n, err
+}
+
+// recordingConn copies the plaintext of a connection to a transcript while
+// on.
+type recordingConn struct {
+	net.Conn
+	tr *transcript
+	on bool
+}
+
+func (c *recordingConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	if c.on && n > 0 {
+		c.tr.Write(b[:n])
+	}
+	return n, err
+}
+
+func (c *recordingConn) Write(b []byte) (int, error) {
+	if c.on {
+		c.tr.Write(b)
+	}
+	return c.Conn.Write(b)
+}
+
+type counter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *counter) Write(b []byte) (int, error) {
+	n, err := c.w.Write(b)
+	c.n += int64(n)
+	return n, err
+}
+
+func rcptResult(addr string, e *Error) RcptResult {
+	st := RcptTransient
+	if !e.Temporary {
+		st = RcptFailed
+	}
+	return RcptResult{Addr: addr, Status: st, Code: e.Code, Enhanced: e.Enhanced, Text: e.Error()}
+}
+
+func allRcpts(addrs []string, e *Error) []RcptResult {
+	out := make([]RcptResult, len(addrs))
+	for i, a := range addrs {
+		out[i] = rcptResult(a, e)
+	}
+	return out
+}
+
+// outcomeFromRcpts decides a transaction's verdict from its recipients:
+// any transient one means a retry (for those only); else any failed one
+// means Undeliverable; else sent.
+func outcomeFromRcpts(rcpts []RcptResult) Outcome {
+	o := Outcome{Verdict: Sent, Attempted: true, Rcpts: rcpts}
+	var firstFail, firstTemp *RcptResult
+	for i := range rcpts {
+		switch rcpts[i].Status {
+		case RcptTransient:
+			if firstTemp == nil {
+				firstTemp = &rcpts[i]
+			}
+		case RcptFailed:
+			if firstFail == nil {
+				firstFail = &rcpts[i]
+			}
+		}
+	}
+	switch {
+	case firstTemp != nil:
+		o.Verdict = Transient
+		o.Err = &Error{Temporary: true, Step: "rcpt", Code: firstTemp.Code, Enhanced: firstTemp.Enhanced, Text: firstTemp.Text}
+	case firstFail != nil:
+		o.Verdict, o.Class = Permanent, ClassPermanent
+		o.Err = &Error{Step: "rcpt", Code: firstFail.Code, Enhanced: firstFail.Enhanced, Text: firstFail.Text}
+	}
+	return o
+}
+
+func isLoopback(a net.Addr) bool {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		return ta.IP.IsLoopback()
+	}
+	host, _, err := net.SplitHostPort(a.String())
+	if err != nil {
+		return false
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+func orDefault(d, def time.Duration) time.Duration {
+	if d > 0 {
+		return d
+	}
+	return def
+}
+
+// xoauth2 is the XOAUTH2 SASL mechanism (Google, Microsoft).
+type xoauth2 struct{ user, token string }
+
+func (x *xoauth2) Start() (string, []byte, error) {
+	return "XOAUTH2", []byte("user=" + x.user + "\x01auth=Bearer " + x.token + "\x01\x01"), nil
+}
+
+func (x *xoauth2) Next(challenge []byte) ([]byte, error) {
+	// The server sent an error as a JSON challenge; an empty response ends
+	// the exchange and it then answers with the failure.
+	if len(challenge) > 0 {
+		return []byte{}, nil
+	}
+	return nil, errors.New("unexpected XOAUTH2 challenge")
+}
+
+// normalizeHost lower-cases a host name for per-host keys.
+func normalizeHost(h string) string { return strings.ToLower(strings.TrimSuffix(h, ".")) }

@@ -1,0 +1,604 @@
+package stages
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/gofrs/flock"
+
+	"github.com/smtpq/smtpq/queuefile"
+)
+
+// Folders inside queue_dir that hold smtpq's working state. Their names start
+// with a dot, so they are never taken for queue files, and they sit on the
+// queue's filesystem, so moves between them are atomic renames.
+const (
+	ActiveDir   = ".active"   // .active/<instance>/: files claimed by a running instance
+	DeferredDir = ".deferred" // .deferred/<due time>/: waiting for a retry
+	HoldDir     = ".hold"     // held by the operator: never sent until released
+	StateDir    = ".state"    // <name>.json: delivery state of messages that have one
+)
+
+// bucketLayout names a deferred bucket by its due time, to the second.
+const bucketLayout = "20060102T150405Z"
+
+// Dirs are the spool's three configured folders.
+type Dirs struct {
+	Queue         string
+	Sent          string
+	Undeliverable string
+}
+
+// Spool is the directory spool: the queue folder with its working
+// subfolders, and the Sent and Undeliverable folders. One Spool is one running
+// instance; it holds a lock on its own active folder for its lifetime, so
+// another instance can tell a dead instance's claimed files (to recover) from
+// a live one's (to leave alone).
+//
+// Its methods are safe for concurrent use by the Scanner, the Sender and the
+// Archiver: each works on files it has claimed, identified by name.
+type Spool struct {
+	dirs   Dirs
+	id     string
+	active string
+	lock   *flock.Flock
+	now    func() time.Time
+}
+
+// OpenSpool creates the folders if needed, registers this instance and
+// returns its spool. Close releases it.
+func OpenSpool(d Dirs, now func() time.Time) (*Spool, error) {
+	if now == nil {
+		now = time.Now
+	}
+	for _, dir := range []string{
+		d.Queue, d.Sent, d.Undeliverable,
+		filepath.Join(d.Queue, queuefile.TmpDir), filepath.Join(d.Queue, ActiveDir),
+		filepath.Join(d.Queue, DeferredDir), filepath.Join(d.Queue, HoldDir),
+		filepath.Join(d.Queue, StateDir),
+		filepath.Join(d.Sent, queuefile.TmpDir), filepath.Join(d.Undeliverable, queuefile.TmpDir),
+	} {
+		if err := os.MkdirAll(dir, 0o750); err != nil {
+			return nil, fmt.Errorf("spool: %w", err)
+		}
+	}
+	var rnd [6]byte
+	if _, err := rand.Read(rnd[:]); err != nil {
+		return nil, err
+	}
+	s := &Spool{dirs: d, id: hex.EncodeToString(rnd[:]), now: now}
+	s.active = filepath.Join(d.Queue, ActiveDir, s.id)
+	s.lock = flock.New(s.active + ".lock")
+	ok, err := s.lock.TryLock()
+	if err != nil || !ok {
+		return nil, fmt.Errorf("spool: locking %s: %v", s.lock.Path(), err)
+	}
+	if err := os.Mkdir(s.active, 0o750); err != nil {
+		s.lock.Unlock()
+		return nil, fmt.Errorf("spool: %w", err)
+	}
+	return s, nil
+}
+
+// Dirs returns the spool's folders.
+func (s *Spool) Dirs() Dirs { return s.dirs }
+
+// Close releases this instance's registration. Files still in its active
+// folder are returned to the queue first.
+func (s *Spool) Close() error {
+	_, err := s.returnAll(s.active)
+	if rerr := os.Remove(s.active); err == nil && rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
+		err = rerr
+	}
+	os.Remove(s.lock.Path())
+	if uerr := s.lock.Unlock(); err == nil {
+		err = uerr
+	}
+	return err
+}
+
+// Recover returns to the queue the files that dead instances left claimed,
+// and removes stale temporary files. It leaves live instances' files alone.
+func (s *Spool) Recover() (int, error) {
+	root := filepath.Join(s.dirs.Queue, ActiveDir)
+	ents, err := os.ReadDir(root)
+	if err != nil {
+		return 0, fmt.Errorf("spool: %w", err)
+	}
+	var n int
+	var errs []error
+	for _, e := range ents {
+		if !e.IsDir() || e.Name() == s.id {
+			continue
+		}
+		dir := filepath.Join(root, e.Name())
+		l := flock.New(dir + ".lock")
+		ok, err := l.TryLock()
+		if err != nil || !ok {
+			continue // alive, or we cannot tell: leave it
+		}
+		got, err := s.returnAll(dir)
+		n += got
+		if err != nil {
+			errs = append(errs, err)
+		} else {
+			os.Remove(dir)
+			os.Remove(l.Path())
+		}
+		l.Unlock()
+	}
+	for _, d := range []string{s.dirs.Sent, s.dirs.Undeliverable, s.dirs.Queue} {
+		removeStaleTmp(filepath.Join(d, queuefile.TmpDir), s.now().Add(-time.Hour))
+	}
+	return n, errors.Join(errs...)
+}
+
+func (s *Spool) returnAll(dir string) (int, error) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return 0, nil
+		}
+		return 0, err
+	}
+	n := 0
+	for _, e := range ents {
+		if err := os.Rename(filepath.Join(dir, e.Name()), filepath.Join(s.dirs.Queue, e.Name())); err != nil {
+			return n, fmt.Errorf("spool: returning %s: %w", e.Name(), err)
+		}
+		n++
+	}
+	if n > 0 {
+		return n, queuefile.SyncDir(s.dirs.Queue)
+	}
+	return 0, nil
+}
+
+func removeStaleTmp(dir string, before time.Time) {
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		if fi, err := e.Info(); err == nil && fi.ModTime().Before(before) {
+			os.Remove(filepath.Join(dir, e.Name()))
+		}
+	}
+}
+
+// scanBatch is how many directory entries are read at once: a million-file
+// queue is never listed into memory whole.
+const scanBatch = 256
+
+// Scan claims the files that are ready: those in the queue folder, then those
+// in deferred buckets that are due at now. It calls fn with each claimed job
+// and stops early, returning ctx.Err(), when ctx is done or fn returns false.
+// It returns the due time of the earliest bucket still in the future (zero if
+// none), so the caller knows when to look again.
+func (s *Spool) Scan(ctx context.Context, now time.Time, fn func(*Job) bool) (time.Time, error) {
+	if err := s.scanDir(ctx, s.dirs.Queue, "queue", fn); err != nil {
+		return time.Time{}, err
+	}
+	return s.scanDeferred(ctx, now, fn)
+}
+
+// scanDir claims every eligible entry of dir.
+func (s *Spool) scanDir(ctx context.Context, dir, from string, fn func(*Job) bool) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("spool: %w", err)
+	}
+	defer d.Close()
+	for {
+		ents, err := d.ReadDir(scanBatch)
+		for _, e := range ents {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			// Regular files only: never a directory, FIFO, device or
+			// symlink (a link is not followed, nor moved).
+			if !e.Type().IsRegular() || !queuefile.IsQueueName(e.Name()) {
+				continue
+			}
+			job, cerr := s.claim(dir, e.Name(), from)
+			if cerr != nil {
+				return cerr
+			}
+			if job == nil {
+				continue // someone else claimed it, or it vanished
+			}
+			if !fn(job) {
+				return context.Canceled
+			}
+		}
+		if errors.Is(err, io.EOF) || len(ents) == 0 {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("spool: reading %s: %w", dir, err)
+		}
+	}
+}
+
+func (s *Spool) scanDeferred(ctx context.Context, now time.Time, fn func(*Job) bool) (time.Time, error) {
+	root := filepath.Join(s.dirs.Queue, DeferredDir)
+	ents, err := os.ReadDir(root) // one entry per due second: small
+	if err != nil {
+		return time.Time{}, fmt.Errorf("spool: %w", err)
+	}
+	var next time.Time
+	for _, e := range ents {
+		due, perr := time.Parse(bucketLayout, e.Name())
+		if perr != nil || !e.IsDir() {
+			continue
+		}
+		if due.After(now) {
+			if next.IsZero() || due.Before(next) {
+				next = due
+			}
+			continue
+		}
+		dir := filepath.Join(root, e.Name())
+		if err := s.scanDir(ctx, dir, "deferred", fn); err != nil {
+			return time.Time{}, err
+		}
+		os.Remove(dir) // fails harmlessly if a file arrived meanwhile
+	}
+	return next, nil
+}
+
+// ScanOne claims one named file in the queue folder, if it is there.
+func (s *Spool) ScanOne(name string) (*Job, error) {
+	if !queuefile.IsQueueName(name) {
+		return nil, nil
+	}
+	fi, err := os.Lstat(filepath.Join(s.dirs.Queue, name))
+	if err != nil || !fi.Mode().IsRegular() {
+		return nil, nil
+	}
+	return s.claim(s.dirs.Queue, name, "queue")
+}
+
+// claim moves dir/name into this instance's active folder. A rename that
+// loses a race returns (nil, nil): someone else has the file.
+func (s *Spool) claim(dir, name, from string) (*Job, error) {
+	dst := filepath.Join(s.active, name)
+	if err := os.Rename(filepath.Join(dir, name), dst); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("spool: claiming %s: %w", name, err)
+	}
+	job := &Job{Name: name, Path: dst, From: from}
+	st, err := s.readState(name)
+	if err != nil {
+		// A damaged state file must not lose the message: start afresh and
+		// say so in its history.
+		job.State.AddHistory(s.now(), "state file unreadable, reset: "+err.Error())
+	} else if st != nil {
+		job.State = *st
+	}
+	if job.State.Queued.IsZero() {
+		job.State.Queued = nameTime(name, s.now())
+	}
+	return job, nil
+}
+
+// nameTime reads the enqueue time from a queue-file name, or returns def.
+func nameTime(name string, def time.Time) time.Time {
+	if i := strings.IndexByte(name, '-'); i > 0 {
+		if t, err := time.Parse("20060102T150405.000000000Z", name[:i]); err == nil {
+			return t
+		}
+	}
+	return def
+}
+
+func (s *Spool) statePath(name string) string {
+	return filepath.Join(s.dirs.Queue, StateDir, name+".json")
+}
+
+func (s *Spool) readState(name string) (*State, error) {
+	b, err := os.ReadFile(s.statePath(name))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var st State
+	if err := json.Unmarshal(b, &st); err != nil {
+		return nil, err
+	}
+	return &st, nil
+}
+
+// WriteState durably records a message's state (temporary file, fsync,
+// rename, directory fsync).
+func (s *Spool) WriteState(name string, st *State) error {
+	b, err := json.MarshalIndent(st, "", "  ")
+	if err != nil {
+		return err
+	}
+	return writeFileDurable(s.statePath(name), b)
+}
+
+// RecordAccepted durably notes, before anything else happens, that the
+// server accepted a job's data: the recipients it accepted are done, and if
+// none is left the message counts as sent. After a crash the message is then
+// filed, not sent again.
+func (s *Spool) RecordAccepted(job *Job) error {
+	st := job.State
+	st.Done = append([]string(nil), st.Done...)
+	for _, r := range job.Outcome.Rcpts {
+		if r.Status == RcptDelivered {
+			st.Done = appendUnique(st.Done, r.Addr)
+		}
+	}
+	st.Accepted = job.Outcome.Verdict == Sent
+	return s.WriteState(job.Name, &st)
+}
+
+func (s *Spool) removeState(name string) error {
+	err := os.Remove(s.statePath(name))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	return err
+}
+
+// Sent files a delivered job: a copy without the sealed header in Sent (none
+// with deleteCopy), then removes the queue's copy and its state. The Sent copy
+// is durable before anything is removed.
+func (s *Spool) Sent(job *Job, deleteCopy bool) (string, error) {
+	var final string
+	if !deleteCopy {
+		tmp := filepath.Join(s.dirs.Sent, queuefile.TmpDir, s.id+"-"+job.Name)
+		if err := s.writeStripped(tmp, job); err != nil {
+			os.Remove(tmp)
+			return "", fmt.Errorf("writing Sent copy: %w", err)
+		}
+		n, err := publish(tmp, s.dirs.Sent, job.Name)
+		if err != nil {
+			os.Remove(tmp)
+			return "", fmt.Errorf("filing in Sent: %w", err)
+		}
+		final = filepath.Join(s.dirs.Sent, n)
+	}
+	return final, s.forget(job)
+}
+
+func (s *Spool) writeStripped(tmp string, job *Job) error {
+	src, err := os.Open(job.Path)
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o640)
+	if err != nil {
+		return err
+	}
+	if job.Kind == KindPickup {
+		err = queuefile.StripPickup(f, src)
+	} else {
+		err = queuefile.StripSealed(f, src)
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// forget removes a filed job's queue copy and state.
+func (s *Spool) forget(job *Job) error {
+	if err := os.Remove(job.Path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	if err := queuefile.SyncDir(s.active); err != nil {
+		return err
+	}
+	return s.removeState(job.Name)
+}
+
+// Undeliverable files a failed job: its XML log and then the original file
+// (sealed header and all) in Undeliverable, then removes the queue's copy
+// and state. It returns the path of the filed message.
+func (s *Spool) Undeliverable(job *Job, xmlLog []byte) (string, error) {
+	name, err := s.freeName(s.dirs.Undeliverable, job.Name)
+	if err != nil {
+		return "", err
+	}
+	logName := strings.TrimSuffix(name, queuefile.Ext) + ".xml"
+	tmp := filepath.Join(s.dirs.Undeliverable, queuefile.TmpDir, s.id+"-"+logName)
+	if err := writeFileSynced(tmp, xmlLog); err != nil {
+		os.Remove(tmp)
+		return "", fmt.Errorf("writing XML log: %w", err)
+	}
+	if _, err := publishExact(tmp, s.dirs.Undeliverable, logName); err != nil {
+		os.Remove(tmp)
+		return "", fmt.Errorf("filing XML log: %w", err)
+	}
+	dst := filepath.Join(s.dirs.Undeliverable, name)
+	if err := os.Link(job.Path, dst); err != nil {
+		// Another filesystem, or no hard links: copy.
+		tmp := filepath.Join(s.dirs.Undeliverable, queuefile.TmpDir, s.id+"-"+name)
+		if cerr := copyFileSynced(job.Path, tmp); cerr != nil {
+			os.Remove(tmp)
+			return "", fmt.Errorf("filing in Undeliverable: %w", cerr)
+		}
+		if _, perr := publishExact(tmp, s.dirs.Undeliverable, name); perr != nil {
+			os.Remove(tmp)
+			return "", fmt.Errorf("filing in Undeliverable: %w", perr)
+		}
+	}
+	if err := queuefile.SyncDir(s.dirs.Undeliverable); err != nil {
+		return "", err
+	}
+	return dst, s.forget(job)
+}
+
+// freeName returns name, or name with a -N suffix, such that neither it nor
+// its .xml log exists in dir.
+func (s *Spool) freeName(dir, name string) (string, error) {
+	for i := 0; i < 1000; i++ {
+		n := suffixed(name, i)
+		_, err1 := os.Lstat(filepath.Join(dir, n))
+		_, err2 := os.Lstat(filepath.Join(dir, strings.TrimSuffix(n, queuefile.Ext)+".xml"))
+		if errors.Is(err1, fs.ErrNotExist) && errors.Is(err2, fs.ErrNotExist) {
+			return n, nil
+		}
+	}
+	return "", fmt.Errorf("no free name for %s in %s", name, dir)
+}
+
+// Defer moves a job to the deferred bucket for due, with its state written
+// first.
+func (s *Spool) Defer(job *Job, due time.Time) error {
+	job.State.NextAttempt = due
+	if err := s.WriteState(job.Name, &job.State); err != nil {
+		return fmt.Errorf("writing state: %w", err)
+	}
+	// A bucket is named by its due time rounded up to the second, so nothing
+	// in it is taken before it is due.
+	at := due.UTC().Truncate(time.Second)
+	if at.Before(due) {
+		at = at.Add(time.Second)
+	}
+	bucket := filepath.Join(s.dirs.Queue, DeferredDir, at.Format(bucketLayout))
+	if err := os.MkdirAll(bucket, 0o750); err != nil {
+		return err
+	}
+	if err := os.Rename(job.Path, filepath.Join(bucket, job.Name)); err != nil {
+		return err
+	}
+	if err := queuefile.SyncDir(bucket); err != nil {
+		return err
+	}
+	return queuefile.SyncDir(s.active)
+}
+
+// Return puts a job back in the queue folder as it was claimed; its state
+// file, if any, stays.
+func (s *Spool) Return(job *Job) error {
+	if err := os.Rename(job.Path, filepath.Join(s.dirs.Queue, job.Name)); err != nil {
+		return err
+	}
+	return queuefile.SyncDir(s.dirs.Queue)
+}
+
+func suffixed(name string, i int) string {
+	if i == 0 {
+		return name
+	}
+	return fmt.Sprintf("%s-%d%s", strings.TrimSuffix(name, queuefile.Ext), i, queuefile.Ext)
+}
+
+// publish makes tmp, a complete and synced file, visible as dir/name without
+// ever replacing an existing file: on a clash it takes name-1, name-2, ...
+// It returns the name used.
+func publish(tmp, dir, name string) (string, error) {
+	for i := 0; i < 1000; i++ {
+		n := suffixed(name, i)
+		ok, err := linkNoReplace(tmp, filepath.Join(dir, n))
+		if err != nil {
+			return "", err
+		}
+		if ok {
+			os.Remove(tmp)
+			return n, queuefile.SyncDir(dir)
+		}
+	}
+	return "", fmt.Errorf("no free name for %s in %s", name, dir)
+}
+
+// publishExact is publish without the suffixes: a clash is an error.
+func publishExact(tmp, dir, name string) (string, error) {
+	ok, err := linkNoReplace(tmp, filepath.Join(dir, name))
+	if err != nil {
+		return "", err
+	}
+	if !ok {
+		return "", fmt.Errorf("%s already exists in %s", name, dir)
+	}
+	os.Remove(tmp)
+	return name, queuefile.SyncDir(dir)
+}
+
+// linkNoReplace links src at dst if dst does not exist. It reports false if
+// dst exists. Where hard links are not supported it falls back to a check and
+// a rename.
+func linkNoReplace(src, dst string) (bool, error) {
+	err := os.Link(src, dst)
+	if err == nil {
+		return true, nil
+	}
+	if errors.Is(err, fs.ErrExist) {
+		return false, nil
+	}
+	if _, serr := os.Lstat(dst); serr == nil {
+		return false, nil
+	}
+	if rerr := os.Rename(src, dst); rerr != nil {
+		return false, rerr
+	}
+	return true, nil
+}
+
+func writeFileSynced(path string, b []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o640)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(b)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// writeFileDurable replaces path with b atomically and durably.
+func writeFileDurable(path string, b []byte) error {
+	tmp := path + ".tmp"
+	if err := writeFileSynced(tmp, b); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return queuefile.SyncDir(filepath.Dir(path))
+}
+
+func copyFileSynced(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o640)
+	if err != nil {
+		return err
+	}
+	_, err = io.Copy(out, in)
+	if err == nil {
+		err = out.Sync()
+	}
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
