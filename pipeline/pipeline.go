@@ -3,30 +3,30 @@
 //
 // The flow, for every file dropped into queue_dir:
 //
-//	Scanner ──claimed──▶ Parser ──parsed──▶ Dispatcher ◀──requests── Sender workers
-//	   │                    │                   │                       │
-//	   └────────────────────┴──── fail/park ────┴──────── outcomes ─────┴──▶ Archiver
+//		Scanner ──claimed──▶ Parser ──parsed──▶ Dispatcher ◀──requests── Sender workers
+//		   │                    │                   │                       │
+//		   └────────────────────┴──── fail/park ────┴──────── outcomes ─────┴──▶ Archiver
 //
-//  1. The Scanner watches queue_dir (fsnotify plus a periodic rescan) and
-//     claims each .eml file by renaming it into its own .active/<instance>
-//     folder; a rename that loses a race means another instance has it. At
-//     start it returns to the queue what dead instances left claimed. Due
-//     files in .deferred/ are claimed the same way.
-//  2. The Parser opens the seal, checks the digest, resolves relay profiles
-//     and validates everything. A file that fails goes straight to the
-//     Archiver, with its reason, as "invalid"; one not yet due is parked.
-//  3. The Dispatcher keeps per-host queues and hands jobs to Sender workers
-//     while keeping max_threads (one worker per session), each host's
-//     max_connections and rate, and a circuit breaker per host. A slow host
-//     never holds up another: its surplus is parked, memory stays bounded.
-//  4. Each Sender worker owns at most one SMTP session, reuses it for the next
-//     job with the same route (RSET between messages) up to the host's
-//     max_messages_per_connection and idle_timeout, and records per-recipient
-//     results and a redacted transcript. The server's acceptance of the data
-//     is written to disk before anything else.
-//  5. The Archiver files each outcome: Sent (sealed header removed),
-//     Undeliverable with <name>.xml, .deferred/ with backoff, or back to the
-//     queue. It runs until every stage upstream has stopped.
+//	 1. The Scanner watches queue_dir (fsnotify plus a periodic rescan) and
+//	    claims each .eml file by renaming it into its own .active/<instance>
+//	    folder; a rename that loses a race means another instance has it. At
+//	    start it returns to the queue what dead instances left claimed. Due
+//	    files in .deferred/ are claimed the same way.
+//	 2. The Parser opens the seal, checks the digest, resolves relay profiles
+//	    and validates everything. A file that fails goes straight to the
+//	    Archiver, with its reason, as "invalid"; one not yet due is parked.
+//	 3. The Dispatcher keeps per-host queues and hands jobs to Sender workers
+//	    while keeping max_threads (one worker per session), each host's
+//	    max_connections and rate, and a circuit breaker per host. A slow host
+//	    never holds up another: its surplus is parked, memory stays bounded.
+//	 4. Each Sender worker owns at most one SMTP session, reuses it for the next
+//	    job with the same route (RSET between messages) up to the host's
+//	    max_messages_per_connection and idle_timeout, and records per-recipient
+//	    results and a redacted transcript. The server's acceptance of the data
+//	    is written to disk before anything else.
+//	 5. The Archiver files each outcome: Sent (sealed header removed),
+//	    Undeliverable with <name>.xml, .deferred/ with backoff, or back to the
+//	    queue. It runs until every stage upstream has stopped.
 //
 // Every goroutine belongs to Run, which returns only when all stages have
 // stopped. Cancelling Run's context is the first phase of shutdown: the

@@ -181,4 +181,3 @@ func appendUnique(list []string, s string) []string {
 	}
 	return append(list, s)
 }
-
