@@ -16,7 +16,7 @@ build:
 # Runs the service in the foreground on the development config: on first run
 # it creates the spool folders and keys under .dev/ and prints where they are.
 run: build
-	$(BIN) run --config $(DEVCONFIG) --init
+	testdata/dev/run.sh
 
 fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \

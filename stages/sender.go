@@ -435,7 +435,7 @@ func rcptResult(addr string, e *Error) RcptResult {
 	if !e.Temporary {
 		st = RcptFailed
 	}
-	return RcptResult{Addr: addr, Status: st, Code: e.Code, Enhanced: e.Enhanced, Text: e.Error()}
+	return RcptResult{Addr: addr, Status: st, Code: e.Code, Enhanced: e.Enhanced, Text: e.Text}
 }
 
 func allRcpts(addrs []string, e *Error) []RcptResult {

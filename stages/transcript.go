@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/base64"
 	"strings"
+	"unicode/utf8"
 )
 
 // maxTranscript bounds a recorded transcript; the rest is cut.
@@ -100,6 +101,7 @@ func (t *transcript) line(raw []byte) {
 
 // note adds a line of our own.
 func (t *transcript) note(l string) {
+	l = strings.Map(printable, l)
 	for _, s := range t.secrets {
 		l = strings.ReplaceAll(l, s, "[redacted]")
 	}
@@ -121,3 +123,12 @@ func (t *transcript) reset() {
 }
 
 func (t *transcript) String() string { return t.buf.String() }
+
+// printable replaces control characters and invalid UTF-8, which a hostile
+// server may send, so that the transcript stays valid text (and XML).
+func printable(r rune) rune {
+	if r == '\t' || (r >= ' ' && r != 0x7f && r != utf8.RuneError && (r < 0xfffe)) {
+		return r
+	}
+	return '?'
+}

@@ -50,9 +50,10 @@ type XMLAttempt struct {
 	Result string `xml:",chardata"`
 }
 
-// XMLCData is text written as escaped character data.
+// XMLCData is text written as a CDATA section, so that a transcript keeps
+// its line breaks readable.
 type XMLCData struct {
-	Text string `xml:",chardata"`
+	Text string `xml:",cdata"`
 }
 
 // BuildXMLLog assembles the log of a job given up.

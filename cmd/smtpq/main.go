@@ -106,4 +106,5 @@ var commands = []func() *cobra.Command{
 	newConfigCmd,
 	newEnqueueCmd,
 	newSendmailCmd,
+	newDevsinkCmd,
 }

@@ -1,7 +1,117 @@
 package main
 
-import "github.com/spf13/cobra"
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+
+	"github.com/spf13/cobra"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/smtpq/smtpq/pipeline"
+	"github.com/smtpq/smtpq/queuefile"
+)
 
 func newRunCmd() *cobra.Command {
-	return &cobra.Command{Use: "run", Short: "not yet implemented"}
+	var initFirst bool
+	cmd := &cobra.Command{
+		Use:   "run",
+		Short: "Run the service in the foreground until SIGINT or SIGTERM",
+		Long: `Run the service in the foreground: pick up queued files, send them, file the
+results. SIGINT or SIGTERM stops taking work, lets sessions in progress finish
+(up to 30s), returns the rest to the queue and exits 0.
+
+With --init, missing folders and keys are created first (as on the first
+"make run"), and their locations printed.`,
+		Args: usageArgs(0, 0),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := loadConfig(configFlag(cmd))
+			if err != nil {
+				return err
+			}
+			if initFirst {
+				if err := initSpool(cmd, cfg); err != nil {
+					return err
+				}
+			}
+			log, err := newLogger(cfg)
+			if err != nil {
+				return err
+			}
+			defer log.Sync()
+			p, err := pipeline.New(cfg, pipeline.Options{Logger: log})
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return p.Run(ctx)
+		},
+	}
+	cmd.Flags().BoolVar(&initFirst, "init", false, "create missing folders and keys first, and print where they are")
+	return cmd
+}
+
+// initSpool creates the configured folders and, if neither exists, the key
+// pair, and prints where everything is.
+func initSpool(cmd *cobra.Command, cfg *pipeline.Config) error {
+	out := cmd.OutOrStdout()
+	for _, d := range []string{cfg.QueueDir, cfg.SentDir, cfg.UndeliverableDir} {
+		if err := os.MkdirAll(d, 0o750); err != nil {
+			return err
+		}
+	}
+	if len(cfg.IdentityFile) > 0 && cfg.RecipientFile != "" {
+		_, err1 := os.Stat(cfg.IdentityFile[0])
+		_, err2 := os.Stat(cfg.RecipientFile)
+		if errors.Is(err1, fs.ErrNotExist) && errors.Is(err2, fs.ErrNotExist) {
+			if _, err := queuefile.GenerateKeys(cfg.IdentityFile[0], cfg.RecipientFile); err != nil {
+				return err
+			}
+			fmt.Fprintf(out, "created key pair: %s (private), %s (public)\n", cfg.IdentityFile[0], cfg.RecipientFile)
+		}
+	}
+	fmt.Fprintf(out, "config:        %s\nqueue:         %s\nsent:          %s\nundeliverable: %s\n",
+		cfg.Path, cfg.QueueDir, cfg.SentDir, cfg.UndeliverableDir)
+	if cfg.DefaultRelay != "" {
+		r := cfg.Relays[cfg.DefaultRelay]
+		fmt.Fprintf(out, "default relay: %s (%s:%d)\n", cfg.DefaultRelay, r.Host, r.Port)
+	}
+	fmt.Fprintf(out, "enqueue a test message: %s enqueue --config %s --to you@example.org testdata/messages/plain-crlf.eml\n",
+		filepath.Base(os.Args[0]), cfg.Path)
+	return nil
+}
+
+// newLogger builds the service's logger from the log section: level,
+// console or JSON, and optionally a copy in log.dir/smtpq.log.
+func newLogger(cfg *pipeline.Config) (*zap.Logger, error) {
+	var zc zap.Config
+	if cfg.Log.Format == "json" {
+		zc = zap.NewProductionConfig()
+	} else {
+		zc = zap.NewDevelopmentConfig()
+		zc.Development = false
+		zc.DisableStacktrace = true
+		zc.EncoderConfig.EncodeLevel = zapcore.CapitalLevelEncoder
+	}
+	lvl, err := zapcore.ParseLevel(cfg.Log.Level)
+	if err != nil {
+		return nil, fmt.Errorf("log.level: %w", err)
+	}
+	zc.Level = zap.NewAtomicLevelAt(lvl)
+	zc.OutputPaths = []string{"stderr"}
+	zc.ErrorOutputPaths = []string{"stderr"}
+	if cfg.Log.Dir != "" {
+		if err := os.MkdirAll(cfg.Log.Dir, 0o750); err != nil {
+			return nil, fmt.Errorf("log.dir: %w", err)
+		}
+		zc.OutputPaths = append(zc.OutputPaths, filepath.Join(cfg.Log.Dir, "smtpq.log"))
+	}
+	return zc.Build()
 }
