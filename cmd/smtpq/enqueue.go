@@ -117,6 +117,9 @@ func runEnqueue(cmd *cobra.Command, f *enqueueFlags, args []string) error {
 		Host: f.host, Port: f.port, TLS: tlsMode, Username: f.user, HELO: f.helo,
 		From: f.from, To: slices.Clone(f.to),
 	}
+	if p.Host != "" && p.Port == 0 && p.TLS == queuefile.TLSImplicit {
+		p.Port = 465 // SMTPS; otherwise the service's default, 25
+	}
 	if f.notBefore != "" {
 		if p.NotBefore, err = parseWhen(f.notBefore, now); err != nil {
 			return usagef("--not-before: %v", err)

@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/spf13/cobra"
 )
@@ -57,7 +58,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	if err == nil {
 		return 0
 	}
-	fmt.Fprintf(stderr, "smtpq: %v\n", err)
+	fmt.Fprintf(stderr, "smtpq: %s\n", flatten(err.Error()))
 	var ee *exitError
 	if errors.As(err, &ee) {
 		return ee.code
@@ -76,7 +77,9 @@ func (e usageError) Unwrap() error { return e.err }
 
 func isUsageError(err error) bool {
 	var u usageError
-	return errors.As(err, &u)
+	// cobra's own complaints about the command line are plain errors.
+	return errors.As(err, &u) || strings.HasPrefix(err.Error(), "unknown command ") ||
+		strings.HasPrefix(err.Error(), "accepts ") || strings.HasPrefix(err.Error(), "requires ")
 }
 
 func newRootCmd(stdin io.Reader, stdout, stderr io.Writer) *cobra.Command {

@@ -297,6 +297,9 @@ func runSendmail(cmd *cobra.Command, args []string) error {
 		switch {
 		case in.err != nil:
 			return withCode(exIOErr, fmt.Errorf("reading the message: %w", in.err))
+		case errors.Is(err, queuefile.ErrDuplicateSeal), errors.Is(err, queuefile.ErrNoRecipients),
+			errors.Is(err, queuefile.ErrNoSeparator), errors.Is(err, queuefile.ErrFieldTooLong):
+			return withCode(exDataErr, err)
 		case errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT):
 			return withCode(exTempFail, err)
 		default:
@@ -530,6 +533,13 @@ type messageReader struct {
 }
 
 func (m *messageReader) Read(p []byte) (int, error) {
+	if m.ignoreDots && len(m.pending) == 0 && !m.done {
+		n, err := m.r.Read(p)
+		if err != nil && err != io.EOF {
+			m.err = err
+		}
+		return n, err
+	}
 	for len(m.pending) == 0 {
 		if m.done {
 			if m.err != nil {

@@ -1,0 +1,158 @@
+package main
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/smtpq/smtpq/pipeline"
+)
+
+// usagef returns a usage error (exit status 2 outside the sendmail command).
+func usagef(format string, a ...any) error {
+	return usageError{fmt.Errorf(format, a...)}
+}
+
+// usageArgs is cobra.RangeArgs, but its errors are usage errors.
+func usageArgs(minArgs, maxArgs int) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		switch {
+		case len(args) < minArgs:
+			return usagef("%s: want at least %d argument(s), got %d", cmd.CommandPath(), minArgs, len(args))
+		case len(args) > maxArgs && maxArgs == 0:
+			return usagef("%s: unexpected argument %s", cmd.CommandPath(), quoteIfNeeded(args[0]))
+		case len(args) > maxArgs:
+			return usagef("%s: want at most %d argument(s), got %d", cmd.CommandPath(), maxArgs, len(args))
+		}
+		return nil
+	}
+}
+
+// oneLineError keeps an error to one line of text (the CLI prints exactly one
+// line per error) while errors.Is and errors.As still see the original.
+type oneLineError struct{ err error }
+
+func (e oneLineError) Error() string { return flatten(e.err.Error()) }
+func (e oneLineError) Unwrap() error { return e.err }
+
+// oneLine wraps err so that its text is a single line.
+func oneLine(err error) error {
+	if err == nil || !strings.ContainsAny(err.Error(), "\r\n") {
+		return err
+	}
+	return oneLineError{err}
+}
+
+// flatten joins the lines of a multi-line message: after a line ending in a
+// colon (a heading such as yaml's "unmarshal errors:") with a space, else
+// with "; " (errors.Join).
+func flatten(s string) string {
+	var b strings.Builder
+	for _, line := range strings.FieldsFunc(s, func(r rune) bool { return r == '\n' || r == '\r' }) {
+		line = strings.TrimSpace(line)
+		if line == "" {
+			continue
+		}
+		if b.Len() > 0 {
+			if strings.HasSuffix(b.String(), ":") {
+				b.WriteString(" ")
+			} else {
+				b.WriteString("; ")
+			}
+		}
+		b.WriteString(line)
+	}
+	return strings.ReplaceAll(b.String(), "unmarshal errors: ", "")
+}
+
+// quoteIfNeeded returns s as is when it is a plain token, else quoted, so that
+// a value typed by a user cannot break the one-line error format.
+func quoteIfNeeded(s string) string {
+	if s == "" || strconv.Quote(s) != `"`+s+`"` || strings.ContainsAny(s, " \t\"'") {
+		return strconv.Quote(s)
+	}
+	return s
+}
+
+// configFlag returns the configuration file named by --config, else
+// $SMTPQ_CONFIG, else the default path.
+func configFlag(cmd *cobra.Command) string {
+	v, _ := cmd.Flags().GetString("config")
+	return pipeline.ConfigPath(v)
+}
+
+// loadConfig reads the configuration file; its error is one line.
+func loadConfig(path string) (*pipeline.Config, error) {
+	cfg, err := pipeline.LoadConfig(path)
+	if err != nil {
+		return nil, oneLine(err)
+	}
+	return cfg, nil
+}
+
+// maxSecretFile bounds what is read from a password or token file.
+const maxSecretFile = 64 << 10
+
+// readFirstLine returns the first line of a small file (a password or token
+// file) without its line ending. Errors name the file, never its content.
+func readFirstLine(path, what string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", what, err)
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err == nil && fi.IsDir() {
+		return "", fmt.Errorf("%s %s: is a directory", what, path)
+	}
+	br := bufio.NewReader(io.LimitReader(f, maxSecretFile))
+	line, err := br.ReadString('\n')
+	if err != nil && err != io.EOF {
+		return "", fmt.Errorf("%s %s: %w", what, path, err)
+	}
+	if err == io.EOF && len(line) == maxSecretFile {
+		return "", fmt.Errorf("%s %s: first line longer than %d bytes", what, path, maxSecretFile)
+	}
+	line = strings.TrimRight(line, "\r\n")
+	if line == "" {
+		return "", fmt.Errorf("%s %s: the first line is empty", what, path)
+	}
+	if strings.ContainsAny(line, "\r\x00") {
+		return "", fmt.Errorf("%s %s: the first line contains a CR or NUL character", what, path)
+	}
+	return line, nil
+}
+
+// parseWhen parses a point in time given as RFC 3339 ("2026-01-02T15:04:05Z")
+// or as a duration from now ("90m", "36h", "2d").
+func parseWhen(s string, now time.Time) (time.Time, error) {
+	if t, err := time.Parse(time.RFC3339, s); err == nil {
+		return t, nil
+	}
+	d, err := parseDuration(s)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("%s is neither an RFC 3339 time (2006-01-02T15:04:05Z07:00) nor a duration (90m, 36h, 2d)", quoteIfNeeded(s))
+	}
+	if d < 0 {
+		return time.Time{}, fmt.Errorf("negative duration %s", s)
+	}
+	return now.Add(d), nil
+}
+
+// parseDuration is time.ParseDuration plus whole days ("2d").
+func parseDuration(s string) (time.Duration, error) {
+	if days, ok := strings.CutSuffix(s, "d"); ok {
+		n, err := strconv.Atoi(days)
+		if err != nil || n > 100*365 {
+			return 0, errors.New("bad number of days")
+		}
+		return time.Duration(n) * 24 * time.Hour, nil
+	}
+	return time.ParseDuration(s)
+}
