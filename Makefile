@@ -39,3 +39,8 @@ lint: vet
 
 clean:
 	rm -rf bin .dev
+
+# Starts a fake SMTP server and the service, enqueues the sample messages
+# (some fail on purpose) and shows where each one went.
+demo: build
+	testdata/dev/demo.sh

@@ -116,11 +116,13 @@ func (p *Parser) parse(job *Job) bool {
 	return true
 }
 
-// isCutShort tells errors that a file still being written would give.
+// isCutShort tells errors that a file still being written in place would
+// give: no seal yet, part of it, or part of the message. A complete seal that
+// does not open (ErrTampered, ErrWrongKey) is final at once.
 func isCutShort(err error) bool {
 	return errors.Is(err, queuefile.ErrTruncated) || errors.Is(err, queuefile.ErrNoSeparator) ||
 		errors.Is(err, queuefile.ErrNoSeal) || errors.Is(err, queuefile.ErrMalformedSeal) ||
-		errors.Is(err, queuefile.ErrTampered) || errors.Is(err, io.ErrUnexpectedEOF)
+		errors.Is(err, io.ErrUnexpectedEOF)
 }
 
 func (p *Parser) open(job *Job) error {
