@@ -39,10 +39,13 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"filippo.io/age"
@@ -71,15 +74,29 @@ type Options struct {
 
 // Pipeline is the mail queue service. Create it with New, start it with Run.
 type Pipeline struct {
-	cfg        *Config
 	opts       Options
 	log        *zap.Logger
 	identities []age.Identity
-	passwords  map[string]queuefile.Secret // relay name -> password
 	tlsConfig  *tls.Config
+	live       atomic.Pointer[settings] // replaced by Reload
 
-	mu    sync.Mutex
-	spool *stages.Spool
+	mu      sync.Mutex // guards run
+	running *running   // set while Run runs
+}
+
+// settings are what Reload may change; stages read them through p.live.
+type settings struct {
+	cfg       *Config
+	passwords map[string]queuefile.Secret // relay name -> password
+}
+
+// running is what Reload needs to reach the stages of a running pipeline.
+type running struct {
+	controls  chan<- stages.HostControl
+	finished  <-chan struct{}
+	archiver  *stages.Archiver
+	startWork func(n int) // starts n more Sender workers
+	workers   int         // Sender workers started so far
 }
 
 // New checks the configuration, loads the keys and relay passwords and
@@ -97,22 +114,17 @@ func New(cfg *Config, opts Options) (*Pipeline, error) {
 	if opts.ShutdownGrace <= 0 {
 		opts.ShutdownGrace = 30 * time.Second
 	}
-	p := &Pipeline{cfg: cfg, opts: opts, log: opts.Logger, passwords: map[string]queuefile.Secret{}}
+	p := &Pipeline{opts: opts, log: opts.Logger}
 	ids, err := queuefile.LoadIdentities(cfg.IdentityFile...)
 	if err != nil {
 		return nil, err
 	}
 	p.identities = ids
-	for name, r := range cfg.Relays {
-		if r.PasswordFile == "" {
-			continue
-		}
-		pw, err := ReadSecretFile(r.PasswordFile)
-		if err != nil {
-			return nil, fmt.Errorf("relays.%s.password_file: %w", name, err)
-		}
-		p.passwords[name] = pw
+	pws, err := readPasswords(cfg)
+	if err != nil {
+		return nil, err
 	}
+	p.live.Store(&settings{cfg: cfg, passwords: pws})
 	p.tlsConfig = &tls.Config{MinVersion: tls.VersionTLS12}
 	if opts.TLSConfig != nil {
 		p.tlsConfig = opts.TLSConfig.Clone()
@@ -134,6 +146,85 @@ func New(cfg *Config, opts Options) (*Pipeline, error) {
 		p.tlsConfig.RootCAs = pool
 	}
 	return p, nil
+}
+
+func readPasswords(cfg *Config) (map[string]queuefile.Secret, error) {
+	pws := map[string]queuefile.Secret{}
+	for name, r := range cfg.Relays {
+		if r.PasswordFile == "" {
+			continue
+		}
+		pw, err := ReadSecretFile(r.PasswordFile)
+		if err != nil {
+			return nil, fmt.Errorf("relays.%s.password_file: %w", name, err)
+		}
+		pws[name] = pw
+	}
+	return pws, nil
+}
+
+// Reload applies a new configuration to the running pipeline without
+// dropping sessions in progress: per-host limits and rates, max_threads, the
+// retry policy, relay profiles and their passwords. The folders and keys
+// cannot change without a restart. A configuration that does not validate,
+// or that changes what cannot change, is refused and the old one stays in
+// force. (The log level is the caller's: it owns the logger.)
+func (p *Pipeline) Reload(cfg *Config) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	old := p.live.Load().cfg
+	switch {
+	case cfg.QueueDir != old.QueueDir, cfg.SentDir != old.SentDir, cfg.UndeliverableDir != old.UndeliverableDir:
+		return errors.New("queue_dir, sent_dir and undeliverable_dir cannot change without a restart")
+	case !slices.Equal(cfg.IdentityFile, old.IdentityFile):
+		return errors.New("identity_file cannot change without a restart")
+	}
+	pws, err := readPasswords(cfg)
+	if err != nil {
+		return err
+	}
+	p.live.Store(&settings{cfg: cfg, passwords: pws})
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	r := p.running
+	if r == nil {
+		return nil
+	}
+	r.archiver.SetRetry(retryPolicy(cfg))
+	send := func(c stages.HostControl) {
+		select {
+		case r.controls <- c:
+		case <-r.finished:
+		}
+	}
+	if more := cfg.MaxThreads - r.workers; more > 0 {
+		send(stages.HostControl{Op: "add-workers", Workers: more})
+		r.startWork(more)
+	}
+	send(stages.HostControl{Op: "threads", Workers: cfg.MaxThreads})
+	send(stages.HostControl{Op: "reload"})
+	return nil
+}
+
+// Retry lifts the pause of host (or of every host, with all), so that mail
+// waiting for it is tried now.
+func (p *Pipeline) Retry(host string, all bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if r := p.running; r != nil {
+		select {
+		case r.controls <- stages.HostControl{Op: "retry", Host: host, All: all}:
+		case <-r.finished:
+		}
+	}
+}
+
+func retryPolicy(cfg *Config) stages.RetryPolicy {
+	return stages.RetryPolicy{
+		MinBackoff: cfg.Retry.MinBackoff.D(), MaxBackoff: cfg.Retry.MaxBackoff.D(),
+		MaxAttempts: cfg.Retry.MaxAttempts, MaxAge: cfg.Retry.MaxAge.D(),
+	}
 }
 
 // ReadSecretFile reads a password or token from the first line of a file.
@@ -158,11 +249,12 @@ func (p *Pipeline) resolve(prm *queuefile.Params) (stages.Route, error) {
 		HELO: prm.HELO,
 	}
 	if prm.Relay != "" {
-		rel, ok := p.cfg.Relays[prm.Relay]
+		live := p.live.Load()
+		rel, ok := live.cfg.Relays[prm.Relay]
 		if !ok {
-			return stages.Route{}, fmt.Errorf("unknown relay profile %q (not under relays: in %s)", prm.Relay, p.cfg.Path)
+			return stages.Route{}, fmt.Errorf("unknown relay profile %q (not under relays: in %s)", prm.Relay, live.cfg.Path)
 		}
-		r = p.relayRoute(prm.Relay, rel)
+		r = relayRoute(live, prm.Relay, rel)
 		if prm.HELO != "" {
 			r.HELO = prm.HELO
 		}
@@ -170,10 +262,10 @@ func (p *Pipeline) resolve(prm *queuefile.Params) (stages.Route, error) {
 	return finishRoute(r), nil
 }
 
-func (p *Pipeline) relayRoute(name string, rel Relay) stages.Route {
+func relayRoute(live *settings, name string, rel Relay) stages.Route {
 	return stages.Route{
 		Host: rel.Host, Port: rel.Port, TLS: queuefile.TLSMode(rel.TLS),
-		Username: rel.Username, Password: p.passwords[name], HELO: rel.HELO,
+		Username: rel.Username, Password: live.passwords[name], HELO: rel.HELO,
 	}
 }
 
@@ -191,7 +283,7 @@ func finishRoute(r stages.Route) stages.Route {
 }
 
 func (p *Pipeline) limits(host string) stages.Limits {
-	l := p.cfg.Limits(host)
+	l := p.live.Load().cfg.Limits(host)
 	return stages.Limits{
 		MaxConnections:     l.MaxConnections,
 		Rate:               l.Rate,
@@ -205,40 +297,37 @@ func (p *Pipeline) limits(host string) stages.Limits {
 // phases (see the package comment) and returns nil. It returns an error only
 // if the spool cannot be opened. Run may be called once.
 func (p *Pipeline) Run(ctx context.Context) error {
+	live := p.live.Load()
+	cfg := live.cfg
 	spool, err := stages.OpenSpool(stages.Dirs{
-		Queue: p.cfg.QueueDir, Sent: p.cfg.SentDir, Undeliverable: p.cfg.UndeliverableDir,
+		Queue: cfg.QueueDir, Sent: cfg.SentDir, Undeliverable: cfg.UndeliverableDir,
 	}, p.opts.Clock.Now)
 	if err != nil {
 		return err
 	}
-	p.mu.Lock()
-	p.spool = spool
-	p.mu.Unlock()
 	log := p.log
 	clock := p.opts.Clock
 
 	var pickup *stages.Route
-	if p.cfg.PickupCompat {
-		r := finishRoute(p.relayRoute(p.cfg.DefaultRelay, p.cfg.Relays[p.cfg.DefaultRelay]))
+	if cfg.PickupCompat {
+		r := finishRoute(relayRoute(live, cfg.DefaultRelay, cfg.Relays[cfg.DefaultRelay]))
 		pickup = &r
 	}
-	scanner := &stages.Scanner{Spool: spool, Interval: p.cfg.ScanInterval.D(), Clock: clock, Log: log.Named("scanner")}
+	controls := make(chan stages.HostControl)
+	scanner := &stages.Scanner{Spool: spool, Interval: cfg.ScanInterval.D(), Clock: clock, Log: log.Named("scanner")}
 	parser := &stages.Parser{Identities: p.identities, Resolve: p.resolve, Pickup: pickup, Clock: clock, Log: log.Named("parser")}
-	dispatcher := &stages.Dispatcher{Limits: p.limits, Workers: p.cfg.MaxThreads, Clock: clock, Log: log.Named("dispatcher")}
+	dispatcher := &stages.Dispatcher{Limits: p.limits, Workers: cfg.MaxThreads, Controls: controls, Clock: clock, Log: log.Named("dispatcher")}
 	sender := &stages.Sender{
-		Dial: p.opts.Dial, TLSConfig: p.tlsConfig, HELO: p.cfg.HELO, Clock: clock, Log: log.Named("sender"),
+		Dial: p.opts.Dial, TLSConfig: p.tlsConfig, HELO: cfg.HELO, Clock: clock, Log: log.Named("sender"),
 		Timeouts: stages.Timeouts{
-			Connect: p.cfg.Timeouts.Connect.D(), Command: p.cfg.Timeouts.Command.D(), Data: p.cfg.Timeouts.Data.D(),
+			Connect: cfg.Timeouts.Connect.D(), Command: cfg.Timeouts.Command.D(), Data: cfg.Timeouts.Data.D(),
 		},
 		Accepted: spool.RecordAccepted,
 	}
 	archiver := &stages.Archiver{
-		Spool: spool, DeleteAfterSend: p.cfg.DeleteAfterSend, Clock: clock, Log: log.Named("archiver"),
+		Spool: spool, DeleteAfterSend: cfg.DeleteAfterSend, Clock: clock, Log: log.Named("archiver"),
 		OnFiled: p.opts.OnFiled,
-		Retry: stages.RetryPolicy{
-			MinBackoff: p.cfg.Retry.MinBackoff.D(), MaxBackoff: p.cfg.Retry.MaxBackoff.D(),
-			MaxAttempts: p.cfg.Retry.MaxAttempts, MaxAge: p.cfg.Retry.MaxAge.D(),
-		},
+		Retry:   retryPolicy(cfg),
 	}
 
 	hard, hardCancel := context.WithCancel(context.WithoutCancel(ctx))
@@ -262,9 +351,18 @@ func (p *Pipeline) Run(ctx context.Context) error {
 		parser.Run(ctx, claimed, parsed, outcomes)
 	})
 	producers.Go(func() { dispatcher.Run(ctx, parsed, requests, outcomes) })
-	for i := 0; i < p.cfg.MaxThreads; i++ {
-		producers.Go(func() { sender.Run(ctx, hard, i, requests, outcomes) })
+	run := &running{controls: controls, finished: finished, archiver: archiver}
+	run.startWork = func(n int) {
+		for range n {
+			id := run.workers
+			run.workers++
+			producers.Go(func() { sender.Run(ctx, hard, id, requests, outcomes) })
+		}
 	}
+	run.startWork(cfg.MaxThreads)
+	p.mu.Lock()
+	p.running = run
+	p.mu.Unlock()
 	all.Go(func() {
 		defer close(outcomes)
 		producers.Wait()
@@ -288,8 +386,11 @@ func (p *Pipeline) Run(ctx context.Context) error {
 		}
 	})
 	all.Go(func() { archiver.Run(outcomes) })
-	log.Info("smtpq running", zap.String("queue_dir", p.cfg.QueueDir), zap.Int("max_threads", p.cfg.MaxThreads))
+	log.Info("smtpq running", zap.String("queue_dir", cfg.QueueDir), zap.Int("max_threads", cfg.MaxThreads))
 	all.Wait()
+	p.mu.Lock()
+	p.running = nil
+	p.mu.Unlock()
 
 	err = spool.Close()
 	if err != nil {

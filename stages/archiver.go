@@ -4,6 +4,7 @@ import (
 	"math/rand/v2"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -53,6 +54,19 @@ type Archiver struct {
 	Log             *zap.Logger
 	// OnFiled, if set, is called after each job is filed (metrics, tests).
 	OnFiled func(Filed)
+
+	reloaded atomic.Pointer[RetryPolicy] // set by SetRetry; overrides Retry
+}
+
+// SetRetry replaces the retry policy while the Archiver runs (config
+// reload); it is safe to call from any goroutine.
+func (a *Archiver) SetRetry(p RetryPolicy) { a.reloaded.Store(&p) }
+
+func (a *Archiver) policy() RetryPolicy {
+	if p := a.reloaded.Load(); p != nil {
+		return *p
+	}
+	return a.Retry
 }
 
 // Run files jobs from in until it is closed.
@@ -78,16 +92,17 @@ func (a *Archiver) file(job *Job) {
 			job.State.Failed = append(job.State.Failed, r)
 		}
 	}
+	retry := a.policy()
 	if o.Verdict == Transient {
 		if o.Err == nil {
 			o.Err = Temporaryf("local", "transient failure")
 		}
 		age := now.Sub(job.State.Queued)
 		switch {
-		case a.Retry.MaxAge > 0 && age >= a.Retry.MaxAge:
+		case retry.MaxAge > 0 && age >= retry.MaxAge:
 			o.Verdict, o.Class = Permanent, ClassExpired
 			o.Err.Text += "; given up: queued " + age.Round(time.Second).String() + " ago (retry.max_age)"
-		case job.State.Attempts >= a.Retry.MaxAttempts:
+		case job.State.Attempts >= retry.MaxAttempts:
 			o.Verdict, o.Class = Permanent, ClassPermanent
 			o.Err.Text += "; given up after " + strconv.Itoa(job.State.Attempts) + " attempts (retry.max_attempts)"
 		}
@@ -108,7 +123,7 @@ func (a *Archiver) file(job *Job) {
 			f.Path, f.Err = a.Spool.Undeliverable(job, log)
 		}
 	case Transient:
-		f.Err = a.Spool.Defer(job, now.Add(a.Retry.Backoff(job.State.Attempts)))
+		f.Err = a.Spool.Defer(job, now.Add(retry.Backoff(job.State.Attempts)))
 	case Park:
 		f.Err = a.Spool.Defer(job, o.Due)
 	case Return:

@@ -45,6 +45,19 @@ type Assignment struct {
 	Stop  bool // close the open session and return
 }
 
+// HostControl is an operator's instruction to a running Dispatcher.
+type HostControl struct {
+	// Op is "retry" (lift the pause of Host, or of every host with All, so
+	// that waiting mail is tried now), "reload" (read Limits again for every
+	// host), "add-workers" (Workers more Sender workers are about to start),
+	// or "threads" (keep at most Workers workers: surplus ones are stopped
+	// as they ask for work).
+	Op      string
+	Host    string
+	All     bool
+	Workers int
+}
+
 // Dispatcher holds parsed jobs in per-host queues and hands them to Sender
 // workers while keeping, at the same time, the global cap (the number of
 // workers is max_threads: one SMTP session each at most) and each host's
@@ -63,8 +76,11 @@ type Assignment struct {
 // (half-open) before it is opened again. Waiting messages are not counted as
 // attempts meanwhile.
 type Dispatcher struct {
-	Limits           func(host string) Limits
-	Workers          int // how many Sender workers send Requests
+	Limits  func(host string) Limits
+	Workers int // how many Sender workers send Requests
+	// Controls, if set, brings operator instructions (queue retry, config
+	// reload) while running.
+	Controls         <-chan HostControl
 	MaxQueued        int // default 4096
 	MaxQueuedPerHost int // default 1024
 	Clock            Clock
@@ -75,6 +91,7 @@ type Dispatcher struct {
 	next    int
 	total   int
 	workers map[int]*workerState
+	target  int // at most this many live workers (max_threads)
 }
 
 type hostState struct {
@@ -136,6 +153,7 @@ func (d *Dispatcher) Run(ctx context.Context, in <-chan *Job, requests <-chan *R
 	}
 	d.hosts = map[string]*hostState{}
 	d.workers = map[int]*workerState{}
+	d.target = d.Workers
 	var (
 		stopped     int
 		inClosed    bool
@@ -146,9 +164,7 @@ func (d *Dispatcher) Run(ctx context.Context, in <-chan *Job, requests <-chan *R
 		stopWaiting = func() {
 			for _, w := range d.workers {
 				if w.waiting != nil {
-					w.waiting.Reply <- Assignment{Stop: true}
-					w.waiting = nil
-					w.stopped = true
+					d.stop(w, w.waiting)
 					stopped++
 				}
 			}
@@ -181,12 +197,13 @@ func (d *Dispatcher) Run(ctx context.Context, in <-chan *Job, requests <-chan *R
 				continue
 			}
 			d.enqueue(job, now, out)
+		case c := <-d.Controls:
+			d.control(c, now)
 		case req := <-requests:
 			w := d.worker(req.Worker)
 			d.report(req, w, now)
-			if shutdown || (inClosed && d.total == 0) {
-				req.Reply <- Assignment{Stop: true}
-				w.stopped = true
+			if shutdown || (inClosed && d.total == 0) || d.Workers-stopped > d.target {
+				d.stop(w, req)
 				stopped++
 				continue
 			}
@@ -210,6 +227,53 @@ func (d *Dispatcher) Run(ctx context.Context, in <-chan *Job, requests <-chan *R
 			d.total, d.ring = 0, nil
 			stopWaiting()
 		}
+	}
+}
+
+// stop tells a worker to close its session and return.
+func (d *Dispatcher) stop(w *workerState, req *Request) {
+	req.Reply <- Assignment{Stop: true}
+	if w.route != nil {
+		w.host.conns--
+		w.route, w.host = nil, nil
+	}
+	w.waiting = nil
+	w.stopped = true
+}
+
+func (d *Dispatcher) control(c HostControl, now time.Time) {
+	switch c.Op {
+	case "retry":
+		for _, h := range d.hosts {
+			if c.All || h.name == normalizeHost(c.Host) {
+				h.failures, h.pauseLevel, h.halfOpen = 0, 0, false
+				h.openUntil, h.restoreAt = time.Time{}, time.Time{}
+				h.capacity = h.lim.MaxConnections
+			}
+		}
+	case "reload":
+		for _, h := range d.hosts {
+			lim := d.Limits(h.name)
+			lim.MaxConnections = max(lim.MaxConnections, 1)
+			if h.capacity >= h.lim.MaxConnections {
+				h.capacity = lim.MaxConnections
+			}
+			h.capacity = min(h.capacity, lim.MaxConnections)
+			switch {
+			case lim.Rate <= 0:
+				h.limiter = nil
+			case h.limiter == nil:
+				h.limiter = rate.NewLimiter(rate.Limit(lim.Rate), max(lim.Burst, 1))
+			default:
+				h.limiter.SetLimitAt(now, rate.Limit(lim.Rate))
+				h.limiter.SetBurstAt(now, max(lim.Burst, 1))
+			}
+			h.lim = lim
+		}
+	case "add-workers":
+		d.Workers += c.Workers
+	case "threads":
+		d.target = max(c.Workers, 1)
 	}
 }
 
