@@ -40,7 +40,7 @@ With --init, missing folders and keys are created first (as on the first
 					return err
 				}
 			}
-			log, err := newLogger(cfg)
+			log, level, err := newLogger(cfg)
 			if err != nil {
 				return err
 			}
@@ -51,6 +51,8 @@ With --init, missing folders and keys are created first (as on the first
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
+			stopReload := reloadOnHangup(ctx, cfg.Path, p, level, log)
+			defer stopReload()
 			return p.Run(ctx)
 		},
 	}
@@ -90,7 +92,7 @@ func initSpool(cmd *cobra.Command, cfg *pipeline.Config) error {
 
 // newLogger builds the service's logger from the log section: level,
 // console or JSON, and optionally a copy in log.dir/smtpq.log.
-func newLogger(cfg *pipeline.Config) (*zap.Logger, error) {
+func newLogger(cfg *pipeline.Config) (*zap.Logger, zap.AtomicLevel, error) {
 	var zc zap.Config
 	if cfg.Log.Format == "json" {
 		zc = zap.NewProductionConfig()
@@ -102,16 +104,57 @@ func newLogger(cfg *pipeline.Config) (*zap.Logger, error) {
 	}
 	lvl, err := zapcore.ParseLevel(cfg.Log.Level)
 	if err != nil {
-		return nil, fmt.Errorf("log.level: %w", err)
+		return nil, zap.AtomicLevel{}, fmt.Errorf("log.level: %w", err)
 	}
 	zc.Level = zap.NewAtomicLevelAt(lvl)
 	zc.OutputPaths = []string{"stderr"}
 	zc.ErrorOutputPaths = []string{"stderr"}
 	if cfg.Log.Dir != "" {
 		if err := os.MkdirAll(cfg.Log.Dir, 0o750); err != nil {
-			return nil, fmt.Errorf("log.dir: %w", err)
+			return nil, zap.AtomicLevel{}, fmt.Errorf("log.dir: %w", err)
 		}
 		zc.OutputPaths = append(zc.OutputPaths, filepath.Join(cfg.Log.Dir, "smtpq.log"))
 	}
-	return zc.Build()
+	log, err := zc.Build()
+	return log, zc.Level, err
+}
+
+// reloadOnHangup re-reads the configuration file on SIGHUP and applies it
+// to the running pipeline and the log level. A file that does not load or
+// validate is refused with a log line; the old configuration stays. The
+// returned function stops listening.
+func reloadOnHangup(ctx context.Context, path string, p *pipeline.Pipeline, level zap.AtomicLevel, log *zap.Logger) func() {
+	hup := make(chan os.Signal, 1)
+	notifyHangup(hup)
+	done := make(chan struct{})
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-done:
+				return
+			case <-hup:
+			}
+			cfg, err := pipeline.LoadConfig(path)
+			if err == nil {
+				err = p.Reload(cfg)
+			}
+			if err != nil {
+				log.Error("configuration reload refused; the old configuration stays in force", zap.String("config", path), zap.Error(err))
+				continue
+			}
+			if lvl, err := zapcore.ParseLevel(cfg.Log.Level); err == nil {
+				level.SetLevel(lvl)
+			}
+			log.Info("configuration reloaded", zap.String("config", path), zap.Int("max_threads", cfg.MaxThreads))
+		}
+	}()
+	return func() {
+		signal.Stop(hup)
+		close(done)
+		<-stopped
+	}
 }
