@@ -58,7 +58,18 @@ func (q *Queue) Enqueue(msg io.Reader, p Params) (name string, err error) {
 	if err != nil {
 		return "", fmt.Errorf("enqueue: reading message: %w", err)
 	}
-	fields, _ := Strip(io.Discard, bytes.NewReader(hdr), func(string) bool { return true })
+	fields, err := Strip(io.Discard, bytes.NewReader(hdr), func(n string) bool {
+		return IsSealedField(n) || equalFold(n, "To") || equalFold(n, "Cc") || equalFold(n, "Bcc") ||
+			equalFold(n, "Sender") || equalFold(n, "From")
+	})
+	if err != nil {
+		return "", fmt.Errorf("enqueue: reading message: %w", err)
+	}
+	for _, f := range fields.Removed {
+		if IsSealedField(f.Name) {
+			return "", fmt.Errorf("enqueue: %w: the message is already sealed", ErrDuplicateSeal)
+		}
+	}
 	fromHeaders := len(p.To) == 0
 	if fromHeaders {
 		if p.To, err = headerRecipients(fields.Removed); err != nil {
@@ -157,6 +168,7 @@ func writeQueueFile(path string, seal []byte, body *os.File) error {
 // header section.
 func readHeaderSection(br *bufio.Reader) ([]byte, error) {
 	var hdr []byte
+	inLine := false // the previous read ended inside a line longer than br's buffer
 	for {
 		line, err := br.ReadSlice('\n')
 		hdr = append(hdr, line...)
@@ -164,6 +176,7 @@ func readHeaderSection(br *bufio.Reader) ([]byte, error) {
 			return nil, fmt.Errorf("header section longer than %d bytes", MaxHeaderSection)
 		}
 		if err == bufio.ErrBufferFull {
+			inLine = true
 			continue
 		}
 		if err == io.EOF {
@@ -175,7 +188,7 @@ func readHeaderSection(br *bufio.Reader) ([]byte, error) {
 		if err != nil {
 			return nil, err
 		}
-		if isEmptyLine(line) {
+		if !inLine && isEmptyLine(line) {
 			if len(hdr) == len(line) {
 				return nil, errors.New("message has no header fields")
 			}
@@ -184,6 +197,7 @@ func readHeaderSection(br *bufio.Reader) ([]byte, error) {
 		if len(hdr) == len(line) && (line[0] == ' ' || line[0] == '\t') {
 			return nil, errors.New("message starts with a continuation line")
 		}
+		inLine = false
 	}
 }
 
