@@ -41,6 +41,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"slices"
 	"strings"
@@ -80,8 +81,17 @@ type Pipeline struct {
 	tlsConfig  *tls.Config
 	live       atomic.Pointer[settings] // replaced by Reload
 
-	mu      sync.Mutex // guards run
-	running *running   // set while Run runs
+	mu          sync.Mutex // guards running and metricsAddr
+	running     *running   // set while Run runs
+	metricsAddr net.Addr   // where metrics are served, while Run runs
+}
+
+// MetricsAddr returns the address the metrics and health endpoint listens
+// on while Run runs (useful with metrics.listen "127.0.0.1:0"), or nil.
+func (p *Pipeline) MetricsAddr() net.Addr {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.metricsAddr
 }
 
 // settings are what Reload may change; stages read them through p.live.
@@ -307,6 +317,18 @@ func (p *Pipeline) Run(ctx context.Context) error {
 	}
 	log := p.log
 	clock := p.opts.Clock
+	met := newMetrics(spool.Dirs(), clock.Now)
+	var metricsLn net.Listener
+	if cfg.Metrics.Listen != "" {
+		metricsLn, err = net.Listen("tcp", cfg.Metrics.Listen)
+		if err != nil {
+			spool.Close()
+			return fmt.Errorf("metrics.listen: %w", err)
+		}
+		p.mu.Lock()
+		p.metricsAddr = metricsLn.Addr()
+		p.mu.Unlock()
+	}
 
 	var pickup *stages.Route
 	if cfg.PickupCompat {
@@ -318,7 +340,7 @@ func (p *Pipeline) Run(ctx context.Context) error {
 	parser := &stages.Parser{Identities: p.identities, Resolve: p.resolve, Pickup: pickup, Clock: clock, Log: log.Named("parser")}
 	dispatcher := &stages.Dispatcher{Limits: p.limits, Workers: cfg.MaxThreads, Controls: controls, Clock: clock, Log: log.Named("dispatcher")}
 	sender := &stages.Sender{
-		Dial: p.opts.Dial, TLSConfig: p.tlsConfig, HELO: cfg.HELO, Clock: clock, Log: log.Named("sender"),
+		Dial: met.dial(p.opts.Dial), TLSConfig: p.tlsConfig, HELO: cfg.HELO, Clock: clock, Log: log.Named("sender"),
 		Timeouts: stages.Timeouts{
 			Connect: cfg.Timeouts.Connect.D(), Command: cfg.Timeouts.Command.D(), Data: cfg.Timeouts.Data.D(),
 		},
@@ -326,8 +348,13 @@ func (p *Pipeline) Run(ctx context.Context) error {
 	}
 	archiver := &stages.Archiver{
 		Spool: spool, DeleteAfterSend: cfg.DeleteAfterSend, Clock: clock, Log: log.Named("archiver"),
-		OnFiled: p.opts.OnFiled,
-		Retry:   retryPolicy(cfg),
+		OnFiled: func(f stages.Filed) {
+			met.observe(f, clock.Now())
+			if p.opts.OnFiled != nil {
+				p.opts.OnFiled(f)
+			}
+		},
+		Retry: retryPolicy(cfg),
 	}
 
 	hard, hardCancel := context.WithCancel(context.WithoutCancel(ctx))
@@ -386,10 +413,18 @@ func (p *Pipeline) Run(ctx context.Context) error {
 		}
 	})
 	all.Go(func() { archiver.Run(outcomes) })
+	if metricsLn != nil {
+		all.Go(func() {
+			if err := met.serve(ctx, metricsLn, clock.Now); err != nil {
+				log.Error("metrics endpoint", zap.Error(err))
+			}
+		})
+		log.Info("serving metrics and health", zap.String("addr", metricsLn.Addr().String()))
+	}
 	log.Info("smtpq running", zap.String("queue_dir", cfg.QueueDir), zap.Int("max_threads", cfg.MaxThreads))
 	all.Wait()
 	p.mu.Lock()
-	p.running = nil
+	p.running, p.metricsAddr = nil, nil
 	p.mu.Unlock()
 
 	err = spool.Close()

@@ -107,6 +107,14 @@ func (a *Archiver) file(job *Job) {
 			o.Err.Text += "; given up after " + strconv.Itoa(job.State.Attempts) + " attempts (retry.max_attempts)"
 		}
 	}
+	if o.Verdict == Sent && len(job.State.Failed) > 0 {
+		// The last pending recipients were accepted, but others failed for
+		// good in an earlier attempt: as when that happens within one
+		// attempt, the message is undeliverable (its log lists who got it).
+		first := job.State.Failed[0]
+		o.Verdict, o.Class = Permanent, ClassPermanent
+		o.Err = &Error{Step: "rcpt", Code: first.Code, Enhanced: first.Enhanced, Text: first.Text}
+	}
 	if o.Attempted && o.Err != nil {
 		job.State.LastError = o.Err.Error()
 		job.State.AddHistory(now, o.Verdict.String()+": "+o.Err.Error())
@@ -144,7 +152,9 @@ func (a *Archiver) file(job *Job) {
 			}
 		}
 		if o.Verdict != Return {
-			if err := a.Spool.Defer(job, now.Add(time.Minute)); err != nil {
+			// Try again soon: a full or unwritable folder is usually fixed
+			// by an operator, not by waiting for the backoff.
+			if err := a.Spool.Defer(job, now.Add(min(retry.MinBackoff, time.Minute))); err != nil {
 				a.Log.Error("the message stays in the active folder until the next start",
 					zap.String("file", job.Name), zap.Error(err))
 			}

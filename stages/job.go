@@ -114,11 +114,12 @@ type Job struct {
 	Kind     Kind
 	Params   *queuefile.Params // opened seal (nil for pickup files)
 	Route    Route
-	Sender   string   // envelope sender
-	Pending  []string // recipients still to be sent: the sealed ones minus State.Done and State.Failed
-	Size     int64    // message size without the sealed header
-	EightBit bool     // the message has bytes over 127
-	UTF8     bool     // an envelope address is not ASCII: SMTPUTF8 needed
+	Sender   string    // envelope sender
+	Pending  []string  // recipients still to be sent: the sealed ones minus State.Done and State.Failed
+	Size     int64     // message size without the sealed header
+	EightBit bool      // the message has bytes over 127
+	UTF8     bool      // an envelope address is not ASCII: SMTPUTF8 needed
+	ReadyAt  time.Time // when the Parser handed it to the Dispatcher (for wait metrics)
 
 	// Set by whichever stage decides the job's fate.
 	Outcome Outcome

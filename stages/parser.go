@@ -103,6 +103,7 @@ func (p *Parser) parse(job *Job) bool {
 		}
 	}
 	job.Pending = pending(job)
+	job.ReadyAt = now
 	if len(job.Pending) == 0 {
 		// Every recipient is done or failed already: file it by what
 		// happened to them.

@@ -42,6 +42,8 @@ type Env struct {
 	Dir    string           // root of the temporary folders
 	Config *pipeline.Config // used by Start; change it before Start
 	Queue  *queuefile.Queue // the producer's side
+	// Pipeline is the running pipeline, set by Start.
+	Pipeline *pipeline.Pipeline
 
 	mu      sync.Mutex
 	filed   []stages.Filed
@@ -120,6 +122,7 @@ func (e *Env) Start(opts pipeline.Options) {
 	if err != nil {
 		e.T.Fatalf("pipelinetest: %v", err)
 	}
+	e.Pipeline = p
 	ctx, cancel := context.WithCancel(context.Background())
 	e.cancel = cancel
 	e.done = make(chan error, 1)
