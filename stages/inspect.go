@@ -1,0 +1,1019 @@
+package stages
+
+// Queue inspection and control from outside the running service: the
+// spool side of the "smtpq queue" commands.
+//
+// The queue commands run as separate processes beside the service (or with
+// no service running). They work on the spool's folders directly, and they
+// move a message only with a rename inside queue_dir's filesystem, so that
+// the rename decides every race with the service: when the service claims a
+// file first, the command's rename fails with ENOENT and the command looks
+// for the message again and reports where it went; when the command wins,
+// the service's claim fails and it skips the file. A message is never copied
+// and deleted inside the queue, so it can be neither lost nor doubled.
+//
+// Nothing here starts a goroutine; every function returns when its work is
+// done. Only requeues take a lock (a file in undeliverable_dir), among
+// themselves. Folder listings are read in batches of scanBatch
+// entries, so memory does not grow with the size of the queue.
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"encoding/xml"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"filippo.io/age"
+	"github.com/gofrs/flock"
+
+	"github.com/smtpq/smtpq/queuefile"
+)
+
+// More working folders.
+const (
+	// ControlDir (in queue_dir) holds operator instructions for the running
+	// service, one JSON file each (see WriteControl).
+	ControlDir = ".control"
+	// requeueLock (in undeliverable_dir) serializes requeues: two of them
+	// must not put one message back in the queue twice.
+	requeueLock = ".requeue.lock"
+)
+
+// Place is where a message is, as the queue commands name it.
+type Place string
+
+// The places of a message, in the order of its life.
+const (
+	PlaceQueued        Place = "queued"        // in queue_dir, waiting to be claimed
+	PlaceActive        Place = "active"        // in .active/<instance>/: claimed by a running service
+	PlaceDeferred      Place = "deferred"      // in .deferred/<due>/: waiting for a retry or its not-before time
+	PlaceHeld          Place = "held"          // in .hold/: set aside by the operator, never sent
+	PlaceUndeliverable Place = "undeliverable" // in undeliverable_dir, with <name>.xml
+	PlaceSent          Place = "sent"          // in sent_dir, sealed header removed
+)
+
+// Places lists every place in the order of a message's life.
+var Places = []Place{PlaceQueued, PlaceActive, PlaceDeferred, PlaceHeld, PlaceUndeliverable, PlaceSent}
+
+// QueuePlaces are the places of messages still in queue_dir (not yet
+// filed).
+var QueuePlaces = []Place{PlaceQueued, PlaceActive, PlaceDeferred, PlaceHeld}
+
+// ParsePlace checks s against the known places.
+func ParsePlace(s string) (Place, error) {
+	p := Place(strings.ToLower(strings.TrimSpace(s)))
+	if slices.Contains(Places, p) {
+		return p, nil
+	}
+	return "", fmt.Errorf("unknown state %q (want queued, active, deferred, held, undeliverable or sent)", s)
+}
+
+// Errors of the queue operations; the errors returned wrap them.
+var (
+	// ErrMessageNotFound: the name is in none of the spool's folders.
+	ErrMessageNotFound = errors.New("not found")
+	// ErrNameClash: the destination already holds a file of that name.
+	// Nothing is ever overwritten.
+	ErrNameClash = errors.New("a file of that name is already there")
+	// ErrNotQueueName: the name is not one the service would pick up.
+	ErrNotQueueName = errors.New("not a queue-file name (<time>-<random>.eml)")
+)
+
+// SpoolEntry is one message found in the spool.
+type SpoolEntry struct {
+	Name     string    // file name: the queue-file name (in Sent, maybe with a -N suffix)
+	Place    Place     // where it is
+	Path     string    // full path of the file now
+	Instance string    // PlaceActive: the instance that claimed it
+	Due      time.Time // PlaceDeferred: when its bucket is due
+}
+
+// PlaceError says that a message is not where an operation can act on it.
+// Entry tells where it is.
+type PlaceError struct {
+	Op    string // hold, release, retry, requeue
+	Entry SpoolEntry
+}
+
+func (e *PlaceError) Error() string {
+	n := e.Entry.Name
+	switch e.Entry.Place {
+	case PlaceActive:
+		return fmt.Sprintf("%s is being sent right now (claimed by the service, instance %s): cannot %s it; try again when it is done", n, e.Entry.Instance, e.Op)
+	case PlaceHeld:
+		if e.Op == "hold" {
+			return n + " is already held"
+		}
+		return fmt.Sprintf("%s is held: release it instead", n)
+	case PlaceQueued:
+		if e.Op == "release" {
+			return n + " is not held: it is in the queue"
+		}
+		return n + " is already in the queue"
+	case PlaceDeferred:
+		if e.Op == "release" {
+			return fmt.Sprintf("%s is not held: it is deferred until %s (retry sends it now)", n, e.Entry.Due.UTC().Format(time.RFC3339))
+		}
+		return fmt.Sprintf("%s is deferred until %s", n, e.Entry.Due.UTC().Format(time.RFC3339))
+	case PlaceSent:
+		return fmt.Sprintf("%s was sent already (%s)", n, e.Entry.Path)
+	case PlaceUndeliverable:
+		if e.Op == "requeue" {
+			return n + " is not undeliverable"
+		}
+		return fmt.Sprintf("%s is undeliverable (%s): use requeue", n, e.Entry.Path)
+	}
+	return fmt.Sprintf("%s is %s: cannot %s it", n, e.Entry.Place, e.Op)
+}
+
+// WalkSpool calls fn with every message in the given places (every place
+// if none is given), place by place; within a folder the order is the
+// folder's. Folders are read in batches, so memory does not depend on how
+// many files they hold. Files that move while WalkSpool runs may be seen
+// twice or not at all. If fn returns fs.SkipAll, WalkSpool stops and returns
+// nil; another error stops it and is returned.
+func WalkSpool(ctx context.Context, d Dirs, places []Place, fn func(SpoolEntry) error) error {
+	if len(places) == 0 {
+		places = Places
+	}
+	err := func() error {
+		for _, p := range places {
+			var err error
+			switch p {
+			case PlaceQueued:
+				err = inspWalkDir(ctx, d.Queue, SpoolEntry{Place: p}, fn)
+			case PlaceHeld:
+				err = inspWalkDir(ctx, filepath.Join(d.Queue, HoldDir), SpoolEntry{Place: p}, fn)
+			case PlaceSent:
+				err = inspWalkDir(ctx, d.Sent, SpoolEntry{Place: p}, fn)
+			case PlaceUndeliverable:
+				err = inspWalkDir(ctx, d.Undeliverable, SpoolEntry{Place: p}, fn)
+			case PlaceActive:
+				err = inspEachSubdir(filepath.Join(d.Queue, ActiveDir), func(name, dir string) error {
+					return inspWalkDir(ctx, dir, SpoolEntry{Place: p, Instance: name}, fn)
+				})
+			case PlaceDeferred:
+				err = inspEachSubdir(filepath.Join(d.Queue, DeferredDir), func(name, dir string) error {
+					due, perr := time.Parse(bucketLayout, name)
+					if perr != nil {
+						return nil // not a bucket: the scanner ignores it too
+					}
+					return inspWalkDir(ctx, dir, SpoolEntry{Place: p, Due: due}, fn)
+				})
+			default:
+				err = fmt.Errorf("unknown place %q", p)
+			}
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	}()
+	if errors.Is(err, fs.SkipAll) {
+		return nil
+	}
+	return err
+}
+
+// inspWalkDir calls fn for each queue file (a regular file with a queue
+// name) in dir, reading dir in batches. A missing dir holds nothing.
+func inspWalkDir(ctx context.Context, dir string, tmpl SpoolEntry, fn func(SpoolEntry) error) error {
+	f, err := os.Open(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	for {
+		ents, err := f.ReadDir(scanBatch)
+		for _, e := range ents {
+			if cerr := ctx.Err(); cerr != nil {
+				return cerr
+			}
+			if !e.Type().IsRegular() || !queuefile.IsQueueName(e.Name()) {
+				continue
+			}
+			en := tmpl
+			en.Name, en.Path = e.Name(), filepath.Join(dir, e.Name())
+			if ferr := fn(en); ferr != nil {
+				return ferr
+			}
+		}
+		if errors.Is(err, io.EOF) || len(ents) == 0 {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("reading %s: %w", dir, err)
+		}
+	}
+}
+
+// inspEachSubdir calls fn for each subfolder of root (instances in .active,
+// buckets in .deferred: few entries, read at once).
+func inspEachSubdir(root string, fn func(name, dir string) error) error {
+	ents, err := os.ReadDir(root)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		if !e.IsDir() || strings.HasPrefix(e.Name(), ".") {
+			continue
+		}
+		if err := fn(e.Name(), filepath.Join(root, e.Name())); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// LocateMessage finds where the named message is. A message still in the
+// queue is in exactly one place (the first found of queued, held, deferred,
+// active); copies already filed (Sent, possibly several with -N suffixes;
+// Undeliverable) follow it. Since the service moves messages while this
+// looks, a search that finds nothing is repeated a few times before
+// reporting ErrMessageNotFound.
+func LocateMessage(d Dirs, name string) ([]SpoolEntry, error) {
+	if !queuefile.IsQueueName(name) {
+		return nil, fmt.Errorf("%s: %w", name, ErrNotQueueName)
+	}
+	for range 4 {
+		found, err := inspLocateOnce(d, name)
+		if err != nil || len(found) > 0 {
+			return found, err
+		}
+	}
+	return nil, fmt.Errorf("%s: %w", name, ErrMessageNotFound)
+}
+
+func inspLocateOnce(d Dirs, name string) ([]SpoolEntry, error) {
+	live, err := inspLocateLive(d, name)
+	if err != nil {
+		return nil, err
+	}
+	var found []SpoolEntry
+	if live != nil {
+		found = append(found, *live)
+	}
+	for i := 0; i < 1000; i++ {
+		n := suffixed(name, i)
+		p := filepath.Join(d.Sent, n)
+		if !inspIsFile(p) {
+			break
+		}
+		found = append(found, SpoolEntry{Name: n, Place: PlaceSent, Path: p})
+	}
+	if p := filepath.Join(d.Undeliverable, name); inspIsFile(p) {
+		found = append(found, SpoolEntry{Name: name, Place: PlaceUndeliverable, Path: p})
+	}
+	return found, nil
+}
+
+// inspLocateLive finds a message still in queue_dir, or returns nil.
+func inspLocateLive(d Dirs, name string) (*SpoolEntry, error) {
+	if p := filepath.Join(d.Queue, name); inspIsFile(p) {
+		return &SpoolEntry{Name: name, Place: PlaceQueued, Path: p}, nil
+	}
+	if p := filepath.Join(d.Queue, HoldDir, name); inspIsFile(p) {
+		return &SpoolEntry{Name: name, Place: PlaceHeld, Path: p}, nil
+	}
+	// Deferred: its state says which bucket; else look in each.
+	root := filepath.Join(d.Queue, DeferredDir)
+	if st, _ := ReadState(d, name); st != nil && !st.NextAttempt.IsZero() {
+		due := inspBucketTime(st.NextAttempt)
+		if p := filepath.Join(root, due.Format(bucketLayout), name); inspIsFile(p) {
+			return &SpoolEntry{Name: name, Place: PlaceDeferred, Path: p, Due: due}, nil
+		}
+	}
+	var hit *SpoolEntry
+	err := inspEachSubdir(root, func(bucket, dir string) error {
+		due, perr := time.Parse(bucketLayout, bucket)
+		if perr != nil {
+			return nil
+		}
+		if p := filepath.Join(dir, name); inspIsFile(p) {
+			hit = &SpoolEntry{Name: name, Place: PlaceDeferred, Path: p, Due: due}
+			return fs.SkipAll
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, fs.SkipAll) {
+		return nil, err
+	}
+	if hit != nil {
+		return hit, nil
+	}
+	err = inspEachSubdir(filepath.Join(d.Queue, ActiveDir), func(inst, dir string) error {
+		if p := filepath.Join(dir, name); inspIsFile(p) {
+			hit = &SpoolEntry{Name: name, Place: PlaceActive, Path: p, Instance: inst}
+			return fs.SkipAll
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, fs.SkipAll) {
+		return nil, err
+	}
+	return hit, nil
+}
+
+func inspIsFile(p string) bool {
+	fi, err := os.Lstat(p)
+	return err == nil && fi.Mode().IsRegular()
+}
+
+// inspBucketTime is the due time of the bucket Spool.Defer puts a message
+// due at t in: t rounded up to the second, UTC. (Duplicated from
+// Spool.Defer, which computes it inline.)
+func inspBucketTime(t time.Time) time.Time {
+	at := t.UTC().Truncate(time.Second)
+	if at.Before(t) {
+		at = at.Add(time.Second)
+	}
+	return at
+}
+
+// ReadState returns the delivery state of the named message, or nil if it
+// has none.
+func ReadState(d Dirs, name string) (*State, error) {
+	b, err := os.ReadFile(filepath.Join(d.Queue, StateDir, name+".json"))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var st State
+	if err := json.Unmarshal(b, &st); err != nil {
+		return nil, fmt.Errorf("state of %s: %w", name, err)
+	}
+	return &st, nil
+}
+
+// QueuedTime is when the named message was enqueued, read from its name;
+// ok is false for a name that does not carry a time (a file dropped by
+// hand).
+func QueuedTime(name string) (t time.Time, ok bool) {
+	t = nameTime(name, time.Time{})
+	return t, !t.IsZero()
+}
+
+// ReadXMLLog reads an XML log written by the Archiver.
+func ReadXMLLog(path string) (*XMLLog, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var l XMLLog
+	if err := xml.NewDecoder(io.LimitReader(f, 64<<20)).Decode(&l); err != nil {
+		return nil, fmt.Errorf("XML log %s: %w", path, err)
+	}
+	return &l, nil
+}
+
+// XMLLogPath returns the path of the XML log of a message filed in
+// Undeliverable at path (the same name with .xml).
+func XMLLogPath(path string) string {
+	return strings.TrimSuffix(path, queuefile.Ext) + ".xml"
+}
+
+// maxPeekHeader bounds the header section PeekParams reads.
+const maxPeekHeader = queuefile.MaxHeaderSection + queuefile.MaxFieldSize
+
+// PeekParams reads the header section of the queue file at path (not the
+// body: the digest is not checked) and opens its sealed parameters with ids.
+// For a file without a seal it tries the pickup-folder convention and
+// returns the envelope in Params.From and Params.To with KindPickup. The
+// Params hold credentials (as queuefile.Secret): show none of them.
+func PeekParams(path string, ids []age.Identity) (*queuefile.Params, Kind, error) {
+	hdr, err := inspReadHeader(path)
+	if err != nil {
+		return nil, KindSealed, err
+	}
+	res, err := queuefile.Strip(io.Discard, bytes.NewReader(hdr), queuefile.IsSealedField)
+	if err != nil {
+		return nil, KindSealed, err
+	}
+	switch len(res.Removed) {
+	case 0:
+		pk, perr := queuefile.OpenPickup(bytes.NewReader(hdr))
+		if errors.Is(perr, queuefile.ErrNotPickup) {
+			return nil, KindSealed, queuefile.ErrNoSeal
+		}
+		if perr != nil {
+			return nil, KindPickup, fmt.Errorf("pickup file: %w", perr)
+		}
+		return &queuefile.Params{From: pk.From, To: pk.To}, KindPickup, nil
+	case 1:
+	default:
+		return nil, KindSealed, queuefile.ErrDuplicateSeal
+	}
+	if len(ids) == 0 {
+		return nil, KindSealed, errors.New("no identity to open the seal with")
+	}
+	p, err := queuefile.OpenSeal(res.Removed[0].Value(), ids...)
+	return p, KindSealed, err
+}
+
+// inspReadHeader returns the header section of a file, up to and with the
+// empty line that ends it, at most maxPeekHeader bytes.
+func inspReadHeader(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	br := bufio.NewReaderSize(io.LimitReader(f, maxPeekHeader), 16<<10)
+	var hdr []byte
+	lineStart := 0
+	for {
+		chunk, err := br.ReadSlice('\n')
+		hdr = append(hdr, chunk...)
+		if errors.Is(err, bufio.ErrBufferFull) {
+			continue // the rest of a long line
+		}
+		line := hdr[lineStart:]
+		lineStart = len(hdr)
+		if err == nil && (bytes.Equal(line, []byte("\n")) || bytes.Equal(line, []byte("\r\n"))) {
+			return hdr, nil
+		}
+		if errors.Is(err, io.EOF) {
+			return hdr, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+}
+
+// MoveResult counts what a move of many messages did.
+type MoveResult struct {
+	Moved  int // moved
+	Active int // selected but being sent (in .active): left alone
+	Raced  int // gone before they could be moved: claimed by the service, or moved by someone else
+	Clash  int // not moved: the destination already had a file of that name
+}
+
+// HoldMessage moves a queued or deferred message to .hold/, where the
+// service never takes it; its state file (attempts, last error) stays. It
+// returns where the message was. A message being sent, already held or
+// already filed is left alone with a *PlaceError.
+func HoldMessage(d Dirs, name string) (SpoolEntry, error) {
+	return inspMoveOne(d, name, "hold", []Place{PlaceQueued, PlaceDeferred}, filepath.Join(d.Queue, HoldDir))
+}
+
+// HoldAll moves every queued and deferred message that match selects (all
+// if nil) to .hold/. Messages being sent cannot be held: they are counted in
+// Active.
+func HoldAll(ctx context.Context, d Dirs, match func(SpoolEntry) bool) (MoveResult, error) {
+	return inspMoveAll(ctx, d, []Place{PlaceQueued, PlaceDeferred}, filepath.Join(d.Queue, HoldDir), match, true)
+}
+
+// ReleaseMessage moves a held message back to queue_dir, to be sent now,
+// whatever next attempt its state had (attempts are unchanged).
+func ReleaseMessage(d Dirs, name string) (SpoolEntry, error) {
+	return inspMoveOne(d, name, "release", []Place{PlaceHeld}, d.Queue)
+}
+
+// ReleaseAll moves every held message that match selects (all if nil) back
+// to queue_dir.
+func ReleaseAll(ctx context.Context, d Dirs, match func(SpoolEntry) bool) (MoveResult, error) {
+	return inspMoveAll(ctx, d, []Place{PlaceHeld}, d.Queue, match, false)
+}
+
+// RetryMessage moves a deferred message to queue_dir, to be tried now
+// (attempts are unchanged).
+func RetryMessage(d Dirs, name string) (SpoolEntry, error) {
+	return inspMoveOne(d, name, "retry", []Place{PlaceDeferred}, d.Queue)
+}
+
+// RetryAll moves every deferred message that match selects (all if nil) to
+// queue_dir.
+func RetryAll(ctx context.Context, d Dirs, match func(SpoolEntry) bool) (MoveResult, error) {
+	return inspMoveAll(ctx, d, []Place{PlaceDeferred}, d.Queue, match, false)
+}
+
+// inspMoveOne moves the named message, if it is in one of the places from,
+// into dstDir by rename. A rename that fails because the file is gone lost a
+// race (the service claimed it, or another command moved it): the message
+// is looked for again.
+func inspMoveOne(d Dirs, name, op string, from []Place, dstDir string) (SpoolEntry, error) {
+	if err := os.MkdirAll(dstDir, 0o750); err != nil {
+		return SpoolEntry{}, err
+	}
+	for range 10 {
+		found, err := LocateMessage(d, name)
+		if err != nil {
+			return SpoolEntry{}, err
+		}
+		e := found[0]
+		if !slices.Contains(from, e.Place) {
+			return e, &PlaceError{Op: op, Entry: e}
+		}
+		err = inspRename(e.Path, filepath.Join(dstDir, name))
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return e, err
+		}
+		return e, inspSyncDirs(dstDir, filepath.Dir(e.Path))
+	}
+	return SpoolEntry{}, fmt.Errorf("%s kept moving while trying to %s it; try again", name, op)
+}
+
+// inspMoveAll moves every message of the places from that match selects
+// into dstDir. With countActive, messages in .active that match are counted
+// as Active.
+func inspMoveAll(ctx context.Context, d Dirs, from []Place, dstDir string, match func(SpoolEntry) bool, countActive bool) (MoveResult, error) {
+	var r MoveResult
+	if err := os.MkdirAll(dstDir, 0o750); err != nil {
+		return r, err
+	}
+	touched := map[string]bool{}
+	var errs []error
+	err := WalkSpool(ctx, d, from, func(e SpoolEntry) error {
+		if match != nil && !match(e) {
+			return nil
+		}
+		err := inspRename(e.Path, filepath.Join(dstDir, e.Name))
+		switch {
+		case err == nil:
+			r.Moved++
+			touched[filepath.Dir(e.Path)] = true
+		case errors.Is(err, fs.ErrNotExist):
+			r.Raced++
+		case errors.Is(err, ErrNameClash):
+			r.Clash++
+			if len(errs) < 3 {
+				errs = append(errs, err)
+			}
+		default:
+			return err
+		}
+		return nil
+	})
+	if err == nil && countActive {
+		err = WalkSpool(ctx, d, []Place{PlaceActive}, func(e SpoolEntry) error {
+			if match == nil || match(e) {
+				r.Active++
+			}
+			return nil
+		})
+	}
+	dirs := []string{dstDir}
+	for dir := range touched {
+		dirs = append(dirs, dir)
+	}
+	if r.Moved > 0 {
+		errs = append(errs, inspSyncDirs(dirs...))
+	}
+	return r, errors.Join(append([]error{err}, errs...)...)
+}
+
+// inspRename renames src to dst unless dst exists (ErrNameClash; but if
+// src is gone too, someone moved it there: fs.ErrNotExist). The check and
+// the rename are two steps: a file of the same name could appear at dst in
+// between. In the spool a message's name is unique and a message is moved
+// only by rename, so two files of one name can only come from a requeue,
+// which links (never replaces) instead.
+func inspRename(src, dst string) error {
+	if _, err := os.Lstat(dst); err == nil {
+		if _, serr := os.Lstat(src); errors.Is(serr, fs.ErrNotExist) {
+			return serr
+		}
+		return fmt.Errorf("%s: %w", dst, ErrNameClash)
+	}
+	return os.Rename(src, dst)
+}
+
+func inspSyncDirs(dirs ...string) error {
+	var errs []error
+	for _, dir := range dirs {
+		if err := queuefile.SyncDir(dir); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// RequeueMessage puts an undeliverable message back in the queue, fresh: a
+// leftover state file is removed, so it starts again with no attempts. Its
+// XML log stays in undeliverable_dir as history, renamed
+// <name without .eml>.<now, UTC>.xml, so that a later failure can write a new
+// <name>.xml. It returns the queued path. A message of the same name still
+// in the queue is a clash: nothing is moved. name is the file's name in
+// undeliverable_dir, which is the name it is queued under.
+//
+// Requeues are serialized by a lock file in undeliverable_dir (waiting up to
+// a minute for another requeue), so that two of them cannot queue one
+// message twice. The message is renamed into the queue; from another
+// filesystem it is copied (synced) into the queue before it is removed from
+// Undeliverable, so that a crash in between leaves it in both places, never
+// in none.
+func RequeueMessage(d Dirs, name string, now time.Time) (string, error) {
+	if !queuefile.IsQueueName(name) {
+		return "", fmt.Errorf("%s: %w", name, ErrNotQueueName)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	unlock, err := inspLockRequeue(ctx, d)
+	if err != nil {
+		return "", err
+	}
+	defer unlock()
+	return requeueLocked(d, name, now)
+}
+
+func inspLockRequeue(ctx context.Context, d Dirs) (func(), error) {
+	if err := os.MkdirAll(d.Undeliverable, 0o750); err != nil {
+		return nil, err
+	}
+	l := flock.New(filepath.Join(d.Undeliverable, requeueLock))
+	ok, err := l.TryLockContext(ctx, 20*time.Millisecond)
+	if ok {
+		return func() { l.Unlock() }, nil
+	}
+	if ctx.Err() != nil {
+		return nil, fmt.Errorf("another requeue is still running (it holds %s)", l.Path())
+	}
+	return nil, fmt.Errorf("locking %s: %w", l.Path(), err)
+}
+
+func requeueLocked(d Dirs, name string, now time.Time) (string, error) {
+	src := filepath.Join(d.Undeliverable, name)
+	if !inspIsFile(src) {
+		found, err := LocateMessage(d, name)
+		if err != nil {
+			return "", err
+		}
+		return "", &PlaceError{Op: "requeue", Entry: found[0]}
+	}
+	live, err := inspLocateLive(d, name)
+	if err != nil {
+		return "", err
+	}
+	if live != nil {
+		return "", fmt.Errorf("%s is also %s (%s): %w; not requeued", name, live.Place, live.Path, ErrNameClash)
+	}
+	if err := os.Remove(filepath.Join(d.Queue, StateDir, name+".json")); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return "", err
+	}
+	if err := inspArchiveLog(d, name, now); err != nil {
+		return "", err
+	}
+	dst := filepath.Join(d.Queue, name)
+	err = inspRename(src, dst)
+	if errors.Is(err, syscall.EXDEV) {
+		// Another filesystem: a synced copy linked into the queue, then the
+		// original removed. (Until it is, a quick new failure of the message
+		// is filed beside it with a -1 suffix.)
+		if err := inspPublish(src, dst, filepath.Join(d.Queue, queuefile.TmpDir)); err != nil {
+			return "", err
+		}
+		if err := os.Remove(src); err != nil {
+			return dst, err
+		}
+	} else if err != nil {
+		return "", err
+	}
+	return dst, inspSyncDirs(d.Queue, d.Undeliverable)
+}
+
+// inspArchiveLog renames undeliverable_dir/<base>.xml, if there is one, to
+// <base>.<now>.xml (with -N added if that exists too).
+func inspArchiveLog(d Dirs, name string, now time.Time) error {
+	base := strings.TrimSuffix(name, queuefile.Ext)
+	src := filepath.Join(d.Undeliverable, base+".xml")
+	if !inspIsFile(src) {
+		return nil
+	}
+	stamp := base + "." + now.UTC().Format(bucketLayout)
+	for i := 0; i < 1000; i++ {
+		n := stamp + ".xml"
+		if i > 0 {
+			n = fmt.Sprintf("%s-%d.xml", stamp, i)
+		}
+		ok, err := linkNoReplace(src, filepath.Join(d.Undeliverable, n))
+		if err != nil {
+			return err
+		}
+		if ok {
+			if err := os.Remove(src); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return err
+			}
+			return queuefile.SyncDir(d.Undeliverable)
+		}
+	}
+	return fmt.Errorf("no free name for the old XML log of %s", name)
+}
+
+// inspPublish makes src visible at dst (in queue_dir) without replacing
+// anything there: a hard link when both are on one filesystem, else a
+// synced copy in tmpDir linked into place. src stays.
+func inspPublish(src, dst, tmpDir string) error {
+	err := os.Link(src, dst)
+	if errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("%s: %w", dst, ErrNameClash)
+	}
+	if err != nil {
+		// Another filesystem (or no hard links): copy, then link.
+		if err := os.MkdirAll(tmpDir, 0o750); err != nil {
+			return err
+		}
+		var rnd [6]byte
+		if _, err := rand.Read(rnd[:]); err != nil {
+			return err
+		}
+		tmp := filepath.Join(tmpDir, "requeue-"+hex.EncodeToString(rnd[:])+"-"+filepath.Base(dst))
+		if err := copyFileSynced(src, tmp); err != nil {
+			os.Remove(tmp)
+			return err
+		}
+		ok, err := linkNoReplace(tmp, dst)
+		if err != nil || !ok {
+			os.Remove(tmp)
+			if err == nil {
+				err = fmt.Errorf("%s: %w", dst, ErrNameClash)
+			}
+			return err
+		}
+		os.Remove(tmp)
+	}
+	return queuefile.SyncDir(filepath.Dir(dst))
+}
+
+// RequeueAll requeues every undeliverable message that match selects (all
+// if nil), as RequeueMessage does, holding the requeue lock throughout.
+// Clashes are counted, not fatal.
+func RequeueAll(ctx context.Context, d Dirs, now time.Time, match func(SpoolEntry) bool) (MoveResult, error) {
+	var r MoveResult
+	lctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	unlock, err := inspLockRequeue(lctx, d)
+	if err != nil {
+		return r, err
+	}
+	defer unlock()
+	var errs []error
+	err = WalkSpool(ctx, d, []Place{PlaceUndeliverable}, func(e SpoolEntry) error {
+		if match != nil && !match(e) {
+			return nil
+		}
+		_, err := requeueLocked(d, e.Name, now)
+		var pe *PlaceError
+		switch {
+		case err == nil:
+			r.Moved++
+		case errors.As(err, &pe), errors.Is(err, ErrMessageNotFound):
+			r.Raced++
+		case errors.Is(err, ErrNameClash):
+			r.Clash++
+			if len(errs) < 3 {
+				errs = append(errs, err)
+			}
+		default:
+			return err
+		}
+		return nil
+	})
+	return r, errors.Join(append([]error{err}, errs...)...)
+}
+
+// PurgeResult counts what Purge removed.
+type PurgeResult struct {
+	Messages int // message files
+	Logs     int // XML logs (Undeliverable)
+}
+
+// purgeLogGrace protects the XML log of a message being filed right now:
+// the Archiver writes <name>.xml just before it links <name>.eml, so a
+// young log without its message is left alone.
+const purgeLogGrace = time.Minute
+
+// Purge removes the messages filed in Sent or Undeliverable before the
+// given time, by modification time: a Sent copy's own, and for
+// Undeliverable its XML log's (the .eml is a hard link of the queued file
+// and keeps the time it was enqueued), with the log. XML logs without their
+// message (history kept by requeue) go by their own time. Other places are
+// refused.
+func Purge(ctx context.Context, d Dirs, place Place, before time.Time) (PurgeResult, error) {
+	var r PurgeResult
+	var dir string
+	switch place {
+	case PlaceSent:
+		dir = d.Sent
+	case PlaceUndeliverable:
+		dir = d.Undeliverable
+	default:
+		return r, fmt.Errorf("purge works on sent or undeliverable, not %s", place)
+	}
+	f, err := os.Open(dir)
+	if err != nil {
+		return r, err
+	}
+	defer f.Close()
+	remove := func(p string) (bool, error) {
+		err := os.Remove(p)
+		if errors.Is(err, fs.ErrNotExist) {
+			return false, nil
+		}
+		return err == nil, err
+	}
+	modTime := func(p string) (time.Time, bool) {
+		fi, err := os.Lstat(p)
+		if err != nil || !fi.Mode().IsRegular() {
+			return time.Time{}, false
+		}
+		return fi.ModTime(), true
+	}
+	for {
+		ents, rerr := f.ReadDir(scanBatch)
+		for _, e := range ents {
+			if err := ctx.Err(); err != nil {
+				return r, err
+			}
+			name := e.Name()
+			if !e.Type().IsRegular() || strings.HasPrefix(name, ".") {
+				continue
+			}
+			p := filepath.Join(dir, name)
+			switch {
+			case queuefile.IsQueueName(name):
+				filed, ok := modTime(p)
+				if !ok {
+					continue
+				}
+				logPath := XMLLogPath(p)
+				if place == PlaceUndeliverable {
+					if t, ok := modTime(logPath); ok {
+						filed = t
+					}
+				}
+				if !filed.Before(before) {
+					continue
+				}
+				ok, err := remove(p)
+				if err != nil {
+					return r, err
+				}
+				if ok {
+					r.Messages++
+				}
+				if place == PlaceUndeliverable {
+					ok, err := remove(logPath)
+					if err != nil {
+						return r, err
+					}
+					if ok {
+						r.Logs++
+					}
+				}
+			case place == PlaceUndeliverable && strings.HasSuffix(name, ".xml"):
+				if inspIsFile(strings.TrimSuffix(p, ".xml") + queuefile.Ext) {
+					continue // goes with its message
+				}
+				t, ok := modTime(p)
+				if !ok || !t.Before(before) || time.Since(t) < purgeLogGrace {
+					continue
+				}
+				ok, err := remove(p)
+				if err != nil {
+					return r, err
+				}
+				if ok {
+					r.Logs++
+				}
+			}
+		}
+		if errors.Is(rerr, io.EOF) || len(ents) == 0 {
+			break
+		}
+		if rerr != nil {
+			return r, rerr
+		}
+	}
+	if r.Messages+r.Logs > 0 {
+		return r, queuefile.SyncDir(dir)
+	}
+	return r, nil
+}
+
+// Control is an operator's instruction to the running service, passed as
+// a file in queue_dir/.control/ (the queue commands run as separate
+// processes). Op "retry" lifts the pause of Host, or of every host with All,
+// so that mail waiting for it is tried now.
+type Control struct {
+	Op   string `json:"op"`
+	Host string `json:"host,omitempty"`
+	All  bool   `json:"all,omitempty"`
+}
+
+// WriteControl leaves an instruction for the running service in
+// queueDir/.control/<unixnano>-<random>.json, atomically: written to a
+// hidden temporary file, fsynced, renamed into place, folder fsynced. The
+// folder is created if missing.
+func WriteControl(queueDir string, c Control) error {
+	if c.Op == "" {
+		return errors.New("control: no op")
+	}
+	dir := filepath.Join(queueDir, ControlDir)
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return fmt.Errorf("control: %w", err)
+	}
+	b, err := json.Marshal(c)
+	if err != nil {
+		return err
+	}
+	var rnd [6]byte
+	if _, err := rand.Read(rnd[:]); err != nil {
+		return err
+	}
+	name := fmt.Sprintf("%d-%s.json", time.Now().UnixNano(), hex.EncodeToString(rnd[:]))
+	tmp := filepath.Join(dir, "."+name+".tmp")
+	if err := writeFileSynced(tmp, b); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("control: %w", err)
+	}
+	if err := os.Rename(tmp, filepath.Join(dir, name)); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("control: %w", err)
+	}
+	return queuefile.SyncDir(dir)
+}
+
+// controlTmpGrace is how old a temporary control file must be to be taken
+// for the leftover of a crashed writer.
+const controlTmpGrace = time.Hour
+
+// ReadControls returns the instructions waiting in queueDir/.control/,
+// oldest first, and removes their files: each is returned once. A file
+// that is not a valid instruction is removed too, and named in the error
+// (the valid ones are returned all the same). Temporary files of writers
+// that died are removed after an hour. A missing folder holds nothing.
+// This is the service's side; it is meant to be called by one process.
+func ReadControls(queueDir string) ([]Control, error) {
+	dir := filepath.Join(queueDir, ControlDir)
+	ents, err := os.ReadDir(dir) // sorted by name: by time written
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("control: %w", err)
+	}
+	var out []Control
+	var errs []error
+	for _, e := range ents {
+		name := e.Name()
+		p := filepath.Join(dir, name)
+		if !e.Type().IsRegular() {
+			continue
+		}
+		if strings.HasPrefix(name, ".") {
+			if fi, err := e.Info(); err == nil && time.Since(fi.ModTime()) > controlTmpGrace {
+				os.Remove(p)
+			}
+			continue
+		}
+		if !strings.HasSuffix(name, ".json") {
+			continue
+		}
+		b, err := os.ReadFile(p)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err == nil {
+			var c Control
+			if err = json.Unmarshal(b, &c); err == nil && c.Op == "" {
+				err = errors.New("no op")
+			}
+			if err == nil {
+				out = append(out, c)
+			}
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("control file %s: %w", name, err))
+		}
+		if rerr := os.Remove(p); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("control: %w", rerr))
+		}
+	}
+	return out, errors.Join(errs...)
+}
