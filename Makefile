@@ -44,3 +44,8 @@ clean:
 # (some fail on purpose) and shows where each one went.
 demo: build
 	testdata/dev/demo.sh
+
+# Crash tests: build the binary, SIGKILL it at each crash point and at random
+# moments while it drains, restart it, check every message is filed once.
+test-crash:
+	$(GO) test -tags crash -count=1 -timeout 10m -v -run 'TestCrash' ./cmd/smtpq/

@@ -68,6 +68,9 @@ type Options struct {
 	ShutdownGrace time.Duration
 	// OnFiled is called after each message is filed (tests, metrics).
 	OnFiled func(stages.Filed)
+	// Crash, if set, is called at named points of the pipeline (see
+	// stages.Spool.Crash and stages.Sender.Crash), for crash tests.
+	Crash func(point string)
 	// TLSConfig, if set, is the base TLS configuration for connections to
 	// SMTP servers (tests use it to trust a test CA). tls.ca_file adds to it.
 	TLSConfig *tls.Config
@@ -315,6 +318,7 @@ func (p *Pipeline) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	spool.Crash = p.opts.Crash
 	log := p.log
 	clock := p.opts.Clock
 	met := newMetrics(spool.Dirs(), clock.Now)
@@ -345,6 +349,7 @@ func (p *Pipeline) Run(ctx context.Context) error {
 			Connect: cfg.Timeouts.Connect.D(), Command: cfg.Timeouts.Command.D(), Data: cfg.Timeouts.Data.D(),
 		},
 		Accepted: spool.RecordAccepted,
+		Crash:    p.opts.Crash,
 	}
 	archiver := &stages.Archiver{
 		Spool: spool, DeleteAfterSend: cfg.DeleteAfterSend, Clock: clock, Log: log.Named("archiver"),

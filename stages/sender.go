@@ -41,8 +41,12 @@ type Sender struct {
 	// that after a crash the message is filed as sent, not sent again. An
 	// error is logged; the job goes on.
 	Accepted func(*Job) error
-	Clock    Clock
-	Log      *zap.Logger
+	// Crash, if set, is called at named points of a delivery ("connected",
+	// "after-mail", "after-dot", "after-record"): crash tests kill the
+	// process there.
+	Crash func(point string)
+	Clock Clock
+	Log   *zap.Logger
 }
 
 // session is one open SMTP session.
@@ -133,6 +137,7 @@ func (s *Sender) Run(ctx, hard context.Context, id int, requests chan<- *Request
 			}
 			sess.limit = a.Limit
 			report = &HostReport{Host: job.Host(), OK: true}
+			s.crash("connected")
 		} else {
 			sess.tr.reset()
 			sess.tr.note(fmt.Sprintf("[session reused: message %d on this connection]", sess.count+1))
@@ -309,6 +314,7 @@ func (s *Sender) deliver(ctx context.Context, sess *session, job *Job) (broken b
 		}
 		return c.Reset() != nil
 	}
+	s.crash("after-mail")
 	rcpts := make([]RcptResult, 0, len(job.Pending))
 	var accepted []int
 	for _, to := range job.Pending {
@@ -372,12 +378,20 @@ func (s *Sender) deliver(ctx context.Context, sess *session, job *Job) (broken b
 		rcpts[i].Code = 250
 	}
 	job.Outcome = outcomeFromRcpts(rcpts)
+	s.crash("after-dot")
 	if s.Accepted != nil {
 		if err := s.Accepted(job); err != nil {
 			s.Log.Error("recording the server's acceptance", zap.String("file", job.Name), zap.Error(err))
 		}
+		s.crash("after-record")
 	}
 	return false
+}
+
+func (s *Sender) crash(point string) {
+	if s.Crash != nil {
+		s.Crash(point)
+	}
 }
 
 // writeData streams the message, without its envelope header, to w.

@@ -48,6 +48,10 @@ type Dirs struct {
 // Its methods are safe for concurrent use by the Scanner, the Sender and the
 // Archiver: each works on files it has claimed, identified by name.
 type Spool struct {
+	// Crash, if set, is called at named points ("claimed", "archive-write",
+	// "xml-write"): crash tests kill the process there. Set it before use.
+	Crash func(point string)
+
 	dirs   Dirs
 	id     string
 	active string
@@ -88,6 +92,12 @@ func OpenSpool(d Dirs, now func() time.Time) (*Spool, error) {
 		return nil, fmt.Errorf("spool: %w", err)
 	}
 	return s, nil
+}
+
+func (s *Spool) crash(point string) {
+	if s.Crash != nil {
+		s.Crash(point)
+	}
 }
 
 // Dirs returns the spool's folders.
@@ -140,7 +150,52 @@ func (s *Spool) Recover() (int, error) {
 	for _, d := range []string{s.dirs.Sent, s.dirs.Undeliverable, s.dirs.Queue} {
 		removeStaleTmp(filepath.Join(d, queuefile.TmpDir), s.now().Add(-time.Hour))
 	}
+	s.removeOrphanStates()
 	return n, errors.Join(errs...)
+}
+
+// removeOrphanStates removes state files whose message is nowhere in the
+// queue any more: a crash after a message was filed but before its state
+// was removed leaves one behind.
+func (s *Spool) removeOrphanStates() {
+	dir := filepath.Join(s.dirs.Queue, StateDir)
+	d, err := os.Open(dir)
+	if err != nil {
+		return
+	}
+	defer d.Close()
+	for {
+		names, err := d.Readdirnames(scanBatch)
+		for _, n := range names {
+			msg, ok := strings.CutSuffix(n, ".json")
+			if ok && !s.exists(msg) {
+				os.Remove(filepath.Join(dir, n))
+			}
+		}
+		if err != nil || len(names) == 0 {
+			return
+		}
+	}
+}
+
+// exists reports whether a message is anywhere in the queue's folders.
+func (s *Spool) exists(name string) bool {
+	q := s.dirs.Queue
+	if _, err := os.Lstat(filepath.Join(q, name)); err == nil {
+		return true
+	}
+	if _, err := os.Lstat(filepath.Join(q, HoldDir, name)); err == nil {
+		return true
+	}
+	for _, sub := range []string{ActiveDir, DeferredDir} {
+		ents, _ := os.ReadDir(filepath.Join(q, sub))
+		for _, e := range ents {
+			if _, err := os.Lstat(filepath.Join(q, sub, e.Name(), name)); err == nil {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func (s *Spool) returnAll(dir string) (int, error) {
@@ -276,6 +331,7 @@ func (s *Spool) claim(dir, name, from string) (*Job, error) {
 		}
 		return nil, fmt.Errorf("spool: claiming %s: %w", name, err)
 	}
+	s.crash("claimed")
 	job := &Job{Name: name, Path: dst, From: from}
 	st, err := s.readState(name)
 	if err != nil {
@@ -365,14 +421,37 @@ func (s *Spool) Sent(job *Job, deleteCopy bool) (string, error) {
 			os.Remove(tmp)
 			return "", fmt.Errorf("writing Sent copy: %w", err)
 		}
-		n, err := publish(tmp, s.dirs.Sent, job.Name)
-		if err != nil {
+		s.crash("archive-write")
+		if job.State.Accepted && sameFile(tmp, filepath.Join(s.dirs.Sent, job.Name)) {
+			// Filed before a crash that came before the queue copy was
+			// removed: do not file it twice.
 			os.Remove(tmp)
-			return "", fmt.Errorf("filing in Sent: %w", err)
+			final = filepath.Join(s.dirs.Sent, job.Name)
+		} else {
+			n, err := publish(tmp, s.dirs.Sent, job.Name)
+			if err != nil {
+				os.Remove(tmp)
+				return "", fmt.Errorf("filing in Sent: %w", err)
+			}
+			final = filepath.Join(s.dirs.Sent, n)
 		}
-		final = filepath.Join(s.dirs.Sent, n)
 	}
 	return final, s.forget(job)
+}
+
+// sameFile reports whether two files have the same content.
+func sameFile(a, b string) bool {
+	fa, err := os.Stat(a)
+	if err != nil {
+		return false
+	}
+	fb, err := os.Stat(b)
+	if err != nil || fa.Size() != fb.Size() {
+		return false
+	}
+	ba, err1 := os.ReadFile(a)
+	bb, err2 := os.ReadFile(b)
+	return err1 == nil && err2 == nil && string(ba) == string(bb)
 }
 
 func (s *Spool) writeStripped(tmp string, job *Job) error {
@@ -424,6 +503,7 @@ func (s *Spool) Undeliverable(job *Job, xmlLog []byte) (string, error) {
 		os.Remove(tmp)
 		return "", fmt.Errorf("writing XML log: %w", err)
 	}
+	s.crash("xml-write")
 	if _, err := publishExact(tmp, s.dirs.Undeliverable, logName); err != nil {
 		os.Remove(tmp)
 		return "", fmt.Errorf("filing XML log: %w", err)

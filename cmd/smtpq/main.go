@@ -110,4 +110,6 @@ var commands = []func() *cobra.Command{
 	newEnqueueCmd,
 	newSendmailCmd,
 	newDevsinkCmd,
+	newQueueCmd,
+	newServiceCmd,
 }

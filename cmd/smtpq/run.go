@@ -45,15 +45,21 @@ With --init, missing folders and keys are created first (as on the first
 				return err
 			}
 			defer log.Sync()
-			p, err := pipeline.New(cfg, pipeline.Options{Logger: log})
+			p, err := pipeline.New(cfg, serviceOptions(crashOptions(pipeline.Options{Logger: log})))
 			if err != nil {
 				return err
 			}
+			serve := func(ctx context.Context) error {
+				stopReload := reloadOnHangup(ctx, cfg.Path, p, level, log)
+				defer stopReload()
+				return p.Run(ctx)
+			}
+			if underServiceManager() {
+				return runUnderServiceManager(serve, log) // see service.go
+			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			stopReload := reloadOnHangup(ctx, cfg.Path, p, level, log)
-			defer stopReload()
-			return p.Run(ctx)
+			return serve(ctx)
 		},
 	}
 	cmd.Flags().BoolVar(&initFirst, "init", false, "create missing folders and keys first, and print where they are")
