@@ -220,6 +220,43 @@ func (p *Pipeline) Reload(cfg *Config) error {
 	return nil
 }
 
+// controlPoll is how often queue_dir/.control is read.
+const controlPoll = 500 * time.Millisecond
+
+// watchControls passes the queue commands' instructions to the Dispatcher
+// until ctx is done.
+func (p *Pipeline) watchControls(ctx context.Context, queueDir string, controls chan<- stages.HostControl, finished <-chan struct{}) {
+	t := time.NewTicker(controlPoll)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		cs, err := stages.ReadControls(queueDir)
+		if err != nil {
+			p.log.Warn("reading queue control files", zap.Error(err))
+		}
+		for _, c := range cs {
+			switch c.Op {
+			case "retry", "hold":
+			default:
+				p.log.Warn("unknown queue control operation ignored", zap.String("op", c.Op))
+				continue
+			}
+			p.log.Info("queue control", zap.String("op", c.Op), zap.String("host", c.Host), zap.Bool("all", c.All), zap.String("file", c.Name))
+			select {
+			case controls <- stages.HostControl{Op: c.Op, Host: c.Host, All: c.All, Name: c.Name}:
+			case <-finished:
+				return
+			case <-ctx.Done():
+				return
+			}
+		}
+	}
+}
+
 // Retry lifts the pause of host (or of every host, with all), so that mail
 // waiting for it is tried now.
 func (p *Pipeline) Retry(host string, all bool) {
@@ -418,6 +455,9 @@ func (p *Pipeline) Run(ctx context.Context) error {
 		}
 	})
 	all.Go(func() { archiver.Run(outcomes) })
+	// Operator instructions left by the queue commands (separate processes)
+	// in queue_dir/.control.
+	all.Go(func() { p.watchControls(ctx, cfg.QueueDir, controls, finished) })
 	if metricsLn != nil {
 		all.Go(func() {
 			if err := met.serve(ctx, metricsLn, clock.Now); err != nil {

@@ -136,6 +136,8 @@ func (a *Archiver) file(job *Job) {
 		f.Err = a.Spool.Defer(job, o.Due)
 	case Return:
 		f.Err = a.Spool.Return(job)
+	case Hold:
+		f.Err = a.Spool.Hold(job)
 	default:
 		f.Err = a.Spool.Return(job)
 	}
@@ -168,7 +170,7 @@ func (a *Archiver) file(job *Job) {
 
 func (a *Archiver) logFiled(f Filed) {
 	j := f.Job
-	if f.Result == "returned" || f.Result == "parked" {
+	if f.Result == "returned" || f.Result == "parked" || f.Result == "held" {
 		a.Log.Debug(f.Result, zap.String("file", j.Name), zap.String("host", j.Host()))
 		return
 	}

@@ -45,7 +45,9 @@ type Assignment struct {
 	Stop  bool // close the open session and return
 }
 
-// HostControl is an operator's instruction to a running Dispatcher.
+// HostControl is an operator's instruction to a running Dispatcher. Op
+// "hold" sends the queued jobs named by Name, Host or All to the Archiver to
+// be held.
 type HostControl struct {
 	// Op is "retry" (lift the pause of Host, or of every host with All, so
 	// that waiting mail is tried now), "reload" (read Limits again for every
@@ -55,6 +57,7 @@ type HostControl struct {
 	Op      string
 	Host    string
 	All     bool
+	Name    string // for "hold": one message
 	Workers int
 }
 
@@ -198,6 +201,10 @@ func (d *Dispatcher) Run(ctx context.Context, in <-chan *Job, requests <-chan *R
 			}
 			d.enqueue(job, now, out)
 		case c := <-d.Controls:
+			if c.Op == "hold" {
+				d.hold(c, out)
+				continue
+			}
 			d.control(c, now)
 		case req := <-requests:
 			w := d.worker(req.Worker)
@@ -227,6 +234,37 @@ func (d *Dispatcher) Run(ctx context.Context, in <-chan *Job, requests <-chan *R
 			d.total, d.ring = 0, nil
 			stopWaiting()
 		}
+	}
+}
+
+// hold takes the queued jobs that c names out of their queues and sends
+// them to be held.
+func (d *Dispatcher) hold(c HostControl, out chan<- *Job) {
+	for _, h := range d.hosts {
+		if !c.All && c.Name == "" && h.name != normalizeHost(c.Host) {
+			continue
+		}
+		for _, q := range h.routes {
+			kept := q.jobs[:q.head]
+			for _, j := range q.jobs[q.head:] {
+				if c.All || c.Name == "" || j.Name == c.Name {
+					j.Outcome = Outcome{Verdict: Hold}
+					out <- j
+					h.n--
+					d.total--
+					continue
+				}
+				kept = append(kept, j)
+			}
+			q.jobs = kept
+		}
+		routes := h.routes[:0]
+		for _, q := range h.routes {
+			if q.len() > 0 {
+				routes = append(routes, q)
+			}
+		}
+		h.routes = routes
 	}
 }
 

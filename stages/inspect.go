@@ -920,10 +920,15 @@ func Purge(ctx context.Context, d Dirs, place Place, before time.Time) (PurgeRes
 // a file in queue_dir/.control/ (the queue commands run as separate
 // processes). Op "retry" lifts the pause of Host, or of every host with All,
 // so that mail waiting for it is tried now.
+//
+// Op "hold" asks the service to set aside, in .hold/, the messages it holds
+// in memory waiting for a session: the one named Name, those for Host, or
+// all with All. Messages being sent at that moment are not held.
 type Control struct {
 	Op   string `json:"op"`
 	Host string `json:"host,omitempty"`
 	All  bool   `json:"all,omitempty"`
+	Name string `json:"name,omitempty"`
 }
 
 // WriteControl leaves an instruction for the running service in

@@ -26,6 +26,8 @@ const (
 	Park
 	// Return: not attempted (shutdown); back to the queue as it was.
 	Return
+	// Hold: not attempted (the operator held it); to the hold folder.
+	Hold
 )
 
 func (v Verdict) String() string {
@@ -40,6 +42,8 @@ func (v Verdict) String() string {
 		return "parked"
 	case Return:
 		return "returned"
+	case Hold:
+		return "held"
 	}
 	return "none"
 }

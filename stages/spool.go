@@ -69,7 +69,7 @@ func OpenSpool(d Dirs, now func() time.Time) (*Spool, error) {
 		d.Queue, d.Sent, d.Undeliverable,
 		filepath.Join(d.Queue, queuefile.TmpDir), filepath.Join(d.Queue, ActiveDir),
 		filepath.Join(d.Queue, DeferredDir), filepath.Join(d.Queue, HoldDir),
-		filepath.Join(d.Queue, StateDir),
+		filepath.Join(d.Queue, StateDir), filepath.Join(d.Queue, ControlDir),
 		filepath.Join(d.Sent, queuefile.TmpDir), filepath.Join(d.Undeliverable, queuefile.TmpDir),
 	} {
 		if err := os.MkdirAll(dir, 0o750); err != nil {
@@ -562,6 +562,21 @@ func (s *Spool) Defer(job *Job, due time.Time) error {
 		return err
 	}
 	if err := queuefile.SyncDir(bucket); err != nil {
+		return err
+	}
+	return queuefile.SyncDir(s.active)
+}
+
+// Hold moves a job to the hold folder, with its state written first.
+func (s *Spool) Hold(job *Job) error {
+	if err := s.WriteState(job.Name, &job.State); err != nil {
+		return fmt.Errorf("writing state: %w", err)
+	}
+	dir := filepath.Join(s.dirs.Queue, HoldDir)
+	if err := os.Rename(job.Path, filepath.Join(dir, job.Name)); err != nil {
+		return err
+	}
+	if err := queuefile.SyncDir(dir); err != nil {
 		return err
 	}
 	return queuefile.SyncDir(s.active)

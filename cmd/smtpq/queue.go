@@ -916,6 +916,15 @@ func (q *queueEnv) moveOne(out io.Writer, op, name string) error {
 			fmt.Fprintf(out, "%s is already held\n", name)
 			return nil
 		}
+		if errors.As(err, &pe) && pe.Entry.Place == stages.PlaceActive {
+			// The service has it: ask it to set the message aside unless
+			// its delivery is already under way.
+			if cerr := stages.WriteControl(q.dirs.Queue, stages.Control{Op: "hold", Name: name}); cerr != nil {
+				return fmt.Errorf("asking the service to hold %s: %w", name, cerr)
+			}
+			fmt.Fprintf(out, "%s is with the running service: asked it to hold the message unless it is being sent right now (smtpq queue status %s tells)\n", name, name)
+			return nil
+		}
 		if err != nil {
 			return err
 		}
@@ -991,7 +1000,11 @@ func (q *queueEnv) moveAll(ctx context.Context, out io.Writer, op string, sel se
 	case "hold":
 		fmt.Fprintf(out, "held %d %s", r.Moved, what)
 		if r.Active > 0 {
-			fmt.Fprintf(out, "; skipped %d being sent right now (they cannot be held)", r.Active)
+			c := stages.Control{Op: "hold", Host: sel.host, All: sel.host == ""}
+			if cerr := stages.WriteControl(q.dirs.Queue, c); cerr != nil {
+				return fmt.Errorf("asking the service to hold the messages it has: %w", cerr)
+			}
+			fmt.Fprintf(out, "; %d are with the running service: asked it to hold those not being sent right now", r.Active)
 		}
 	case "release":
 		fmt.Fprintf(out, "released %d %s to the queue", r.Moved, what)
