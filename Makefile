@@ -49,3 +49,12 @@ demo: build
 # moments while it drains, restart it, check every message is filed once.
 test-crash:
 	$(GO) test -tags crash -count=1 -timeout 10m -v -run 'TestCrash' ./cmd/smtpq/
+
+# Native Go fuzzing, FUZZTIME per target. A crasher is saved by go test under
+# the package's testdata/fuzz/ and stays as a regression case: commit it.
+FUZZTIME ?= 20s
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzOpen$$' -fuzztime $(FUZZTIME) ./queuefile/
+	$(GO) test -run '^$$' -fuzz '^FuzzStrip$$' -fuzztime $(FUZZTIME) ./queuefile/
+	$(GO) test -run '^$$' -fuzz '^FuzzOpenPickup$$' -fuzztime $(FUZZTIME) ./queuefile/
+	$(GO) test -run '^$$' -fuzz '^FuzzXMLLog$$' -fuzztime $(FUZZTIME) ./stages/

@@ -2,7 +2,9 @@ package stages
 
 import (
 	"encoding/xml"
+	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // XMLLog is the log filed beside a message in Undeliverable, as
@@ -54,6 +56,17 @@ type XMLAttempt struct {
 // its line breaks readable.
 type XMLCData struct {
 	Text string `xml:",cdata"`
+}
+
+// xmlChar replaces characters that XML 1.0 does not allow with '?'.
+func xmlChar(r rune) rune {
+	switch {
+	case r == '\t' || r == '\n' || r == '\r':
+		return r
+	case r < 0x20, r == 0xFFFE, r == 0xFFFF, r == utf8.RuneError:
+		return '?'
+	}
+	return r
 }
 
 // BuildXMLLog assembles the log of a job given up.
@@ -108,7 +121,8 @@ func BuildXMLLog(job *Job, failedAt time.Time) ([]byte, error) {
 		l.History = append(l.History, XMLAttempt{At: h.At.UTC().Format(time.RFC3339), Result: h.Result})
 	}
 	if o.Transcript != "" {
-		l.Transcript = &XMLCData{Text: o.Transcript}
+		// A CDATA section is written as is: characters XML forbids must go.
+		l.Transcript = &XMLCData{Text: strings.Map(xmlChar, o.Transcript)}
 	}
 	b, err := xml.MarshalIndent(l, "", "  ")
 	if err != nil {
