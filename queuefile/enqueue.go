@@ -91,7 +91,7 @@ func (q *Queue) Enqueue(msg io.Reader, p Params) (name string, err error) {
 		now = q.Now
 	}
 	tmpDir := filepath.Join(q.Dir, TmpDir)
-	if err := os.MkdirAll(tmpDir, 0o700); err != nil {
+	if err := MakeTmpDir(q.Dir); err != nil {
 		return "", fmt.Errorf("enqueue: %w", err)
 	}
 	name, err = NewName(now())
@@ -140,8 +140,28 @@ func (q *Queue) Enqueue(msg io.Reader, p Params) (name string, err error) {
 	return name, nil
 }
 
+// MakeTmpDir creates queueDir/.tmp if needed, with the same permission bits
+// as queueDir itself, so that producers who may write into the queue folder
+// (say, its group) may write into .tmp too.
+func MakeTmpDir(queueDir string) error {
+	tmp := filepath.Join(queueDir, TmpDir)
+	if _, err := os.Stat(tmp); err == nil {
+		return nil
+	}
+	fi, err := os.Stat(queueDir)
+	if err != nil {
+		return err
+	}
+	if err := os.Mkdir(tmp, 0o700); err != nil && !os.IsExist(err) {
+		return err
+	}
+	return os.Chmod(tmp, fi.Mode().Perm()|fi.Mode()&os.ModeSetgid)
+}
+
 func writeQueueFile(path string, seal []byte, body *os.File) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	// Group-readable: the service may run as another user in the queue
+	// folder's group. The credentials inside are sealed.
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o640)
 	if err != nil {
 		return err
 	}

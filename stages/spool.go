@@ -76,6 +76,10 @@ func OpenSpool(d Dirs, now func() time.Time) (*Spool, error) {
 			return nil, fmt.Errorf("spool: %w", err)
 		}
 	}
+	// Producers write into queue_dir/.tmp: give it queue_dir's permissions.
+	if fi, err := os.Stat(d.Queue); err == nil {
+		os.Chmod(filepath.Join(d.Queue, queuefile.TmpDir), fi.Mode().Perm()|fi.Mode()&os.ModeSetgid)
+	}
 	var rnd [6]byte
 	if _, err := rand.Read(rnd[:]); err != nil {
 		return nil, err
