@@ -148,6 +148,9 @@ func MakeTmpDir(queueDir string) error {
 	if _, err := os.Stat(tmp); err == nil {
 		return nil
 	}
+	if err := os.MkdirAll(queueDir, 0o750); err != nil {
+		return err
+	}
 	fi, err := os.Stat(queueDir)
 	if err != nil {
 		return err

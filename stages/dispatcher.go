@@ -106,6 +106,13 @@ type hostState struct {
 	conns   int // sessions open or being opened
 	inRing  bool
 
+	// throughput, measured over windows of at least a second: how fast the
+	// host takes messages, to tell a backlog that drains soon from one that
+	// does not
+	winStart time.Time
+	winCount int
+	rate     float64 // messages per second handed out in the last window; 0 unknown
+
 	// circuit breaker
 	failures   int
 	capacity   int // effective connection cap
@@ -158,6 +165,7 @@ func (d *Dispatcher) Run(ctx context.Context, in <-chan *Job, requests <-chan *R
 	d.workers = map[int]*workerState{}
 	d.target = d.Workers
 	var (
+		held        *Job // received, not yet queued: see admit
 		stopped     int
 		inClosed    bool
 		shutdown    bool
@@ -177,6 +185,9 @@ func (d *Dispatcher) Run(ctx context.Context, in <-chan *Job, requests <-chan *R
 		now := d.Clock.Now()
 		if !shutdown {
 			wake := d.schedule(now)
+			if held != nil && (wake.IsZero() || wake.After(now.Add(250*time.Millisecond))) {
+				wake = now.Add(250 * time.Millisecond) // look at the kept-back job again
+			}
 			if inClosed && d.total == 0 {
 				stopWaiting()
 			}
@@ -184,8 +195,15 @@ func (d *Dispatcher) Run(ctx context.Context, in <-chan *Job, requests <-chan *R
 				timerAt, timerC = wake, d.Clock.After(wake.Sub(now))
 			}
 		}
+		if held != nil && !shutdown {
+			// A job kept back because its host's queue was full: queue it
+			// once there is room, or park it if the host turned slow.
+			if d.admit(held, now, out) {
+				held = nil
+			}
+		}
 		inCh := in
-		if inClosed {
+		if inClosed || held != nil {
 			inCh = nil
 		}
 		select {
@@ -199,7 +217,9 @@ func (d *Dispatcher) Run(ctx context.Context, in <-chan *Job, requests <-chan *R
 				out <- job
 				continue
 			}
-			d.enqueue(job, now, out)
+			if !d.admit(job, now, out) {
+				held = job
+			}
 		case c := <-d.Controls:
 			if c.Op == "hold" {
 				d.hold(c, out)
@@ -221,6 +241,11 @@ func (d *Dispatcher) Run(ctx context.Context, in <-chan *Job, requests <-chan *R
 		case <-done:
 			done = nil
 			shutdown = true
+			if held != nil {
+				held.Outcome = Outcome{Verdict: Return}
+				out <- held
+				held = nil
+			}
 			for _, h := range d.hosts {
 				for _, q := range h.routes {
 					for q.len() > 0 {
@@ -331,7 +356,7 @@ func (d *Dispatcher) host(name string, now time.Time) *hostState {
 	}
 	lim := d.Limits(name)
 	lim.MaxConnections = max(lim.MaxConnections, 1)
-	h = &hostState{name: name, lim: lim, capacity: lim.MaxConnections}
+	h = &hostState{name: name, lim: lim, capacity: lim.MaxConnections, winStart: now}
 	if lim.Rate > 0 {
 		h.limiter = rate.NewLimiter(rate.Limit(lim.Rate), max(lim.Burst, 1))
 		// Start with a full bucket at the injected clock's time.
@@ -341,14 +366,57 @@ func (d *Dispatcher) host(name string, now time.Time) *hostState {
 	return h
 }
 
-// enqueue queues a job for its host, or parks it if memory bounds are hit.
-func (d *Dispatcher) enqueue(job *Job, now time.Time, out chan<- *Job) {
+// keepBackFor is the longest a full host queue may take to make room for one
+// more job for the Dispatcher to wait for it rather than park the job.
+const keepBackFor = 20 * time.Millisecond
+
+// admit queues a job for its host and reports true, or, when memory bounds
+// are hit, parks it (true) or keeps it back (false). When a fast host's queue
+// is full (it takes a job every keepBackFor or faster), the job is kept back:
+// the Dispatcher stops reading new jobs until that host takes one, which
+// costs other hosts milliseconds and is much cheaper than parking (a rename
+// and a state file write) for a busy but fast host. A slow, rate-limited or
+// paused host's surplus is parked, so that it never holds up other hosts.
+func (d *Dispatcher) admit(job *Job, now time.Time, out chan<- *Job) bool {
 	h := d.host(job.Host(), now)
 	if d.total >= d.MaxQueued || h.n >= d.MaxQueuedPerHost {
+		if d.slotTime(h, now) <= keepBackFor {
+			return false
+		}
 		job.Outcome = Outcome{Verdict: Park, Due: now.Add(d.parkDelay(h, now))}
 		out <- job
-		return
+		return true
 	}
+	d.enqueue(h, job)
+	return true
+}
+
+// slotTime estimates how long h takes to take the next job from its queue:
+// the inverse of its measured rate (or of its configured rate).
+func (d *Dispatcher) slotTime(h *hostState, now time.Time) time.Duration {
+	if now.Before(h.openUntil) {
+		return h.openUntil.Sub(now)
+	}
+	perSecond := h.rate
+	if el := now.Sub(h.winStart); el >= time.Second {
+		// The current window is long enough to count: a host that stalled
+		// after a good start must not look fast for ever.
+		perSecond = min(perSecond, float64(h.winCount)/el.Seconds())
+	}
+	if h.limiter != nil && (perSecond == 0 || h.lim.Rate < perSecond) {
+		perSecond = h.lim.Rate
+	}
+	if perSecond == 0 {
+		if now.Sub(h.winStart) < time.Second {
+			return 0 // not measured yet: assume it is fast
+		}
+		return time.Hour // nothing went out for a second or more
+	}
+	return time.Duration(float64(time.Second) / perSecond)
+}
+
+// enqueue adds a job to its host's queue.
+func (d *Dispatcher) enqueue(h *hostState, job *Job) {
 	var q *routeQueue
 	for _, rq := range h.routes {
 		if rq.route == job.Route {
@@ -366,6 +434,15 @@ func (d *Dispatcher) enqueue(job *Job, now time.Time, out chan<- *Job) {
 	if !h.inRing {
 		h.inRing = true
 		d.ring = append(d.ring, h)
+	}
+}
+
+// count records a job handed out, for the host's measured rate.
+func (h *hostState) count(now time.Time) {
+	h.winCount++
+	if el := now.Sub(h.winStart); el >= time.Second {
+		h.rate = float64(h.winCount) / el.Seconds()
+		h.winStart, h.winCount = now, 0
 	}
 }
 
@@ -455,6 +532,7 @@ func (d *Dispatcher) take(h *hostState, r *Route, now time.Time) *Job {
 		if h.limiter != nil {
 			h.limiter.AllowN(now, 1)
 		}
+		h.count(now)
 		j := q.pop()
 		h.n--
 		d.total--

@@ -123,6 +123,8 @@ type Job struct {
 
 	// Set by whichever stage decides the job's fate.
 	Outcome Outcome
+
+	journaled bool // the server's acceptance is in the spool's journal
 }
 
 // Host returns the SMTP host the job goes to, the key of per-host limits.

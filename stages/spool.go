@@ -52,11 +52,12 @@ type Spool struct {
 	// "xml-write"): crash tests kill the process there. Set it before use.
 	Crash func(point string)
 
-	dirs   Dirs
-	id     string
-	active string
-	lock   *flock.Flock
-	now    func() time.Time
+	dirs    Dirs
+	id      string
+	active  string
+	lock    *flock.Flock
+	journal *journal // the server's acceptances, for crash recovery
+	now     func() time.Time
 }
 
 // OpenSpool creates the folders if needed, registers this instance and
@@ -95,6 +96,13 @@ func OpenSpool(d Dirs, now func() time.Time) (*Spool, error) {
 		s.lock.Unlock()
 		return nil, fmt.Errorf("spool: %w", err)
 	}
+	j, err := openJournal(journalPath(filepath.Join(d.Queue, ActiveDir), s.id))
+	if err != nil {
+		os.Remove(s.active)
+		s.lock.Unlock()
+		return nil, fmt.Errorf("spool: %w", err)
+	}
+	s.journal = j
 	return s, nil
 }
 
@@ -111,6 +119,15 @@ func (s *Spool) Dirs() Dirs { return s.dirs }
 // folder are returned to the queue first.
 func (s *Spool) Close() error {
 	_, err := s.returnAll(s.active)
+	// Removals of filed messages' queue copies were not synced one by one
+	// (their acceptance is in the journal): make them durable before the
+	// journal goes.
+	if serr := queuefile.SyncDir(s.active); err == nil && serr != nil && !errors.Is(serr, fs.ErrNotExist) {
+		err = serr
+	}
+	if err == nil {
+		err = s.journal.Close()
+	}
 	if rerr := os.Remove(s.active); err == nil && rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
 		err = rerr
 	}
@@ -141,11 +158,18 @@ func (s *Spool) Recover() (int, error) {
 		if err != nil || !ok {
 			continue // alive, or we cannot tell: leave it
 		}
+		jpath := journalPath(root, e.Name())
+		if err := s.replayJournal(jpath, dir); err != nil {
+			errs = append(errs, err)
+			l.Unlock()
+			continue // keep the journal and the files for the next start
+		}
 		got, err := s.returnAll(dir)
 		n += got
 		if err != nil {
 			errs = append(errs, err)
 		} else {
+			os.Remove(jpath)
 			os.Remove(dir)
 			os.Remove(l.Path())
 		}
@@ -395,6 +419,13 @@ func (s *Spool) WriteState(name string, st *State) error {
 // none is left the message counts as sent. After a crash the message is then
 // filed, not sent again.
 func (s *Spool) RecordAccepted(job *Job) error {
+	if s.journal != nil {
+		if err := s.journal.Append(journalLine(job)); err != nil {
+			return err
+		}
+		job.journaled = true
+		return nil
+	}
 	st := job.State
 	st.Done = append([]string(nil), st.Done...)
 	for _, r := range job.Outcome.Rcpts {
@@ -482,13 +513,18 @@ func (s *Spool) writeStripped(tmp string, job *Job) error {
 	return err
 }
 
-// forget removes a filed job's queue copy and state.
+// forget removes a filed job's queue copy and state. The removal of the
+// queue copy is synced before the state goes, unless the journal records the
+// server's acceptance: a copy that comes back after a crash is then filed
+// as sent again (recognised, not duplicated), and Close syncs the folder.
 func (s *Spool) forget(job *Job) error {
 	if err := os.Remove(job.Path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
-	if err := queuefile.SyncDir(s.active); err != nil {
-		return err
+	if !job.journaled {
+		if err := queuefile.SyncDir(s.active); err != nil {
+			return err
+		}
 	}
 	return s.removeState(job.Name)
 }

@@ -1,0 +1,153 @@
+package stages
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+)
+
+// journal is an instance's append-only record of the server's acceptances:
+// one line per accepted transaction, "<name> all|some <recipient>...". A
+// line is durable (fsynced) before Append returns. Concurrent appenders share
+// fsyncs (group commit): while one syncs, the others' lines queue behind it
+// and the next sync covers them all, so the cost per message falls as load
+// rises. It replaces a state file per message (create, fsync, rename, folder
+// fsync) on the path every successful message takes.
+//
+// The journal only matters after a crash: at start-up, Recover reads the
+// journals of dead instances and writes a state file for each message still
+// in the queue, before returning the files to it. An instance removes its
+// journal when it closes.
+type journal struct {
+	path string
+
+	mu      sync.Mutex // guards f, written and writes
+	f       *os.File
+	written uint64 // lines written
+
+	syncMu sync.Mutex // held while syncing
+	synced uint64     // lines known durable
+}
+
+func journalPath(activeRoot, id string) string {
+	return filepath.Join(activeRoot, id+".journal")
+}
+
+func openJournal(path string) (*journal, error) {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o640)
+	if err != nil {
+		return nil, err
+	}
+	return &journal{path: path, f: f}, nil
+}
+
+// Append records a line durably.
+func (j *journal) Append(line string) error {
+	j.mu.Lock()
+	if j.f == nil {
+		j.mu.Unlock()
+		return errors.New("journal closed")
+	}
+	if _, err := j.f.WriteString(line + "\n"); err != nil {
+		j.mu.Unlock()
+		return err
+	}
+	j.written++
+	mine := j.written
+	j.mu.Unlock()
+
+	j.syncMu.Lock()
+	defer j.syncMu.Unlock()
+	if j.synced >= mine {
+		return nil // someone else's sync covered this line
+	}
+	j.mu.Lock()
+	upto, f := j.written, j.f
+	j.mu.Unlock()
+	if f == nil {
+		return errors.New("journal closed")
+	}
+	if err := f.Sync(); err != nil {
+		return err
+	}
+	j.synced = upto
+	return nil
+}
+
+// Close closes and removes the journal: every message it speaks of has been
+// filed.
+func (j *journal) Close() error {
+	j.syncMu.Lock()
+	defer j.syncMu.Unlock()
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.f == nil {
+		return nil
+	}
+	err := j.f.Close()
+	j.f = nil
+	if rerr := os.Remove(j.path); err == nil && rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
+		err = rerr
+	}
+	return err
+}
+
+// journalLine is the journal's record of a job the server accepted.
+func journalLine(job *Job) string {
+	var b strings.Builder
+	b.WriteString(job.Name)
+	if job.Outcome.Verdict == Sent {
+		b.WriteString(" all")
+	} else {
+		b.WriteString(" some")
+	}
+	for _, r := range job.Outcome.Rcpts {
+		if r.Status == RcptDelivered {
+			b.WriteString(" " + r.Addr)
+		}
+	}
+	return b.String()
+}
+
+// replayJournal writes, for each message of a dead instance's journal that
+// is in dir (its active folder), a state file saying what the server
+// accepted, so that the message is not sent again to those recipients.
+func (s *Spool) replayJournal(path, dir string) error {
+	f, err := os.Open(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), 16<<20)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 2 || (fields[1] != "all" && fields[1] != "some") {
+			continue // a line cut by the crash: it was never durable
+		}
+		name := fields[0]
+		if _, err := os.Lstat(filepath.Join(dir, name)); err != nil {
+			continue // already filed
+		}
+		st, err := s.readState(name)
+		if err != nil || st == nil {
+			st = &State{}
+		}
+		for _, a := range fields[2:] {
+			st.Done = appendUnique(st.Done, a)
+		}
+		st.Accepted = st.Accepted || fields[1] == "all"
+		if err := s.WriteState(name, st); err != nil {
+			return fmt.Errorf("journal %s: %w", path, err)
+		}
+	}
+	return sc.Err()
+}
