@@ -43,6 +43,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -219,6 +220,12 @@ func (p *Pipeline) Reload(cfg *Config) error {
 	send(stages.HostControl{Op: "reload"})
 	return nil
 }
+
+// archiverCount is how many Archiver goroutines file outcomes.
+const archiverCount = 4
+
+// parserCount is how many Parser goroutines run: one per CPU, at least 2.
+func parserCount() int { return max(2, runtime.NumCPU()) }
 
 // controlPoll is how often queue_dir/.control is read.
 const controlPoll = 500 * time.Millisecond
@@ -415,9 +422,15 @@ func (p *Pipeline) Run(ctx context.Context) error {
 			log.Error("scanner", zap.Error(err))
 		}
 	})
+	// Parsers share the work: opening a seal (X25519) and hashing the
+	// message take CPU, one message at a time.
+	var parsers conc.WaitGroup
+	for range parserCount() {
+		parsers.Go(func() { parser.Run(ctx, claimed, parsed, outcomes) })
+	}
 	producers.Go(func() {
 		defer close(parsed)
-		parser.Run(ctx, claimed, parsed, outcomes)
+		parsers.Wait()
 	})
 	producers.Go(func() { dispatcher.Run(ctx, parsed, requests, outcomes) })
 	run := &running{controls: controls, finished: finished, archiver: archiver}
@@ -454,7 +467,11 @@ func (p *Pipeline) Run(ctx context.Context) error {
 		case <-finished:
 		}
 	})
-	all.Go(func() { archiver.Run(outcomes) })
+	// Archivers file in parallel: their fsyncs overlap and the file system
+	// commits them together.
+	for range archiverCount {
+		all.Go(func() { archiver.Run(outcomes) })
+	}
 	// Operator instructions left by the queue commands (separate processes)
 	// in queue_dir/.control.
 	all.Go(func() { p.watchControls(ctx, cfg.QueueDir, controls, finished) })

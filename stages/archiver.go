@@ -69,7 +69,8 @@ func (a *Archiver) policy() RetryPolicy {
 	return a.Retry
 }
 
-// Run files jobs from in until it is closed.
+// Run files jobs from in until it is closed. Several Runs may share one
+// Archiver and one channel: filing a job touches only that job's files.
 func (a *Archiver) Run(in <-chan *Job) {
 	for job := range in {
 		a.file(job)
