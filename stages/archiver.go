@@ -134,7 +134,7 @@ func (a *Archiver) file(job *Job) {
 	case Transient:
 		f.Err = a.Spool.Defer(job, now.Add(retry.Backoff(job.State.Attempts)))
 	case Park:
-		f.Err = a.Spool.Defer(job, o.Due)
+		f.Err = a.Spool.Park(job, o.Due)
 	case Return:
 		f.Err = a.Spool.Return(job)
 	case Hold:

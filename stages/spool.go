@@ -588,6 +588,19 @@ func (s *Spool) Defer(job *Job, due time.Time) error {
 	if err := s.WriteState(job.Name, &job.State); err != nil {
 		return fmt.Errorf("writing state: %w", err)
 	}
+	return s.moveToBucket(job, due)
+}
+
+// Park moves a job that was not attempted to the deferred bucket for due.
+// Its state has not changed since it was claimed, so no state file is
+// written: parking a large backlog for a slow host costs one rename each.
+// (The due time is in the bucket's name.)
+func (s *Spool) Park(job *Job, due time.Time) error {
+	job.State.NextAttempt = due
+	return s.moveToBucket(job, due)
+}
+
+func (s *Spool) moveToBucket(job *Job, due time.Time) error {
 	// A bucket is named by its due time rounded up to the second, so nothing
 	// in it is taken before it is due.
 	at := due.UTC().Truncate(time.Second)
@@ -595,10 +608,22 @@ func (s *Spool) Defer(job *Job, due time.Time) error {
 		at = at.Add(time.Second)
 	}
 	bucket := filepath.Join(s.dirs.Queue, DeferredDir, at.Format(bucketLayout))
-	if err := os.MkdirAll(bucket, 0o750); err != nil {
-		return err
+	// The Scanner removes a due bucket once it has emptied it; if that
+	// happens between our MkdirAll and Rename, make the bucket again.
+	var err error
+	for range 3 {
+		if err = os.MkdirAll(bucket, 0o750); err != nil {
+			return err
+		}
+		err = os.Rename(job.Path, filepath.Join(bucket, job.Name))
+		if !errors.Is(err, fs.ErrNotExist) {
+			break
+		}
+		if _, serr := os.Lstat(job.Path); serr != nil {
+			break // the job's own file is gone: report that
+		}
 	}
-	if err := os.Rename(job.Path, filepath.Join(bucket, job.Name)); err != nil {
+	if err != nil {
 		return err
 	}
 	if err := queuefile.SyncDir(bucket); err != nil {
