@@ -279,6 +279,7 @@ func (s *Spool) scanDir(ctx context.Context, dir, from string, fn func(*Job) boo
 		return fmt.Errorf("spool: %w", err)
 	}
 	defer d.Close()
+	var firstErr error
 	for {
 		ents, err := d.ReadDir(scanBatch)
 		for _, e := range ents {
@@ -292,7 +293,13 @@ func (s *Spool) scanDir(ctx context.Context, dir, from string, fn func(*Job) boo
 			}
 			job, cerr := s.claim(dir, e.Name(), from)
 			if cerr != nil {
-				return cerr
+				// One file that cannot be renamed (on Windows: open in
+				// another program) must not stop the scan: report it at
+				// the end and go on.
+				if firstErr == nil {
+					firstErr = cerr
+				}
+				continue
 			}
 			if job == nil {
 				continue // someone else claimed it, or it vanished
@@ -302,7 +309,7 @@ func (s *Spool) scanDir(ctx context.Context, dir, from string, fn func(*Job) boo
 			}
 		}
 		if errors.Is(err, io.EOF) || len(ents) == 0 {
-			return nil
+			return firstErr
 		}
 		if err != nil {
 			return fmt.Errorf("spool: reading %s: %w", dir, err)
