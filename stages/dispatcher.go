@@ -148,6 +148,7 @@ type workerState struct {
 	waiting   *Request
 	idleSince time.Time
 	stopped   bool
+	closing   *hostState // a host whose session the worker was told to close
 }
 
 // Run dispatches until in is closed and every worker has been told to stop.
@@ -462,6 +463,10 @@ func (d *Dispatcher) parkDelay(h *hostState, now time.Time) time.Duration {
 
 // report accounts for a worker's session and its host report.
 func (d *Dispatcher) report(req *Request, w *workerState, now time.Time) {
+	if w.closing != nil {
+		w.closing.conns--
+		w.closing = nil
+	}
 	if w.route != nil && (req.Conn == nil || *req.Conn != *w.route) {
 		// The worker's session closed (error, cap, or on our instruction).
 		w.host.conns--
@@ -582,10 +587,11 @@ func (d *Dispatcher) schedule(now time.Time) time.Time {
 				break
 			}
 			if w.route != nil {
-				if w.host == h && w.host.conns <= h.capacity {
-					continue // same host, different route: keep it for now
-				}
-				w.host.conns--
+				// The worker closes its session before opening the new
+				// one; it stays counted at its old host until the worker's
+				// next request says it is closed, so that no host is ever
+				// over its cap, even for a moment.
+				w.closing = w.host
 			}
 			j := d.take(h, nil, now)
 			h.conns++
