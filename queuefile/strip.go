@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 )
 
 // SealedField is the name of the header field that carries the sealed
@@ -52,7 +53,12 @@ type StripResult struct {
 // The body is copied with io.Copy, so a message of any size streams through a
 // fixed buffer. Lines are not limited in length.
 func Strip(dst io.Writer, src io.Reader, drop func(name string) bool) (StripResult, error) {
-	br := bufio.NewReaderSize(src, 32<<10)
+	br := readerPool.Get().(*bufio.Reader)
+	br.Reset(src)
+	defer func() {
+		br.Reset(nil)
+		readerPool.Put(br)
+	}()
 	var res StripResult
 	res.LeadingBlock = true
 	var (
@@ -74,8 +80,7 @@ func Strip(dst io.Writer, src io.Reader, drop func(name string) bool) (StripResu
 			if _, werr := dst.Write(first); werr != nil {
 				return res, werr
 			}
-			_, cerr := io.Copy(dst, br)
-			return res, cerr
+			return res, copyBody(dst, br)
 		case first[0] == ' ' || first[0] == '\t':
 			// Continuation of the current field: same fate as its first line.
 		default:
@@ -119,6 +124,34 @@ func Strip(dst io.Writer, src io.Reader, drop func(name string) bool) (StripResu
 		}
 		if err != nil {
 			return res, err
+		}
+	}
+}
+
+// Buffers are pooled: a message is stripped three times on its way (checked,
+// sent, filed), and 32 KiB buffers per call add up to most of the garbage.
+var (
+	readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 32<<10) }}
+	copyPool   = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+)
+
+// copyBody copies the rest of br to dst through a pooled buffer.
+func copyBody(dst io.Writer, br *bufio.Reader) error {
+	bp := copyPool.Get().(*[]byte)
+	defer copyPool.Put(bp)
+	buf := *bp
+	for {
+		n, err := br.Read(buf)
+		if n > 0 {
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return werr
+			}
+		}
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
 		}
 	}
 }

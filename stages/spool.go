@@ -466,9 +466,14 @@ func (s *Spool) Sent(job *Job, deleteCopy bool) (string, error) {
 		s.crash("archive-write")
 		if job.State.Accepted && sameFile(tmp, filepath.Join(s.dirs.Sent, job.Name)) {
 			// Filed before a crash that came before the queue copy was
-			// removed: do not file it twice.
+			// removed: do not file it twice. That filing may have failed at
+			// its folder sync: make the copy durable before the queue's
+			// goes.
 			os.Remove(tmp)
 			final = filepath.Join(s.dirs.Sent, job.Name)
+			if err := queuefile.SyncDir(s.dirs.Sent); err != nil {
+				return "", fmt.Errorf("filing in Sent: %w", err)
+			}
 		} else {
 			n, err := publish(tmp, s.dirs.Sent, job.Name)
 			if err != nil {
@@ -595,19 +600,21 @@ func (s *Spool) Defer(job *Job, due time.Time) error {
 	if err := s.WriteState(job.Name, &job.State); err != nil {
 		return fmt.Errorf("writing state: %w", err)
 	}
-	return s.moveToBucket(job, due)
+	return s.moveToBucket(job, due, true)
 }
 
 // Park moves a job that was not attempted to the deferred bucket for due.
 // Its state has not changed since it was claimed, so no state file is
 // written: parking a large backlog for a slow host costs one rename each.
-// (The due time is in the bucket's name.)
+// (The due time is in the bucket's name.) The move is not synced either: if
+// a crash undoes it, the file is back in the active folder and returns to
+// the queue at start-up, which is where a parked message is headed anyway.
 func (s *Spool) Park(job *Job, due time.Time) error {
 	job.State.NextAttempt = due
-	return s.moveToBucket(job, due)
+	return s.moveToBucket(job, due, false)
 }
 
-func (s *Spool) moveToBucket(job *Job, due time.Time) error {
+func (s *Spool) moveToBucket(job *Job, due time.Time, durable bool) error {
 	// A bucket is named by its due time rounded up to the second, so nothing
 	// in it is taken before it is due.
 	at := due.UTC().Truncate(time.Second)
@@ -632,6 +639,9 @@ func (s *Spool) moveToBucket(job *Job, due time.Time) error {
 	}
 	if err != nil {
 		return err
+	}
+	if !durable {
+		return nil
 	}
 	if err := queuefile.SyncDir(bucket); err != nil {
 		return err
