@@ -62,8 +62,42 @@ func (s *Scanner) Run(ctx context.Context, out chan<- *Job) error {
 			return false
 		}
 	}
+	// claimEvent claims the file a Create event names, if it is one of ours.
+	claimEvent := func(ev fsnotify.Event) bool {
+		if !ev.Has(fsnotify.Create) || filepath.Dir(ev.Name) != filepath.Clean(s.Spool.dirs.Queue) {
+			return true
+		}
+		j, err := s.Spool.ScanOne(filepath.Base(ev.Name))
+		if err != nil {
+			s.Log.Error("claiming a new file", zap.String("file", ev.Name), zap.Error(err))
+			return true
+		}
+		return j == nil || send(j)
+	}
+	// During a long pass over a backlog, files that arrive meanwhile go
+	// first: new mail for a quick host is not stuck behind a backlog that is
+	// being parked for a slow one.
+	scanSend := func(j *Job) bool {
+		for events != nil {
+			select {
+			case ev, ok := <-events:
+				if !ok {
+					events = nil
+					continue
+				}
+				if !claimEvent(ev) {
+					s.Spool.Return(j)
+					return false
+				}
+				continue
+			default:
+			}
+			break
+		}
+		return send(j)
+	}
 	for {
-		next, err := s.Spool.Scan(ctx, s.Clock.Now(), send)
+		next, err := s.Spool.Scan(ctx, s.Clock.Now(), scanSend)
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -89,20 +123,9 @@ func (s *Scanner) Run(ctx context.Context, out chan<- *Job) error {
 					events = nil
 					continue
 				}
-				if !ev.Has(fsnotify.Create) {
-					continue
-				}
 				// Claim the named file directly: no listing for the common
 				// case of one message arriving in an idle queue.
-				if filepath.Dir(ev.Name) != filepath.Clean(s.Spool.dirs.Queue) {
-					continue
-				}
-				j, err := s.Spool.ScanOne(filepath.Base(ev.Name))
-				if err != nil {
-					s.Log.Error("claiming a new file", zap.String("file", ev.Name), zap.Error(err))
-					continue
-				}
-				if j != nil && !send(j) {
+				if !claimEvent(ev) {
 					return nil
 				}
 			case err, ok := <-errs:
