@@ -189,6 +189,11 @@ func (a *Archiver) logFiled(f Filed) {
 	if f.Path != "" {
 		fields = append(fields, zap.String("path", f.Path))
 	}
+	if j.State.Possible {
+		// An earlier attempt got no reply after the data: the server may
+		// have delivered it then too.
+		fields = append(fields, zap.Bool("possible_duplicate", true))
+	}
 	switch {
 	case f.Err != nil:
 		a.Log.Error(f.Result+" (filing failed)", append(fields, zap.NamedError("filing_error", f.Err))...)

@@ -124,7 +124,10 @@ func Classify(step string, err error) *Error {
 	var se *smtp.SMTPError
 	if errors.As(err, &se) {
 		out := &Error{
-			Temporary: se.Code < 500,
+			// RFC 5321 4.5.3.1.10: 552 at RCPT is the old, wrong code for
+			// "too many recipients" (452): temporary, so the rest are sent
+			// in a later transaction.
+			Temporary: se.Code < 500 || (se.Code == 552 && step == "rcpt"),
 			Code:      se.Code,
 			Text:      se.Message,
 			Step:      step,

@@ -1,6 +1,7 @@
 package stages
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -77,7 +78,7 @@ func (p *Parser) parse(job *Job) bool {
 	}
 	if err := p.open(job); err != nil {
 		var fi os.FileInfo
-		if isCutShort(err) {
+		if isCutShort(err) || (errors.Is(err, queuefile.ErrTampered) && !headerEnds(job.Path)) {
 			fi, _ = os.Lstat(job.Path)
 		}
 		settle := p.Settle
@@ -108,7 +109,11 @@ func (p *Parser) parse(job *Job) bool {
 		// Every recipient is done or failed already: file it by what
 		// happened to them.
 		if len(job.State.Failed) > 0 {
-			job.Outcome = Outcome{Verdict: Permanent, Class: ClassPermanent, Err: Permanentf("rcpt", "no recipient left to send to")}
+			// Given up on in an earlier attempt whose filing failed: log
+			// the server's refusal, not just that nobody is left.
+			first := job.State.Failed[0]
+			job.Outcome = Outcome{Verdict: Permanent, Class: ClassPermanent,
+				Err: &Error{Step: "rcpt", Code: first.Code, Enhanced: first.Enhanced, Text: first.Text}}
 		} else {
 			job.Outcome = Outcome{Verdict: Sent}
 		}
@@ -119,11 +124,41 @@ func (p *Parser) parse(job *Job) bool {
 
 // isCutShort tells errors that a file still being written in place would
 // give: no seal yet, part of it, or part of the message. A complete seal that
-// does not open (ErrTampered, ErrWrongKey) is final at once.
+// does not open (ErrTampered, ErrWrongKey) is final at once; but a seal cut
+// after whole base64 lines decodes and then fails as ErrTampered, so that
+// error counts as cut short too while the header section has not ended
+// (see headerEnds).
 func isCutShort(err error) bool {
 	return errors.Is(err, queuefile.ErrTruncated) || errors.Is(err, queuefile.ErrNoSeparator) ||
 		errors.Is(err, queuefile.ErrNoSeal) || errors.Is(err, queuefile.ErrMalformedSeal) ||
 		errors.Is(err, io.ErrUnexpectedEOF)
+}
+
+// headerEnds reports whether the file at path has the empty line that ends
+// a header section: a file without one is not complete yet, whatever its
+// seal says.
+func headerEnds(path string) bool {
+	f, err := os.Open(path)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	br := bufio.NewReader(f)
+	atStart := true
+	for {
+		line, err := br.ReadSlice('\n')
+		if atStart && (string(line) == "\n" || string(line) == "\r\n") {
+			return true
+		}
+		switch {
+		case errors.Is(err, bufio.ErrBufferFull):
+			atStart = false // the rest of a long line
+		case err != nil:
+			return false
+		default:
+			atStart = true
+		}
+	}
 }
 
 func (p *Parser) open(job *Job) error {

@@ -20,8 +20,10 @@ package pipelinetest
 import (
 	"bytes"
 	"context"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -95,6 +97,32 @@ func New(t testing.TB, configure ...func(*pipeline.Config)) *Env {
 	return &Env{
 		T: t, Dir: dir, Config: &cfg,
 		Queue:   &queuefile.Queue{Dir: cfg.QueueDir, Recipients: rcpts},
+		final:   map[string]stages.Filed{},
+		changed: make(chan struct{}),
+	}
+}
+
+// NewShared returns an Env for a second service instance on the folders and
+// keys of cfg, the Config of another Env: the two pipelines then share one
+// queue, as two smtpq processes may. The configuration is copied before the
+// configure functions change it, so the other Env's stays as it was. Dir is
+// the folder holding cfg's queue folder.
+func NewShared(t testing.TB, cfg *pipeline.Config, configure ...func(*pipeline.Config)) *Env {
+	t.Helper()
+	c := *cfg
+	c.IdentityFile = slices.Clone(cfg.IdentityFile)
+	c.Relays = maps.Clone(cfg.Relays)
+	c.Hosts = maps.Clone(cfg.Hosts)
+	for _, f := range configure {
+		f(&c)
+	}
+	rcpts, err := queuefile.LoadRecipients(c.RecipientFile)
+	if err != nil {
+		t.Fatalf("pipelinetest: %v", err)
+	}
+	return &Env{
+		T: t, Dir: filepath.Dir(c.QueueDir), Config: &c,
+		Queue:   &queuefile.Queue{Dir: c.QueueDir, Recipients: rcpts},
 		final:   map[string]stages.Filed{},
 		changed: make(chan struct{}),
 	}
