@@ -109,6 +109,15 @@ type Params struct {
 	Size   int64  // size in bytes of the message without the sealed field
 }
 
+// Format implements fmt.Formatter: whatever the verb, Params print without
+// their secrets. (fmt's path for a verb that does not suit a field calls no
+// method of that field, so Secret alone cannot protect a Params printed
+// with, say, %s or %d.)
+func (p Params) Format(f fmt.State, _ rune) {
+	fmt.Fprintf(f, "queuefile.Params{relay=%q host=%q port=%d tls=%q user=%q password=%s oauth2=%s helo=%q from=%q to=%d recipients}",
+		p.Relay, p.Host, p.Port, string(p.TLS), p.Username, p.Password.String(), p.OAuth2Token.String(), p.HELO, p.From, len(p.To))
+}
+
 // Param errors are returned by Validate; each names the parameter.
 var (
 	ErrNoRecipients = errors.New("no recipients")
