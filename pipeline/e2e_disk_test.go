@@ -1,3 +1,5 @@
+//go:build !windows
+
 package pipeline_test
 
 // The disk side of issue 6's fault matrix: filing folders that cannot be

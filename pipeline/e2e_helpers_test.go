@@ -192,3 +192,14 @@ func wantFailed(t *testing.T, f stages.Filed, class stages.Class) {
 			f.Job.Name, f.Result, f.Job.Outcome.Class, f.Job.Outcome.Err, f.Err, class)
 	}
 }
+
+// count returns how many filings of name had result.
+func count(fs []stages.Filed, name, result string) int {
+	n := 0
+	for _, f := range fs {
+		if f.Job.Name == name && f.Result == result {
+			n++
+		}
+	}
+	return n
+}

@@ -1,3 +1,5 @@
+//go:build !windows
+
 package pipeline_test
 
 // The producer side of issue 6's fault matrix: files written slowly in
@@ -31,17 +33,6 @@ import (
 	"github.com/smtpq/smtpq/queuefile"
 	"github.com/smtpq/smtpq/stages"
 )
-
-// count returns how many filings of name had result.
-func count(fs []stages.Filed, name, result string) int {
-	n := 0
-	for _, f := range fs {
-		if f.Job.Name == name && f.Result == result {
-			n++
-		}
-	}
-	return n
-}
 
 // spoolDirs are env's folders as package stages names them.
 func spoolDirs(env *pipelinetest.Env) stages.Dirs {

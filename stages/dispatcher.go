@@ -191,6 +191,9 @@ func (d *Dispatcher) Run(ctx context.Context, in <-chan *Job, requests <-chan *R
 			}
 			if inClosed && d.total == 0 {
 				stopWaiting()
+				if stopped == d.Workers {
+					continue // all stopped: do not wait for another event
+				}
 			}
 			if !wake.IsZero() && !wake.Equal(timerAt) {
 				timerAt, timerC = wake, d.Clock.After(wake.Sub(now))
