@@ -58,3 +58,18 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzStrip$$' -fuzztime $(FUZZTIME) ./queuefile/
 	$(GO) test -run '^$$' -fuzz '^FuzzOpenPickup$$' -fuzztime $(FUZZTIME) ./queuefile/
 	$(GO) test -run '^$$' -fuzz '^FuzzXMLLog$$' -fuzztime $(FUZZTIME) ./stages/
+
+# Issue 5's benchmarks (testdata/bench/README.md): drains of bin/smtpq against
+# a bare client and a private Postfix, pickup latency, a rate-limited host, a
+# 200 MB message and the Go micro-benchmarks with a profiled in-process
+# drain. Prints a table and writes bench/out/results.md. Loopback only;
+# settings through the environment (BENCH_N=2000, BENCH_ONLY=drain,...).
+bench: build
+	$(GO) vet ./testdata/bench/...
+	$(GO) run ./testdata/bench/harness -suite bench
+
+# The 1,000,000-file backlog (SCALE_N=100000 for a quick check); writes
+# bench/out/results-scale.md. Needs about 10 GB of free disk for 1M files.
+bench-scale: build
+	$(GO) vet ./testdata/bench/...
+	$(GO) run ./testdata/bench/harness -suite scale
