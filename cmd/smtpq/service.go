@@ -332,6 +332,7 @@ func newServiceCmd() *cobra.Command {
 		{"start", "Start the installed service", (*serviceManager).start},
 		{"stop", "Stop the service; it finishes the SMTP sessions in progress (up to 15s) first", (*serviceManager).stop},
 		{"restart", "Stop the service, then start it", (*serviceManager).restart},
+		{"reload", "Make the running service re-read its configuration (SIGHUP), without dropping sessions", (*serviceManager).reload},
 		{"status", "Say whether the service is installed and running, and with which configuration (exit 0 running, 3 stopped, 4 not installed)", (*serviceManager).status},
 	} {
 		cmd.AddCommand(&cobra.Command{
@@ -724,6 +725,23 @@ func (m *serviceManager) restart() error {
 		return fmt.Errorf("restarting service %s: %w", m.name, windowsHint(err))
 	}
 	return m.reportStarted()
+}
+
+// reload sends the running service SIGHUP: it re-reads its configuration
+// and keeps the old one if the new one does not validate (see its log).
+func (m *serviceManager) reload() error {
+	st, err := m.installed("reload")
+	if err != nil {
+		return err
+	}
+	if !st.Running || st.PID == 0 {
+		return fmt.Errorf("service %s is not running (%s): nothing to reload", m.name, st.stateWord())
+	}
+	if err := signalReload(st.PID); err != nil {
+		return fmt.Errorf("reloading service %s (pid %d): %w", m.name, st.PID, err)
+	}
+	fmt.Fprintf(m.out, "asked service %s (pid %d) to reload its configuration; its log says whether it took it\n", m.name, st.PID)
+	return nil
 }
 
 // Exit statuses of "service status", as LSB init scripts and systemctl.

@@ -10,3 +10,6 @@ import (
 
 // notifyHangup delivers SIGHUP (reload the configuration) on c.
 func notifyHangup(c chan<- os.Signal) { signal.Notify(c, syscall.SIGHUP) }
+
+// signalReload sends SIGHUP to the service's process.
+func signalReload(pid int) error { return syscall.Kill(pid, syscall.SIGHUP) }

@@ -2,8 +2,16 @@
 
 package main
 
-import "os"
+import (
+	"errors"
+	"os"
+)
 
 // notifyHangup does nothing on Windows, which has no SIGHUP: restart the
 // service to apply a new configuration.
 func notifyHangup(c chan<- os.Signal) {}
+
+// signalReload is not possible on Windows: there is no SIGHUP.
+func signalReload(pid int) error {
+	return errors.New("Windows services have no reload: restart the service (smtpq service restart)")
+}

@@ -144,6 +144,15 @@ out=$("$bin" service status --name "$name")
 grep -q "^running:    yes (pid $pid)$" <<<"$out" || fail "status does not say running (pid $pid)"
 grep -q "^config:     $cfg$" <<<"$out" || fail "status does not name the config $cfg"
 
+say "Reload"
+run "$bin" service reload --name "$name"
+for _ in $(seq 50); do
+	grep -q "configuration reloaded" "$log_file" && break
+	sleep 0.1
+done
+grep -q "configuration reloaded" "$log_file" || fail "the service did not log \"configuration reloaded\" in $log_file"
+grep "configuration reloaded" "$log_file" | tail -n 1
+
 say "Stop"
 run "$bin" service stop --name "$name"
 for _ in $(seq 50); do
