@@ -111,7 +111,7 @@ func (q *Queue) Enqueue(msg io.Reader, p Params) (name string, err error) {
 		os.Remove(bodyPath)
 	}()
 	h := sha256.New()
-	cw := &countWriter{w: io.MultiWriter(body, h)}
+	cw := &CountWriter{W: io.MultiWriter(body, h)}
 	drop := func(string) bool { return false }
 	if fromHeaders {
 		drop = func(n string) bool { return equalFold(n, "Bcc") }
@@ -119,7 +119,7 @@ func (q *Queue) Enqueue(msg io.Reader, p Params) (name string, err error) {
 	if _, err := Strip(cw, io.MultiReader(bytes.NewReader(hdr), br), drop); err != nil {
 		return "", fmt.Errorf("enqueue: reading message: %w", err)
 	}
-	p.Digest, p.Size = hex.EncodeToString(h.Sum(nil)), cw.n
+	p.Digest, p.Size = hex.EncodeToString(h.Sum(nil)), cw.N
 
 	seal, err := SealHeader(&p, lineEnding(hdr), q.Recipients...)
 	if err != nil {

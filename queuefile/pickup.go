@@ -46,7 +46,7 @@ type Pickup struct {
 // OpenPickup reads a whole pickup-directory file and returns its envelope.
 func OpenPickup(r io.Reader) (*Pickup, error) {
 	leading := true
-	cw := &countWriter{w: io.Discard}
+	cw := &CountWriter{W: io.Discard}
 	res, err := Strip(cw, r, func(name string) bool {
 		if leading && IsPickupField(name) {
 			return true
@@ -63,7 +63,7 @@ func OpenPickup(r io.Reader) (*Pickup, error) {
 	if !res.HeaderEnd {
 		return nil, ErrNoSeparator
 	}
-	p := &Pickup{Size: cw.n}
+	p := &Pickup{Size: cw.N}
 	for _, f := range res.Removed {
 		addr := strings.Trim(f.Value(), "<>")
 		if err := CheckAddress(addr); err != nil {

@@ -114,7 +114,7 @@ func OpenSeal(value string, identities ...age.Identity) (*Params, error) {
 // streams: memory use does not depend on the message size.
 func Open(r io.Reader, identities ...age.Identity) (*Params, error) {
 	h := sha256.New()
-	cw := &countWriter{w: h}
+	cw := &CountWriter{W: h}
 	res, err := Strip(cw, r, IsSealedField)
 	if err != nil {
 		return nil, fmt.Errorf("reading message: %w", err)
@@ -130,10 +130,10 @@ func Open(r io.Reader, identities ...age.Identity) (*Params, error) {
 	if err != nil {
 		return nil, err
 	}
-	if cw.n < p.Size {
-		return nil, fmt.Errorf("%w: %d bytes of message, the seal says %d", ErrTruncated, cw.n, p.Size)
+	if cw.N < p.Size {
+		return nil, fmt.Errorf("%w: %d bytes of message, the seal says %d", ErrTruncated, cw.N, p.Size)
 	}
-	if got := hex.EncodeToString(h.Sum(nil)); cw.n != p.Size || got != p.Digest {
+	if got := hex.EncodeToString(h.Sum(nil)); cw.N != p.Size || got != p.Digest {
 		return nil, ErrDigest
 	}
 	if !res.HeaderEnd {
@@ -142,13 +142,14 @@ func Open(r io.Reader, identities ...age.Identity) (*Params, error) {
 	return p, nil
 }
 
-type countWriter struct {
-	w io.Writer
-	n int64
+// CountWriter passes writes on to W and counts the bytes written.
+type CountWriter struct {
+	W io.Writer
+	N int64
 }
 
-func (c *countWriter) Write(b []byte) (int, error) {
-	n, err := c.w.Write(b)
-	c.n += int64(n)
+func (c *CountWriter) Write(b []byte) (int, error) {
+	n, err := c.W.Write(b)
+	c.N += int64(n)
 	return n, err
 }

@@ -191,36 +191,11 @@ func WalkSpool(ctx context.Context, d Dirs, places []Place, fn func(SpoolEntry) 
 // inspWalkDir calls fn for each queue file (a regular file with a queue
 // name) in dir, reading dir in batches. A missing dir holds nothing.
 func inspWalkDir(ctx context.Context, dir string, tmpl SpoolEntry, fn func(SpoolEntry) error) error {
-	f, err := os.Open(dir)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	for {
-		ents, err := f.ReadDir(scanBatch)
-		for _, e := range ents {
-			if cerr := ctx.Err(); cerr != nil {
-				return cerr
-			}
-			if !e.Type().IsRegular() || !queuefile.IsQueueName(e.Name()) {
-				continue
-			}
-			en := tmpl
-			en.Name, en.Path = e.Name(), filepath.Join(dir, e.Name())
-			if ferr := fn(en); ferr != nil {
-				return ferr
-			}
-		}
-		if errors.Is(err, io.EOF) || len(ents) == 0 {
-			return nil
-		}
-		if err != nil {
-			return fmt.Errorf("reading %s: %w", dir, err)
-		}
-	}
+	return eachQueueFile(ctx, dir, func(name string) error {
+		en := tmpl
+		en.Name, en.Path = name, filepath.Join(dir, name)
+		return fn(en)
+	})
 }
 
 // inspEachSubdir calls fn for each subfolder of root (instances in .active,

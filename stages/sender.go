@@ -401,13 +401,13 @@ func (s *Sender) writeData(w io.Writer, job *Job) (int64, error) {
 		return 0, Temporaryf("data", "reopening the queue file: %v", err)
 	}
 	defer f.Close()
-	cw := &counter{w: w}
+	cw := &queuefile.CountWriter{W: w}
 	if job.Kind == KindPickup {
 		err = queuefile.StripPickup(cw, f)
 	} else {
 		err = queuefile.StripSealed(cw, f)
 	}
-	return cw.n, err
+	return cw.N, err
 }
 
 // recordingConn copies the plaintext of a connection to a transcript while
@@ -431,17 +431,6 @@ func (c *recordingConn) Write(b []byte) (int, error) {
 		c.tr.Write(b)
 	}
 	return c.Conn.Write(b)
-}
-
-type counter struct {
-	w io.Writer
-	n int64
-}
-
-func (c *counter) Write(b []byte) (int, error) {
-	n, err := c.w.Write(b)
-	c.n += int64(n)
-	return n, err
 }
 
 func rcptResult(addr string, e *Error) RcptResult {

@@ -272,49 +272,70 @@ func (s *Spool) Scan(ctx context.Context, now time.Time, fn func(*Job) bool) (ti
 	return s.scanDeferred(ctx, now, fn)
 }
 
-// scanDir claims every eligible entry of dir.
-func (s *Spool) scanDir(ctx context.Context, dir, from string, fn func(*Job) bool) error {
+// eachQueueFile calls fn with the name of each queue file in dir (a regular
+// file with a queue name: never a directory, FIFO, device or symlink, so a
+// link is neither followed nor moved), reading dir in batches so that a
+// million-file queue is never listed into memory whole. It stops at ctx's
+// end or fn's first error. A missing dir holds nothing.
+func eachQueueFile(ctx context.Context, dir string, fn func(name string) error) error {
 	d, err := os.Open(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
 	if err != nil {
 		return fmt.Errorf("spool: %w", err)
 	}
 	defer d.Close()
-	var firstErr error
 	for {
 		ents, err := d.ReadDir(scanBatch)
 		for _, e := range ents {
-			if err := ctx.Err(); err != nil {
-				return err
+			if cerr := ctx.Err(); cerr != nil {
+				return cerr
 			}
-			// Regular files only: never a directory, FIFO, device or
-			// symlink (a link is not followed, nor moved).
 			if !e.Type().IsRegular() || !queuefile.IsQueueName(e.Name()) {
 				continue
 			}
-			job, cerr := s.claim(dir, e.Name(), from)
-			if cerr != nil {
-				// One file that cannot be renamed (on Windows: open in
-				// another program) must not stop the scan: report it at
-				// the end and go on.
-				if firstErr == nil {
-					firstErr = cerr
-				}
-				continue
-			}
-			if job == nil {
-				continue // someone else claimed it, or it vanished
-			}
-			if !fn(job) {
-				return context.Canceled
+			if ferr := fn(e.Name()); ferr != nil {
+				return ferr
 			}
 		}
 		if errors.Is(err, io.EOF) || len(ents) == 0 {
-			return firstErr
+			return nil
 		}
 		if err != nil {
 			return fmt.Errorf("spool: reading %s: %w", dir, err)
 		}
 	}
+}
+
+// errStop ends a walk early without an error of its own.
+var errStop = errors.New("stop")
+
+// scanDir claims every eligible entry of dir.
+func (s *Spool) scanDir(ctx context.Context, dir, from string, fn func(*Job) bool) error {
+	// One file that cannot be renamed (on Windows: open in another program)
+	// must not stop the scan: it is reported at the end.
+	var firstErr error
+	err := eachQueueFile(ctx, dir, func(name string) error {
+		job, cerr := s.claim(dir, name, from)
+		if cerr != nil {
+			if firstErr == nil {
+				firstErr = cerr
+			}
+			return nil
+		}
+		if job != nil && !fn(job) {
+			return errStop
+		}
+		return nil
+	})
+	if errors.Is(err, errStop) {
+		return context.Canceled
+	}
+	if err != nil {
+		return err
+	}
+	return firstErr
 }
 
 func (s *Spool) scanDeferred(ctx context.Context, now time.Time, fn func(*Job) bool) (time.Time, error) {
