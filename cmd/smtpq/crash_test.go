@@ -349,7 +349,8 @@ func waitListening(t *testing.T, addr string) {
 // in the working folders, the sink got every Message-ID, and duplicates are
 // within what the kills can explain.
 func TestCrashRandomKills(t *testing.T) {
-	const n, kills, threads = 600, 6, 4
+	// Enough mail that every kill lands while the service drains.
+	const n, kills, threads = 1500, 6, 4
 	if testing.Short() {
 		t.Skip("slow: run by make test-crash")
 	}
@@ -361,7 +362,7 @@ func TestCrashRandomKills(t *testing.T) {
 	}
 	for k := range kills {
 		cmd := e.start("")
-		time.Sleep(time.Duration(30+rand.IntN(200)) * time.Millisecond)
+		time.Sleep(time.Duration(20+rand.IntN(150)) * time.Millisecond)
 		cmd.Process.Kill()
 		cmd.Wait()
 		t.Logf("kill %d: %d filed so far", k+1, len(e.files("sent"))+len(e.files("undeliverable")))
