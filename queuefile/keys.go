@@ -33,7 +33,13 @@ func LoadIdentities(paths ...string) ([]age.Identity, error) {
 		if err != nil {
 			return nil, fmt.Errorf("identity file %s: not an age identity file: %v", p, err)
 		}
-		ids = append(ids, got...)
+		for _, id := range got {
+			fast, err := fastIdentity(id)
+			if err != nil {
+				return nil, fmt.Errorf("identity file %s: %v", p, err)
+			}
+			ids = append(ids, fast)
+		}
 	}
 	return ids, nil
 }
