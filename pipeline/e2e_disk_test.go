@@ -45,23 +45,24 @@ func dropIn(t *testing.T, env *pipelinetest.Env, name string, file []byte) {
 	}
 }
 
-// breakFolder makes dir unwritable for smtpq, even for root: its working
-// folder becomes a file. The returned function repairs it.
+// breakFolder makes dir unwritable for smtpq, even for root: the folder
+// is moved aside and a file takes its name. The returned function repairs
+// it.
 func breakFolder(t *testing.T, dir string) (repair func()) {
 	t.Helper()
-	tmp := filepath.Join(dir, queuefile.TmpDir)
-	if err := os.RemoveAll(tmp); err != nil {
+	away := dir + ".away"
+	if err := os.Rename(dir, away); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(tmp, nil, 0o600); err != nil {
+	if err := os.WriteFile(dir, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	return func() {
 		t.Helper()
-		if err := os.Remove(tmp); err != nil {
+		if err := os.Remove(dir); err != nil {
 			t.Fatal(err)
 		}
-		if err := os.Mkdir(tmp, 0o750); err != nil {
+		if err := os.Rename(away, dir); err != nil {
 			t.Fatal(err)
 		}
 	}

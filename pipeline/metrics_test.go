@@ -5,7 +5,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -63,13 +62,13 @@ func TestMetricsAndHealth(t *testing.T) {
 	if code, body := get(t, base+"/healthz"); code != http.StatusOK || !strings.HasPrefix(body, "ok") {
 		t.Fatalf("/healthz = %d %q, want 200 ok", code, body)
 	}
-	// Make the Sent folder unwritable in a way root cannot ignore: its
-	// working folder becomes a file.
-	tmp := filepath.Join(env.Config.SentDir, queuefile.TmpDir)
-	if err := os.RemoveAll(tmp); err != nil {
+	// Make the Sent folder unwritable in a way root cannot ignore: it is
+	// moved aside and a file takes its name.
+	sent := env.Config.SentDir
+	if err := os.Rename(sent, sent+".away"); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(tmp, nil, 0o600); err != nil {
+	if err := os.WriteFile(sent, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	code, body = get(t, base+"/healthz")
@@ -92,10 +91,10 @@ func TestMetricsAndHealth(t *testing.T) {
 	if code != http.StatusServiceUnavailable || !strings.Contains(body, "filing failed") {
 		t.Fatalf("/healthz after a failed filing = %d %q", code, body)
 	}
-	if err := os.Remove(tmp); err != nil {
+	if err := os.Remove(sent); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Mkdir(tmp, 0o750); err != nil {
+	if err := os.Rename(sent+".away", sent); err != nil {
 		t.Fatal(err)
 	}
 	// The server already accepted it: the retry files it as sent without

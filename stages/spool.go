@@ -478,6 +478,17 @@ func (s *Spool) removeState(name string) error {
 // is durable before anything is removed.
 func (s *Spool) Sent(job *Job, deleteCopy bool) (string, error) {
 	var final string
+	if !deleteCopy && !job.State.Accepted {
+		// The common case, on Linux: an unnamed file, linked into Sent once
+		// complete and synced (no temporary name to create and remove).
+		n, err := s.sentUnnamed(job)
+		switch {
+		case err == nil:
+			return filepath.Join(s.dirs.Sent, n), s.forget(job)
+		case !errors.Is(err, errNoUnnamed):
+			return "", err
+		}
+	}
 	if !deleteCopy {
 		tmp := filepath.Join(s.dirs.Sent, queuefile.TmpDir, s.id+"-"+job.Name)
 		if err := s.writeStripped(tmp, job); err != nil {
@@ -505,6 +516,51 @@ func (s *Spool) Sent(job *Job, deleteCopy bool) (string, error) {
 		}
 	}
 	return final, s.forget(job)
+}
+
+// errNoUnnamed says the file system cannot create unnamed files.
+var errNoUnnamed = errors.New("unnamed files not supported")
+
+// sentUnnamed writes the Sent copy as an unnamed file and links it in under
+// job.Name, or name-1, name-2... on a clash. It returns the name used.
+func (s *Spool) sentUnnamed(job *Job) (string, error) {
+	f, err := createUnnamed(s.dirs.Sent)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	src, err := os.Open(job.Path)
+	if err != nil {
+		return "", fmt.Errorf("writing Sent copy: %w", err)
+	}
+	if job.Kind == KindPickup {
+		err = queuefile.StripPickup(f, src)
+	} else {
+		err = queuefile.StripSealed(f, src)
+	}
+	src.Close()
+	if err == nil {
+		err = f.Sync()
+	}
+	if err != nil {
+		return "", fmt.Errorf("writing Sent copy: %w", err)
+	}
+	s.crash("archive-write")
+	for i := 0; i < 1000; i++ {
+		n := suffixed(job.Name, i)
+		err := linkUnnamed(f, filepath.Join(s.dirs.Sent, n))
+		if errors.Is(err, fs.ErrExist) {
+			continue
+		}
+		if err != nil {
+			return "", err // errNoUnnamed included: the caller falls back
+		}
+		if err := queuefile.SyncDir(s.dirs.Sent); err != nil {
+			return "", fmt.Errorf("filing in Sent: %w", err)
+		}
+		return n, nil
+	}
+	return "", fmt.Errorf("filing in Sent: no free name for %s", job.Name)
 }
 
 // sameFile reports whether two files have the same content.

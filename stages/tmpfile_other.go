@@ -1,0 +1,11 @@
+//go:build !linux
+
+package stages
+
+import "os"
+
+// createUnnamed is Linux's O_TMPFILE; elsewhere the Sent copy is written
+// under a temporary name.
+func createUnnamed(dir string) (*os.File, error) { return nil, errNoUnnamed }
+
+func linkUnnamed(f *os.File, path string) error { return errNoUnnamed }
