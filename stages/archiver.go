@@ -182,6 +182,8 @@ func (a *Archiver) logFiled(f Filed) {
 	}
 	if e := j.Outcome.Err; e != nil {
 		fields = append(fields, zap.Int("code", e.Code), zap.String("error", e.Error()))
+	} else if f.Result == "sent" && j.Outcome.Attempted {
+		fields = append(fields, zap.Int("code", 250))
 	}
 	if j.Outcome.Class != "" {
 		fields = append(fields, zap.String("class", string(j.Outcome.Class)))
