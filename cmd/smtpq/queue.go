@@ -124,7 +124,7 @@ func hostKey(h string) string {
 // have no seal.
 func (q *queueEnv) envelopeOf(e stages.SpoolEntry) envelope {
 	if e.Place == stages.PlaceSent {
-		return envelope{err: errors.New("Sent copies keep no envelope")}
+		return envelope{err: errors.New("copies in Sent keep no envelope")}
 	}
 	p, kind, err := stages.PeekParams(e.Path, q.ids)
 	if err != nil {

@@ -13,5 +13,5 @@ func notifyHangup(c chan<- os.Signal) {}
 
 // signalReload is not possible on Windows: there is no SIGHUP.
 func signalReload(pid int) error {
-	return errors.New("Windows services have no reload: restart the service (smtpq service restart)")
+	return errors.New("no reload for a Windows service: restart it (smtpq service restart)")
 }
