@@ -47,7 +47,7 @@ type Filed struct {
 // copy is removed. It is the end of the pipeline: it never stops reading
 // until its input is closed, so no stage can block on it forever.
 type Archiver struct {
-	Spool           *Spool
+	Spool           Sink
 	Retry           RetryPolicy
 	DeleteAfterSend bool
 	Clock           Clock

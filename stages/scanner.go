@@ -16,7 +16,7 @@ import (
 // new file named in an event is claimed at once, without listing the folder.
 // Deferred files are taken when their bucket is due.
 type Scanner struct {
-	Spool    *Spool
+	Spool    Source
 	Interval time.Duration // periodic rescan; default 10s
 	Clock    Clock
 	Log      *zap.Logger
@@ -39,15 +39,19 @@ func (s *Scanner) Run(ctx context.Context, out chan<- *Job) error {
 
 	var events chan fsnotify.Event
 	var errs chan error
-	w, err := fsnotify.NewWatcher()
-	if err == nil {
-		err = w.Add(s.Spool.dirs.Queue)
-	}
-	if err != nil {
-		s.Log.Warn("cannot watch the queue folder; relying on periodic rescans", zap.Error(err))
-	} else {
-		defer w.Close()
-		events, errs = w.Events, w.Errors
+	if dir := s.Spool.WatchDir(); dir != "" {
+		w, err := fsnotify.NewWatcher()
+		if err == nil {
+			if err = w.Add(dir); err != nil {
+				w.Close()
+			}
+		}
+		if err != nil {
+			s.Log.Warn("cannot watch the queue folder; relying on periodic rescans", zap.Error(err))
+		} else {
+			defer w.Close()
+			events, errs = w.Events, w.Errors
+		}
 	}
 
 	send := func(j *Job) bool {
@@ -64,7 +68,7 @@ func (s *Scanner) Run(ctx context.Context, out chan<- *Job) error {
 	}
 	// claimEvent claims the file a Create event names, if it is one of ours.
 	claimEvent := func(ev fsnotify.Event) bool {
-		if !ev.Has(fsnotify.Create) || filepath.Dir(ev.Name) != filepath.Clean(s.Spool.dirs.Queue) {
+		if !ev.Has(fsnotify.Create) || filepath.Dir(ev.Name) != filepath.Clean(s.Spool.WatchDir()) {
 			return true
 		}
 		j, err := s.Spool.ScanOne(filepath.Base(ev.Name))

@@ -1,0 +1,43 @@
+package stages
+
+import (
+	"context"
+	"time"
+)
+
+// Source is what the Scanner needs of a spool: the narrow face through
+// which a second backend (a NATS JetStream stream, say) would feed the
+// pipeline. *Spool, the directory spool, is one.
+type Source interface {
+	// Recover returns to the queue what dead instances left claimed.
+	Recover() (int, error)
+	// Scan claims what is ready, calling fn with each job until fn returns
+	// false; it returns when to look again for deferred work.
+	Scan(ctx context.Context, now time.Time, fn func(*Job) bool) (time.Time, error)
+	// ScanOne claims one named new arrival, if it is still there.
+	ScanOne(name string) (*Job, error)
+	// Return puts a claimed job back, unsent.
+	Return(job *Job) error
+	// WatchDir is the folder whose new entries announce new work ("" if
+	// the backend has no such folder).
+	WatchDir() string
+}
+
+// Sink is what the Archiver needs of a spool to file outcomes.
+type Sink interface {
+	Sent(job *Job, deleteCopy bool) (string, error)
+	Undeliverable(job *Job, xmlLog []byte) (string, error)
+	Defer(job *Job, due time.Time) error
+	Park(job *Job, due time.Time) error
+	Hold(job *Job) error
+	Return(job *Job) error
+	WriteState(name string, st *State) error
+}
+
+var (
+	_ Source = (*Spool)(nil)
+	_ Sink   = (*Spool)(nil)
+)
+
+// WatchDir returns the queue folder, where producers drop files.
+func (s *Spool) WatchDir() string { return s.dirs.Queue }
