@@ -723,6 +723,10 @@ func (s *Spool) moveToBucket(job *Job, due time.Time, durable bool) error {
 	if err := queuefile.SyncDir(bucket); err != nil {
 		return err
 	}
+	// The bucket itself may be new: make its entry in .deferred durable too.
+	if err := queuefile.SyncDir(filepath.Dir(bucket)); err != nil {
+		return err
+	}
 	return queuefile.SyncDir(s.active)
 }
 
