@@ -40,14 +40,7 @@ func TestTransientFailureIsRetried(t *testing.T) {
 	env.Start(pipeline.Options{})
 	name := env.Enqueue(testMessage(1), plainParams(srv, "user1@example.org"))
 
-	f := env.WaitFiled(name)
-	wantSent(t, f)
-	if got := f.Job.State.Attempts; got != 2 {
-		t.Errorf("attempts = %d, want 2", got)
-	}
-	if got := results(env, name); !slices.Equal(got, []string{"deferred", "sent"}) {
-		t.Errorf("filings = %v, want [deferred sent]", got)
-	}
+	wantRetriedOnce(t, env, name)
 	for _, fl := range env.Filed() {
 		if fl.Result == "deferred" {
 			if e := fl.Job.Outcome.Err; e == nil || e.Code != 451 || e.Enhanced != "4.2.1" {

@@ -171,15 +171,7 @@ func TestTransientReplyAtEachStepIsRetried(t *testing.T) {
 				env.Start(pipeline.Options{})
 				name := env.Enqueue(testMessage(1), faultParams(srv, withAuth, "user1@example.org"))
 
-				f := env.WaitFiled(name)
-				wantSent(t, f)
-				if got := results(env, name); !slices.Equal(got, []string{"deferred", "sent"}) {
-					t.Errorf("filings = %v, want [deferred sent]", got)
-				}
-				if got := f.Job.State.Attempts; got != 2 {
-					t.Errorf("attempts = %d, want 2", got)
-				}
-				d := filingsOf(env, name)[0]
+				d, _ := wantRetriedOnce(t, env, name)
 				err := d.Job.Outcome.Err
 				if err == nil || !err.Temporary || err.Code != e.Code || err.Enhanced != wantEnh || err.Step != st.want {
 					t.Fatalf("deferral error = %#v, want a temporary %d %s at %s", err, e.Code, wantEnh, st.want)
@@ -274,12 +266,8 @@ func TestTooManyRecipients552IsTransient(t *testing.T) {
 	env.Start(pipeline.Options{})
 	name := env.Enqueue(testMessage(1), plainParams(srv, first, second))
 
-	f := env.WaitFiled(name)
-	wantSent(t, f)
-	if got := results(env, name); !slices.Equal(got, []string{"deferred", "sent"}) {
-		t.Errorf("filings = %v, want [deferred sent]", got)
-	}
-	if e := filingsOf(env, name)[0].Job.Outcome.Err; e == nil || !e.Temporary || e.Code != 552 || e.Step != "rcpt" {
+	d, _ := wantRetriedOnce(t, env, name)
+	if e := d.Job.Outcome.Err; e == nil || !e.Temporary || e.Code != 552 || e.Step != "rcpt" {
 		t.Errorf("deferral error = %v, want a temporary 552 at rcpt", e)
 	}
 	var got [][]string
@@ -355,15 +343,7 @@ func TestNoReplyIsRetried(t *testing.T) {
 			}})
 			name := env.Enqueue(testMessage(1), plainParams(srv, "user1@example.org"))
 
-			f := env.WaitFiled(name)
-			wantSent(t, f)
-			if got := results(env, name); !slices.Equal(got, []string{"deferred", "sent"}) {
-				t.Errorf("filings = %v, want [deferred sent]", got)
-			}
-			if got := f.Job.State.Attempts; got != 2 {
-				t.Errorf("attempts = %d, want 2", got)
-			}
-			d := filingsOf(env, name)[0]
+			d, f := wantRetriedOnce(t, env, name)
 			e := d.Job.Outcome.Err
 			if e == nil || !e.Temporary || e.Code != 0 || e.Step != c.wantStep {
 				t.Fatalf("deferral error = %#v, want a temporary error without a reply at %s", e, c.wantStep)

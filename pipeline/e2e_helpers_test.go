@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -202,4 +203,25 @@ func count(fs []stages.Filed, name, result string) int {
 		}
 	}
 	return n
+}
+
+// wantRetriedOnce waits for name to be filed for good and checks that it
+// was deferred once and then sent, in two attempts. It returns the
+// deferral's filing and the final one.
+func wantRetriedOnce(t *testing.T, env *pipelinetest.Env, name string) (deferral, final stages.Filed) {
+	t.Helper()
+	final = env.WaitFiled(name)
+	wantSent(t, final)
+	if got := results(env, name); !slices.Equal(got, []string{"deferred", "sent"}) {
+		t.Fatalf("filings = %v, want [deferred sent]", got)
+	}
+	if got := final.Job.State.Attempts; got != 2 {
+		t.Errorf("attempts = %d, want 2", got)
+	}
+	for _, f := range env.Filed() {
+		if f.Job.Name == name {
+			return f, final
+		}
+	}
+	return deferral, final
 }

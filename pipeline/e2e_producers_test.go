@@ -248,10 +248,7 @@ func TestSymlinksFIFOsAndDirectoriesAreNeverTouched(t *testing.T) {
 	env.Start(pipeline.Options{})
 	makeSpecials() // reported by the watcher
 	name := env.Enqueue(testMessage(1), plainParams(srv, "user1@example.org"))
-	wantSent(t, env.WaitFiled(name))
-	if got := results(env, name); !slices.Equal(got, []string{"deferred", "sent"}) {
-		t.Fatalf("filings = %v, want [deferred sent]", got)
-	}
+	wantRetriedOnce(t, env, name)
 	// A FIFO opened for reading would block the service: it would not stop.
 	if err := env.Stop(); err != nil {
 		t.Fatal(err)

@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -259,13 +258,13 @@ func (c *spoolCollector) counts() spoolCounts {
 	}
 	sc := spoolCounts{byState: map[string]int{}}
 	count := func(dir, state string, track bool) {
-		forEachName(dir, func(name string) {
+		stages.EachName(dir, func(name string) {
 			if !queuefile.IsQueueName(name) {
 				return
 			}
 			sc.byState[state]++
 			if track {
-				if t, ok := queueNameTime(name); ok && (sc.oldest.IsZero() || t.Before(sc.oldest)) {
+				if t, ok := queuefile.NameTime(name); ok && (sc.oldest.IsZero() || t.Before(sc.oldest)) {
 					sc.oldest = t
 				}
 			}
@@ -273,10 +272,10 @@ func (c *spoolCollector) counts() spoolCounts {
 	}
 	q := c.dirs.Queue
 	count(q, "queued", true)
-	forEachName(filepath.Join(q, stages.ActiveDir), func(inst string) {
+	stages.EachName(filepath.Join(q, stages.ActiveDir), func(inst string) {
 		count(filepath.Join(q, stages.ActiveDir, inst), "active", true)
 	})
-	forEachName(filepath.Join(q, stages.DeferredDir), func(bucket string) {
+	stages.EachName(filepath.Join(q, stages.DeferredDir), func(bucket string) {
 		count(filepath.Join(q, stages.DeferredDir, bucket), "deferred", true)
 	})
 	count(filepath.Join(q, stages.HoldDir), "held", true)
@@ -284,31 +283,4 @@ func (c *spoolCollector) counts() spoolCounts {
 	sc.waiting = sc.byState["queued"] + sc.byState["active"]
 	c.at, c.last = now, sc
 	return sc
-}
-
-// forEachName calls fn with each entry name of dir, reading in batches.
-func forEachName(dir string, fn func(string)) {
-	d, err := os.Open(dir)
-	if err != nil {
-		return
-	}
-	defer d.Close()
-	for {
-		names, err := d.Readdirnames(512)
-		for _, n := range names {
-			fn(n)
-		}
-		if err != nil || len(names) == 0 {
-			return
-		}
-	}
-}
-
-func queueNameTime(name string) (time.Time, bool) {
-	i := strings.IndexByte(name, '-')
-	if i < 0 {
-		return time.Time{}, false
-	}
-	t, err := time.Parse("20060102T150405.000000000Z", name[:i])
-	return t, err == nil
 }

@@ -45,7 +45,6 @@ import (
 	"os"
 	"runtime"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -168,7 +167,7 @@ func readPasswords(cfg *Config) (map[string]queuefile.Secret, error) {
 		if r.PasswordFile == "" {
 			continue
 		}
-		pw, err := ReadSecretFile(r.PasswordFile)
+		pw, err := queuefile.ReadSecretFile(r.PasswordFile)
 		if err != nil {
 			return nil, fmt.Errorf("relays.%s.password_file: %w", name, err)
 		}
@@ -284,20 +283,6 @@ func retryPolicy(cfg *Config) stages.RetryPolicy {
 	}
 }
 
-// ReadSecretFile reads a password or token from the first line of a file.
-func ReadSecretFile(path string) (queuefile.Secret, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return "", err
-	}
-	line, _, _ := strings.Cut(string(b), "\n")
-	line = strings.TrimRight(line, "\r")
-	if line == "" {
-		return "", fmt.Errorf("%s: empty", path)
-	}
-	return queuefile.Secret(line), nil
-}
-
 // resolve turns sealed parameters into a route, applying relay profiles.
 func (p *Pipeline) resolve(prm *queuefile.Params) (stages.Route, error) {
 	r := stages.Route{
@@ -327,7 +312,7 @@ func relayRoute(live *settings, name string, rel Relay) stages.Route {
 }
 
 func finishRoute(r stages.Route) stages.Route {
-	r.Host = strings.ToLower(strings.TrimSuffix(strings.Trim(r.Host, "[]"), "."))
+	r.Host = stages.HostKey(r.Host)
 	if r.Port == 0 {
 		if r.TLS == queuefile.TLSImplicit {
 			r.Port = 465

@@ -286,7 +286,21 @@ func NewName(t time.Time) (string, error) {
 	if _, err := rand.Read(rnd[:]); err != nil {
 		return "", err
 	}
-	return t.UTC().Format("20060102T150405.000000000Z") + "-" + nameEncoding.EncodeToString(rnd[:]) + Ext, nil
+	return t.UTC().Format(nameTimeLayout) + "-" + nameEncoding.EncodeToString(rnd[:]) + Ext, nil
+}
+
+// nameTimeLayout is the time at the start of a queue-file name.
+const nameTimeLayout = "20060102T150405.000000000Z"
+
+// NameTime reads the enqueue time from a queue-file name made by NewName;
+// ok is false for a name that carries none (a file dropped by hand).
+func NameTime(name string) (t time.Time, ok bool) {
+	i := strings.IndexByte(name, '-')
+	if i < 0 {
+		return time.Time{}, false
+	}
+	t, err := time.Parse(nameTimeLayout, name[:i])
+	return t, err == nil
 }
 
 // IsQueueName reports whether a directory entry name is one the service picks

@@ -1,12 +1,14 @@
 package queuefile
 
 import (
+	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"filippo.io/age"
 )
@@ -71,6 +73,38 @@ func readPrivateFile(path string) ([]byte, error) {
 		return nil, fmt.Errorf("identity file %s: larger than %d bytes, not a key file", path, maxKeyFile)
 	}
 	return b, nil
+}
+
+// maxSecretFile bounds what is read from a password or token file.
+const maxSecretFile = 64 << 10
+
+// ReadSecretFile reads a password or token from the first line of a small
+// file, without its line ending. Errors name the file, never its content.
+func ReadSecretFile(path string) (Secret, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err == nil && fi.IsDir() {
+		return "", fmt.Errorf("%s: is a directory", path)
+	}
+	br := bufio.NewReader(io.LimitReader(f, maxSecretFile))
+	line, err := br.ReadString('\n')
+	if err != nil && err != io.EOF {
+		return "", fmt.Errorf("%s: %w", path, err)
+	}
+	if err == io.EOF && len(line) == maxSecretFile {
+		return "", fmt.Errorf("%s: first line longer than %d bytes", path, maxSecretFile)
+	}
+	line = strings.TrimRight(line, "\r\n")
+	if line == "" {
+		return "", fmt.Errorf("%s: the first line is empty", path)
+	}
+	if strings.ContainsAny(line, "\r\x00") {
+		return "", fmt.Errorf("%s: the first line contains a CR or NUL character", path)
+	}
+	return Secret(line), nil
 }
 
 // LoadRecipients reads the public age recipients (one per line, # comments

@@ -270,7 +270,7 @@ func (d *Dispatcher) Run(ctx context.Context, in <-chan *Job, requests <-chan *R
 // them to be held.
 func (d *Dispatcher) hold(c HostControl, out chan<- *Job) {
 	for _, h := range d.hosts {
-		if !c.All && c.Name == "" && h.name != normalizeHost(c.Host) {
+		if !c.All && c.Name == "" && h.name != HostKey(c.Host) {
 			continue
 		}
 		for _, q := range h.routes {
@@ -312,7 +312,7 @@ func (d *Dispatcher) control(c HostControl, now time.Time) {
 	switch c.Op {
 	case "retry":
 		for _, h := range d.hosts {
-			if c.All || h.name == normalizeHost(c.Host) {
+			if c.All || h.name == HostKey(c.Host) {
 				h.failures, h.pauseLevel, h.halfOpen = 0, 0, false
 				h.openUntil, h.restoreAt = time.Time{}, time.Time{}
 				h.capacity = h.lim.MaxConnections

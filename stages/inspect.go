@@ -272,7 +272,7 @@ func inspLocateLive(d Dirs, name string) (*SpoolEntry, error) {
 	// Deferred: its state says which bucket; else look in each.
 	root := filepath.Join(d.Queue, DeferredDir)
 	if st, _ := ReadState(d, name); st != nil && !st.NextAttempt.IsZero() {
-		due := inspBucketTime(st.NextAttempt)
+		due := bucketTime(st.NextAttempt)
 		if p := filepath.Join(root, due.Format(bucketLayout), name); inspIsFile(p) {
 			return &SpoolEntry{Name: name, Place: PlaceDeferred, Path: p, Due: due}, nil
 		}
@@ -313,17 +313,6 @@ func inspIsFile(p string) bool {
 	return err == nil && fi.Mode().IsRegular()
 }
 
-// inspBucketTime is the due time of the bucket Spool.Defer puts a message
-// due at t in: t rounded up to the second, UTC. (Duplicated from
-// Spool.Defer, which computes it inline.)
-func inspBucketTime(t time.Time) time.Time {
-	at := t.UTC().Truncate(time.Second)
-	if at.Before(t) {
-		at = at.Add(time.Second)
-	}
-	return at
-}
-
 // ReadState returns the delivery state of the named message, or nil if it
 // has none.
 func ReadState(d Dirs, name string) (*State, error) {
@@ -344,10 +333,7 @@ func ReadState(d Dirs, name string) (*State, error) {
 // QueuedTime is when the named message was enqueued, read from its name;
 // ok is false for a name that does not carry a time (a file dropped by
 // hand).
-func QueuedTime(name string) (t time.Time, ok bool) {
-	t = nameTime(name, time.Time{})
-	return t, !t.IsZero()
-}
+func QueuedTime(name string) (t time.Time, ok bool) { return queuefile.NameTime(name) }
 
 // ReadXMLLog reads an XML log written by the Archiver.
 func ReadXMLLog(path string) (*XMLLog, error) {
@@ -444,6 +430,27 @@ type MoveResult struct {
 	Active int // selected but being sent (in .active): left alone
 	Raced  int // gone before they could be moved: claimed by the service, or moved by someone else
 	Clash  int // not moved: the destination already had a file of that name
+
+	clashes []error // the first few clash errors, for the report
+}
+
+// count records the result of one move: moved (err nil), raced, or a name
+// clash. Any other error is returned: it ends the walk.
+func (r *MoveResult) count(err error, raced bool) error {
+	switch {
+	case err == nil:
+		r.Moved++
+	case raced:
+		r.Raced++
+	case errors.Is(err, ErrNameClash):
+		r.Clash++
+		if len(r.clashes) < 3 {
+			r.clashes = append(r.clashes, err)
+		}
+	default:
+		return err
+	}
+	return nil
 }
 
 // HoldMessage moves a queued or deferred message to .hold/, where the
@@ -523,27 +530,15 @@ func inspMoveAll(ctx context.Context, d Dirs, from []Place, dstDir string, match
 		return r, err
 	}
 	touched := map[string]bool{}
-	var errs []error
 	err := WalkSpool(ctx, d, from, func(e SpoolEntry) error {
 		if match != nil && !match(e) {
 			return nil
 		}
 		err := inspRename(e.Path, filepath.Join(dstDir, e.Name))
-		switch {
-		case err == nil:
-			r.Moved++
+		if err == nil {
 			touched[filepath.Dir(e.Path)] = true
-		case errors.Is(err, fs.ErrNotExist):
-			r.Raced++
-		case errors.Is(err, ErrNameClash):
-			r.Clash++
-			if len(errs) < 3 {
-				errs = append(errs, err)
-			}
-		default:
-			return err
 		}
-		return nil
+		return r.count(err, errors.Is(err, fs.ErrNotExist))
 	})
 	if err == nil && countActive {
 		err = WalkSpool(ctx, d, []Place{PlaceActive}, func(e SpoolEntry) error {
@@ -557,10 +552,11 @@ func inspMoveAll(ctx context.Context, d Dirs, from []Place, dstDir string, match
 	for dir := range touched {
 		dirs = append(dirs, dir)
 	}
+	errs := append([]error{err}, r.clashes...)
 	if r.Moved > 0 {
 		errs = append(errs, inspSyncDirs(dirs...))
 	}
-	return r, errors.Join(append([]error{err}, errs...)...)
+	return r, errors.Join(errs...)
 }
 
 // inspRename renames src to dst unless dst exists (ErrNameClash; but if
@@ -747,29 +743,15 @@ func RequeueAll(ctx context.Context, d Dirs, now time.Time, match func(SpoolEntr
 		return r, err
 	}
 	defer unlock()
-	var errs []error
 	err = WalkSpool(ctx, d, []Place{PlaceUndeliverable}, func(e SpoolEntry) error {
 		if match != nil && !match(e) {
 			return nil
 		}
 		_, err := requeueLocked(d, e.Name, now)
 		var pe *PlaceError
-		switch {
-		case err == nil:
-			r.Moved++
-		case errors.As(err, &pe), errors.Is(err, ErrMessageNotFound):
-			r.Raced++
-		case errors.Is(err, ErrNameClash):
-			r.Clash++
-			if len(errs) < 3 {
-				errs = append(errs, err)
-			}
-		default:
-			return err
-		}
-		return nil
+		return r.count(err, errors.As(err, &pe) || errors.Is(err, ErrMessageNotFound))
 	})
-	return r, errors.Join(append([]error{err}, errs...)...)
+	return r, errors.Join(append([]error{err}, r.clashes...)...)
 }
 
 // PurgeResult counts what Purge removed.

@@ -197,7 +197,7 @@ func TestInspBucketTimeMatchesDefer(t *testing.T) {
 		if err := s.Defer(job, due); err != nil {
 			t.Fatal(err)
 		}
-		want := filepath.Join(d.Queue, DeferredDir, inspBucketTime(due).Format(bucketLayout), n)
+		want := filepath.Join(d.Queue, DeferredDir, bucketTime(due).Format(bucketLayout), n)
 		if !inspIsFile(want) {
 			t.Errorf("due %v: Defer did not put it in %s", due, want)
 		}
@@ -259,7 +259,7 @@ func TestHoldReleaseRetryOne(t *testing.T) {
 		t.Fatal(err)
 	}
 	from, err = HoldMessage(d, df)
-	if err != nil || from.Place != PlaceDeferred || !from.Due.Equal(inspBucketTime(due)) {
+	if err != nil || from.Place != PlaceDeferred || !from.Due.Equal(bucketTime(due)) {
 		t.Fatalf("hold deferred: %+v, %v", from, err)
 	}
 	inspWant(t, d, df, PlaceHeld)

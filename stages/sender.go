@@ -513,5 +513,8 @@ func (x *xoauth2) Next(challenge []byte) ([]byte, error) {
 	return nil, errors.New("unexpected XOAUTH2 challenge")
 }
 
-// normalizeHost lower-cases a host name for per-host keys.
-func normalizeHost(h string) string { return strings.ToLower(strings.TrimSuffix(h, ".")) }
+// HostKey normalises an SMTP host name or IP the way per-host limits,
+// queues and pauses are keyed: lower case, no brackets, no final dot.
+func HostKey(h string) string {
+	return strings.ToLower(strings.TrimSuffix(strings.Trim(strings.TrimSpace(h), "[]"), "."))
+}

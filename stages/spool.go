@@ -32,6 +32,16 @@ const (
 // bucketLayout names a deferred bucket by its due time, to the second.
 const bucketLayout = "20060102T150405Z"
 
+// bucketTime is the time of the bucket for a message due at t: t rounded up
+// to the second, UTC, so nothing in a bucket is taken before it is due.
+func bucketTime(t time.Time) time.Time {
+	at := t.UTC().Truncate(time.Second)
+	if at.Before(t) {
+		at = at.Add(time.Second)
+	}
+	return at
+}
+
 // Dirs are the spool's three configured folders.
 type Dirs struct {
 	Queue         string
@@ -187,6 +197,42 @@ func (s *Spool) Recover() (int, error) {
 // was removed leaves one behind.
 func (s *Spool) removeOrphanStates() {
 	dir := filepath.Join(s.dirs.Queue, StateDir)
+	orphans := map[string]bool{}
+	EachName(dir, func(n string) {
+		if msg, ok := strings.CutSuffix(n, ".json"); ok {
+			orphans[msg] = true
+		}
+	})
+	// Each pass lists every folder a message can be in once (not once per
+	// state file). Another instance may move a message between folders
+	// while we list them: only what both passes missed is an orphan.
+	for range 2 {
+		if len(orphans) == 0 {
+			return
+		}
+		s.forEachQueued(func(name string) { delete(orphans, name) })
+	}
+	for msg := range orphans {
+		os.Remove(filepath.Join(dir, msg+".json"))
+	}
+}
+
+// forEachQueued calls fn with the name of every entry in the queue folder
+// and its working folders (hold, every instance's active folder, every
+// deferred bucket), reading in batches.
+func (s *Spool) forEachQueued(fn func(string)) {
+	q := s.dirs.Queue
+	EachName(q, fn)
+	EachName(filepath.Join(q, HoldDir), fn)
+	for _, sub := range []string{ActiveDir, DeferredDir} {
+		root := filepath.Join(q, sub)
+		EachName(root, func(d string) { EachName(filepath.Join(root, d), fn) })
+	}
+}
+
+// EachName calls fn with each entry name of dir, read in batches; a folder
+// that cannot be read holds nothing.
+func EachName(dir string, fn func(string)) {
 	d, err := os.Open(dir)
 	if err != nil {
 		return
@@ -195,35 +241,12 @@ func (s *Spool) removeOrphanStates() {
 	for {
 		names, err := d.Readdirnames(scanBatch)
 		for _, n := range names {
-			msg, ok := strings.CutSuffix(n, ".json")
-			if ok && !s.exists(msg) {
-				os.Remove(filepath.Join(dir, n))
-			}
+			fn(n)
 		}
 		if err != nil || len(names) == 0 {
 			return
 		}
 	}
-}
-
-// exists reports whether a message is anywhere in the queue's folders.
-func (s *Spool) exists(name string) bool {
-	q := s.dirs.Queue
-	if _, err := os.Lstat(filepath.Join(q, name)); err == nil {
-		return true
-	}
-	if _, err := os.Lstat(filepath.Join(q, HoldDir, name)); err == nil {
-		return true
-	}
-	for _, sub := range []string{ActiveDir, DeferredDir} {
-		ents, _ := os.ReadDir(filepath.Join(q, sub))
-		for _, e := range ents {
-			if _, err := os.Lstat(filepath.Join(q, sub, e.Name(), name)); err == nil {
-				return true
-			}
-		}
-	}
-	return false
 }
 
 func (s *Spool) returnAll(dir string) (int, error) {
@@ -398,19 +421,13 @@ func (s *Spool) claim(dir, name, from string) (*Job, error) {
 		job.State = *st
 	}
 	if job.State.Queued.IsZero() {
-		job.State.Queued = nameTime(name, s.now())
-	}
-	return job, nil
-}
-
-// nameTime reads the enqueue time from a queue-file name, or returns def.
-func nameTime(name string, def time.Time) time.Time {
-	if i := strings.IndexByte(name, '-'); i > 0 {
-		if t, err := time.Parse("20060102T150405.000000000Z", name[:i]); err == nil {
-			return t
+		if t, ok := queuefile.NameTime(name); ok {
+			job.State.Queued = t
+		} else {
+			job.State.Queued = s.now()
 		}
 	}
-	return def
+	return job, nil
 }
 
 func (s *Spool) statePath(name string) string {
@@ -418,18 +435,7 @@ func (s *Spool) statePath(name string) string {
 }
 
 func (s *Spool) readState(name string) (*State, error) {
-	b, err := os.ReadFile(s.statePath(name))
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	var st State
-	if err := json.Unmarshal(b, &st); err != nil {
-		return nil, err
-	}
-	return &st, nil
+	return ReadState(s.dirs, name)
 }
 
 // WriteState durably records a message's state (temporary file, fsync,
@@ -692,13 +698,7 @@ func (s *Spool) Park(job *Job, due time.Time) error {
 }
 
 func (s *Spool) moveToBucket(job *Job, due time.Time, durable bool) error {
-	// A bucket is named by its due time rounded up to the second, so nothing
-	// in it is taken before it is due.
-	at := due.UTC().Truncate(time.Second)
-	if at.Before(due) {
-		at = at.Add(time.Second)
-	}
-	bucket := filepath.Join(s.dirs.Queue, DeferredDir, at.Format(bucketLayout))
+	bucket := filepath.Join(s.dirs.Queue, DeferredDir, bucketTime(due).Format(bucketLayout))
 	// The Scanner removes a due bucket once it has emptied it; if that
 	// happens between our MkdirAll and Rename, make the bucket again.
 	var err error

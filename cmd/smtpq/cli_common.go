@@ -1,11 +1,9 @@
 package main
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
-	"io"
-	"os"
+	"io/fs"
 	"strconv"
 	"strings"
 	"time"
@@ -13,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/smtpq/smtpq/pipeline"
+	"github.com/smtpq/smtpq/queuefile"
 )
 
 // usagef returns a usage error (exit status 2 outside the sendmail command).
@@ -97,36 +96,17 @@ func loadConfig(path string) (*pipeline.Config, error) {
 	return cfg, nil
 }
 
-// maxSecretFile bounds what is read from a password or token file.
-const maxSecretFile = 64 << 10
-
-// readFirstLine returns the first line of a small file (a password or token
-// file) without its line ending. Errors name the file, never its content.
+// readFirstLine reads a password or token file (queuefile.ReadSecretFile);
+// what says which file it is in the error.
 func readFirstLine(path, what string) (string, error) {
-	f, err := os.Open(path)
+	sec, err := queuefile.ReadSecretFile(path)
+	if _, ok := err.(*fs.PathError); ok {
+		return "", fmt.Errorf("%s: %w", what, err) // "open PATH: ..." names the file
+	}
 	if err != nil {
-		return "", fmt.Errorf("%s: %w", what, err)
+		return "", fmt.Errorf("%s %w", what, err) // "PATH: reason"
 	}
-	defer f.Close()
-	if fi, err := f.Stat(); err == nil && fi.IsDir() {
-		return "", fmt.Errorf("%s %s: is a directory", what, path)
-	}
-	br := bufio.NewReader(io.LimitReader(f, maxSecretFile))
-	line, err := br.ReadString('\n')
-	if err != nil && err != io.EOF {
-		return "", fmt.Errorf("%s %s: %w", what, path, err)
-	}
-	if err == io.EOF && len(line) == maxSecretFile {
-		return "", fmt.Errorf("%s %s: first line longer than %d bytes", what, path, maxSecretFile)
-	}
-	line = strings.TrimRight(line, "\r\n")
-	if line == "" {
-		return "", fmt.Errorf("%s %s: the first line is empty", what, path)
-	}
-	if strings.ContainsAny(line, "\r\x00") {
-		return "", fmt.Errorf("%s %s: the first line contains a CR or NUL character", what, path)
-	}
-	return line, nil
+	return sec.Reveal(), nil
 }
 
 // parseWhen parses a point in time given as RFC 3339 ("2026-01-02T15:04:05Z")

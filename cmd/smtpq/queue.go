@@ -114,12 +114,6 @@ type envelope struct {
 	err       error // why it is not known
 }
 
-// hostKey normalizes a host name as the service does (per-host limits and
-// pauses are keyed by it).
-func hostKey(h string) string {
-	return strings.ToLower(strings.TrimSuffix(strings.Trim(strings.TrimSpace(h), "[]"), "."))
-}
-
 // envelopeOf opens the seal of a message (its header only). Sent copies
 // have no seal.
 func (q *queueEnv) envelopeOf(e stages.SpoolEntry) envelope {
@@ -158,7 +152,7 @@ func (q *queueEnv) envelopeOf(e stages.SpoolEntry) envelope {
 		// As the service resolves it: the profile's server, port and login.
 		host, port, tls, env.user = r.Host, r.Port, queuefile.TLSMode(r.TLS), r.Username
 	}
-	env.host = hostKey(host)
+	env.host = stages.HostKey(host)
 	if port == 0 && env.host != "" {
 		port = queuefile.DefaultPort
 		if tls == queuefile.TLSImplicit {
@@ -238,7 +232,7 @@ func (q *queueEnv) row(e stages.SpoolEntry) *queueRow {
 			}
 			if !r.env.known && l.Host != "" {
 				// The log names host and envelope: no key needed.
-				r.env.host, r.env.port, r.env.sender, r.env.rcpts = hostKey(l.Host), l.Port, l.From, l.To
+				r.env.host, r.env.port, r.env.sender, r.env.rcpts = stages.HostKey(l.Host), l.Port, l.From, l.To
 				if r.env.sender == "" {
 					r.env.sender = "<>"
 				}
@@ -348,7 +342,7 @@ host, sender and recipients show as "-".`,
 			if err != nil {
 				return err
 			}
-			if cmd.Flags().Changed("host") && hostKey(host) == "" {
+			if cmd.Flags().Changed("host") && stages.HostKey(host) == "" {
 				return usagef("--host: empty host name")
 			}
 			q, err := openQueueEnv(cmd)
@@ -363,7 +357,7 @@ host, sender and recipients show as "-".`,
 			if !asJSON {
 				fmt.Fprintf(out, listFormat, "NAME", "STATE", "HOST", "SENDER", "RCPTS", "SIZE", "AGE", "TRIES", "NEXT", "LAST-ERROR")
 			}
-			want := hostKey(host)
+			want := stages.HostKey(host)
 			return stages.WalkSpool(ctxOf(cmd), q.dirs, places, func(e stages.SpoolEntry) error {
 				r := q.row(e)
 				if want != "" && r.Host != want {
@@ -793,7 +787,7 @@ type selection struct {
 }
 
 func parseSelection(cmd *cobra.Command, op string, args []string, all bool, host string, withHost bool) (selection, error) {
-	s := selection{all: all, host: hostKey(host)}
+	s := selection{all: all, host: stages.HostKey(host)}
 	if withHost && cmd.Flags().Changed("host") && s.host == "" {
 		return s, usagef("--host: empty host name")
 	}
