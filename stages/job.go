@@ -107,7 +107,6 @@ func (s *State) AddHistory(at time.Time, result string) {
 type Job struct {
 	Name  string // queue-file name: <time>-<random>.eml
 	Path  string // where the file is now (the claimer's active folder)
-	From  string // which spool folder it was claimed from: "queue" or "deferred"
 	State State
 
 	// Set by the Parser.

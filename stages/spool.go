@@ -289,7 +289,7 @@ const scanBatch = 256
 // It returns the due time of the earliest bucket still in the future (zero if
 // none), so the caller knows when to look again.
 func (s *Spool) Scan(ctx context.Context, now time.Time, fn func(*Job) bool) (time.Time, error) {
-	if err := s.scanDir(ctx, s.dirs.Queue, "queue", fn); err != nil {
+	if err := s.scanDir(ctx, s.dirs.Queue, fn); err != nil {
 		return time.Time{}, err
 	}
 	return s.scanDeferred(ctx, now, fn)
@@ -335,12 +335,12 @@ func eachQueueFile(ctx context.Context, dir string, fn func(name string) error) 
 var errStop = errors.New("stop")
 
 // scanDir claims every eligible entry of dir.
-func (s *Spool) scanDir(ctx context.Context, dir, from string, fn func(*Job) bool) error {
+func (s *Spool) scanDir(ctx context.Context, dir string, fn func(*Job) bool) error {
 	// One file that cannot be renamed (on Windows: open in another program)
 	// must not stop the scan: it is reported at the end.
 	var firstErr error
 	err := eachQueueFile(ctx, dir, func(name string) error {
-		job, cerr := s.claim(dir, name, from)
+		job, cerr := s.claim(dir, name)
 		if cerr != nil {
 			if firstErr == nil {
 				firstErr = cerr
@@ -380,7 +380,7 @@ func (s *Spool) scanDeferred(ctx context.Context, now time.Time, fn func(*Job) b
 			continue
 		}
 		dir := filepath.Join(root, e.Name())
-		if err := s.scanDir(ctx, dir, "deferred", fn); err != nil {
+		if err := s.scanDir(ctx, dir, fn); err != nil {
 			return time.Time{}, err
 		}
 		os.Remove(dir) // fails harmlessly if a file arrived meanwhile
@@ -397,12 +397,12 @@ func (s *Spool) ScanOne(name string) (*Job, error) {
 	if err != nil || !fi.Mode().IsRegular() {
 		return nil, nil
 	}
-	return s.claim(s.dirs.Queue, name, "queue")
+	return s.claim(s.dirs.Queue, name)
 }
 
 // claim moves dir/name into this instance's active folder. A rename that
 // loses a race returns (nil, nil): someone else has the file.
-func (s *Spool) claim(dir, name, from string) (*Job, error) {
+func (s *Spool) claim(dir, name string) (*Job, error) {
 	dst := filepath.Join(s.active, name)
 	if err := os.Rename(filepath.Join(dir, name), dst); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
@@ -411,7 +411,7 @@ func (s *Spool) claim(dir, name, from string) (*Job, error) {
 		return nil, fmt.Errorf("spool: claiming %s: %w", name, err)
 	}
 	s.crash("claimed")
-	job := &Job{Name: name, Path: dst, From: from}
+	job := &Job{Name: name, Path: dst}
 	st, err := s.readState(name)
 	if err != nil {
 		// A damaged state file must not lose the message: start afresh and
