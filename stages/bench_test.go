@@ -138,16 +138,18 @@ func benchWorker(id int, requests chan<- *stages.Request, window <-chan struct{}
 			conn = nil
 			continue
 		}
-		if conn == nil || *conn != a.Job.Route {
-			r := a.Job.Route
-			conn, count = &r, 0
-			report = &stages.HostReport{Host: r.Host, OK: true}
+		for _, j := range append([]*stages.Job{a.Job}, a.More...) {
+			if conn == nil || *conn != j.Route {
+				r := j.Route
+				conn, count = &r, 0
+				report = &stages.HostReport{Host: r.Host, OK: true}
+			}
+			count++
+			if a.Limit > 0 && count >= a.Limit {
+				conn = nil
+			}
+			<-window
 		}
-		count++
-		if a.Limit > 0 && count >= a.Limit {
-			conn = nil
-		}
-		<-window
 	}
 }
 

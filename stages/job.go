@@ -123,7 +123,7 @@ type Job struct {
 	// Set by whichever stage decides the job's fate.
 	Outcome Outcome
 
-	journaled bool // the server's acceptance is in the spool's journal
+	journaled uint64 // the server's acceptance is line journaled of the spool's journal (0: not)
 }
 
 // Host returns the SMTP host the job goes to, the key of per-host limits.

@@ -12,17 +12,23 @@ import (
 )
 
 // journal is an instance's append-only record of the server's acceptances:
-// one line per accepted transaction, "<name> all|some <recipient>...". A
-// line is durable (fsynced) before Append returns. Concurrent appenders share
-// fsyncs (group commit): while one syncs, the others' lines queue behind it
-// and the next sync covers them all, so the cost per message falls as load
-// rises. It replaces a state file per message (create, fsync, rename, folder
-// fsync) on the path every successful message takes.
+// one line per accepted transaction, "<name> all|some <recipient>...".
+// Append writes a line and returns at once, so that the SMTP session goes on
+// with the next message; Sync makes lines durable. Whoever files the message
+// calls Sync first (Spool.recorded), so no message is filed, and no queue
+// copy removed, before its line is on disk. Concurrent callers share fsyncs
+// (group commit): while one syncs, the others' lines queue behind it and the
+// next sync covers them all, so the cost per message falls as load rises.
+// It replaces a state file per message (create, fsync, rename, folder fsync)
+// on the path every successful message takes.
 //
 // The journal only matters after a crash: at start-up, Recover reads the
 // journals of dead instances and writes a state file for each message still
-// in the queue, before returning the files to it. An instance removes its
-// journal when it closes.
+// in the queue, before returning the files to it. A line that reached the
+// disk is true whether or not its Sync returned: lines are written only
+// after the server's 250. A crash before a line is durable means the
+// message is sent again (delivery is at least once). An instance removes
+// its journal when it closes.
 type journal struct {
 	path string
 
@@ -46,24 +52,25 @@ func openJournal(path string) (*journal, error) {
 	return &journal{path: path, f: f}, nil
 }
 
-// Append records a line durably.
-func (j *journal) Append(line string) error {
+// Append writes a line, not yet durably, and returns its number for Sync.
+func (j *journal) Append(line string) (uint64, error) {
 	j.mu.Lock()
+	defer j.mu.Unlock()
 	if j.f == nil {
-		j.mu.Unlock()
-		return errors.New("journal closed")
+		return 0, errors.New("journal closed")
 	}
 	if _, err := j.f.WriteString(line + "\n"); err != nil {
-		j.mu.Unlock()
-		return err
+		return 0, err
 	}
 	j.written++
-	mine := j.written
-	j.mu.Unlock()
+	return j.written, nil
+}
 
+// Sync returns once line n, and every line before it, is durable.
+func (j *journal) Sync(n uint64) error {
 	j.syncMu.Lock()
 	defer j.syncMu.Unlock()
-	if j.synced >= mine {
+	if j.synced >= n {
 		return nil // someone else's sync covered this line
 	}
 	j.mu.Lock()

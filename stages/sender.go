@@ -37,9 +37,11 @@ type Sender struct {
 	Timeouts  Timeouts
 	HELO      string // default EHLO name
 	// Accepted, if set, is called when the server has accepted the data of
-	// a job, before the job is handed on: it records the fact durably, so
-	// that after a crash the message is filed as sent, not sent again. An
-	// error is logged; the job goes on.
+	// a job, before the job is handed on: it records the fact, so that
+	// after a crash the message is filed as sent, not sent again. The record
+	// must be durable before the job is filed, not before Accepted returns
+	// (Spool.RecordAccepted): the session goes on with the next message
+	// meanwhile. An error is logged; the job goes on.
 	Accepted func(*Job) error
 	// Crash, if set, is called at named points of a delivery ("connected",
 	// "after-mail", "after-dot", "after-record"): crash tests kill the
@@ -79,6 +81,7 @@ func (s *Sender) Run(ctx, hard context.Context, id int, requests chan<- *Request
 	var (
 		sess   *session
 		report *HostReport
+		unsent []*Job
 	)
 	defer func() {
 		if sess != nil {
@@ -86,14 +89,14 @@ func (s *Sender) Run(ctx, hard context.Context, id int, requests chan<- *Request
 		}
 	}()
 	for {
-		req := &Request{Worker: id, Report: report, Reply: reply}
+		req := &Request{Worker: id, Report: report, Unsent: unsent, Reply: reply}
 		if sess != nil {
 			r := sess.route
 			req.Conn = &r
 		}
 		requests <- req
 		a := <-reply
-		report = nil
+		report, unsent = nil, nil
 		if a.Stop {
 			return
 		}
@@ -104,57 +107,81 @@ func (s *Sender) Run(ctx, hard context.Context, id int, requests chan<- *Request
 			}
 			continue
 		}
-		job := a.Job
-		if ctx.Err() != nil {
-			job.Outcome = Outcome{Verdict: Return}
-			out <- job
-			continue
-		}
-		if sess != nil && sess.route != job.Route {
-			sess.close(true)
-			sess = nil
-		}
-		start := s.Clock.Now()
-		if sess == nil {
-			var err *Error
-			sess, err = s.open(hard, job.Route)
-			if err != nil {
-				report = &HostReport{Host: job.Host(), Down: err.HostDown}
-				job.Outcome = Outcome{
-					Verdict: Transient, Err: err, Attempted: true,
-					Rcpts: allRcpts(job.Pending, err), Duration: s.Clock.Now().Sub(start),
-				}
-				if !err.Temporary {
-					job.Outcome.Verdict = Permanent
-					job.Outcome.Class = ClassPermanent
-				}
-				if sess != nil { // a transcript of the failed opening
-					job.Outcome.Transcript = sess.tr.String()
-					sess = nil
-				}
-				out <- job
-				continue
+		batch := append([]*Job{a.Job}, a.More...)
+		for i, job := range batch {
+			var (
+				r  *HostReport
+				ok bool
+			)
+			sess, r, ok = s.one(ctx, hard, sess, a.Limit, job, out)
+			if r != nil {
+				report = r // the latest news of the host counts
 			}
-			sess.limit = a.Limit
-			report = &HostReport{Host: job.Host(), OK: true}
-			s.crash("connected")
-		} else {
-			sess.tr.reset()
-			sess.tr.note(fmt.Sprintf("[session reused: message %d on this connection]", sess.count+1))
+			if !ok {
+				// The session failed: the rest of the batch goes back to
+				// the Dispatcher, which decides with the report in hand.
+				unsent = batch[i+1:]
+				break
+			}
 		}
-		broken := s.deliver(hard, sess, job)
-		job.Outcome.Duration = s.Clock.Now().Sub(start)
-		job.Outcome.Transcript = sess.tr.String()
-		if job.Outcome.Err != nil && job.Outcome.Err.HostDown {
-			report = &HostReport{Host: job.Host(), Down: true}
-		}
-		sess.count++
-		if broken || (sess.limit > 0 && sess.count >= sess.limit) {
-			sess.close(!broken)
-			sess = nil
-		}
-		out <- job
 	}
+}
+
+// one sends job on sess, or on a new session if sess is nil or has another
+// route, and hands the job on to out. It returns the session to use next
+// (nil if closed), what it learnt about the host, and false if the session
+// could not be opened or broke, so that the rest of a batch must not follow.
+func (s *Sender) one(ctx, hard context.Context, sess *session, limit int, job *Job, out chan<- *Job) (*session, *HostReport, bool) {
+	var report *HostReport
+	if ctx.Err() != nil {
+		job.Outcome = Outcome{Verdict: Return}
+		out <- job
+		return sess, nil, true
+	}
+	if sess != nil && sess.route != job.Route {
+		sess.close(true)
+		sess = nil
+	}
+	start := s.Clock.Now()
+	if sess == nil {
+		var err *Error
+		sess, err = s.open(hard, job.Route)
+		if err != nil {
+			report = &HostReport{Host: job.Host(), Down: err.HostDown}
+			job.Outcome = Outcome{
+				Verdict: Transient, Err: err, Attempted: true,
+				Rcpts: allRcpts(job.Pending, err), Duration: s.Clock.Now().Sub(start),
+			}
+			if !err.Temporary {
+				job.Outcome.Verdict = Permanent
+				job.Outcome.Class = ClassPermanent
+			}
+			if sess != nil { // a transcript of the failed opening
+				job.Outcome.Transcript = sess.tr.String()
+			}
+			out <- job
+			return nil, report, false
+		}
+		sess.limit = limit
+		report = &HostReport{Host: job.Host(), OK: true}
+		s.crash("connected")
+	} else {
+		sess.tr.reset()
+		sess.tr.note(fmt.Sprintf("[session reused: message %d on this connection]", sess.count+1))
+	}
+	broken := s.deliver(hard, sess, job)
+	job.Outcome.Duration = s.Clock.Now().Sub(start)
+	job.Outcome.Transcript = sess.tr.String()
+	if job.Outcome.Err != nil && job.Outcome.Err.HostDown {
+		report = &HostReport{Host: job.Host(), Down: true}
+	}
+	sess.count++
+	if broken || (sess.limit > 0 && sess.count >= sess.limit) {
+		sess.close(!broken)
+		sess = nil
+	}
+	out <- job
+	return sess, report, !broken && (report == nil || !report.Down)
 }
 
 // open dials and sets up a session: TLS, EHLO, STARTTLS, AUTH. On failure

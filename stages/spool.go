@@ -448,16 +448,18 @@ func (s *Spool) WriteState(name string, st *State) error {
 	return writeFileDurable(s.statePath(name), b)
 }
 
-// RecordAccepted durably notes, before anything else happens, that the
-// server accepted a job's data: the recipients it accepted are done, and if
-// none is left the message counts as sent. After a crash the message is then
-// filed, not sent again.
+// RecordAccepted notes that the server accepted a job's data: the
+// recipients it accepted are done, and if none is left the message counts
+// as sent. After a crash the message is then filed, not sent again. The note
+// is durable before the job is filed (see recorded), not necessarily when
+// RecordAccepted returns: the session goes on meanwhile.
 func (s *Spool) RecordAccepted(job *Job) error {
 	if s.journal != nil {
-		if err := s.journal.Append(journalLine(job)); err != nil {
+		n, err := s.journal.Append(journalLine(job))
+		if err != nil {
 			return err
 		}
-		job.journaled = true
+		job.journaled = n
 		return nil
 	}
 	st := job.State
@@ -469,6 +471,18 @@ func (s *Spool) RecordAccepted(job *Job) error {
 	}
 	st.Accepted = job.Outcome.Verdict == Sent
 	return s.WriteState(job.Name, &st)
+}
+
+// recorded returns once the server's acceptance of job, if it had one, is
+// durable (RecordAccepted): every filing method calls it first.
+func (s *Spool) recorded(job *Job) error {
+	if job.journaled == 0 {
+		return nil
+	}
+	if err := s.journal.Sync(job.journaled); err != nil {
+		return fmt.Errorf("recording the server's acceptance: %w", err)
+	}
+	return nil
 }
 
 func (s *Spool) removeState(name string) error {
@@ -483,6 +497,9 @@ func (s *Spool) removeState(name string) error {
 // with deleteCopy), then removes the queue's copy and its state. The Sent copy
 // is durable before anything is removed.
 func (s *Spool) Sent(job *Job, deleteCopy bool) (string, error) {
+	if err := s.recorded(job); err != nil {
+		return "", err
+	}
 	var final string
 	if !deleteCopy && !job.State.Accepted {
 		// The common case, on Linux: an unnamed file, linked into Sent once
@@ -616,7 +633,7 @@ func (s *Spool) forget(job *Job) error {
 	if err := os.Remove(job.Path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
-	if !job.journaled {
+	if job.journaled == 0 {
 		if err := queuefile.SyncDir(s.active); err != nil {
 			return err
 		}
@@ -628,6 +645,9 @@ func (s *Spool) forget(job *Job) error {
 // (sealed header and all) in Undeliverable, then removes the queue's copy
 // and state. It returns the path of the filed message.
 func (s *Spool) Undeliverable(job *Job, xmlLog []byte) (string, error) {
+	if err := s.recorded(job); err != nil {
+		return "", err
+	}
 	name, err := s.freeName(s.dirs.Undeliverable, job.Name)
 	if err != nil {
 		return "", err
@@ -698,6 +718,9 @@ func (s *Spool) Park(job *Job, due time.Time) error {
 }
 
 func (s *Spool) moveToBucket(job *Job, due time.Time, durable bool) error {
+	if err := s.recorded(job); err != nil {
+		return err
+	}
 	bucket := filepath.Join(s.dirs.Queue, DeferredDir, bucketTime(due).Format(bucketLayout))
 	// The Scanner removes a due bucket once it has emptied it; if that
 	// happens between our MkdirAll and Rename, make the bucket again.
@@ -732,6 +755,9 @@ func (s *Spool) moveToBucket(job *Job, due time.Time, durable bool) error {
 
 // Hold moves a job to the hold folder, with its state written first.
 func (s *Spool) Hold(job *Job) error {
+	if err := s.recorded(job); err != nil {
+		return err
+	}
 	if err := s.WriteState(job.Name, &job.State); err != nil {
 		return fmt.Errorf("writing state: %w", err)
 	}
@@ -748,6 +774,9 @@ func (s *Spool) Hold(job *Job) error {
 // Return puts a job back in the queue folder as it was claimed; its state
 // file, if any, stays.
 func (s *Spool) Return(job *Job) error {
+	if err := s.recorded(job); err != nil {
+		return err
+	}
 	if err := os.Rename(job.Path, filepath.Join(s.dirs.Queue, job.Name)); err != nil {
 		return err
 	}

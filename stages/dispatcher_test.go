@@ -1,0 +1,182 @@
+package stages_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+	"go.uber.org/zap"
+
+	"github.com/smtpq/smtpq/queuefile"
+	"github.com/smtpq/smtpq/stages"
+)
+
+// dispatcherRig runs a Dispatcher with hand-driven workers: the test sends
+// each Request itself and looks at each Assignment.
+type dispatcherRig struct {
+	t        *testing.T
+	in       chan *stages.Job
+	requests chan *stages.Request
+	out      chan *stages.Job
+	cancel   context.CancelFunc
+	done     chan struct{}
+}
+
+func newDispatcherRig(t *testing.T, workers int, lim stages.Limits) *dispatcherRig {
+	t.Helper()
+	r := &dispatcherRig{
+		t:        t,
+		in:       make(chan *stages.Job),
+		requests: make(chan *stages.Request),
+		out:      make(chan *stages.Job, 1024),
+		done:     make(chan struct{}),
+	}
+	d := &stages.Dispatcher{
+		Limits:  func(string) stages.Limits { return lim },
+		Workers: workers,
+		Clock:   stages.SystemClock{},
+		Log:     zap.NewNop(),
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r.cancel = cancel
+	go func() {
+		defer close(r.done)
+		d.Run(ctx, r.in, r.requests, r.out)
+	}()
+	return r
+}
+
+func rigJob(i int, host string) *stages.Job {
+	return &stages.Job{
+		Name:    fmt.Sprintf("20261127T153826.%09dZ-rig.eml", i),
+		Route:   stages.Route{Host: host, Port: 25, TLS: queuefile.TLSNone},
+		Pending: []string{"user@example.org"},
+	}
+}
+
+// ask sends a worker's Request and waits for the Assignment.
+func (r *dispatcherRig) ask(req *stages.Request) stages.Assignment {
+	r.t.Helper()
+	reply := make(chan stages.Assignment, 1)
+	req.Reply = reply
+	select {
+	case r.requests <- req:
+	case <-time.After(5 * time.Second):
+		r.t.Fatal("the Dispatcher does not take requests")
+	}
+	select {
+	case a := <-reply:
+		return a
+	case <-time.After(5 * time.Second):
+		r.t.Fatal("no assignment within 5 s")
+		return stages.Assignment{}
+	}
+}
+
+// stop closes the input and tells every worker to stop.
+func (r *dispatcherRig) stop(workers int) {
+	r.t.Helper()
+	r.cancel()
+	close(r.in)
+	for w := range workers {
+		if a := r.ask(&stages.Request{Worker: w}); !a.Stop {
+			r.t.Fatalf("worker %d after shutdown: %+v, want Stop", w, a)
+		}
+	}
+	<-r.done
+}
+
+func names(a stages.Assignment) []string {
+	var n []string
+	for _, j := range append([]*stages.Job{a.Job}, a.More...) {
+		n = append(n, j.Name)
+	}
+	return n
+}
+
+// A backlog goes out in batches of the same route, each worker its share,
+// in queue order; jobs a worker gives back unsent come first next time.
+func TestDispatcherBatches(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	r := newDispatcherRig(t, 2, stages.Limits{MaxConnections: 2, IdleTimeout: time.Minute})
+	const n = 40
+	for i := range n {
+		r.in <- rigJob(i, "10.0.0.1")
+	}
+	a := r.ask(&stages.Request{Worker: 0})
+	got := names(a)
+	if len(got) != 16 {
+		t.Fatalf("first batch has %d jobs, want 16 (the most one batch carries): %v", len(got), got)
+	}
+	for i, name := range got {
+		if want := rigJob(i, "").Name; name != want {
+			t.Fatalf("batch[%d] = %s, want %s (queue order)", i, name, want)
+		}
+	}
+	// The worker sent three, then its session broke: the rest comes back.
+	conn := a.Job.Route
+	unsent := append([]*stages.Job{a.Job}, a.More...)[3:]
+	b := r.ask(&stages.Request{Worker: 0, Unsent: unsent, Report: &stages.HostReport{Host: conn.Host, OK: true}})
+	if got := names(b); got[0] != unsent[0].Name {
+		t.Fatalf("after giving back %d jobs, the next batch starts with %s, want %s", len(unsent), got[0], unsent[0].Name)
+	}
+	// 40 - 3 sent = 37 queued before this batch: its share is capped at 16;
+	// the second worker gets the next jobs, none twice.
+	seen := map[string]bool{}
+	for _, name := range names(b) {
+		seen[name] = true
+	}
+	c := r.ask(&stages.Request{Worker: 1})
+	for _, name := range names(c) {
+		if seen[name] {
+			t.Fatalf("%s assigned to both workers", name)
+		}
+	}
+	r.stop(2)
+	// Whatever was still queued at shutdown went back, as Return.
+	returned := 0
+	for len(r.out) > 0 {
+		if j := <-r.out; j.Outcome.Verdict == stages.Return {
+			returned++
+		}
+	}
+	if want := n - 3 - len(names(b)) - len(names(c)); returned != want {
+		t.Fatalf("%d jobs returned at shutdown, want %d", returned, want)
+	}
+}
+
+// A short queue is shared: a batch takes no more than its host's fair share
+// among its connections, so that the other worker is not left idle.
+func TestDispatcherBatchFairShare(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	r := newDispatcherRig(t, 2, stages.Limits{MaxConnections: 2, IdleTimeout: time.Minute})
+	for i := range 6 {
+		r.in <- rigJob(i, "10.0.0.1")
+	}
+	a := r.ask(&stages.Request{Worker: 0})
+	b := r.ask(&stages.Request{Worker: 1})
+	// Half of the 6 to the first, half of the other 3 to the second.
+	if len(names(a)) != 3 || len(names(b)) != 2 {
+		t.Fatalf("6 jobs on 2 connections went %d and %d, want 3 and 2", len(names(a)), len(names(b)))
+	}
+	r.stop(2)
+	if len(r.out) != 1 {
+		t.Fatalf("%d jobs returned at shutdown, want the 1 not assigned", len(r.out))
+	}
+}
+
+// A rate-limited host never gets more jobs in a batch than its rate allows.
+func TestDispatcherBatchKeepsRate(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	r := newDispatcherRig(t, 1, stages.Limits{MaxConnections: 1, Rate: 1, Burst: 4, IdleTimeout: time.Minute})
+	for i := range 20 {
+		r.in <- rigJob(i, "10.0.0.1")
+	}
+	a := r.ask(&stages.Request{Worker: 0})
+	if got := len(names(a)); got != 4 {
+		t.Fatalf("batch of %d jobs for a host at 1/s with a burst of 4, want 4", got)
+	}
+	r.stop(1)
+}
