@@ -82,16 +82,15 @@ func OpenSeal(value string, identities ...age.Identity) (*Params, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: bad base64: %v", ErrMalformedSeal, err)
 	}
-	r, err := age.Decrypt(bytes.NewReader(ct), identities...)
+	plain, err := decryptSeal(ct, identities...)
+	if errors.Is(err, errMultiChunk) {
+		plain, err = decryptStream(ct, identities...)
+	}
 	if err != nil {
 		var nomatch *age.NoIdentityMatchError
 		if errors.As(err, &nomatch) {
 			return nil, ErrWrongKey
 		}
-		return nil, fmt.Errorf("%w: %v", ErrTampered, err)
-	}
-	plain, err := io.ReadAll(io.LimitReader(r, maxSealPlain+1))
-	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrTampered, err)
 	}
 	if len(plain) > maxSealPlain {
@@ -109,12 +108,32 @@ func OpenSeal(value string, identities ...age.Identity) (*Params, error) {
 	return w.params(), nil
 }
 
+// decryptStream decrypts an age file of any size with age.Decrypt, reading at
+// most maxSealPlain+1 bytes of plaintext.
+func decryptStream(ct []byte, identities ...age.Identity) ([]byte, error) {
+	r, err := age.Decrypt(bytes.NewReader(ct), identities...)
+	if err != nil {
+		return nil, err
+	}
+	return io.ReadAll(io.LimitReader(r, maxSealPlain+1))
+}
+
 // Open reads a whole queue file from r, opens its seal with identities and
 // checks that the rest of the file is exactly the message that was sealed. It
 // streams: memory use does not depend on the message size.
 func Open(r io.Reader, identities ...age.Identity) (*Params, error) {
+	return OpenTo(nil, r, identities...)
+}
+
+// OpenTo is Open that also writes the message without its sealed header
+// (what Strip writes) to body, unless body is nil. What body got is the
+// message only if OpenTo returns no error.
+func OpenTo(body io.Writer, r io.Reader, identities ...age.Identity) (*Params, error) {
 	h := sha256.New()
 	cw := &CountWriter{W: h}
+	if body != nil {
+		cw.W = io.MultiWriter(h, body)
+	}
 	res, err := Strip(cw, r, IsSealedField)
 	if err != nil {
 		return nil, fmt.Errorf("reading message: %w", err)

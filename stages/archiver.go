@@ -78,6 +78,7 @@ func (a *Archiver) Run(in <-chan *Job) {
 }
 
 func (a *Archiver) file(job *Job) {
+	defer job.dropBody()
 	now := a.Clock.Now()
 	o := &job.Outcome
 	if o.Attempted {

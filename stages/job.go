@@ -20,6 +20,7 @@ package stages
 
 import (
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/smtpq/smtpq/queuefile"
@@ -124,7 +125,41 @@ type Job struct {
 	Outcome Outcome
 
 	journaled uint64 // the server's acceptance is line journaled of the spool's journal (0: not)
+
+	// body is the message as sent (without the sealed header), read once by
+	// the Parser, for the Sender and the Sent copy; nil: read it from Path.
+	body    []byte
+	budget  *memBudget // where body's bytes were counted
+	counted int64      // how many
 }
+
+// dropBody lets go of the message held in memory.
+func (j *Job) dropBody() {
+	if j.budget != nil {
+		j.budget.give(j.counted)
+	}
+	j.body, j.budget, j.counted = nil, nil, 0
+}
+
+// memBudget bounds the bytes of messages held in memory by jobs in flight.
+type memBudget struct{ left atomic.Int64 }
+
+func newMemBudget(n int64) *memBudget {
+	b := &memBudget{}
+	b.left.Store(n)
+	return b
+}
+
+// take counts n more bytes, if they fit.
+func (b *memBudget) take(n int64) bool {
+	if b.left.Add(-n) < 0 {
+		b.left.Add(n)
+		return false
+	}
+	return true
+}
+
+func (b *memBudget) give(n int64) { b.left.Add(n) }
 
 // Host returns the SMTP host the job goes to, the key of per-host limits.
 func (j *Job) Host() string { return j.Route.Host }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"filippo.io/age"
@@ -35,8 +36,29 @@ type Parser struct {
 	// written in place by a producer (not through enqueue): such a file is
 	// parked and looked at again instead of failed. Default 5s.
 	Settle time.Duration
-	Clock  Clock
-	Log    *zap.Logger
+	// MaxInMemory is the largest message (queue file) that is read into
+	// memory once, for sending and for the Sent copy, instead of being read
+	// from disk three times; default 64 KiB. InMemory bounds the bytes of
+	// all messages so held (default 32 MiB); beyond it messages are read
+	// from disk as big ones are.
+	MaxInMemory int64
+	InMemory    int64
+	Clock       Clock
+	Log         *zap.Logger
+
+	budgetOnce sync.Once
+	budget     *memBudget
+}
+
+func (p *Parser) memBudget() *memBudget {
+	p.budgetOnce.Do(func() {
+		n := p.InMemory
+		if n <= 0 {
+			n = 32 << 20
+		}
+		p.budget = newMemBudget(n)
+	})
+	return p.budget
 }
 
 // Run reads claimed jobs from in until it is closed, and sends each to out
@@ -175,7 +197,25 @@ func (p *Parser) open(job *Job) error {
 	}
 	defer f.Close()
 	det := &eightBitDetector{}
-	params, err := queuefile.Open(io.TeeReader(f, det), p.Identities...)
+	var body io.Writer // nil: not kept
+	var keep *fixedBuffer
+	maxMem := p.MaxInMemory
+	if maxMem <= 0 {
+		maxMem = 64 << 10
+	}
+	if fi.Size() <= maxMem && p.memBudget().take(fi.Size()) {
+		keep = &fixedBuffer{b: make([]byte, 0, fi.Size())}
+		body = keep
+		job.budget, job.counted = p.budget, fi.Size()
+	}
+	params, err := queuefile.OpenTo(body, io.TeeReader(f, det), p.Identities...)
+	if keep != nil {
+		if err == nil && !keep.over {
+			job.body = keep.b
+		} else {
+			job.dropBody() // not valid, or it grew since Lstat
+		}
+	}
 	if errors.Is(err, queuefile.ErrNoSeal) && p.Pickup != nil {
 		return p.openPickup(job, f)
 	}
@@ -219,6 +259,22 @@ func (p *Parser) openPickup(job *Job, f *os.File) error {
 	job.Params = &queuefile.Params{From: pk.From, To: pk.To}
 	job.UTF8 = !isASCII(pk.From) || !allASCII(pk.To)
 	return nil
+}
+
+// fixedBuffer collects writes up to its capacity; beyond, it notes that it
+// is over and keeps nothing more.
+type fixedBuffer struct {
+	b    []byte
+	over bool
+}
+
+func (f *fixedBuffer) Write(p []byte) (int, error) {
+	if len(f.b)+len(p) > cap(f.b) {
+		f.over = true
+	} else if !f.over {
+		f.b = append(f.b, p...)
+	}
+	return len(p), nil
 }
 
 // pending returns the sealed recipients not yet done or failed.

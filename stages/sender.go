@@ -423,6 +423,10 @@ func (s *Sender) crash(point string) {
 
 // writeData streams the message, without its envelope header, to w.
 func (s *Sender) writeData(w io.Writer, job *Job) (int64, error) {
+	if job.body != nil {
+		n, err := w.Write(job.body)
+		return int64(n), err
+	}
 	f, err := os.Open(job.Path)
 	if err != nil {
 		return 0, Temporaryf("data", "reopening the queue file: %v", err)

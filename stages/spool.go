@@ -552,16 +552,7 @@ func (s *Spool) sentUnnamed(job *Job) (string, error) {
 		return "", err
 	}
 	defer f.Close()
-	src, err := os.Open(job.Path)
-	if err != nil {
-		return "", fmt.Errorf("writing Sent copy: %w", err)
-	}
-	if job.Kind == KindPickup {
-		err = queuefile.StripPickup(f, src)
-	} else {
-		err = queuefile.StripSealed(f, src)
-	}
-	src.Close()
+	err = writeMessage(f, job)
 	if err == nil {
 		err = f.Sync()
 	}
@@ -602,20 +593,11 @@ func sameFile(a, b string) bool {
 }
 
 func (s *Spool) writeStripped(tmp string, job *Job) error {
-	src, err := os.Open(job.Path)
-	if err != nil {
-		return err
-	}
-	defer src.Close()
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o640)
 	if err != nil {
 		return err
 	}
-	if job.Kind == KindPickup {
-		err = queuefile.StripPickup(f, src)
-	} else {
-		err = queuefile.StripSealed(f, src)
-	}
+	err = writeMessage(f, job)
 	if err == nil {
 		err = f.Sync()
 	}
@@ -623,6 +605,24 @@ func (s *Spool) writeStripped(tmp string, job *Job) error {
 		err = cerr
 	}
 	return err
+}
+
+// writeMessage writes the message as it was sent, without the sealed header
+// (or the pickup envelope), from memory if the Parser kept it.
+func writeMessage(w io.Writer, job *Job) error {
+	if job.body != nil {
+		_, err := w.Write(job.body)
+		return err
+	}
+	src, err := os.Open(job.Path)
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	if job.Kind == KindPickup {
+		return queuefile.StripPickup(w, src)
+	}
+	return queuefile.StripSealed(w, src)
 }
 
 // forget removes a filed job's queue copy and state. The removal of the

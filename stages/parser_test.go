@@ -1,0 +1,93 @@
+package stages
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/smtpq/smtpq/queuefile"
+)
+
+// A message up to MaxInMemory is read once: the Parser keeps it, without
+// its seal, for the Sender and the Sent copy, within the InMemory budget;
+// a bigger one, or one over the budget, is read from disk again. What is
+// sent and what is filed are the same bytes either way.
+func TestParserKeepsSmallMessagesInMemory(t *testing.T) {
+	dir := t.TempDir()
+	idPath, rcptPath := filepath.Join(dir, "id.txt"), filepath.Join(dir, "rcpt.txt")
+	if _, err := queuefile.GenerateKeys(idPath, rcptPath); err != nil {
+		t.Fatal(err)
+	}
+	rcpts, err := queuefile.LoadRecipients(rcptPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids, err := queuefile.LoadIdentities(idPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := &queuefile.Queue{Dir: filepath.Join(dir, "queue"), Recipients: rcpts}
+	if err := os.MkdirAll(q.Dir, 0o750); err != nil {
+		t.Fatal(err)
+	}
+	msg := func(n int) string {
+		return "From: a@example.com\r\nTo: b@example.org\r\nSubject: hi\r\n\r\n" + strings.Repeat("x", n) + "\r\n"
+	}
+	p := &Parser{
+		Identities: ids, MaxInMemory: 8 << 10, InMemory: 12 << 10,
+		Resolve: func(p *queuefile.Params) (Route, error) { return Route{Host: p.Host, Port: p.Port}, nil },
+		Clock:   SystemClock{}, Log: zap.NewNop(),
+	}
+	open := func(body string) *Job {
+		t.Helper()
+		name, err := q.Enqueue(strings.NewReader(body), queuefile.Params{Host: "smtp.example.org", Port: 25})
+		if err != nil {
+			t.Fatal(err)
+		}
+		job := &Job{Name: name, Path: filepath.Join(q.Dir, name), State: State{Queued: time.Now()}}
+		if !p.parse(job) {
+			t.Fatalf("parse %s: %+v", name, job.Outcome)
+		}
+		var sent, filed bytes.Buffer
+		if _, err := (&Sender{}).writeData(&sent, job); err != nil {
+			t.Fatal(err)
+		}
+		if err := writeMessage(&filed, job); err != nil {
+			t.Fatal(err)
+		}
+		if sent.String() != body || filed.String() != body {
+			t.Fatalf("%d-byte message: sent %d bytes, filed %d, want it byte for byte", len(body), sent.Len(), filed.Len())
+		}
+		return job
+	}
+	small := open(msg(4 << 10))
+	if small.body == nil {
+		t.Fatal("a 4 KiB message was not kept in memory")
+	}
+	big := open(msg(16 << 10))
+	if big.body != nil {
+		t.Fatal("a 16 KiB message was kept in memory, over MaxInMemory (8 KiB)")
+	}
+	second := open(msg(4 << 10))
+	third := open(msg(4 << 10))
+	if second.body == nil || third.body != nil {
+		t.Fatalf("with 12 KiB of budget, the 2nd and 3rd 4 KiB messages kept: %v, %v; want true, false",
+			second.body != nil, third.body != nil)
+	}
+	small.dropBody()
+	if fourth := open(msg(4 << 10)); fourth.body == nil {
+		t.Fatal("the budget did not come back when a job let go of its message")
+	}
+	// A file whose seal does not open keeps nothing.
+	bad := filepath.Join(q.Dir, "20261127T120000.000000000Z-broken00.eml")
+	os.WriteFile(bad, []byte("X-SmtpQ-Sealed: v1 AAAA\r\n\r\nbody\r\n"), 0o640)
+	job := &Job{Name: filepath.Base(bad), Path: bad, State: State{Queued: time.Now()}}
+	if p.parse(job) || job.body != nil || job.budget != nil {
+		t.Fatalf("a broken file: parsed %v, body kept %v", job.Outcome, job.body != nil)
+	}
+}
