@@ -417,8 +417,12 @@ func (d *Dispatcher) slotTime(h *hostState, now time.Time) time.Duration {
 	perSecond := h.rate
 	if el := now.Sub(h.winStart); el >= time.Second {
 		// The current window is long enough to count: a host that stalled
-		// after a good start must not look fast for ever.
-		perSecond = min(perSecond, float64(h.winCount)/el.Seconds())
+		// after a good start must not look fast for ever. In the first
+		// window (rate not yet known) it is all there is.
+		cur := float64(h.winCount) / el.Seconds()
+		if perSecond == 0 || cur < perSecond {
+			perSecond = cur
+		}
 	}
 	if h.limiter != nil && (perSecond == 0 || h.lim.Rate < perSecond) {
 		perSecond = h.lim.Rate

@@ -3,6 +3,7 @@ package stages_test
 import (
 	"context"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -24,7 +25,7 @@ type dispatcherRig struct {
 	done     chan struct{}
 }
 
-func newDispatcherRig(t *testing.T, workers int, lim stages.Limits) *dispatcherRig {
+func newDispatcherRig(t *testing.T, workers int, lim stages.Limits, opts ...func(*stages.Dispatcher)) *dispatcherRig {
 	t.Helper()
 	r := &dispatcherRig{
 		t:        t,
@@ -38,6 +39,9 @@ func newDispatcherRig(t *testing.T, workers int, lim stages.Limits) *dispatcherR
 		Workers: workers,
 		Clock:   stages.SystemClock{},
 		Log:     zap.NewNop(),
+	}
+	for _, o := range opts {
+		o(d)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	r.cancel = cancel
@@ -177,6 +181,61 @@ func TestDispatcherBatchKeepsRate(t *testing.T) {
 	a := r.ask(&stages.Request{Worker: 0})
 	if got := len(names(a)); got != 4 {
 		t.Fatalf("batch of %d jobs for a host at 1/s with a burst of 4, want 4", got)
+	}
+	r.stop(1)
+}
+
+// fakeClock is a clock that moves only when told; its timers never fire.
+type fakeClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *fakeClock) After(time.Duration) <-chan time.Time { return nil }
+
+func (c *fakeClock) advance(d time.Duration) {
+	c.mu.Lock()
+	c.now = c.now.Add(d)
+	c.mu.Unlock()
+}
+
+// A host that took a hundred jobs in its first second is fast: when its
+// queue is full just after that second, the next job waits for room (kept
+// back) rather than being parked for later, even though no full window has
+// measured the host's rate yet.
+func TestDispatcherKeepsBackForAFastNewHost(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	clock := &fakeClock{now: time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)}
+	r := newDispatcherRig(t, 1, stages.Limits{MaxConnections: 1, IdleTimeout: time.Hour}, func(d *stages.Dispatcher) {
+		d.Clock = clock
+		d.MaxQueuedPerHost = 100
+	})
+	for i := range 100 {
+		r.in <- rigJob(i, "10.0.0.1")
+	}
+	var conn *stages.Route
+	for taken := 0; taken < 100; {
+		a := r.ask(&stages.Request{Worker: 0, Conn: conn})
+		route := a.Job.Route
+		conn = &route
+		taken += len(names(a))
+	}
+	for i := 100; i < 200; i++ {
+		r.in <- rigJob(i, "10.0.0.1")
+	}
+	clock.advance(time.Second + time.Millisecond)
+	r.in <- rigJob(200, "10.0.0.1") // the queue is full
+	r.ask(&stages.Request{Worker: 0, Conn: conn})
+	if len(r.out) != 0 {
+		j := <-r.out
+		t.Fatalf("a job for a host taking 100 jobs a second was %v (due in %v), want it kept back",
+			j.Outcome.Verdict, j.Outcome.Due.Sub(clock.Now()))
 	}
 	r.stop(1)
 }

@@ -67,6 +67,7 @@ type Spool struct {
 	active  string
 	lock    *flock.Flock
 	journal *journal // the server's acceptances, for crash recovery
+	pool    *inodePool
 	now     func() time.Time
 }
 
@@ -113,6 +114,7 @@ func OpenSpool(d Dirs, now func() time.Time) (*Spool, error) {
 		return nil, fmt.Errorf("spool: %w", err)
 	}
 	s.journal = j
+	s.pool = newInodePool(d.Sent, s.id)
 	return s, nil
 }
 
@@ -138,6 +140,7 @@ func (s *Spool) Close() error {
 	if err == nil {
 		err = s.journal.Close()
 	}
+	s.pool.close()
 	if rerr := os.Remove(s.active); err == nil && rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
 		err = rerr
 	}
@@ -179,6 +182,7 @@ func (s *Spool) Recover() (int, error) {
 		if err != nil {
 			errs = append(errs, err)
 		} else {
+			removeDeadPool(s.dirs.Sent, e.Name())
 			os.Remove(jpath)
 			os.Remove(dir)
 			os.Remove(l.Path())
@@ -273,6 +277,9 @@ func (s *Spool) returnAll(dir string) (int, error) {
 func removeStaleTmp(dir string, before time.Time) {
 	ents, _ := os.ReadDir(dir)
 	for _, e := range ents {
+		if e.IsDir() {
+			continue // a live instance's inode pool; a dead one's goes in Recover
+		}
 		if fi, err := e.Info(); err == nil && fi.ModTime().Before(before) {
 			os.Remove(filepath.Join(dir, e.Name()))
 		}
@@ -544,27 +551,42 @@ func (s *Spool) Sent(job *Job, deleteCopy bool) (string, error) {
 // errNoUnnamed says the file system cannot create unnamed files.
 var errNoUnnamed = errors.New("unnamed files not supported")
 
-// sentUnnamed writes the Sent copy as an unnamed file and links it in under
-// job.Name, or name-1, name-2... on a clash. It returns the name used.
+// sentUnnamed writes the Sent copy into a file from the inode pool, or else
+// an unnamed one, and gives it the name job.Name, or name-1, name-2... on a
+// clash. It returns the name used.
 func (s *Spool) sentUnnamed(job *Job) (string, error) {
-	f, err := createUnnamed(s.dirs.Sent)
-	if err != nil {
-		return "", err
+	f, pooled := s.pool.take()
+	if f == nil {
+		var err error
+		if f, err = createUnnamed(s.dirs.Sent); err != nil {
+			return "", err
+		}
 	}
 	defer f.Close()
-	err = writeMessage(f, job)
+	err := writeMessage(f, job)
 	if err == nil {
 		err = f.Sync()
 	}
 	if err != nil {
+		if pooled != "" {
+			s.pool.drop(pooled)
+		}
 		return "", fmt.Errorf("writing Sent copy: %w", err)
 	}
 	s.crash("archive-write")
 	for i := 0; i < 1000; i++ {
 		n := suffixed(job.Name, i)
-		err := linkUnnamed(f, filepath.Join(s.dirs.Sent, n))
+		var err error
+		if pooled != "" {
+			err = s.pool.publish(pooled, filepath.Join(s.dirs.Sent, n))
+		} else {
+			err = linkUnnamed(f, filepath.Join(s.dirs.Sent, n))
+		}
 		if errors.Is(err, fs.ErrExist) {
 			continue
+		}
+		if err != nil && pooled != "" {
+			return "", fmt.Errorf("%w: %v", errNoUnnamed, err) // the caller falls back
 		}
 		if err != nil {
 			return "", err // errNoUnnamed included: the caller falls back
@@ -625,13 +647,16 @@ func writeMessage(w io.Writer, job *Job) error {
 	return queuefile.StripSealed(w, src)
 }
 
-// forget removes a filed job's queue copy and state. The removal of the
+// forget removes a filed job's queue copy (into the inode pool, for reuse,
+// if it takes it) and state. The removal of the
 // queue copy is synced before the state goes, unless the journal records the
 // server's acceptance: a copy that comes back after a crash is then filed
 // as sent again (recognised, not duplicated), and Close syncs the folder.
 func (s *Spool) forget(job *Job) error {
-	if err := os.Remove(job.Path); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return err
+	if !s.pool.put(job.Path) {
+		if err := os.Remove(job.Path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
 	}
 	if job.journaled == 0 {
 		if err := queuefile.SyncDir(s.active); err != nil {

@@ -1,0 +1,22 @@
+//go:build !linux
+
+package stages
+
+import (
+	"errors"
+	"os"
+)
+
+// Elsewhere the pool is off: there is no portable rename that never
+// replaces its target.
+const poolSupported = false
+
+func ownedUnlinked(os.FileInfo) bool { return false }
+
+func openTruncated(string) (*os.File, error) { return nil, errors.ErrUnsupported }
+
+func renameNoReplace(string, string) error { return errors.ErrUnsupported }
+
+func isCrossDevice(error) bool { return false }
+func isExist(error) bool       { return false }
+func isNotExist(error) bool    { return false }
