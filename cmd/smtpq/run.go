@@ -9,6 +9,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime/debug"
+	"runtime/pprof"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -42,6 +43,11 @@ With --init, missing folders and keys are created first (as on the first
 				}
 			}
 			tuneGC()
+			if stop, err := cpuProfile(os.Getenv("SMTPQ_CPUPROFILE")); err != nil {
+				return err
+			} else {
+				defer stop()
+			}
 			log, level, err := newLogger(cfg)
 			if err != nil {
 				return err
@@ -66,6 +72,24 @@ With --init, missing folders and keys are created first (as on the first
 	}
 	cmd.Flags().BoolVar(&initFirst, "init", false, "create missing folders and keys first, and print where they are")
 	return cmd
+}
+
+// cpuProfile writes a CPU profile of the whole run to path, if set (the
+// SMTPQ_CPUPROFILE environment variable: for developers, see README
+// "Performance"); the returned function ends it.
+func cpuProfile(path string) (func(), error) {
+	if path == "" {
+		return func() {}, nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("SMTPQ_CPUPROFILE: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("SMTPQ_CPUPROFILE: %w", err)
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }, nil
 }
 
 // tuneGC trades a little memory for less garbage collection: unsealing

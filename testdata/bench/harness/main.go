@@ -63,6 +63,7 @@ type options struct {
 	scaleCap    int
 	postfix     string
 	keep        bool
+	profile     bool // SMTPQ_CPUPROFILE for each service run
 	repeat      int
 }
 
@@ -111,6 +112,7 @@ func main() {
 	flag.StringVar(&o.postfix, "postfix", envStr("POSTFIX", "auto"), "auto or off")
 	flag.IntVar(&o.repeat, "repeat", envInt("BENCH_REPEAT", 1), "rounds of each drain; the median counts")
 	flag.BoolVar(&o.keep, "keep", os.Getenv("BENCH_KEEP") == "1", "keep bench/out/work")
+	flag.BoolVar(&o.profile, "profile", os.Getenv("BENCH_PROFILE") == "1", "write a CPU profile of each service run to bench/out/cpu-<run>.prof")
 	flag.Parse()
 	if only != "" {
 		o.only = map[string]bool{}

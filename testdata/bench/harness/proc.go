@@ -79,11 +79,19 @@ func cleanupAll() {
 // startProc starts argv with its output in logPath. The child gets SIGKILL
 // if the harness dies (PR_SET_PDEATHSIG).
 func startProc(name, logPath string, argv ...string) (*proc, error) {
+	return startProcEnv(name, logPath, nil, argv...)
+}
+
+// startProcEnv is startProc with more environment variables.
+func startProcEnv(name, logPath string, env []string, argv ...string) (*proc, error) {
 	lf, err := os.Create(logPath)
 	if err != nil {
 		return nil, err
 	}
 	cmd := exec.Command(argv[0], argv[1:]...)
+	if env != nil {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	cmd.Stdout, cmd.Stderr = lf, lf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	p := &proc{name: name, cmd: cmd, done: make(chan struct{}), log: lf}

@@ -275,7 +275,12 @@ func startService(o *options, d spoolDirs, k *keys, c svcConfig) (*service, erro
 	if err != nil {
 		return nil, err
 	}
-	p, err := startProc("smtpq", filepath.Join(d.root, "smtpq.log"), o.smtpq, "run", "--config", cfg)
+	var env []string
+	if o.profile {
+		// A CPU profile of each service run: bench/out/cpu-<run>.prof.
+		env = append(env, "SMTPQ_CPUPROFILE="+filepath.Join(filepath.Dir(o.work), "cpu-"+filepath.Base(d.root)+".prof"))
+	}
+	p, err := startProcEnv("smtpq", filepath.Join(d.root, "smtpq.log"), env, o.smtpq, "run", "--config", cfg)
 	if err != nil {
 		return nil, err
 	}
