@@ -122,6 +122,15 @@ func TestPermanentFailureFilesUndeliverable(t *testing.T) {
 
 func TestPartialRecipientFailure(t *testing.T) {
 	t.Parallel()
+	for _, mode := range pipeliningModes {
+		t.Run(mode.name, func(t *testing.T) {
+			t.Parallel()
+			testPartialRecipientFailure(t, mode.off)
+		})
+	}
+}
+
+func testPartialRecipientFailure(t *testing.T, noPipelining bool) {
 	const ok, later, bad = "ok@example.org", "later@example.org", "bad@example.org"
 	var refusedLater atomic.Bool
 	srv := startServer(t, "127.0.0.2", func(s *smtptest.Server) {
@@ -137,7 +146,7 @@ func TestPartialRecipientFailure(t *testing.T) {
 		}
 	})
 	env := pipelinetest.New(t)
-	env.Start(pipeline.Options{})
+	env.Start(pipeline.Options{NoPipelining: noPipelining})
 	name := env.Enqueue(testMessage(1), plainParams(srv, ok, later, bad))
 
 	f := env.WaitFiled(name)

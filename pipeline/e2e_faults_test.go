@@ -149,49 +149,59 @@ func TestTransientReplyAtEachStepIsRetried(t *testing.T) {
 	t.Parallel()
 	for _, st := range stepNames {
 		for _, code := range []int{4, 421} {
-			reply := smtptest.Reply(451, smtp.EnhancedCode{4, 3, 0}, "Local problem, try again later")
-			if st.step == smtptest.Auth {
-				reply = smtptest.Reply(454, smtp.EnhancedCode{4, 7, 0}, "Temporary authentication failure")
-			}
-			if code == 421 {
-				reply = smtptest.Reply(421, smtp.EnhancedCode{4, 4, 2}, "Closing connection, try again later")
-			}
-			e := reply.Err
-			wantEnh := fmt.Sprintf("%d.%d.%d", e.EnhancedCode[0], e.EnhancedCode[1], e.EnhancedCode[2])
-			t.Run(fmt.Sprintf("%s/%d", st.step, e.Code), func(t *testing.T) {
-				t.Parallel()
-				withAuth := st.step == smtptest.Auth
-				srv := startServer(t, "127.0.0.2", func(s *smtptest.Server) {
-					if withAuth {
-						s.Users = map[string]string{faultUser: faultPassword}
-					}
-					s.Fault = firstTime(st.step, reply)
-				})
-				env := pipelinetest.New(t)
-				env.Start(pipeline.Options{})
-				name := env.Enqueue(testMessage(1), faultParams(srv, withAuth, "user1@example.org"))
+			for _, mode := range pipeliningModes {
+				reply := smtptest.Reply(451, smtp.EnhancedCode{4, 3, 0}, "Local problem, try again later")
+				if st.step == smtptest.Auth {
+					reply = smtptest.Reply(454, smtp.EnhancedCode{4, 7, 0}, "Temporary authentication failure")
+				}
+				if code == 421 {
+					reply = smtptest.Reply(421, smtp.EnhancedCode{4, 4, 2}, "Closing connection, try again later")
+				}
+				e := reply.Err
+				wantEnh := fmt.Sprintf("%d.%d.%d", e.EnhancedCode[0], e.EnhancedCode[1], e.EnhancedCode[2])
+				t.Run(fmt.Sprintf("%s/%d/%s", st.step, e.Code, mode.name), func(t *testing.T) {
+					t.Parallel()
+					withAuth := st.step == smtptest.Auth
+					srv := startServer(t, "127.0.0.2", func(s *smtptest.Server) {
+						if withAuth {
+							s.Users = map[string]string{faultUser: faultPassword}
+						}
+						s.Fault = firstTime(st.step, reply)
+					})
+					env := pipelinetest.New(t)
+					env.Start(pipeline.Options{NoPipelining: mode.off})
+					name := env.Enqueue(testMessage(1), faultParams(srv, withAuth, "user1@example.org"))
 
-				d, _ := wantRetriedOnce(t, env, name)
-				err := d.Job.Outcome.Err
-				if err == nil || !err.Temporary || err.Code != e.Code || err.Enhanced != wantEnh || err.Step != st.want {
-					t.Fatalf("deferral error = %#v, want a temporary %d %s at %s", err, e.Code, wantEnh, st.want)
-				}
-				if err.HostDown != (e.Code == 421) {
-					t.Errorf("deferral error: HostDown = %v for a %d", err.HostDown, e.Code)
-				}
-				if !strings.Contains(err.Text, e.Message) {
-					t.Errorf("deferral error text %q lacks the server's %q", err.Text, e.Message)
-				}
-				if le := d.Job.State.LastError; !strings.Contains(le, fmt.Sprintf("%s: %d %s", st.want, e.Code, wantEnh)) {
-					t.Errorf("State.LastError = %q, want the %d %s at %s", le, e.Code, wantEnh, st.want)
-				}
-				if n := len(srv.Messages()); n != 1 {
-					t.Errorf("server received %d messages, want 1", n)
-				}
-			})
+					d, _ := wantRetriedOnce(t, env, name)
+					err := d.Job.Outcome.Err
+					if err == nil || !err.Temporary || err.Code != e.Code || err.Enhanced != wantEnh || err.Step != st.want {
+						t.Fatalf("deferral error = %#v, want a temporary %d %s at %s", err, e.Code, wantEnh, st.want)
+					}
+					if err.HostDown != (e.Code == 421) {
+						t.Errorf("deferral error: HostDown = %v for a %d", err.HostDown, e.Code)
+					}
+					if !strings.Contains(err.Text, e.Message) {
+						t.Errorf("deferral error text %q lacks the server's %q", err.Text, e.Message)
+					}
+					if le := d.Job.State.LastError; !strings.Contains(le, fmt.Sprintf("%s: %d %s", st.want, e.Code, wantEnh)) {
+						t.Errorf("State.LastError = %q, want the %d %s at %s", le, e.Code, wantEnh, st.want)
+					}
+					if n := len(srv.Messages()); n != 1 {
+						t.Errorf("server received %d messages, want 1", n)
+					}
+				})
+			}
 		}
 	}
 }
+
+// pipeliningModes runs a test with pipelined transactions (as smtpq sends
+// to a server offering PIPELINING, as smtptest does) and one command at a
+// time (as to a server that does not): both must decide alike.
+var pipeliningModes = []struct {
+	name string
+	off  bool
+}{{"pipelined", false}, {"one-at-a-time", true}}
 
 func TestPermanentReplyAtEachStepIsUndeliverable(t *testing.T) {
 	t.Parallel()
@@ -207,44 +217,46 @@ func TestPermanentReplyAtEachStepIsUndeliverable(t *testing.T) {
 		smtptest.AfterDot: smtptest.Reply(552, smtp.EnhancedCode{5, 3, 4}, "Message too big for system"),
 	}
 	for _, st := range stepNames {
-		reply := replies[st.step]
-		e := reply.Err
-		wantEnh := fmt.Sprintf("%d.%d.%d", e.EnhancedCode[0], e.EnhancedCode[1], e.EnhancedCode[2])
-		t.Run(fmt.Sprintf("%s/%d", st.step, e.Code), func(t *testing.T) {
-			t.Parallel()
-			withAuth := st.step == smtptest.Auth
-			srv := startServer(t, "127.0.0.2", func(s *smtptest.Server) {
-				if withAuth {
-					s.Users = map[string]string{faultUser: faultPassword}
-				}
-				s.Fault = smtptest.FaultAt(st.step, reply)
-			})
-			env := pipelinetest.New(t)
-			env.Start(pipeline.Options{})
-			name := env.Enqueue(testMessage(1), faultParams(srv, withAuth, "user1@example.org"))
+		for _, mode := range pipeliningModes {
+			reply := replies[st.step]
+			e := reply.Err
+			wantEnh := fmt.Sprintf("%d.%d.%d", e.EnhancedCode[0], e.EnhancedCode[1], e.EnhancedCode[2])
+			t.Run(fmt.Sprintf("%s/%d/%s", st.step, e.Code, mode.name), func(t *testing.T) {
+				t.Parallel()
+				withAuth := st.step == smtptest.Auth
+				srv := startServer(t, "127.0.0.2", func(s *smtptest.Server) {
+					if withAuth {
+						s.Users = map[string]string{faultUser: faultPassword}
+					}
+					s.Fault = smtptest.FaultAt(st.step, reply)
+				})
+				env := pipelinetest.New(t)
+				env.Start(pipeline.Options{NoPipelining: mode.off})
+				name := env.Enqueue(testMessage(1), faultParams(srv, withAuth, "user1@example.org"))
 
-			f := env.WaitFiled(name)
-			wantFailed(t, f, stages.ClassPermanent)
-			if got := results(env, name); !slices.Equal(got, []string{"failed"}) {
-				t.Errorf("filings = %v, want [failed]: a 5xx is not retried", got)
-			}
-			l := readXMLLog(t, env, name)
-			if l.Failure.Class != "permanent" || l.Failure.Code != e.Code || l.Failure.Enhanced != wantEnh || l.Failure.Step != st.want {
-				t.Errorf("XML failure = %+v, want class permanent, %d %s at %s", l.Failure, e.Code, wantEnh, st.want)
-			}
-			if !strings.Contains(l.Failure.Text, e.Message) {
-				t.Errorf("XML failure text %q lacks the server's %q", l.Failure.Text, e.Message)
-			}
-			if got := l.rcptStatus()["user1@example.org"]; got != "failed" || l.Attempts != 1 {
-				t.Errorf("XML log: recipient %q after %d attempts, want failed after 1", got, l.Attempts)
-			}
-			if n := len(srv.Messages()); n != 0 {
-				t.Errorf("server received %d messages", n)
-			}
-			if got := pipelinetest.Files(t, env.Config.UndeliverableDir); len(got) != 2 {
-				t.Errorf("Undeliverable holds %v, want the message and its log", got)
-			}
-		})
+				f := env.WaitFiled(name)
+				wantFailed(t, f, stages.ClassPermanent)
+				if got := results(env, name); !slices.Equal(got, []string{"failed"}) {
+					t.Errorf("filings = %v, want [failed]: a 5xx is not retried", got)
+				}
+				l := readXMLLog(t, env, name)
+				if l.Failure.Class != "permanent" || l.Failure.Code != e.Code || l.Failure.Enhanced != wantEnh || l.Failure.Step != st.want {
+					t.Errorf("XML failure = %+v, want class permanent, %d %s at %s", l.Failure, e.Code, wantEnh, st.want)
+				}
+				if !strings.Contains(l.Failure.Text, e.Message) {
+					t.Errorf("XML failure text %q lacks the server's %q", l.Failure.Text, e.Message)
+				}
+				if got := l.rcptStatus()["user1@example.org"]; got != "failed" || l.Attempts != 1 {
+					t.Errorf("XML log: recipient %q after %d attempts, want failed after 1", got, l.Attempts)
+				}
+				if n := len(srv.Messages()); n != 0 {
+					t.Errorf("server received %d messages", n)
+				}
+				if got := pipelinetest.Files(t, env.Config.UndeliverableDir); len(got) != 2 {
+					t.Errorf("Undeliverable holds %v, want the message and its log", got)
+				}
+			})
+		}
 	}
 }
 
@@ -307,77 +319,79 @@ func TestNoReplyIsRetried(t *testing.T) {
 		{"dropped at RCPT", smtptest.Rcpt, smtptest.Fault{Drop: true}, "rcpt", false},
 	}
 	for _, c := range cases {
-		t.Run(c.name, func(t *testing.T) {
-			t.Parallel()
-			// The retry waits at MAIL until the test has read the state the
-			// deferral left on disk (sending it would remove that state).
-			stateRead := newSignal()
-			var faulted atomic.Bool
-			srv := startServer(t, "127.0.0.2", func(s *smtptest.Server) {
-				s.Fault = func(p smtptest.FaultPoint) smtptest.Fault {
-					if p.Step == c.step && faulted.CompareAndSwap(false, true) {
-						return c.fault
+		for _, mode := range pipeliningModes {
+			t.Run(c.name+"/"+mode.name, func(t *testing.T) {
+				t.Parallel()
+				// The retry waits at MAIL until the test has read the state the
+				// deferral left on disk (sending it would remove that state).
+				stateRead := newSignal()
+				var faulted atomic.Bool
+				srv := startServer(t, "127.0.0.2", func(s *smtptest.Server) {
+					s.Fault = func(p smtptest.FaultPoint) smtptest.Fault {
+						if p.Step == c.step && faulted.CompareAndSwap(false, true) {
+							return c.fault
+						}
+						if p.Step == smtptest.Mail && faulted.Load() {
+							<-stateRead.ch
+						}
+						return smtptest.Fault{}
 					}
-					if p.Step == smtptest.Mail && faulted.Load() {
-						<-stateRead.ch
+				})
+				t.Cleanup(stateRead.Fire) // before the server closes
+				env := pipelinetest.New(t, func(cfg *pipeline.Config) {
+					cfg.Timeouts.Command = pipeline.Duration(time.Second)
+					cfg.Timeouts.Data = pipeline.Duration(time.Second)
+				})
+				logger, logs := observed(t)
+				var mu sync.Mutex
+				var deferredState map[string]any
+				var stateErr error
+				env.Start(pipeline.Options{Logger: logger, NoPipelining: mode.off, OnFiled: func(f stages.Filed) {
+					if f.Result == "deferred" {
+						mu.Lock()
+						defer mu.Unlock()
+						deferredState, stateErr = stateFile(env.Config, f.Job.Name)
+						stateRead.Fire()
 					}
-					return smtptest.Fault{}
+				}})
+				name := env.Enqueue(testMessage(1), plainParams(srv, "user1@example.org"))
+
+				d, f := wantRetriedOnce(t, env, name)
+				e := d.Job.Outcome.Err
+				if e == nil || !e.Temporary || e.Code != 0 || e.Step != c.wantStep {
+					t.Fatalf("deferral error = %#v, want a temporary error without a reply at %s", e, c.wantStep)
+				}
+				if c.fault.Stall > 0 && !strings.Contains(e.Text, "timeout") {
+					t.Errorf("deferral error %q does not say it timed out", e.Text)
+				}
+				if n := len(srv.Messages()); n != 1 {
+					t.Errorf("server recorded %d messages, want 1", n)
+				}
+
+				mu.Lock()
+				st, serr := deferredState, stateErr
+				mu.Unlock()
+				if serr != nil {
+					t.Fatalf("state file of the deferred message: %v", serr)
+				}
+				if got, _ := st["possible_dup"].(bool); got != c.possible {
+					t.Errorf("state on disk: possible_dup = %v, want %v (%v)", st["possible_dup"], c.possible, st)
+				}
+				if d.Job.State.Possible != c.possible || f.Job.State.Possible != c.possible {
+					t.Errorf("State.Possible = %v when deferred, %v when sent; want %v", d.Job.State.Possible, f.Job.State.Possible, c.possible)
+				}
+				if c.possible && !strings.Contains(e.Text, "may have received it") {
+					t.Errorf("deferral error %q does not say the message may have arrived", e.Text)
+				}
+				sentLog := logs.FilterMessage("sent").FilterField(zap.String("file", name)).All()
+				if len(sentLog) != 1 {
+					t.Fatalf("%d \"sent\" log entries for %s, want 1", len(sentLog), name)
+				}
+				if got, _ := sentLog[0].ContextMap()["possible_duplicate"].(bool); got != c.possible {
+					t.Errorf("\"sent\" log entry: possible_duplicate = %v, want %v", sentLog[0].ContextMap()["possible_duplicate"], c.possible)
 				}
 			})
-			t.Cleanup(stateRead.Fire) // before the server closes
-			env := pipelinetest.New(t, func(cfg *pipeline.Config) {
-				cfg.Timeouts.Command = pipeline.Duration(time.Second)
-				cfg.Timeouts.Data = pipeline.Duration(time.Second)
-			})
-			logger, logs := observed(t)
-			var mu sync.Mutex
-			var deferredState map[string]any
-			var stateErr error
-			env.Start(pipeline.Options{Logger: logger, OnFiled: func(f stages.Filed) {
-				if f.Result == "deferred" {
-					mu.Lock()
-					defer mu.Unlock()
-					deferredState, stateErr = stateFile(env.Config, f.Job.Name)
-					stateRead.Fire()
-				}
-			}})
-			name := env.Enqueue(testMessage(1), plainParams(srv, "user1@example.org"))
-
-			d, f := wantRetriedOnce(t, env, name)
-			e := d.Job.Outcome.Err
-			if e == nil || !e.Temporary || e.Code != 0 || e.Step != c.wantStep {
-				t.Fatalf("deferral error = %#v, want a temporary error without a reply at %s", e, c.wantStep)
-			}
-			if c.fault.Stall > 0 && !strings.Contains(e.Text, "timeout") {
-				t.Errorf("deferral error %q does not say it timed out", e.Text)
-			}
-			if n := len(srv.Messages()); n != 1 {
-				t.Errorf("server recorded %d messages, want 1", n)
-			}
-
-			mu.Lock()
-			st, serr := deferredState, stateErr
-			mu.Unlock()
-			if serr != nil {
-				t.Fatalf("state file of the deferred message: %v", serr)
-			}
-			if got, _ := st["possible_dup"].(bool); got != c.possible {
-				t.Errorf("state on disk: possible_dup = %v, want %v (%v)", st["possible_dup"], c.possible, st)
-			}
-			if d.Job.State.Possible != c.possible || f.Job.State.Possible != c.possible {
-				t.Errorf("State.Possible = %v when deferred, %v when sent; want %v", d.Job.State.Possible, f.Job.State.Possible, c.possible)
-			}
-			if c.possible && !strings.Contains(e.Text, "may have received it") {
-				t.Errorf("deferral error %q does not say the message may have arrived", e.Text)
-			}
-			sentLog := logs.FilterMessage("sent").FilterField(zap.String("file", name)).All()
-			if len(sentLog) != 1 {
-				t.Fatalf("%d \"sent\" log entries for %s, want 1", len(sentLog), name)
-			}
-			if got, _ := sentLog[0].ContextMap()["possible_duplicate"].(bool); got != c.possible {
-				t.Errorf("\"sent\" log entry: possible_duplicate = %v, want %v", sentLog[0].ContextMap()["possible_duplicate"], c.possible)
-			}
-		})
+		}
 	}
 }
 

@@ -74,6 +74,10 @@ type Options struct {
 	// TLSConfig, if set, is the base TLS configuration for connections to
 	// SMTP servers (tests use it to trust a test CA). tls.ca_file adds to it.
 	TLSConfig *tls.Config
+	// NoPipelining sends SMTP commands one at a time even to servers that
+	// offer PIPELINING (RFC 2920), which smtpq otherwise uses. For tests,
+	// and for a server that offers it but gets it wrong.
+	NoPipelining bool
 }
 
 // Pipeline is the mail queue service. Create it with New, start it with Run.
@@ -377,8 +381,9 @@ func (p *Pipeline) Run(ctx context.Context) error {
 		Timeouts: stages.Timeouts{
 			Connect: cfg.Timeouts.Connect.D(), Command: cfg.Timeouts.Command.D(), Data: cfg.Timeouts.Data.D(),
 		},
-		Accepted: spool.RecordAccepted,
-		Crash:    p.opts.Crash,
+		Accepted:     spool.RecordAccepted,
+		Crash:        p.opts.Crash,
+		NoPipelining: p.opts.NoPipelining,
 	}
 	archiver := &stages.Archiver{
 		Spool: spool, DeleteAfterSend: cfg.DeleteAfterSend, Clock: clock, Log: log.Named("archiver"),

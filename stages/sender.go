@@ -47,8 +47,11 @@ type Sender struct {
 	// "after-mail", "after-dot", "after-record"): crash tests kill the
 	// process there.
 	Crash func(point string)
-	Clock Clock
-	Log   *zap.Logger
+	// NoPipelining sends one command at a time even to a server that
+	// offers PIPELINING (tests compare both ways).
+	NoPipelining bool
+	Clock        Clock
+	Log          *zap.Logger
 }
 
 // session is one open SMTP session.
@@ -60,6 +63,7 @@ type session struct {
 	count  int
 	limit  int
 	isTLS  bool
+	pipe   *pipe // set if transactions are pipelined
 	cancel func() bool
 }
 
@@ -283,6 +287,11 @@ func (s *Sender) open(ctx context.Context, r Route) (*session, *Error) {
 			return fail("auth", err)
 		}
 	}
+	// Transactions are pipelined where the server allows and the
+	// connection go-smtp speaks on is ours (see pipelining.go).
+	if ok, _ := c.Extension("PIPELINING"); ok && r.TLS != queuefile.TLSStartTLS && !s.NoPipelining {
+		sess.pipe = newPipe(conn, tr)
+	}
 	return sess, nil
 }
 
@@ -334,6 +343,9 @@ func (s *Sender) deliver(ctx context.Context, sess *session, job *Job) (broken b
 			return fail(e, allRcpts(job.Pending, e))
 		}
 	}
+	if sess.pipe != nil {
+		return s.deliverPipelined(sess, job, fail)
+	}
 	if err := c.Mail(job.Sender, &smtp.MailOptions{Size: job.Size, UTF8: job.UTF8}); err != nil {
 		e := Classify("mail", err)
 		if fail(e, allRcpts(job.Pending, e)) {
@@ -382,6 +394,17 @@ func (s *Sender) deliver(ctx context.Context, sess *session, job *Job) (broken b
 	}
 	sess.tr.muted = false
 	sess.tr.note(fmt.Sprintf("C: [message data: %d bytes]", n))
+	var status string
+	if resp != nil {
+		status = resp.StatusText
+	}
+	return s.finish(sess, job, rcpts, accepted, status, err, fail)
+}
+
+// finish decides a transaction from the reply to its message data (err, or
+// status text of the 250), for the recipients the server accepted.
+func (s *Sender) finish(sess *session, job *Job, rcpts []RcptResult, accepted []int, status string, err error, fail func(*Error, []RcptResult) bool) (broken bool) {
+	c := sess.c
 	if err != nil {
 		e := Classify("data", err)
 		var se *smtp.SMTPError
@@ -400,7 +423,7 @@ func (s *Sender) deliver(ctx context.Context, sess *session, job *Job) (broken b
 		}
 		return true
 	}
-	sess.tr.note(fmt.Sprintf("S: 250 %s", resp.StatusText))
+	sess.tr.note(fmt.Sprintf("S: 250 %s", status))
 	for _, i := range accepted {
 		rcpts[i].Code = 250
 	}

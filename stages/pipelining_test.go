@@ -1,0 +1,240 @@
+package stages
+
+import (
+	"bufio"
+	"context"
+	"net"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/emersion/go-smtp"
+	"github.com/smtpq/smtpq/queuefile"
+)
+
+// scriptServer is a hand-written SMTP server for one connection: it offers
+// PIPELINING and answers the commands of a transaction only once it has
+// read all of them up to DATA, as a strict test of pipelining (a client
+// that waits for the MAIL reply first would never get it). replies maps a
+// command (MAIL, RCPT <addr>, DATA) to the reply to send instead of the
+// usual one. It returns what it read, on got, when the client quits.
+func scriptServer(t *testing.T, replies map[string]string) (addr string, got <-chan []string) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch := make(chan []string, 1)
+	go func() {
+		defer ln.Close()
+		c, err := ln.Accept()
+		if err != nil {
+			ch <- nil
+			return
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		r := bufio.NewReader(c)
+		var lines []string
+		say := func(s string) { c.Write([]byte(s + "\r\n")) }
+		say("220 script ESMTP")
+		var group []string
+		for {
+			l, err := r.ReadString('\n')
+			if err != nil {
+				ch <- lines
+				return
+			}
+			l = strings.TrimRight(l, "\r\n")
+			lines = append(lines, l)
+			verb := strings.ToUpper(strings.Fields(l + " x")[0])
+			switch verb {
+			case "EHLO":
+				say("250-script\r\n250-PIPELINING\r\n250-SIZE 1000000\r\n250 8BITMIME")
+				continue
+			case "QUIT":
+				say("221 bye")
+				ch <- lines
+				return
+			case "RSET", "NOOP":
+				say("250 ok")
+				continue
+			case "MAIL", "RCPT":
+				group = append(group, l)
+				continue
+			case "DATA":
+				group = append(group, l)
+			default:
+				say("500 what")
+				continue
+			}
+			// DATA: answer the whole group now.
+			dataOK := false
+			for _, cmd := range group {
+				key := strings.Fields(cmd)[0]
+				if key == "RCPT" {
+					key = "RCPT " + strings.Trim(strings.TrimPrefix(strings.Fields(cmd)[1], "TO:"), "<>")
+				}
+				reply, ok := replies[key]
+				if !ok {
+					reply = "250 2.0.0 ok"
+					if key == "DATA" {
+						reply = "354 go on"
+					}
+				}
+				say(reply)
+				if key == "DATA" {
+					dataOK = strings.HasPrefix(reply, "354")
+				}
+			}
+			group = nil
+			if !dataOK {
+				continue
+			}
+			n := 0
+			for {
+				l, err := r.ReadString('\n')
+				if err != nil {
+					ch <- lines
+					return
+				}
+				if l == ".\r\n" {
+					break
+				}
+				n += len(l)
+			}
+			lines = append(lines, "[data "+strconv.Itoa(n)+" bytes]")
+			if reply, ok := replies["."]; ok {
+				say(reply)
+			} else {
+				say("250 2.0.0 queued")
+			}
+		}
+	}()
+	return ln.Addr().String(), ch
+}
+
+func pipeJob(to ...string) *Job {
+	body := []byte("Subject: hi\r\n\r\nhello\r\n")
+	return &Job{
+		Name: "20261127T120000.000000000Z-pipe0000.eml", Kind: KindSealed,
+		Sender: "from@example.com", Pending: to, Size: int64(len(body)), body: body,
+	}
+}
+
+func pipeSession(t *testing.T, s *Sender, addr string) *session {
+	t.Helper()
+	host, port, _ := net.SplitHostPort(addr)
+	p, _ := strconv.Atoi(port)
+	sess, e := s.open(context.Background(), Route{Host: host, Port: p, TLS: queuefile.TLSNone})
+	if e != nil {
+		t.Fatal(e)
+	}
+	if sess.pipe == nil {
+		t.Fatal("a server offering PIPELINING got an unpipelined session")
+	}
+	return sess
+}
+
+func newPipeSender() *Sender {
+	return &Sender{HELO: "client.example", Clock: SystemClock{}, Log: zap.NewNop(),
+		Timeouts: Timeouts{Command: 5 * time.Second, Data: 5 * time.Second}}
+}
+
+// MAIL, every RCPT and DATA go out before any reply: the script server
+// answers nothing until DATA, so a client that waits would fail.
+func TestPipelinedTransaction(t *testing.T) {
+	addr, got := scriptServer(t, map[string]string{
+		"RCPT bad@example.org": "550 5.1.1 no such user",
+	})
+	s := newPipeSender()
+	sess := pipeSession(t, s, addr)
+	job := pipeJob("a@example.org", "bad@example.org", "b@example.org")
+	if broken := s.deliver(context.Background(), sess, job); broken {
+		t.Fatalf("session broken: %+v", job.Outcome)
+	}
+	o := job.Outcome
+	status := map[string]RcptStatus{}
+	for _, r := range o.Rcpts {
+		status[r.Addr] = r.Status
+	}
+	if status["a@example.org"] != RcptDelivered || status["b@example.org"] != RcptDelivered || status["bad@example.org"] != RcptFailed {
+		t.Fatalf("recipients %+v, want a and b delivered, bad failed", o.Rcpts)
+	}
+	for _, r := range o.Rcpts {
+		if r.Addr == "bad@example.org" && (r.Code != 550 || r.Enhanced != "5.1.1" || r.Text != "no such user") {
+			t.Fatalf("the refused recipient: %+v, want 550 5.1.1 no such user", r)
+		}
+	}
+	sess.close(true)
+	lines := <-got
+	want := []string{
+		"EHLO client.example",
+		"MAIL FROM:<from@example.com> BODY=8BITMIME SIZE=22",
+		"RCPT TO:<a@example.org>", "RCPT TO:<bad@example.org>", "RCPT TO:<b@example.org>",
+		"DATA", "[data 22 bytes]", "QUIT",
+	}
+	if strings.Join(lines, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("the server read:\n%s\nwant:\n%s", strings.Join(lines, "\n"), strings.Join(want, "\n"))
+	}
+	tr := sess.tr.String()
+	if !strings.Contains(tr, "C: RCPT TO:<bad@example.org>") || !strings.Contains(tr, "S: 550 5.1.1 no such user") ||
+		!strings.Contains(tr, "C: [message data: 22 bytes]") || strings.Contains(tr, "hello") {
+		t.Fatalf("transcript:\n%s", tr)
+	}
+}
+
+// When every recipient is refused and the server still accepts DATA, the
+// transaction is ended with an empty message and nothing is sent; when the
+// sender is refused, so is everything after it, and the session is reset
+// and kept.
+func TestPipelinedRefusals(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		replies map[string]string
+		step    string
+		code    int
+	}{
+		{"all recipients refused, DATA accepted", map[string]string{"RCPT a@example.org": "550 5.1.1 no"}, "rcpt", 550},
+		{"all recipients refused, DATA refused", map[string]string{"RCPT a@example.org": "550 5.1.1 no", "DATA": "554 5.5.1 no valid recipients"}, "rcpt", 550},
+		{"sender refused", map[string]string{"MAIL": "553 5.1.8 bad sender", "RCPT a@example.org": "503 5.5.1 need MAIL", "DATA": "503 5.5.1 need RCPT"}, "mail", 553},
+		{"data refused", map[string]string{"DATA": "451 4.3.0 try later"}, "data", 451},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			addr, got := scriptServer(t, tc.replies)
+			s := newPipeSender()
+			sess := pipeSession(t, s, addr)
+			job := pipeJob("a@example.org")
+			if broken := s.deliver(context.Background(), sess, job); broken {
+				t.Fatalf("session broken by a refusal: %+v", job.Outcome)
+			}
+			o := job.Outcome
+			if len(o.Rcpts) != 1 || o.Rcpts[0].Code != tc.code || o.Rcpts[0].Status == RcptDelivered {
+				t.Fatalf("recipient %+v, want refused with %d", o.Rcpts, tc.code)
+			}
+			if o.Err != nil && o.Err.Step != tc.step {
+				t.Fatalf("error at step %q, want %q", o.Err.Step, tc.step)
+			}
+			sess.close(true)
+			for _, l := range <-got {
+				if strings.HasPrefix(l, "[data") && l != "[data 0 bytes]" {
+					t.Fatalf("message data sent with no recipient accepted: %s", l)
+				}
+			}
+		})
+	}
+}
+
+func TestSMTPErrorEnhancedCode(t *testing.T) {
+	e := smtpError(550, "5.1.1 no such user\n5.1.1 really")
+	if e.EnhancedCode != (smtp.EnhancedCode{5, 1, 1}) || e.Message != "no such user\nreally" {
+		t.Fatalf("%+v", e)
+	}
+	e = smtpError(550, "no enhanced code")
+	if e.EnhancedCode != smtp.NoEnhancedCode || e.Message != "no enhanced code" {
+		t.Fatalf("%+v", e)
+	}
+}
