@@ -15,8 +15,10 @@ import (
 // has no other name: only such a file may be rewritten for another message.
 func ownedUnlinked(fi os.FileInfo) bool {
 	st, ok := fi.Sys().(*syscall.Stat_t)
-	return ok && st.Nlink == 1 && int(st.Uid) == os.Geteuid()
+	return ok && st.Nlink == 1 && int(st.Uid) == euid
 }
+
+var euid = os.Geteuid()
 
 // openTruncated opens an existing file for writing and empties it. It uses
 // the system call directly: os.OpenFile tries (and fails) to register a

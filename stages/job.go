@@ -124,6 +124,7 @@ type Job struct {
 	// Set by whichever stage decides the job's fate.
 	Outcome Outcome
 
+	stateFile bool   // a state file was read or written for it: remove it when filed
 	journaled uint64 // the server's acceptance is line journaled of the spool's journal (0: not)
 
 	// body is the message as sent (without the sealed header), read once by

@@ -191,7 +191,7 @@ func (p *Parser) open(job *Job) error {
 	if !fi.Mode().IsRegular() {
 		return fmt.Errorf("not a regular file (%s)", fi.Mode().Type())
 	}
-	f, err := os.Open(job.Path)
+	f, err := queuefile.OpenFile(job.Path, os.O_RDONLY, 0)
 	if err != nil {
 		return err
 	}

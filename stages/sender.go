@@ -450,7 +450,7 @@ func (s *Sender) writeData(w io.Writer, job *Job) (int64, error) {
 		n, err := w.Write(job.body)
 		return int64(n), err
 	}
-	f, err := os.Open(job.Path)
+	f, err := queuefile.OpenFile(job.Path, os.O_RDONLY, 0)
 	if err != nil {
 		return 0, Temporaryf("data", "reopening the queue file: %v", err)
 	}

@@ -68,6 +68,7 @@ type Spool struct {
 	lock    *flock.Flock
 	journal *journal // the server's acceptances, for crash recovery
 	pool    *inodePool
+	sentDir *dirSync // fsyncs of the Sent folder, shared
 	now     func() time.Time
 }
 
@@ -115,6 +116,7 @@ func OpenSpool(d Dirs, now func() time.Time) (*Spool, error) {
 	}
 	s.journal = j
 	s.pool = newInodePool(d.Sent, s.id)
+	s.sentDir = newDirSync(d.Sent)
 	return s, nil
 }
 
@@ -424,8 +426,10 @@ func (s *Spool) claim(dir, name string) (*Job, error) {
 		// A damaged state file must not lose the message: start afresh and
 		// say so in its history.
 		job.State.AddHistory(s.now(), "state file unreadable, reset: "+err.Error())
+		job.stateFile = true
 	} else if st != nil {
 		job.State = *st
+		job.stateFile = true
 	}
 	if job.State.Queued.IsZero() {
 		if t, ok := queuefile.NameTime(name); ok {
@@ -477,6 +481,7 @@ func (s *Spool) RecordAccepted(job *Job) error {
 		}
 	}
 	st.Accepted = job.Outcome.Verdict == Sent
+	job.stateFile = true
 	return s.WriteState(job.Name, &st)
 }
 
@@ -591,7 +596,7 @@ func (s *Spool) sentUnnamed(job *Job) (string, error) {
 		if err != nil {
 			return "", err // errNoUnnamed included: the caller falls back
 		}
-		if err := queuefile.SyncDir(s.dirs.Sent); err != nil {
+		if err := s.sentDir.Sync(); err != nil {
 			return "", fmt.Errorf("filing in Sent: %w", err)
 		}
 		return n, nil
@@ -636,7 +641,7 @@ func writeMessage(w io.Writer, job *Job) error {
 		_, err := w.Write(job.body)
 		return err
 	}
-	src, err := os.Open(job.Path)
+	src, err := queuefile.OpenFile(job.Path, os.O_RDONLY, 0)
 	if err != nil {
 		return err
 	}
@@ -662,6 +667,9 @@ func (s *Spool) forget(job *Job) error {
 		if err := queuefile.SyncDir(s.active); err != nil {
 			return err
 		}
+	}
+	if !job.stateFile {
+		return nil // none was read or written for it (an orphan is removed at start-up)
 	}
 	return s.removeState(job.Name)
 }

@@ -11,6 +11,7 @@ import (
 	"runtime/debug"
 	"runtime/pprof"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
@@ -48,11 +49,11 @@ With --init, missing folders and keys are created first (as on the first
 			} else {
 				defer stop()
 			}
-			log, level, err := newLogger(cfg)
+			log, level, closeLog, err := newLogger(cfg)
 			if err != nil {
 				return err
 			}
-			defer log.Sync()
+			defer closeLog()
 			p, err := pipeline.New(cfg, serviceOptions(crashOptions(pipeline.Options{Logger: log})))
 			if err != nil {
 				return err
@@ -138,32 +139,57 @@ func initSpool(cmd *cobra.Command, cfg *pipeline.Config) error {
 
 // newLogger builds the service's logger from the log section: level,
 // console or JSON, and optionally a copy in log.dir/smtpq.log.
-func newLogger(cfg *pipeline.Config) (*zap.Logger, zap.AtomicLevel, error) {
-	var zc zap.Config
+func newLogger(cfg *pipeline.Config) (*zap.Logger, zap.AtomicLevel, func(), error) {
+	var (
+		enc  zapcore.Encoder
+		opts = []zap.Option{zap.AddCaller()}
+	)
 	if cfg.Log.Format == "json" {
-		zc = zap.NewProductionConfig()
+		enc = zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig())
+		opts = append(opts, zap.AddStacktrace(zapcore.ErrorLevel))
 	} else {
-		zc = zap.NewDevelopmentConfig()
-		zc.Development = false
-		zc.DisableStacktrace = true
-		zc.EncoderConfig.EncodeLevel = zapcore.CapitalLevelEncoder
+		ec := zap.NewDevelopmentEncoderConfig()
+		ec.EncodeLevel = zapcore.CapitalLevelEncoder
+		enc = zapcore.NewConsoleEncoder(ec)
 	}
 	lvl, err := zapcore.ParseLevel(cfg.Log.Level)
 	if err != nil {
-		return nil, zap.AtomicLevel{}, fmt.Errorf("log.level: %w", err)
+		return nil, zap.AtomicLevel{}, nil, fmt.Errorf("log.level: %w", err)
 	}
-	zc.Level = zap.NewAtomicLevelAt(lvl)
-	zc.OutputPaths = []string{"stderr"}
-	zc.ErrorOutputPaths = []string{"stderr"}
+	level := zap.NewAtomicLevelAt(lvl)
+	paths := []string{"stderr"}
 	if cfg.Log.Dir != "" {
 		if err := os.MkdirAll(cfg.Log.Dir, 0o750); err != nil {
-			return nil, zap.AtomicLevel{}, fmt.Errorf("log.dir: %w", err)
+			return nil, zap.AtomicLevel{}, nil, fmt.Errorf("log.dir: %w", err)
 		}
-		zc.OutputPaths = append(zc.OutputPaths, filepath.Join(cfg.Log.Dir, "smtpq.log"))
+		paths = append(paths, filepath.Join(cfg.Log.Dir, "smtpq.log"))
 	}
-	log, err := zc.Build()
-	return log, zc.Level, err
+	out, closeOut, err := zap.Open(paths...)
+	if err != nil {
+		return nil, zap.AtomicLevel{}, nil, err
+	}
+	// A line per message is a write per message: buffer them, and write
+	// at least every logFlush, at once for warnings and errors, and at
+	// the end. A crash may lose the last logFlush of info lines; what
+	// happened to each message is on disk in the spool regardless.
+	buf := &zapcore.BufferedWriteSyncer{WS: out, Size: 256 << 10, FlushInterval: logFlush}
+	core := zapcore.NewCore(enc, buf, level)
+	opts = append(opts, zap.ErrorOutput(out), zap.Hooks(func(e zapcore.Entry) error {
+		if e.Level >= zapcore.WarnLevel {
+			return buf.Sync()
+		}
+		return nil
+	}))
+	log := zap.New(core, opts...)
+	return log, level, func() {
+		log.Sync()
+		buf.Stop()
+		closeOut()
+	}, nil
 }
+
+// logFlush is the longest an info log line waits in the buffer.
+const logFlush = 200 * time.Millisecond
 
 // reloadOnHangup re-reads the configuration file on SIGHUP and applies it
 // to the running pipeline and the log level. A file that does not load or
