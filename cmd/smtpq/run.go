@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"runtime/debug"
 	"runtime/pprof"
 	"syscall"
@@ -168,14 +169,16 @@ func newLogger(cfg *pipeline.Config) (*zap.Logger, zap.AtomicLevel, func(), erro
 	if err != nil {
 		return nil, zap.AtomicLevel{}, nil, err
 	}
-	// A line per message is a write per message: buffer them, and write
-	// at least every logFlush, at once for warnings and errors, and at
-	// the end. A crash may lose the last logFlush of info lines; what
-	// happened to each message is on disk in the spool regardless.
-	buf := &zapcore.BufferedWriteSyncer{WS: out, Size: 256 << 10, FlushInterval: logFlush}
+	// A line per message is a write per message: the Archiver's info lines
+	// (one per message filed) are buffered and written at least every
+	// logFlush, and at the end; any other line is written at once, with
+	// whatever was buffered before it. A crash may lose the last logFlush
+	// of per-message lines; what happened to each message is on disk in
+	// the spool regardless.
+	buf := &zapcore.BufferedWriteSyncer{WS: flushOnly{out}, Size: 256 << 10, FlushInterval: logFlush}
 	core := zapcore.NewCore(enc, buf, level)
 	opts = append(opts, zap.ErrorOutput(out), zap.Hooks(func(e zapcore.Entry) error {
-		if e.Level >= zapcore.WarnLevel {
+		if e.Level >= zapcore.WarnLevel || !strings.HasPrefix(e.LoggerName, "archiver") {
 			return buf.Sync()
 		}
 		return nil
@@ -187,6 +190,13 @@ func newLogger(cfg *pipeline.Config) (*zap.Logger, zap.AtomicLevel, func(), erro
 		closeOut()
 	}, nil
 }
+
+// flushOnly passes writes on and does not fsync: buffered lines are handed
+// to the system, not forced to disk, as zap's unbuffered lines were (and
+// fsync of a terminal or pipe fails).
+type flushOnly struct{ zapcore.WriteSyncer }
+
+func (flushOnly) Sync() error { return nil }
 
 // logFlush is the longest an info log line waits in the buffer.
 const logFlush = 200 * time.Millisecond
