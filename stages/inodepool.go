@@ -19,8 +19,8 @@ import (
 // Sent's file system (the pool is off when the queue is on another one),
 // and is removed when the instance closes, or by the next start after a
 // crash. Only a file the service owns, with no other link, goes to the pool:
-// its content (a message already filed) is rewritten from offset 0 and
-// truncated before it becomes a Sent copy, and its mode set to 0640, so that
+// its content (a message already filed) is overwritten from offset 0 and
+// truncated to the new length (rewritten) before it becomes a Sent copy, and its mode set to 0640, so that
 // nothing of it or of its former owner's access survives.
 type inodePool struct {
 	dir string
@@ -77,8 +77,9 @@ func (p *inodePool) put(path string) bool {
 	return true
 }
 
-// take returns a pooled file, empty and open for writing, with its name in
-// the pool; nil if the pool has none.
+// take returns a pooled file, open for writing at offset 0, with its name
+// in the pool; nil if the pool has none. The file still has its old
+// content: the caller truncates it to what it writes (rewritten).
 func (p *inodePool) take() (*os.File, string) {
 	for {
 		p.mu.Lock()
@@ -90,7 +91,7 @@ func (p *inodePool) take() (*os.File, string) {
 		p.free = p.free[:len(p.free)-1]
 		p.mu.Unlock()
 		path := filepath.Join(p.dir, e.name)
-		f, err := openTruncated(path)
+		f, err := openForRewrite(path)
 		if err != nil {
 			os.Remove(path)
 			continue
@@ -120,6 +121,10 @@ func (p *inodePool) publish(name, dst string) error {
 	}
 	return err
 }
+
+// rewritten truncates a file taken from the pool to the n bytes written
+// into it.
+func rewritten(f *os.File, n int64) error { return f.Truncate(n) }
 
 // drop removes a pooled file that was taken but not published.
 func (p *inodePool) drop(name string) { os.Remove(filepath.Join(p.dir, name)) }

@@ -20,11 +20,13 @@ func ownedUnlinked(fi os.FileInfo) bool {
 
 var euid = os.Geteuid()
 
-// openTruncated opens an existing file for writing and empties it. It uses
-// the system call directly: os.OpenFile tries (and fails) to register a
+// openForRewrite opens an existing file for writing, without emptying it:
+// the caller writes from offset 0 and truncates to what it wrote, so that
+// blocks it overwrites are not freed and allocated again. It uses the
+// system call directly: os.OpenFile tries (and fails) to register a
 // regular file with the network poller, four system calls more.
-func openTruncated(path string) (*os.File, error) {
-	fd, err := unix.Open(path, unix.O_WRONLY|unix.O_TRUNC|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
+func openForRewrite(path string) (*os.File, error) {
+	fd, err := unix.Open(path, unix.O_WRONLY|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
 	if err != nil {
 		return nil, &fs.PathError{Op: "open", Path: path, Err: err}
 	}

@@ -13,7 +13,7 @@ const poolSupported = false
 
 func ownedUnlinked(os.FileInfo) bool { return false }
 
-func openTruncated(string) (*os.File, error) { return nil, errors.ErrUnsupported }
+func openForRewrite(string) (*os.File, error) { return nil, errors.ErrUnsupported }
 
 func renameNoReplace(string, string) error { return errors.ErrUnsupported }
 

@@ -1,6 +1,8 @@
 package stages
 
 import (
+	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
 	"net"
@@ -210,10 +212,16 @@ func (s *Sender) deliverPipelined(sess *session, job *Job, fail func(*Error, []R
 
 	sess.tr.muted = true
 	p.conn.SetDeadline(time.Now().Add(dataTimeout))
-	dw := p.text.DotWriter()
-	n, err := s.writeData(dw, job)
-	if err == nil {
-		err = dw.Close()
+	var n int64
+	var err error
+	if job.body != nil {
+		n, err = int64(len(job.body)), writeDotted(p.text.W, job.body)
+	} else {
+		dw := p.text.DotWriter()
+		n, err = s.writeData(dw, job)
+		if err == nil {
+			err = dw.Close()
+		}
 	}
 	var msg string
 	if err == nil {
@@ -222,6 +230,41 @@ func (s *Sender) deliverPipelined(sess *session, job *Job, fail func(*Error, []R
 	sess.tr.muted = false
 	sess.tr.note(fmt.Sprintf("C: [message data: %d bytes]", n))
 	return s.finish(sess, job, rcpts, accepted, msg, err, fail)
+}
+
+// writeDotted writes msg as message data, dot-stuffed and ended with the
+// final dot, and flushes w: byte for byte what net/textproto's DotWriter
+// writes, without its byte-at-a-time loop when every line ends in CRLF
+// (the rule for a message, and what Enqueue writes); anything else goes
+// through the DotWriter itself.
+func writeDotted(w *bufio.Writer, msg []byte) error {
+	lf := bytes.Count(msg, []byte("\n"))
+	if bytes.Count(msg, []byte("\r")) != lf || bytes.Count(msg, []byte("\r\n")) != lf {
+		dw := textproto.NewWriter(w).DotWriter()
+		if _, err := dw.Write(msg); err != nil {
+			return err
+		}
+		return dw.Close()
+	}
+	if len(msg) > 0 && msg[0] == '.' {
+		w.WriteByte('.')
+	}
+	rest := msg
+	for {
+		i := bytes.Index(rest, []byte("\n."))
+		if i < 0 {
+			break
+		}
+		w.Write(rest[:i+1])
+		w.WriteByte('.')
+		rest = rest[i+1:]
+	}
+	w.Write(rest)
+	if len(msg) == 0 || msg[len(msg)-1] != '\n' {
+		w.WriteString("\r\n")
+	}
+	w.WriteString(".\r\n")
+	return w.Flush()
 }
 
 func allFailed(errs []error) bool {

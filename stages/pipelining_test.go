@@ -2,7 +2,10 @@ package stages
 
 import (
 	"bufio"
+	"bytes"
 	"context"
+	"math/rand/v2"
+	"net/textproto"
 	"net"
 	"strconv"
 	"strings"
@@ -236,5 +239,55 @@ func TestSMTPErrorEnhancedCode(t *testing.T) {
 	e = smtpError(550, "no enhanced code")
 	if e.EnhancedCode != smtp.NoEnhancedCode || e.Message != "no enhanced code" {
 		t.Fatalf("%+v", e)
+	}
+}
+
+// writeDotted writes exactly what net/textproto's DotWriter writes, for
+// every message made of dots, CRs, LFs and letters up to 8 bytes, and for
+// longer random ones.
+func TestWriteDottedMatchesTextproto(t *testing.T) {
+	ref := func(msg []byte) string {
+		var b strings.Builder
+		w := bufio.NewWriter(&b)
+		dw := textproto.NewWriter(w).DotWriter()
+		dw.Write(msg)
+		dw.Close()
+		return b.String()
+	}
+	got := func(msg []byte) string {
+		var b strings.Builder
+		w := bufio.NewWriter(&b)
+		if err := writeDotted(w, msg); err != nil {
+			t.Fatal(err)
+		}
+		return b.String()
+	}
+	alphabet := []byte{'.', '\r', '\n', 'a'}
+	var walk func(prefix []byte)
+	walk = func(prefix []byte) {
+		if g, r := got(prefix), ref(prefix); g != r {
+			t.Fatalf("%q: wrote %q, DotWriter writes %q", prefix, g, r)
+		}
+		if len(prefix) == 8 {
+			return
+		}
+		for _, c := range alphabet {
+			walk(append(bytes.Clone(prefix), c))
+		}
+	}
+	walk(nil)
+	rng := rand.New(rand.NewPCG(1, 2))
+	for range 2000 {
+		lines := make([]string, rng.IntN(50))
+		for i := range lines {
+			lines[i] = strings.Repeat(".", rng.IntN(3)) + strings.Repeat("x", rng.IntN(100))
+		}
+		msg := []byte(strings.Join(lines, "\r\n"))
+		if rng.IntN(2) == 0 {
+			msg = append(msg, "\r\n"...)
+		}
+		if g, r := got(msg), ref(msg); g != r {
+			t.Fatalf("%q: wrote %q, DotWriter writes %q", msg, g, r)
+		}
 	}
 }

@@ -568,7 +568,11 @@ func (s *Spool) sentUnnamed(job *Job) (string, error) {
 		}
 	}
 	defer f.Close()
-	err := writeMessage(f, job)
+	cw := &queuefile.CountWriter{W: f}
+	err := writeMessage(cw, job)
+	if err == nil && pooled != "" {
+		err = rewritten(f, cw.N)
+	}
 	if err == nil {
 		err = f.Sync()
 	}
