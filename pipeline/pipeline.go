@@ -224,6 +224,21 @@ func (p *Pipeline) Reload(cfg *Config) error {
 	return nil
 }
 
+// routeTags returns the route tags that the names of files sealed with the
+// job's parameters carry: one per identity (a key being replaced has two).
+func (p *Pipeline) routeTags(job *stages.Job) []string {
+	if job.Params == nil || job.Kind != stages.KindSealed {
+		return nil
+	}
+	var tags []string
+	for _, id := range p.identities {
+		if t := queuefile.RouteTagFor(id, job.Params); t != "" && !slices.Contains(tags, t) {
+			tags = append(tags, t)
+		}
+	}
+	return tags
+}
+
 // archiverCount is how many Archiver goroutines file outcomes.
 const archiverCount = 4
 
@@ -352,6 +367,8 @@ func (p *Pipeline) Run(ctx context.Context) error {
 		return err
 	}
 	spool.Crash = p.opts.Crash
+	holds := stages.NewRouteHolds()
+	spool.Holds = holds
 	log := p.log
 	clock := p.opts.Clock
 	met := newMetrics(spool.Dirs(), clock.Now)
@@ -375,7 +392,10 @@ func (p *Pipeline) Run(ctx context.Context) error {
 	controls := make(chan stages.HostControl)
 	scanner := &stages.Scanner{Spool: spool, Interval: cfg.ScanInterval.D(), Clock: clock, Log: log.Named("scanner")}
 	parser := &stages.Parser{Identities: p.identities, Resolve: p.resolve, Pickup: pickup, Clock: clock, Log: log.Named("parser")}
-	dispatcher := &stages.Dispatcher{Limits: p.limits, Workers: cfg.MaxThreads, Controls: controls, Clock: clock, Log: log.Named("dispatcher")}
+	dispatcher := &stages.Dispatcher{
+		Limits: p.limits, Workers: cfg.MaxThreads, Controls: controls, Clock: clock, Log: log.Named("dispatcher"),
+		Holds: holds, Tags: p.routeTags,
+	}
 	sender := &stages.Sender{
 		Dial: met.dial(p.opts.Dial), TLSConfig: p.tlsConfig, HELO: cfg.HELO, Clock: clock, Log: log.Named("sender"),
 		Timeouts: stages.Timeouts{

@@ -98,6 +98,11 @@ func (q *Queue) Enqueue(msg io.Reader, p Params) (name string, err error) {
 	if err != nil {
 		return "", fmt.Errorf("enqueue: %w", err)
 	}
+	if len(q.Recipients) > 0 {
+		if tag := RouteTag(q.Recipients[0], &p); tag != "" {
+			name = strings.TrimSuffix(name, Ext) + "+" + tag + Ext
+		}
+	}
 
 	// The message without the seal goes to a body file first: its digest must
 	// be known before the seal, which comes first in the file, can be made.

@@ -16,7 +16,7 @@ import (
 )
 
 // namePattern is the form of a queue file name: sortable UTC time, random.
-const namePattern = `^\d{8}T\d{6}\.\d{9}Z-[a-z2-7]{16}\.eml$`
+const namePattern = `^\d{8}T\d{6}\.\d{9}Z-[a-z2-7]{16}(\+[0-9a-f]{4})?\.eml$`
 
 func isQueueFileName(name string) bool { return regexp.MustCompile(namePattern).MatchString(name) }
 

@@ -22,8 +22,9 @@ import (
 // anew, a second scalar multiplication, for every file it opens; this one
 // keeps it. Unsealing is most of the Parser's work.
 type x25519Identity struct {
-	priv *ecdh.PrivateKey
-	pub  []byte
+	priv      *ecdh.PrivateKey
+	pub       []byte
+	recipient string // the public key, "age1..." (for route tags)
 }
 
 var _ age.Identity = (*x25519Identity)(nil)
@@ -48,7 +49,7 @@ func fastIdentity(id age.Identity) (age.Identity, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &x25519Identity{priv: priv, pub: priv.PublicKey().Bytes()}, nil
+	return &x25519Identity{priv: priv, pub: priv.PublicKey().Bytes(), recipient: x.Recipient().String()}, nil
 }
 
 // Unwrap implements age.Identity.

@@ -2,6 +2,7 @@ package stages
 
 import (
 	"context"
+	"math"
 	"math/rand/v2"
 	"time"
 
@@ -98,8 +99,13 @@ type Dispatcher struct {
 	Controls         <-chan HostControl
 	MaxQueued        int // default 4096
 	MaxQueuedPerHost int // default 1024
-	Clock            Clock
-	Log              *zap.Logger
+	// Holds and Tags, if set, keep a parked host's other files unopened in
+	// the queue until its parked jobs are due: Tags gives the route tags a
+	// job's file names carry (see RouteHolds).
+	Holds *RouteHolds
+	Tags  func(*Job) []string
+	Clock Clock
+	Log   *zap.Logger
 
 	hosts   map[string]*hostState
 	ring    []*hostState // hosts with queued work, for round robin
@@ -396,16 +402,31 @@ const keepBackFor = 20 * time.Millisecond
 // paused host's surplus is parked, so that it never holds up other hosts.
 func (d *Dispatcher) admit(job *Job, now time.Time, out chan<- *Job) bool {
 	h := d.host(job.Host(), now)
-	if d.total >= d.MaxQueued || h.n >= d.MaxQueuedPerHost {
+	if d.total >= d.MaxQueued || h.n >= d.MaxQueuedPerHost || h.n >= rateBacklog(h) {
 		if d.slotTime(h, now) <= keepBackFor {
 			return false
 		}
 		job.Outcome = Outcome{Verdict: Park, Due: now.Add(d.parkDelay(h, now))}
+		if d.Holds != nil && d.Tags != nil {
+			d.Holds.Hold(d.Tags(job), job.Outcome.Due)
+		}
 		out <- job
 		return true
 	}
 	d.enqueue(h, job)
 	return true
+}
+
+// rateBacklog is how many jobs a rate-limited host may have queued in
+// memory: ten seconds of its rate, at least its burst and at least 16.
+// Beyond that its jobs are parked (and its other files left unopened, see
+// RouteHolds): there is no point holding a thousand messages for a host
+// that takes one a second while other hosts' mail waits behind them.
+func rateBacklog(h *hostState) int {
+	if h.limiter == nil {
+		return math.MaxInt
+	}
+	return max(16, h.lim.Burst, int(h.lim.Rate*10))
 }
 
 // slotTime estimates how long h takes to take the next job from its queue:

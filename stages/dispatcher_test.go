@@ -79,14 +79,29 @@ func (r *dispatcherRig) ask(req *stages.Request) stages.Assignment {
 	}
 }
 
-// stop closes the input and tells every worker to stop.
+// stop shuts the Dispatcher down and asks for work as each worker until
+// told to stop. The Dispatcher may still answer a request with work before
+// it sees the shutdown: the worker then gives that work back unsent, as a
+// Sender does, and it goes to out as returned.
 func (r *dispatcherRig) stop(workers int) {
 	r.t.Helper()
 	r.cancel()
 	close(r.in)
 	for w := range workers {
-		if a := r.ask(&stages.Request{Worker: w}); !a.Stop {
-			r.t.Fatalf("worker %d after shutdown: %+v, want Stop", w, a)
+		var unsent []*stages.Job
+		for range 100 {
+			a := r.ask(&stages.Request{Worker: w, Unsent: unsent})
+			if a.Stop {
+				unsent = nil
+				break
+			}
+			unsent = nil
+			if a.Job != nil {
+				unsent = append([]*stages.Job{a.Job}, a.More...)
+			}
+		}
+		if unsent != nil {
+			r.t.Fatalf("worker %d is never told to stop", w)
 		}
 	}
 	<-r.done
@@ -238,4 +253,31 @@ func TestDispatcherKeepsBackForAFastNewHost(t *testing.T) {
 			j.Outcome.Verdict, j.Outcome.Due.Sub(clock.Now()))
 	}
 	r.stop(1)
+}
+
+// A rate-limited host keeps at most ten seconds of its rate queued (at
+// least 16): the surplus is parked and the host's route tags are held, so
+// that its other files stay unopened in the queue.
+func TestDispatcherParksRateLimitedSurplusAndHoldsItsTags(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	holds := stages.NewRouteHolds()
+	r := newDispatcherRig(t, 1, stages.Limits{MaxConnections: 1, Rate: 1, Burst: 1, IdleTimeout: time.Minute}, func(d *stages.Dispatcher) {
+		d.Holds = holds
+		d.Tags = func(j *stages.Job) []string { return []string{"beef"} }
+	})
+	for i := range 17 {
+		r.in <- rigJob(i, "10.0.0.1")
+	}
+	r.ask(&stages.Request{Worker: 0}) // a round trip: the 17th is admitted by now
+	if len(r.out) != 1 {
+		t.Fatalf("%d jobs out after 17 for a host at 1/s, want the 17th parked", len(r.out))
+	}
+	j := <-r.out
+	if j.Outcome.Verdict != stages.Park || j.Outcome.Due.Before(time.Now()) {
+		t.Fatalf("17th job: %v due %v, want parked for later", j.Outcome.Verdict, j.Outcome.Due)
+	}
+	r.stop(1)
+	if err := stages.CheckHeld(holds, "beef"); err != nil {
+		t.Fatal(err)
+	}
 }

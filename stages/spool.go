@@ -61,6 +61,9 @@ type Spool struct {
 	// Crash, if set, is called at named points ("claimed", "archive-write",
 	// "xml-write"): crash tests kill the process there. Set it before use.
 	Crash func(point string)
+	// Holds, if set, names the route tags whose files in the queue folder
+	// are left there for now (see RouteHolds). Set it before use.
+	Holds *RouteHolds
 
 	dirs    Dirs
 	id      string
@@ -298,10 +301,22 @@ const scanBatch = 256
 // It returns the due time of the earliest bucket still in the future (zero if
 // none), so the caller knows when to look again.
 func (s *Spool) Scan(ctx context.Context, now time.Time, fn func(*Job) bool) (time.Time, error) {
-	if err := s.scanDir(ctx, s.dirs.Queue, fn); err != nil {
+	var heldUntil time.Time // the earliest end of a hold that kept a file here
+	held := func(name string) bool {
+		until, ok := s.Holds.heldName(name, now)
+		if ok && (heldUntil.IsZero() || until.Before(heldUntil)) {
+			heldUntil = until
+		}
+		return ok
+	}
+	if err := s.scanDir(ctx, s.dirs.Queue, held, fn); err != nil {
 		return time.Time{}, err
 	}
-	return s.scanDeferred(ctx, now, fn)
+	next, err := s.scanDeferred(ctx, now, fn)
+	if !heldUntil.IsZero() && (next.IsZero() || heldUntil.Before(next)) {
+		next = heldUntil
+	}
+	return next, err
 }
 
 // eachQueueFile calls fn with the name of each queue file in dir (a regular
@@ -343,12 +358,16 @@ func eachQueueFile(ctx context.Context, dir string, fn func(name string) error) 
 // errStop ends a walk early without an error of its own.
 var errStop = errors.New("stop")
 
-// scanDir claims every eligible entry of dir.
-func (s *Spool) scanDir(ctx context.Context, dir string, fn func(*Job) bool) error {
+// scanDir claims every eligible entry of dir but those skip (if set)
+// reports true for.
+func (s *Spool) scanDir(ctx context.Context, dir string, skip func(name string) bool, fn func(*Job) bool) error {
 	// One file that cannot be renamed (on Windows: open in another program)
 	// must not stop the scan: it is reported at the end.
 	var firstErr error
 	err := eachQueueFile(ctx, dir, func(name string) error {
+		if skip != nil && skip(name) {
+			return nil
+		}
 		job, cerr := s.claim(dir, name)
 		if cerr != nil {
 			if firstErr == nil {
@@ -389,7 +408,7 @@ func (s *Spool) scanDeferred(ctx context.Context, now time.Time, fn func(*Job) b
 			continue
 		}
 		dir := filepath.Join(root, e.Name())
-		if err := s.scanDir(ctx, dir, fn); err != nil {
+		if err := s.scanDir(ctx, dir, nil, fn); err != nil {
 			return time.Time{}, err
 		}
 		os.Remove(dir) // fails harmlessly if a file arrived meanwhile
@@ -401,6 +420,9 @@ func (s *Spool) scanDeferred(ctx context.Context, now time.Time, fn func(*Job) b
 func (s *Spool) ScanOne(name string) (*Job, error) {
 	if !queuefile.IsQueueName(name) {
 		return nil, nil
+	}
+	if _, held := s.Holds.heldName(name, s.now()); held {
+		return nil, nil // the next scan after the hold takes it
 	}
 	fi, err := os.Lstat(filepath.Join(s.dirs.Queue, name))
 	if err != nil || !fi.Mode().IsRegular() {

@@ -129,7 +129,7 @@ type batch struct {
 	port int
 	n    int
 	size int
-	tag  string // in every file name: <time>-<tag><seq>.eml
+	tag  string // in every file name: <time>-<tag><seq>+<route tag>.eml
 }
 
 // fillQueue writes the batches' files straight into dir, as if enqueued
@@ -152,6 +152,7 @@ func fillQueue(ctx context.Context, dir string, k *keys, batches []batch) error 
 			return err
 		}
 		file := append(seal, msg...)
+		route := "+" + queuefile.RouteTag(k.recipients[0], &p) // as Enqueue names files
 		const writers = 4
 		var wg sync.WaitGroup
 		errs := make([]error, writers)
@@ -165,7 +166,7 @@ func fillQueue(ctx context.Context, dir string, k *keys, batches []batch) error 
 						return
 					}
 					t := base.Add(time.Duration(seq+i) * time.Microsecond)
-					name := fmt.Sprintf("%s-%s%08d.eml", t.Format("20060102T150405.000000000Z"), bt.tag, i)
+					name := fmt.Sprintf("%s-%s%08d%s.eml", t.Format("20060102T150405.000000000Z"), bt.tag, i, route)
 					if err := os.WriteFile(filepath.Join(dir, name), file, 0o600); err != nil {
 						errs[w] = err
 						return
