@@ -407,8 +407,9 @@ func (d *Dispatcher) admit(job *Job, now time.Time, out chan<- *Job) bool {
 			return false
 		}
 		job.Outcome = Outcome{Verdict: Park, Due: now.Add(d.parkDelay(h, now))}
-		if d.Holds != nil && d.Tags != nil {
-			d.Holds.Hold(d.Tags(job), job.Outcome.Due)
+		if d.Holds != nil && d.Tags != nil && d.Holds.Hold(d.Tags(job), job.Outcome.Due) {
+			d.Log.Info("host saturated: its surplus is parked and its other queued files are left unopened until then",
+				zap.String("host", h.name), zap.Int("queued", h.n), zap.Time("until", job.Outcome.Due))
 		}
 		out <- job
 		return true

@@ -23,15 +23,22 @@ type RouteHolds struct {
 // NewRouteHolds returns an empty set.
 func NewRouteHolds() *RouteHolds { return &RouteHolds{until: map[string]time.Time{}} }
 
-// Hold holds tags until t (or later, if already held longer).
-func (h *RouteHolds) Hold(tags []string, t time.Time) {
+// Hold holds tags until t (or later, if already held longer). It reports
+// whether a tag was not held before.
+func (h *RouteHolds) Hold(tags []string, t time.Time) (fresh bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for _, tag := range tags {
-		if tag != "" && h.until[tag].Before(t) {
+		if tag == "" {
+			continue
+		}
+		was, ok := h.until[tag]
+		fresh = fresh || !ok
+		if was.Before(t) {
 			h.until[tag] = t
 		}
 	}
+	return fresh
 }
 
 // heldName reports whether the file name carries a tag held at now, and
