@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"filippo.io/age"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -728,7 +729,10 @@ func firstControlFile(t *testing.T, dir string) string {
 	return ""
 }
 
-func TestPeekParams(t *testing.T) {
+// keyedQueue makes a key pair and a queue folder sealing to it, in a
+// temporary folder; it returns the queue and the service's identities.
+func keyedQueue(t *testing.T) (*queuefile.Queue, []age.Identity) {
+	t.Helper()
 	dir := t.TempDir()
 	idPath, rcptPath := filepath.Join(dir, "id.txt"), filepath.Join(dir, "rcpt.txt")
 	if _, err := queuefile.GenerateKeys(idPath, rcptPath); err != nil {
@@ -746,6 +750,12 @@ func TestPeekParams(t *testing.T) {
 	if err := os.MkdirAll(q.Dir, 0o750); err != nil {
 		t.Fatal(err)
 	}
+	return q, ids
+}
+
+func TestPeekParams(t *testing.T) {
+	q, ids := keyedQueue(t)
+	dir := t.TempDir()
 	long := strings.Repeat("x", 40<<10) // a header line longer than the reader's buffer
 	msg := "From: a@example.com\r\nTo: b@example.org\r\nX-Long: " + long + "\r\nSubject: hi\r\n\r\nbody\r\n"
 	name, err := q.Enqueue(strings.NewReader(msg), queuefile.Params{Host: "SMTP.Example.com", Port: 587, Username: "u", Password: "pw-secret"})

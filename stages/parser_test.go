@@ -18,23 +18,7 @@ import (
 // a bigger one, or one over the budget, is read from disk again. What is
 // sent and what is filed are the same bytes either way.
 func TestParserKeepsSmallMessagesInMemory(t *testing.T) {
-	dir := t.TempDir()
-	idPath, rcptPath := filepath.Join(dir, "id.txt"), filepath.Join(dir, "rcpt.txt")
-	if _, err := queuefile.GenerateKeys(idPath, rcptPath); err != nil {
-		t.Fatal(err)
-	}
-	rcpts, err := queuefile.LoadRecipients(rcptPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ids, err := queuefile.LoadIdentities(idPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	q := &queuefile.Queue{Dir: filepath.Join(dir, "queue"), Recipients: rcpts}
-	if err := os.MkdirAll(q.Dir, 0o750); err != nil {
-		t.Fatal(err)
-	}
+	q, ids := keyedQueue(t)
 	msg := func(n int) string {
 		return "From: a@example.com\r\nTo: b@example.org\r\nSubject: hi\r\n\r\n" + strings.Repeat("x", n) + "\r\n"
 	}

@@ -200,14 +200,7 @@ func (s *Sender) deliverPipelined(sess *session, job *Job, fail func(*Error, []R
 		return c.Reset() != nil
 	}
 	if dataErr != nil {
-		e := Classify("data", dataErr)
-		for _, i := range accepted {
-			rcpts[i] = rcptResult(rcpts[i].Addr, e)
-		}
-		if fail(e, rcpts) {
-			return true
-		}
-		return c.Reset() != nil
+		return dataRefused(c, rcpts, accepted, dataErr, fail)
 	}
 
 	sess.tr.muted = true

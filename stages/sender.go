@@ -377,14 +377,7 @@ func (s *Sender) deliver(ctx context.Context, sess *session, job *Job) (broken b
 	}
 	w, err := c.Data()
 	if err != nil {
-		e := Classify("data", err)
-		for _, i := range accepted {
-			rcpts[i] = rcptResult(rcpts[i].Addr, e)
-		}
-		if fail(e, rcpts) {
-			return true
-		}
-		return c.Reset() != nil
+		return dataRefused(c, rcpts, accepted, err, fail)
 	}
 	sess.tr.muted = true
 	n, err := s.writeData(w, job)
@@ -399,6 +392,20 @@ func (s *Sender) deliver(ctx context.Context, sess *session, job *Job) (broken b
 		status = resp.StatusText
 	}
 	return s.finish(sess, job, rcpts, accepted, status, err, fail)
+}
+
+// dataRefused decides a transaction whose DATA command failed: the
+// recipients the server had accepted take its error. It reports whether the
+// session is broken.
+func dataRefused(c *smtp.Client, rcpts []RcptResult, accepted []int, err error, fail func(*Error, []RcptResult) bool) bool {
+	e := Classify("data", err)
+	for _, i := range accepted {
+		rcpts[i] = rcptResult(rcpts[i].Addr, e)
+	}
+	if fail(e, rcpts) {
+		return true
+	}
+	return c.Reset() != nil
 }
 
 // finish decides a transaction from the reply to its message data (err, or
