@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"go.uber.org/zap"
@@ -202,5 +203,56 @@ func TestUntrustedCertificateIsNotUsed(t *testing.T) {
 	}
 	if n := len(implicit.Messages()) + len(starttls.Messages()); n != 0 {
 		t.Errorf("%d messages sent over an untrusted connection", n)
+	}
+}
+
+// STARTTLS is smtpq's own: the EHLO before it carries the configured name
+// (go-smtp's sends "localhost"), the transactions after it are pipelined,
+// and the transcript shows the plaintext part once.
+func TestStartTLSSessionSaysItsNameAndPipelines(t *testing.T) {
+	t.Parallel()
+	var mu sync.Mutex
+	var hellos []string
+	secure, pool := tlsServer(t, "127.0.0.2", func(s *smtptest.Server) {
+		s.Fault = func(p smtptest.FaultPoint) smtptest.Fault {
+			if p.Step == smtptest.Hello {
+				mu.Lock()
+				hellos = append(hellos, p.Arg)
+				mu.Unlock()
+			}
+			return smtptest.Fault{}
+		}
+	})
+	env := pipelinetest.New(t, func(c *pipeline.Config) { c.HELO = "mx.client.example" })
+	env.Start(pipeline.Options{TLSConfig: &tls.Config{RootCAs: pool}})
+	p := queuefile.Params{Host: secure.Host(), Port: secure.Port(), TLS: queuefile.TLSStartTLS,
+		From: "alice@example.com", To: []string{"a@example.org", "b@example.org"}}
+	first := env.Enqueue(testMessage(1), p)
+	second := env.Enqueue(testMessage(2), p)
+	final := env.WaitFinal(2)
+	wantSent(t, final[first])
+	wantSent(t, final[second])
+	mu.Lock()
+	defer mu.Unlock()
+	if len(hellos) == 0 {
+		t.Fatal("the server saw no EHLO")
+	}
+	for _, h := range hellos {
+		if h != "mx.client.example" {
+			t.Fatalf("EHLO names %v, want mx.client.example every time, before and after STARTTLS", hellos)
+		}
+	}
+	msgs := secure.Messages()
+	if len(msgs) != 2 || !msgs[0].TLS || !msgs[1].TLS {
+		t.Fatalf("server got %+v, want two messages over TLS", msgs)
+	}
+	tr := final[first].Job.Outcome.Transcript
+	for _, want := range []string{"C: EHLO mx.client.example", "C: STARTTLS", "[TLS started]", "C: RCPT TO:<b@example.org>"} {
+		if !strings.Contains(tr, want) {
+			t.Errorf("transcript lacks %q:\n%s", want, tr)
+		}
+	}
+	if n := strings.Count(tr, "S: 220 "); n != 2 {
+		t.Errorf("transcript has %d 220 replies, want the greeting and the go-ahead for STARTTLS:\n%s", n, tr)
 	}
 }

@@ -18,11 +18,10 @@ import (
 // trips per message. When the server offers PIPELINING (RFC 2920), a
 // transaction here goes in two: MAIL, every RCPT and DATA in one write, their
 // replies read in order, then the message and its final dot. The session is
-// still opened by go-smtp (greeting, EHLO, TLS, AUTH); once it is, the
+// still opened by go-smtp (greeting, EHLO, AUTH; STARTTLS is ours, see
+// Sender.startTLS, so that the TLS connection is too); once it is, the
 // server says nothing until spoken to, so the transactions can run on the
-// connection underneath with a reader and writer of their own. Only where
-// that connection is the one go-smtp speaks on: not after STARTTLS, which
-// go-smtp performs inside, on a TLS connection it keeps to itself.
+// connection underneath with a reader and writer of their own.
 
 // pipe is a session's own reader and writer for pipelined transactions.
 type pipe struct {

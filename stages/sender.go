@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/textproto"
 	"os"
 	"strings"
 	"time"
@@ -231,30 +232,19 @@ func (s *Sender) open(ctx context.Context, r Route) (*session, *Error) {
 	}
 	var c *smtp.Client
 	if r.TLS == queuefile.TLSStartTLS {
-		// go-smtp does the plaintext part (greeting, EHLO, STARTTLS) inside
-		// NewClientStartTLS; record it from the connection itself.
-		rc := &recordingConn{Conn: conn, tr: tr, on: true}
-		c, err = smtp.NewClientStartTLS(rc, s.tlsConfig(r.Host))
-		rc.on = false
-		if err != nil {
+		tc, greeting, e := s.startTLS(dctx, conn, r, helo, tr)
+		if e != nil {
 			stop()
 			conn.Close()
-			sess := &session{route: r, tr: tr}
-			var se *smtp.SMTPError
-			switch {
-			case errors.As(err, &se):
-				e := Classify("greeting", err)
-				e.HostDown = se.Code == 421 || se.Code == 554
-				return sess, e
-			case strings.Contains(err.Error(), "STARTTLS"):
-				return sess, Temporaryf("starttls", "the server does not offer STARTTLS, which tls: starttls requires; nothing was sent")
-			default:
-				e := Classify("greeting", err)
-				e.HostDown = true
-				return sess, e
-			}
+			return &session{route: r, tr: tr}, e
 		}
-		isTLS = true
+		conn, isTLS = tc, true
+		// go-smtp's client reads a greeting before its first command, and
+		// after STARTTLS the server sends none (RFC 3207): it is given the
+		// server's own, which the transcript already has.
+		fed := "220 " + strings.SplitN(greeting, "\n", 2)[0] + "\r\n"
+		tr.skipOnce(strings.TrimSuffix(fed, "\r\n"))
+		c = smtp.NewClient(&greetedConn{Conn: tc, r: io.MultiReader(strings.NewReader(fed), tc)})
 	} else {
 		c = smtp.NewClient(conn)
 	}
@@ -289,7 +279,7 @@ func (s *Sender) open(ctx context.Context, r Route) (*session, *Error) {
 	}
 	// Transactions are pipelined where the server allows and the
 	// connection go-smtp speaks on is ours (see pipelining.go).
-	if ok, _ := c.Extension("PIPELINING"); ok && r.TLS != queuefile.TLSStartTLS && !s.NoPipelining {
+	if ok, _ := c.Extension("PIPELINING"); ok && !s.NoPipelining {
 		sess.pipe = newPipe(conn, tr)
 	}
 	return sess, nil
@@ -471,28 +461,82 @@ func (s *Sender) writeData(w io.Writer, job *Job) (int64, error) {
 	return cw.N, err
 }
 
-// recordingConn copies the plaintext of a connection to a transcript while
-// on.
-type recordingConn struct {
+// startTLS does the plaintext part of a STARTTLS session on conn (greeting,
+// EHLO with the configured name, STARTTLS) and the TLS handshake, recording
+// the plaintext part. It returns the TLS connection and the text of the
+// server's greeting. go-smtp's own STARTTLS sends "EHLO localhost" first and
+// keeps the TLS connection to itself; here the session's transactions can be
+// pipelined on it.
+func (s *Sender) startTLS(ctx context.Context, conn net.Conn, r Route, helo string, tr *transcript) (*tls.Conn, string, *Error) {
+	cmdTimeout := orDefault(s.Timeouts.Command, 5*time.Minute)
+	conn.SetDeadline(time.Now().Add(cmdTimeout))
+	defer conn.SetDeadline(time.Time{})
+	text := textproto.NewConn(tee{Conn: conn, tr: tr})
+	reply := func(code int) (string, *Error) {
+		got, msg, err := text.ReadResponse(code)
+		if err == nil {
+			return msg, nil
+		}
+		var pe *textproto.Error
+		if errors.As(err, &pe) {
+			e := Classify("greeting", smtpError(got, msg))
+			e.HostDown = got == 421 || got == 554
+			return msg, e
+		}
+		e := Classify("greeting", err)
+		e.HostDown = true
+		return msg, e
+	}
+	greeting, e := reply(220)
+	if e != nil {
+		return nil, "", e
+	}
+	if err := text.PrintfLine("EHLO %s", helo); err != nil {
+		e := Classify("greeting", err)
+		e.HostDown = true
+		return nil, "", e
+	}
+	ext, e := reply(250)
+	if e != nil {
+		e.Step = "tls"
+		return nil, "", e
+	}
+	offered := false
+	for _, l := range strings.Split(ext, "\n")[1:] {
+		if f := strings.Fields(l); len(f) > 0 && strings.EqualFold(f[0], "STARTTLS") {
+			offered = true
+		}
+	}
+	if !offered {
+		text.PrintfLine("QUIT")
+		return nil, "", Temporaryf("starttls", "the server does not offer STARTTLS, which tls: starttls requires; nothing was sent")
+	}
+	if err := text.PrintfLine("STARTTLS"); err != nil {
+		e := Classify("tls", err)
+		e.HostDown = true
+		return nil, "", e
+	}
+	if _, e := reply(220); e != nil {
+		e.Step = "tls"
+		return nil, "", e
+	}
+	tc := tls.Client(conn, s.tlsConfig(r.Host))
+	if err := tc.HandshakeContext(ctx); err != nil {
+		e := Classify("tls", fmt.Errorf("TLS handshake with %s: %w", r.Addr(), err))
+		e.HostDown = true
+		return nil, "", e
+	}
+	tr.note("[TLS started]")
+	return tc, greeting, nil
+}
+
+// greetedConn is a connection whose first bytes read come from r.
+type greetedConn struct {
 	net.Conn
-	tr *transcript
-	on bool
+	r io.Reader
 }
 
-func (c *recordingConn) Read(b []byte) (int, error) {
-	n, err := c.Conn.Read(b)
-	if c.on && n > 0 {
-		c.tr.Write(b[:n])
-	}
-	return n, err
-}
-
-func (c *recordingConn) Write(b []byte) (int, error) {
-	if c.on {
-		c.tr.Write(b)
-	}
-	return c.Conn.Write(b)
-}
+func (g *greetedConn) Read(b []byte) (int, error) { return g.r.Read(b) }
 
 func rcptResult(addr string, e *Error) RcptResult {
 	st := RcptTransient

@@ -19,8 +19,12 @@ type transcript struct {
 	muted   bool
 	inAuth  bool
 	cut     bool
+	skip    string   // a line not to record, once (skipOnce)
 	secrets []string // also scrubbed from every line, in case they appear anywhere
 }
+
+// skipOnce leaves the next line equal to l out of the transcript.
+func (t *transcript) skipOnce(l string) { t.skip = l }
 
 func newTranscript(secrets ...string) *transcript {
 	t := &transcript{}
@@ -75,6 +79,10 @@ func isReply(l string) bool {
 
 func (t *transcript) line(raw []byte) {
 	l := strings.TrimRight(string(raw), "\r")
+	if t.skip != "" && l == t.skip {
+		t.skip = ""
+		return
+	}
 	dir := "C: "
 	switch {
 	case isReply(l):
