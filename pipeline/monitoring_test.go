@@ -7,6 +7,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"go.yaml.in/yaml/v3"
 
@@ -26,13 +27,21 @@ func exported(t *testing.T) map[string]bool {
 		From: "app@example.com", To: []string{"user@example.org"}})
 	env.WaitFinal(1)
 	// The session closes after the idle timeout: then its duration is
-	// observed too.
+	// observed too, once smtpq has closed its end, which may come a moment
+	// after the server saw the QUIT: poll.
 	ctx, cancel := context.WithTimeout(context.Background(), pipelinetest.WaitTimeout)
 	defer cancel()
 	if err := srv.WaitIdle(ctx); err != nil {
 		t.Fatal(err)
 	}
-	_, body := get(t, "http://"+env.Pipeline.MetricsAddr().String()+"/metrics")
+	var body string
+	for {
+		_, body = get(t, "http://"+env.Pipeline.MetricsAddr().String()+"/metrics")
+		if strings.Contains(body, "smtpq_smtp_session_duration_seconds_count") || ctx.Err() != nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond) // the metric is observed in another goroutine: nothing to wait on
+	}
 	names := map[string]bool{"up": true}
 	for _, line := range strings.Split(body, "\n") {
 		if f := strings.Fields(line); len(f) >= 3 && f[0] == "#" && f[1] == "TYPE" {
