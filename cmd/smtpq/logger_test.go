@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/smtpq/smtpq/pipeline"
 )
@@ -13,6 +14,9 @@ import (
 // written at once, with what was buffered before it, and closing the log
 // writes the rest. Lines are never sampled away.
 func TestLoggerBuffersPerMessageLines(t *testing.T) {
+	// No timed flush during the test, however slow the machine.
+	defer func(d time.Duration) { logFlush = d }(logFlush)
+	logFlush = time.Hour
 	cfg := pipeline.Defaults()
 	cfg.Log.Dir = t.TempDir()
 	cfg.Log.Format = "json"

@@ -198,8 +198,9 @@ type flushOnly struct{ zapcore.WriteSyncer }
 
 func (flushOnly) Sync() error { return nil }
 
-// logFlush is the longest an info log line waits in the buffer.
-const logFlush = 200 * time.Millisecond
+// logFlush is the longest an info log line waits in the buffer (a
+// variable for tests).
+var logFlush = 200 * time.Millisecond
 
 // reloadOnHangup re-reads the configuration file on SIGHUP and applies it
 // to the running pipeline and the log level. A file that does not load or
