@@ -291,3 +291,45 @@ func TestWriteDottedMatchesTextproto(t *testing.T) {
 		}
 	}
 }
+
+// A server that does not understand EHLO cannot offer STARTTLS: with tls:
+// starttls that is the temporary "starttls" failure, and nothing is sent.
+func TestStartTLSWithoutEHLO(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	got := make(chan []string, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			got <- nil
+			return
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		c.Write([]byte("220 old ESMTP\r\n"))
+		r := bufio.NewReader(c)
+		var lines []string
+		for {
+			l, err := r.ReadString('\n')
+			if err != nil {
+				got <- lines
+				return
+			}
+			lines = append(lines, strings.TrimSpace(l))
+			c.Write([]byte("502 5.5.1 what\r\n"))
+		}
+	}()
+	host, port, _ := net.SplitHostPort(ln.Addr().String())
+	p, _ := strconv.Atoi(port)
+	s := newPipeSender()
+	_, e := s.open(context.Background(), Route{Host: host, Port: p, TLS: queuefile.TLSStartTLS})
+	if e == nil || e.Step != "starttls" || !e.Temporary {
+		t.Fatalf("open: %v, want a temporary starttls failure", e)
+	}
+	if lines := <-got; len(lines) < 1 || lines[0] != "EHLO client.example" {
+		t.Fatalf("server read %q, want EHLO client.example first", lines)
+	}
+}

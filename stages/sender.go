@@ -497,6 +497,11 @@ func (s *Sender) startTLS(ctx context.Context, conn net.Conn, r Route, helo stri
 		return nil, "", e
 	}
 	ext, e := reply(250)
+	if e != nil && (e.Code == 500 || e.Code == 502) {
+		// EHLO not understood: an old server, which cannot offer STARTTLS
+		// (go-smtp would fall back to HELO and find none).
+		ext, e = "", nil
+	}
 	if e != nil {
 		e.Step = "tls"
 		return nil, "", e
