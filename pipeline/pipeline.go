@@ -367,8 +367,6 @@ func (p *Pipeline) Run(ctx context.Context) error {
 		return err
 	}
 	spool.Crash = p.opts.Crash
-	holds := stages.NewRouteHolds()
-	spool.Holds = holds
 	log := p.log
 	clock := p.opts.Clock
 	met := newMetrics(spool.Dirs(), clock.Now)
@@ -390,7 +388,8 @@ func (p *Pipeline) Run(ctx context.Context) error {
 		pickup = &r
 	}
 	controls := make(chan stages.HostControl)
-	scanner := &stages.Scanner{Spool: spool, Interval: cfg.ScanInterval.D(), Clock: clock, Log: log.Named("scanner")}
+	holds := make(chan stages.RouteHold, 64) // Dispatcher -> Scanner
+	scanner := &stages.Scanner{Spool: spool, Holds: holds, Interval: cfg.ScanInterval.D(), Clock: clock, Log: log.Named("scanner")}
 	parser := &stages.Parser{Identities: p.identities, Resolve: p.resolve, Pickup: pickup, Clock: clock, Log: log.Named("parser")}
 	dispatcher := &stages.Dispatcher{
 		Limits: p.limits, Workers: cfg.MaxThreads, Controls: controls, Clock: clock, Log: log.Named("dispatcher"),

@@ -11,9 +11,10 @@ import (
 type Source interface {
 	// Recover returns to the queue what dead instances left claimed.
 	Recover() (int, error)
-	// Scan claims what is ready, calling fn with each job until fn returns
-	// false; it returns when to look again for deferred work.
-	Scan(ctx context.Context, now time.Time, fn func(*Job) bool) (time.Time, error)
+	// Scan claims what is ready, but new files that skip (if set) reports
+	// true for, calling fn with each job until fn returns false; it returns
+	// when to look again for deferred work.
+	Scan(ctx context.Context, now time.Time, skip func(name string) bool, fn func(*Job) bool) (time.Time, error)
 	// ScanOne claims one named new arrival, if it is still there.
 	ScanOne(name string) (*Job, error)
 	// Return puts a claimed job back, unsent.

@@ -206,7 +206,7 @@ func benchSpool(b *testing.B, file func(*stages.Spool, *stages.Job) error) {
 	b.ResetTimer()
 	n := 0
 	var ferr error
-	_, err = sp.Scan(context.Background(), time.Now(), func(job *stages.Job) bool {
+	_, err = sp.Scan(context.Background(), time.Now(), nil, func(job *stages.Job) bool {
 		n++
 		ferr = file(sp, job)
 		return ferr == nil

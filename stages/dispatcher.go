@@ -100,9 +100,11 @@ type Dispatcher struct {
 	MaxQueued        int // default 4096
 	MaxQueuedPerHost int // default 1024
 	// Holds and Tags, if set, keep a parked host's other files unopened in
-	// the queue until its parked jobs are due: Tags gives the route tags a
-	// job's file names carry (see RouteHolds).
-	Holds *RouteHolds
+	// the queue until its parked jobs are due: a RouteHold for the Scanner,
+	// with the route tags (Tags) the host's files carry. A hold that finds
+	// the channel full is dropped (see Scanner.Holds). Run closes Holds when
+	// it returns.
+	Holds chan<- RouteHold
 	Tags  func(*Job) []string
 	Clock Clock
 	Log   *zap.Logger
@@ -130,6 +132,8 @@ type hostState struct {
 	winStart time.Time
 	winCount int
 	rate     float64 // messages per second handed out in the last window; 0 unknown
+
+	heldUntil time.Time // end of the last RouteHold sent for it
 
 	// circuit breaker
 	failures   int
@@ -174,6 +178,9 @@ type workerState struct {
 // to out as Return (back to the queue), and each worker is told to stop when
 // it next asks. Parked jobs also go to out. Run does not close out.
 func (d *Dispatcher) Run(ctx context.Context, in <-chan *Job, requests <-chan *Request, out chan<- *Job) {
+	if d.Holds != nil {
+		defer close(d.Holds)
+	}
 	if d.MaxQueued <= 0 {
 		d.MaxQueued = 4096
 	}
@@ -407,10 +414,7 @@ func (d *Dispatcher) admit(job *Job, now time.Time, out chan<- *Job) bool {
 			return false
 		}
 		job.Outcome = Outcome{Verdict: Park, Due: now.Add(d.parkDelay(h, now))}
-		if d.Holds != nil && d.Tags != nil && d.Holds.Hold(d.Tags(job), job.Outcome.Due) {
-			d.Log.Info("host saturated: its surplus is parked and its other queued files are left unopened until then",
-				zap.String("host", h.name), zap.Int("queued", h.n), zap.Time("until", job.Outcome.Due))
-		}
+		d.holdRoutes(h, job, now)
 		out <- job
 		return true
 	}
@@ -418,10 +422,25 @@ func (d *Dispatcher) admit(job *Job, now time.Time, out chan<- *Job) bool {
 	return true
 }
 
+// holdRoutes asks the Scanner to leave h's other files unopened until its
+// parked job is due; once per hold, not per parked job.
+func (d *Dispatcher) holdRoutes(h *hostState, job *Job, now time.Time) {
+	if d.Holds == nil || d.Tags == nil || now.Before(h.heldUntil) {
+		return // no Scanner to tell, or the hold asked for last still runs
+	}
+	select {
+	case d.Holds <- RouteHold{Tags: d.Tags(job), Until: job.Outcome.Due}:
+		h.heldUntil = job.Outcome.Due
+		d.Log.Info("host saturated: its surplus is parked and its other queued files are left unopened until then",
+			zap.String("host", h.name), zap.Int("queued", h.n), zap.Time("until", job.Outcome.Due))
+	default:
+	}
+}
+
 // rateBacklog is how many jobs a rate-limited host may have queued in
 // memory: ten seconds of its rate, at least its burst and at least 16.
 // Beyond that its jobs are parked (and its other files left unopened, see
-// RouteHolds): there is no point holding a thousand messages for a host
+// RouteHold): there is no point holding a thousand messages for a host
 // that takes one a second while other hosts' mail waits behind them.
 func rateBacklog(h *hostState) int {
 	if h.limiter == nil {

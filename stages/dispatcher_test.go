@@ -256,28 +256,35 @@ func TestDispatcherKeepsBackForAFastNewHost(t *testing.T) {
 }
 
 // A rate-limited host keeps at most ten seconds of its rate queued (at
-// least 16): the surplus is parked and the host's route tags are held, so
-// that its other files stay unopened in the queue.
+// least 16): the surplus is parked and the Scanner is told to hold the
+// host's route tags until then, once, not per parked job.
 func TestDispatcherParksRateLimitedSurplusAndHoldsItsTags(t *testing.T) {
 	defer goleak.VerifyNone(t)
-	holds := stages.NewRouteHolds()
+	holds := make(chan stages.RouteHold, 4)
 	r := newDispatcherRig(t, 1, stages.Limits{MaxConnections: 1, Rate: 1, Burst: 1, IdleTimeout: time.Minute}, func(d *stages.Dispatcher) {
 		d.Holds = holds
 		d.Tags = func(j *stages.Job) []string { return []string{"beef"} }
 	})
-	for i := range 17 {
+	for i := range 18 {
 		r.in <- rigJob(i, "10.0.0.1")
 	}
-	r.ask(&stages.Request{Worker: 0}) // a round trip: the 17th is admitted by now
-	if len(r.out) != 1 {
-		t.Fatalf("%d jobs out after 17 for a host at 1/s, want the 17th parked", len(r.out))
+	r.ask(&stages.Request{Worker: 0}) // a round trip: the last is admitted by now
+	if len(r.out) != 2 {
+		t.Fatalf("%d jobs out after 18 for a host at 1/s, want the 17th and 18th parked", len(r.out))
 	}
 	j := <-r.out
 	if j.Outcome.Verdict != stages.Park || j.Outcome.Due.Before(time.Now()) {
 		t.Fatalf("17th job: %v due %v, want parked for later", j.Outcome.Verdict, j.Outcome.Due)
 	}
+	if len(holds) != 1 {
+		t.Fatalf("%d holds sent for two parked jobs, want 1", len(holds))
+	}
+	h := <-holds
+	if len(h.Tags) != 1 || h.Tags[0] != "beef" || !h.Until.Equal(j.Outcome.Due) {
+		t.Fatalf("hold %+v, want tag beef until the parked job is due (%v)", h, j.Outcome.Due)
+	}
 	r.stop(1)
-	if err := stages.CheckHeld(holds, "beef"); err != nil {
-		t.Fatal(err)
+	if _, ok := <-holds; ok {
+		t.Fatal("Run returned without closing Holds")
 	}
 }

@@ -413,7 +413,7 @@ func TestHoldAllRacesWithScan(t *testing.T) {
 	go func() {
 		defer wg.Done()
 		for range 20 {
-			_, err := s.Scan(ctx, time.Now(), func(j *Job) bool {
+			_, err := s.Scan(ctx, time.Now(), nil, func(j *Job) bool {
 				claimed = append(claimed, j.Name)
 				return true
 			})

@@ -3,48 +3,66 @@ package stages
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
+
+	"go.uber.org/zap"
 )
 
-// Files whose route tag is held stay in the queue folder, unclaimed, and
-// Scan says when to look again; once the hold ends they are claimed.
-func TestScanLeavesHeldRoutes(t *testing.T) {
+// Files whose route tag the Dispatcher holds stay in the queue folder,
+// unclaimed, while the others are claimed; when the hold ends the Scanner
+// looks again (not waiting for its rescan interval) and claims them.
+func TestScannerLeavesHeldRoutes(t *testing.T) {
 	d := inspDirs(t)
-	now := time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
-	clock := now
-	s, err := OpenSpool(d, func() time.Time { return clock })
+	s, err := OpenSpool(d, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	s.Holds = NewRouteHolds()
+	held := map[string]bool{}
 	for i := range 3 {
-		inspPlace(t, d.Queue, fmt.Sprintf("20261127T110000.00000000%dZ-slowslowslowslow+aaaa.eml", i), "x")
+		n := fmt.Sprintf("20261127T110000.00000000%dZ-slowslowslowslow+aaaa.eml", i)
+		inspPlace(t, d.Queue, n, "x")
+		held[n] = true
 	}
 	inspPlace(t, d.Queue, "20261127T110000.000000009Z-fastfastfastfast+bbbb.eml", "x")
 	inspPlace(t, d.Queue, "20261127T110000.000000010Z-untaggeduntagged.eml", "x")
-	until := now.Add(time.Minute)
-	s.Holds.Hold([]string{"aaaa"}, until)
 
-	var claimed []string
-	collect := func(j *Job) bool { claimed = append(claimed, j.Name); return true }
-	next, err := s.Scan(context.Background(), now, collect)
-	if err != nil {
-		t.Fatal(err)
+	holds := make(chan RouteHold, 1)
+	until := time.Now().Add(300 * time.Millisecond)
+	holds <- RouteHold{Tags: []string{"aaaa"}, Until: until}
+	sc := &Scanner{Spool: s, Interval: time.Hour, Holds: holds, Clock: SystemClock{}, Log: zap.NewNop()}
+	ctx, cancel := context.WithCancel(context.Background())
+	out := make(chan *Job)
+	done := make(chan error)
+	go func() { done <- sc.Run(ctx, out) }()
+	defer func() { cancel(); <-done }()
+
+	for range 2 {
+		j := <-out
+		if held[j.Name] {
+			t.Fatalf("%s claimed while its route tag is held", j.Name)
+		}
+		if time.Now().After(until) {
+			t.Fatal("the machine was too slow to tell: the hold ended before the first pass")
+		}
 	}
-	if len(claimed) != 2 || !next.Equal(until) {
-		t.Fatalf("with aaaa held: claimed %v, look again at %v; want the 2 others, at %v", claimed, next, until)
+	for range 3 {
+		select {
+		case j := <-out:
+			if !held[j.Name] {
+				t.Fatalf("%s claimed twice", j.Name)
+			}
+			if time.Now().Before(until) {
+				t.Fatalf("%s claimed before its hold ended", j.Name)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("held files not claimed after the hold ended (the Scanner waits for its hour-long interval)")
+		}
 	}
-	if j, _ := s.ScanOne("20261127T110000.000000000Z-slowslowslowslow+aaaa.eml"); j != nil {
-		t.Fatal("ScanOne claimed a held file")
-	}
-	claimed = nil
-	clock = until
-	if _, err := s.Scan(context.Background(), until, collect); err != nil {
-		t.Fatal(err)
-	}
-	if len(claimed) != 3 {
-		t.Fatalf("after the hold: claimed %v, want the 3 held files", claimed)
+	if _, err := os.Stat(filepath.Join(d.Queue, "20261127T110000.000000000Z-slowslowslowslow+aaaa.eml")); !os.IsNotExist(err) {
+		t.Fatalf("held file still in the queue folder after the hold: %v", err)
 	}
 }

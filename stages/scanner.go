@@ -15,11 +15,19 @@ import (
 // also rescans every Interval, because events can be missed or overflow; a
 // new file named in an event is claimed at once, without listing the folder.
 // Deferred files are taken when their bucket is due.
+//
+// A file whose route tag is held (Holds, from the Dispatcher) is left in the
+// queue folder until the hold ends.
 type Scanner struct {
 	Spool    Source
 	Interval time.Duration // periodic rescan; default 10s
-	Clock    Clock
-	Log      *zap.Logger
+	// Holds, if set, brings the Dispatcher's RouteHolds. The Dispatcher
+	// does not wait for the Scanner to take them: it drops one that finds
+	// the channel full, which only costs opening and parking that host's
+	// files one by one until the next.
+	Holds <-chan RouteHold
+	Clock Clock
+	Log   *zap.Logger
 }
 
 // Run recovers what dead instances left claimed, then claims files and sends
@@ -54,6 +62,31 @@ func (s *Scanner) Run(ctx context.Context, out chan<- *Job) error {
 		}
 	}
 
+	holds := routeHolds{}
+	takeHolds := func() {
+		for s.Holds != nil {
+			select {
+			case h, ok := <-s.Holds:
+				if !ok {
+					s.Holds = nil
+					return
+				}
+				holds.add(h)
+			default:
+				return
+			}
+		}
+	}
+	var heldUntil time.Time // the earliest end of a hold that kept a file in this pass
+	skip := func(name string) bool {
+		takeHolds()
+		until, ok := holds.held(name, s.Clock.Now())
+		if ok && (heldUntil.IsZero() || until.Before(heldUntil)) {
+			heldUntil = until
+		}
+		return ok
+	}
+
 	send := func(j *Job) bool {
 		select {
 		case out <- j:
@@ -70,6 +103,9 @@ func (s *Scanner) Run(ctx context.Context, out chan<- *Job) error {
 	claimEvent := func(ev fsnotify.Event) bool {
 		if !ev.Has(fsnotify.Create) || filepath.Dir(ev.Name) != filepath.Clean(s.Spool.WatchDir()) {
 			return true
+		}
+		if skip(filepath.Base(ev.Name)) {
+			return true // the next pass after the hold takes it
 		}
 		j, err := s.Spool.ScanOne(filepath.Base(ev.Name))
 		if err != nil {
@@ -101,12 +137,16 @@ func (s *Scanner) Run(ctx context.Context, out chan<- *Job) error {
 		return send(j)
 	}
 	for {
-		next, err := s.Spool.Scan(ctx, s.Clock.Now(), scanSend)
+		heldUntil = time.Time{}
+		next, err := s.Spool.Scan(ctx, s.Clock.Now(), skip, scanSend)
 		if ctx.Err() != nil {
 			return nil
 		}
 		if err != nil {
 			s.Log.Error("scanning the queue", zap.Error(err))
+		}
+		if !heldUntil.IsZero() && (next.IsZero() || heldUntil.Before(next)) {
+			next = heldUntil // look again when a hold that kept files here ends
 		}
 		wait := interval
 		if !next.IsZero() {

@@ -61,9 +61,6 @@ type Spool struct {
 	// Crash, if set, is called at named points ("claimed", "archive-write",
 	// "xml-write"): crash tests kill the process there. Set it before use.
 	Crash func(point string)
-	// Holds, if set, names the route tags whose files in the queue folder
-	// are left there for now (see RouteHolds). Set it before use.
-	Holds *RouteHolds
 
 	dirs    Dirs
 	id      string
@@ -299,24 +296,13 @@ const scanBatch = 256
 // in deferred buckets that are due at now. It calls fn with each claimed job
 // and stops early, returning ctx.Err(), when ctx is done or fn returns false.
 // It returns the due time of the earliest bucket still in the future (zero if
-// none), so the caller knows when to look again.
-func (s *Spool) Scan(ctx context.Context, now time.Time, fn func(*Job) bool) (time.Time, error) {
-	var heldUntil time.Time // the earliest end of a hold that kept a file here
-	held := func(name string) bool {
-		until, ok := s.Holds.heldName(name, now)
-		if ok && (heldUntil.IsZero() || until.Before(heldUntil)) {
-			heldUntil = until
-		}
-		return ok
-	}
-	if err := s.scanDir(ctx, s.dirs.Queue, held, fn); err != nil {
+// none), so the caller knows when to look again. Files of the queue folder
+// that skip (if set) reports true for are left there.
+func (s *Spool) Scan(ctx context.Context, now time.Time, skip func(name string) bool, fn func(*Job) bool) (time.Time, error) {
+	if err := s.scanDir(ctx, s.dirs.Queue, skip, fn); err != nil {
 		return time.Time{}, err
 	}
-	next, err := s.scanDeferred(ctx, now, fn)
-	if !heldUntil.IsZero() && (next.IsZero() || heldUntil.Before(next)) {
-		next = heldUntil
-	}
-	return next, err
+	return s.scanDeferred(ctx, now, fn)
 }
 
 // eachQueueFile calls fn with the name of each queue file in dir (a regular
@@ -420,9 +406,6 @@ func (s *Spool) scanDeferred(ctx context.Context, now time.Time, fn func(*Job) b
 func (s *Spool) ScanOne(name string) (*Job, error) {
 	if !queuefile.IsQueueName(name) {
 		return nil, nil
-	}
-	if _, held := s.Holds.heldName(name, s.now()); held {
-		return nil, nil // the next scan after the hold takes it
 	}
 	fi, err := os.Lstat(filepath.Join(s.dirs.Queue, name))
 	if err != nil || !fi.Mode().IsRegular() {
