@@ -2,26 +2,48 @@ package stages
 
 import (
 	"sync"
+	"sync/atomic"
 
 	"github.com/smtpq/smtpq/queuefile"
 )
 
-// dirSync makes a folder's entries durable for many callers at once (group
-// commit): a caller that changed the folder calls Sync, which returns once a
-// folder fsync that started after the call has succeeded. While one fsync
-// runs, the callers that arrive queue behind it and the next fsync covers
-// them all, so that archivers filing in the same folder share fsyncs
-// instead of taking turns. A failed fsync covers nobody: each caller it
-// would have covered tries again itself.
+// groupCommit lets concurrent callers share syncs (group commit). Callers
+// number what they need durable (a journal line, a change to a folder);
+// while one sync runs the others queue behind it, and the next sync covers
+// all of them, so the cost per caller falls as load rises. A failed sync
+// covers nobody: each caller it would have covered tries again itself.
+type groupCommit struct {
+	mu   sync.Mutex // held while syncing
+	done uint64     // the highest number a successful sync covered
+}
+
+// await returns once a successful sync has covered n. If none has, it
+// syncs: prepare, called just before, returns the highest number the sync
+// will cover and the sync itself.
+func (g *groupCommit) await(n uint64, prepare func() (upto uint64, sync func() error)) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.done >= n {
+		return nil // someone else's sync covered it
+	}
+	upto, sync := prepare()
+	if err := sync(); err != nil {
+		return err
+	}
+	g.done = upto
+	return nil
+}
+
+// dirSync makes a folder's entries durable for many callers at once: a
+// caller that changed the folder calls Sync, which returns once a folder
+// fsync that started after the call has succeeded, so that archivers filing
+// in the same folder share fsyncs instead of taking turns.
 type dirSync struct {
 	dir  string
 	sync func(dir string) error // queuefile.SyncDir; tests replace it
 
-	mu        sync.Mutex
-	requested uint64 // calls so far
-
-	syncMu sync.Mutex // held while syncing
-	done   uint64     // calls covered by a successful fsync
+	requested atomic.Uint64 // calls so far
+	commit    groupCommit
 }
 
 func newDirSync(dir string) *dirSync { return &dirSync{dir: dir, sync: queuefile.SyncDir} }
@@ -29,22 +51,8 @@ func newDirSync(dir string) *dirSync { return &dirSync{dir: dir, sync: queuefile
 // Sync returns once the folder's entries, as they were when it was called,
 // are durable.
 func (d *dirSync) Sync() error {
-	d.mu.Lock()
-	d.requested++
-	mine := d.requested
-	d.mu.Unlock()
-
-	d.syncMu.Lock()
-	defer d.syncMu.Unlock()
-	if d.done >= mine {
-		return nil
-	}
-	d.mu.Lock()
-	upto := d.requested
-	d.mu.Unlock()
-	if err := d.sync(d.dir); err != nil {
-		return err
-	}
-	d.done = upto
-	return nil
+	n := d.requested.Add(1)
+	return d.commit.await(n, func() (uint64, func() error) {
+		return d.requested.Load(), func() error { return d.sync(d.dir) }
+	})
 }

@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+
+	"github.com/smtpq/smtpq/queuefile"
 )
 
 // inodePool keeps the queue copies of filed messages, once their content is
@@ -43,7 +45,7 @@ func newInodePool(sentDir, id string) *inodePool {
 	if !poolSupported {
 		return &inodePool{off: true}
 	}
-	dir := filepath.Join(sentDir, ".tmp", ".free-"+id)
+	dir := poolDir(sentDir, id)
 	if err := os.Mkdir(dir, 0o750); err != nil {
 		return &inodePool{off: true}
 	}
@@ -79,7 +81,7 @@ func (p *inodePool) put(path string) bool {
 
 // take returns a pooled file, open for writing at offset 0, with its name
 // in the pool; nil if the pool has none. The file still has its old
-// content: the caller truncates it to what it writes (rewritten).
+// content: the caller truncates it to what it writes.
 func (p *inodePool) take() (*os.File, string) {
 	for {
 		p.mu.Lock()
@@ -122,10 +124,6 @@ func (p *inodePool) publish(name, dst string) error {
 	return err
 }
 
-// rewritten truncates a file taken from the pool to the n bytes written
-// into it.
-func rewritten(f *os.File, n int64) error { return f.Truncate(n) }
-
 // drop removes a pooled file that was taken but not published.
 func (p *inodePool) drop(name string) { os.Remove(filepath.Join(p.dir, name)) }
 
@@ -142,7 +140,10 @@ func (p *inodePool) close() {
 	}
 }
 
-// removeDeadPool removes the pool of a dead instance.
-func removeDeadPool(sentDir, id string) {
-	os.RemoveAll(filepath.Join(sentDir, ".tmp", ".free-"+id))
+// poolDir is the pool folder of instance id.
+func poolDir(sentDir, id string) string {
+	return filepath.Join(sentDir, queuefile.TmpDir, ".free-"+id)
 }
+
+// removeDeadPool removes the pool of a dead instance.
+func removeDeadPool(sentDir, id string) { os.RemoveAll(poolDir(sentDir, id)) }

@@ -36,8 +36,7 @@ type journal struct {
 	f       *os.File
 	written uint64 // lines written
 
-	syncMu sync.Mutex // held while syncing
-	synced uint64     // lines known durable
+	commit groupCommit // of line numbers
 }
 
 func journalPath(activeRoot, id string) string {
@@ -68,29 +67,21 @@ func (j *journal) Append(line string) (uint64, error) {
 
 // Sync returns once line n, and every line before it, is durable.
 func (j *journal) Sync(n uint64) error {
-	j.syncMu.Lock()
-	defer j.syncMu.Unlock()
-	if j.synced >= n {
-		return nil // someone else's sync covered this line
-	}
-	j.mu.Lock()
-	upto, f := j.written, j.f
-	j.mu.Unlock()
-	if f == nil {
-		return errors.New("journal closed")
-	}
-	if err := f.Sync(); err != nil {
-		return err
-	}
-	j.synced = upto
-	return nil
+	return j.commit.await(n, func() (uint64, func() error) {
+		j.mu.Lock()
+		defer j.mu.Unlock()
+		if j.f == nil {
+			return j.written, func() error { return errors.New("journal closed") }
+		}
+		return j.written, j.f.Sync
+	})
 }
 
 // Close closes and removes the journal: every message it speaks of has been
 // filed.
 func (j *journal) Close() error {
-	j.syncMu.Lock()
-	defer j.syncMu.Unlock()
+	j.commit.mu.Lock() // no sync in progress
+	defer j.commit.mu.Unlock()
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	if j.f == nil {

@@ -70,8 +70,8 @@ func TestJournalSyncCovers(t *testing.T) {
 	if err := j.Sync(3); err != nil {
 		t.Fatal(err)
 	}
-	if j.synced != 5 {
-		t.Fatalf("after Sync(3) lines up to %d are durable, want all 5 written", j.synced)
+	if j.commit.done != 5 {
+		t.Fatalf("after Sync(3) lines up to %d are durable, want all 5 written", j.commit.done)
 	}
 	j.f.Close()
 	if err := j.Sync(4); err != nil {

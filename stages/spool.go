@@ -576,7 +576,7 @@ func (s *Spool) sentUnnamed(job *Job) (string, error) {
 	cw := &queuefile.CountWriter{W: f}
 	err := writeMessage(cw, job)
 	if err == nil && pooled != "" {
-		err = rewritten(f, cw.N)
+		err = f.Truncate(cw.N) // what is left of the old content
 	}
 	if err == nil {
 		err = f.Sync()
