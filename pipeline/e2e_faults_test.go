@@ -195,6 +195,23 @@ func TestTransientReplyAtEachStepIsRetried(t *testing.T) {
 	}
 }
 
+// wantRetriedOut checks that name was deferred twice and then failed for
+// good once retries ran out (the test configuration allows 3 attempts),
+// each time with a temporary error at step saying text.
+func wantRetriedOut(t *testing.T, env *pipelinetest.Env, name, step, text string) {
+	t.Helper()
+	f := env.WaitFiled(name)
+	wantFailed(t, f, stages.ClassPermanent)
+	if got := results(env, name); !slices.Equal(got, []string{"deferred", "deferred", "failed"}) {
+		t.Errorf("filings = %v, want two deferrals, then failed once retries ran out", got)
+	}
+	for _, fl := range filingsOf(env, name) {
+		if e := fl.Job.Outcome.Err; e == nil || e.Step != step || !e.Temporary || !strings.Contains(e.Text, text) {
+			t.Errorf("%s: error %v, want a temporary error at %s saying %q", fl.Result, e, step, text)
+		}
+	}
+}
+
 // pipeliningModes runs a test with pipelined transactions (as smtpq sends
 // to a server offering PIPELINING, as smtptest does) and one command at a
 // time (as to a server that does not): both must decide alike.
@@ -605,16 +622,7 @@ func TestTLSFailuresAreNeverSent(t *testing.T) {
 			p.TLS = c.mode
 			name := env.Enqueue(testMessage(1), p)
 
-			f := env.WaitFiled(name)
-			wantFailed(t, f, stages.ClassPermanent)
-			if got := results(env, name); !slices.Equal(got, []string{"deferred", "deferred", "failed"}) {
-				t.Errorf("filings = %v, want two deferrals, then failed once retries ran out", got)
-			}
-			for _, fl := range filingsOf(env, name) {
-				if e := fl.Job.Outcome.Err; e == nil || e.Step != "tls" || !e.Temporary || !strings.Contains(e.Text, c.want) {
-					t.Errorf("%s: error %v, want a temporary TLS error saying %q", fl.Result, e, c.want)
-				}
-			}
+			wantRetriedOut(t, env, name, "tls", c.want)
 			if n := len(srv.Messages()); n != 0 {
 				t.Errorf("%d messages sent over a failed TLS connection", n)
 			}
@@ -655,16 +663,7 @@ func TestStartTLSMissingSendsNothing(t *testing.T) {
 			p.TLS = queuefile.TLSStartTLS
 			name := env.Enqueue(testMessage(1), p)
 
-			f := env.WaitFiled(name)
-			wantFailed(t, f, stages.ClassPermanent)
-			if got := results(env, name); !slices.Equal(got, []string{"deferred", "deferred", "failed"}) {
-				t.Errorf("filings = %v, want two deferrals, then failed once retries ran out", got)
-			}
-			for _, fl := range filingsOf(env, name) {
-				if e := fl.Job.Outcome.Err; e == nil || e.Step != "starttls" || !e.Temporary {
-					t.Errorf("%s: error %v, want a temporary error at starttls", fl.Result, e)
-				}
-			}
+			wantRetriedOut(t, env, name, "starttls", "")
 			if steps.get(smtptest.Hello) == 0 {
 				t.Fatal("the server never saw EHLO: the test proves nothing")
 			}
