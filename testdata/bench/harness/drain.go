@@ -74,22 +74,12 @@ func smtpqDrain(ctx context.Context, o *options, k *keys, sinkKind string, conns
 	if noSentCopy {
 		res.what += ", delete_after_send"
 	}
-	d, err := newSpoolDirs(o.work, fmt.Sprintf("drain-smtpq-%s-%d-%v", sinkKind, conns, noSentCopy))
+	d, sk, cleanup, err := drainSetup(ctx, o, k, fmt.Sprintf("drain-smtpq-%s-%d-%v", sinkKind, conns, noSentCopy), sinkKind, n)
 	if err != nil {
 		res.err = err
 		return res
 	}
-	defer os.RemoveAll(d.root)
-	sk, err := startSink(ctx, sinkKind, d.root, "127.0.0.1")
-	if err != nil {
-		res.err = err
-		return res
-	}
-	defer sk.close()
-	if err := fillQueue(ctx, d.queue, k, []batch{{host: sk.host(), port: sk.port(), n: n, size: 4096, tag: "m"}}); err != nil {
-		res.err = err
-		return res
-	}
+	defer cleanup()
 	svc, err := startService(o, d, k, svcConfig{maxThreads: conns, maxConns: conns, noSentCopy: noSentCopy})
 	if err != nil {
 		res.err = err
@@ -149,28 +139,42 @@ func waitDrained(ctx context.Context, svc *proc, d spoolDirs, sk sink, n int, ti
 	}
 }
 
+// drainSetup makes a run's folders and sink and queues n messages for it
+// (none if n is 0); cleanup stops the sink and removes the folders.
+func drainSetup(ctx context.Context, o *options, k *keys, name, sinkKind string, n int) (spoolDirs, sink, func(), error) {
+	d, err := newSpoolDirs(o.work, name)
+	if err != nil {
+		return d, nil, nil, err
+	}
+	sk, err := startSink(ctx, sinkKind, d.root, "127.0.0.1")
+	if err != nil {
+		os.RemoveAll(d.root)
+		return d, nil, nil, err
+	}
+	cleanup := func() { sk.close(); os.RemoveAll(d.root) }
+	if n > 0 {
+		if err := fillQueue(ctx, d.queue, k, []batch{{host: sk.host(), port: sk.port(), n: n, size: 4096, tag: "m"}}); err != nil {
+			cleanup()
+			return d, nil, nil, err
+		}
+	}
+	return d, sk, cleanup, nil
+}
+
 // baselineDrain runs the bare client: mode "file" on a queue of n files,
 // or "memory" with n sends of one message.
 func baselineDrain(ctx context.Context, o *options, k *keys, bin, sinkKind string, conns, n int, mode string) drainResult {
 	res := drainResult{what: fmt.Sprintf("bare client (%s), cap %d, %s", mode, conns, sinkKind), n: n}
-	d, err := newSpoolDirs(o.work, fmt.Sprintf("drain-baseline-%s-%s-%d", mode, sinkKind, conns))
+	queued := n
+	if mode != "file" {
+		queued = 0 // "memory" sends one message n times
+	}
+	d, sk, cleanup, err := drainSetup(ctx, o, k, fmt.Sprintf("drain-baseline-%s-%s-%d", mode, sinkKind, conns), sinkKind, queued)
 	if err != nil {
 		res.err = err
 		return res
 	}
-	defer os.RemoveAll(d.root)
-	sk, err := startSink(ctx, sinkKind, d.root, "127.0.0.1")
-	if err != nil {
-		res.err = err
-		return res
-	}
-	defer sk.close()
-	if mode == "file" {
-		if err := fillQueue(ctx, d.queue, k, []batch{{host: sk.host(), port: sk.port(), n: n, size: 4096, tag: "m"}}); err != nil {
-			res.err = err
-			return res
-		}
-	}
+	defer cleanup()
 	log := filepath.Join(d.root, "baseline.log")
 	p, err := startProc("baseline", log, bin, "-mode", mode, "-queue", d.queue, "-sent", d.sent,
 		"-addr", net.JoinHostPort(sk.host(), strconv.Itoa(sk.port())), "-conns", strconv.Itoa(conns),
