@@ -239,6 +239,11 @@ func (p *Pipeline) routeTags(job *stages.Job) []string {
 	return tags
 }
 
+// ArchiverLogger is the name of the Archiver's logger, whose info lines
+// are the per-message outcome lines (one per message filed): a log sink may
+// buffer them (smtpq run does).
+const ArchiverLogger = "archiver"
+
 // archiverCount is how many Archiver goroutines file outcomes.
 const archiverCount = 4
 
@@ -405,7 +410,7 @@ func (p *Pipeline) Run(ctx context.Context) error {
 		NoPipelining: p.opts.NoPipelining,
 	}
 	archiver := &stages.Archiver{
-		Spool: spool, DeleteAfterSend: cfg.DeleteAfterSend, Clock: clock, Log: log.Named("archiver"),
+		Spool: spool, DeleteAfterSend: cfg.DeleteAfterSend, Clock: clock, Log: log.Named(ArchiverLogger),
 		OnFiled: func(f stages.Filed) {
 			met.observe(f, clock.Now())
 			if p.opts.OnFiled != nil {

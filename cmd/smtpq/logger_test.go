@@ -29,7 +29,7 @@ func TestLoggerBuffersPerMessageLines(t *testing.T) {
 		b, _ := os.ReadFile(file)
 		return string(b)
 	}
-	arch := log.Named("archiver")
+	arch := log.Named(pipeline.ArchiverLogger)
 	for range 300 {
 		arch.Info("sent")
 	}

@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"runtime/debug"
 	"runtime/pprof"
-	"strings"
 	"syscall"
 	"time"
 
@@ -178,7 +177,7 @@ func newLogger(cfg *pipeline.Config) (*zap.Logger, zap.AtomicLevel, func(), erro
 	buf := &zapcore.BufferedWriteSyncer{WS: flushOnly{out}, Size: 256 << 10, FlushInterval: logFlush}
 	core := zapcore.NewCore(enc, buf, level)
 	opts = append(opts, zap.ErrorOutput(out), zap.Hooks(func(e zapcore.Entry) error {
-		if e.Level >= zapcore.WarnLevel || !strings.HasPrefix(e.LoggerName, "archiver") {
+		if e.Level >= zapcore.WarnLevel || e.LoggerName != pipeline.ArchiverLogger {
 			return buf.Sync()
 		}
 		return nil
