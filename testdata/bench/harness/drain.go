@@ -13,6 +13,8 @@ import (
 	"slices"
 	"strconv"
 	"time"
+
+	"github.com/smtpq/smtpq/stages"
 )
 
 // drainResult is one drain of n messages.
@@ -115,7 +117,7 @@ func waitDrained(ctx context.Context, svc *proc, d spoolDirs, sk sink, n int, ti
 	for {
 		if sk.count() >= n {
 			left := countNames(d.queue, nil)
-			eachName(filepath.Join(d.queue, ".active"), func(inst string) {
+			stages.EachName(filepath.Join(d.queue, ".active"), func(inst string) {
 				left += countNames(filepath.Join(d.queue, ".active", inst), nil)
 			})
 			if left == 0 {

@@ -24,6 +24,7 @@ import (
 	"filippo.io/age"
 
 	"github.com/smtpq/smtpq/queuefile"
+	"github.com/smtpq/smtpq/stages"
 )
 
 // keys are the service's key pair, made once per run.
@@ -189,7 +190,7 @@ func fillQueue(ctx context.Context, dir string, k *keys, batches []batch) error 
 // countNames counts the queue-file names in dir that match (nil: all).
 func countNames(dir string, match func(string) bool) int {
 	n := 0
-	eachName(dir, func(name string) {
+	stages.EachName(dir, func(name string) {
 		if queuefile.IsQueueName(name) && (match == nil || match(name)) {
 			n++
 		}
@@ -197,28 +198,11 @@ func countNames(dir string, match func(string) bool) int {
 	return n
 }
 
-func eachName(dir string, fn func(string)) {
-	d, err := os.Open(dir)
-	if err != nil {
-		return
-	}
-	defer d.Close()
-	for {
-		names, err := d.Readdirnames(1024)
-		for _, n := range names {
-			fn(n)
-		}
-		if err != nil || len(names) == 0 {
-			return
-		}
-	}
-}
-
 // lastChange returns the latest inode change time of the matching files in
 // dir: when the last one was linked into Sent.
 func lastChange(dir string, match func(string) bool) time.Time {
 	var last time.Time
-	eachName(dir, func(name string) {
+	stages.EachName(dir, func(name string) {
 		if !queuefile.IsQueueName(name) || (match != nil && !match(name)) {
 			return
 		}
