@@ -185,6 +185,17 @@ func wantSent(t *testing.T, f stages.Filed) {
 	}
 }
 
+// wantAllSent waits for n messages to be filed for good and checks that
+// each was sent.
+func wantAllSent(t *testing.T, env *pipelinetest.Env, n int) {
+	t.Helper()
+	for name, f := range env.WaitFinal(n) {
+		if f.Result != "sent" {
+			t.Errorf("%s: %s (%v)", name, f.Result, f.Job.Outcome.Err)
+		}
+	}
+}
+
 // wantFailed fails the test unless f is a filing in Undeliverable of class.
 func wantFailed(t *testing.T, f stages.Filed, class stages.Class) {
 	t.Helper()

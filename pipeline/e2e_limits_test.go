@@ -77,11 +77,7 @@ func TestHostAndThreadLimits(t *testing.T) {
 	}
 	env.Start(pipeline.Options{})
 
-	for name, f := range env.WaitFinal(perHost * len(hosts)) {
-		if f.Result != "sent" {
-			t.Errorf("%s: %s (%v)", name, f.Result, f.Job.Outcome.Err)
-		}
-	}
+	wantAllSent(t, env, perHost * len(hosts))
 	tr.mu.Lock()
 	defer tr.mu.Unlock()
 	for _, ip := range hosts {
@@ -149,11 +145,7 @@ func TestSlowHostDoesNotDelayOthers(t *testing.T) {
 	}
 
 	release.Open()
-	for name, f := range env.WaitFinal(25) {
-		if f.Result != "sent" {
-			t.Errorf("%s: %s (%v)", name, f.Result, f.Job.Outcome.Err)
-		}
-	}
+	wantAllSent(t, env, 25)
 	if n := len(slow.Messages()); n != len(slowNames) {
 		t.Errorf("slow host received %d messages, want %d", n, len(slowNames))
 	}
@@ -171,11 +163,7 @@ func TestRateLimit(t *testing.T) {
 	}
 	start := time.Now() // the rate limiter cannot have existed before this
 	env.Start(pipeline.Options{})
-	for name, f := range env.WaitFinal(n) {
-		if f.Result != "sent" {
-			t.Errorf("%s: %s (%v)", name, f.Result, f.Job.Outcome.Err)
-		}
-	}
+	wantAllSent(t, env, n)
 	var got []time.Time
 	for _, m := range srv.Messages() {
 		got = append(got, m.Received)
@@ -206,11 +194,7 @@ func TestReusesConnections(t *testing.T) {
 		env.Enqueue(testMessage(i), plainParams(srv, fmt.Sprintf("user%d@example.org", i)))
 	}
 	env.Start(pipeline.Options{})
-	for name, f := range env.WaitFinal(n) {
-		if f.Result != "sent" {
-			t.Errorf("%s: %s (%v)", name, f.Result, f.Job.Outcome.Err)
-		}
-	}
+	wantAllSent(t, env, n)
 	if got := len(srv.Messages()); got != n {
 		t.Fatalf("server received %d messages, want %d", got, n)
 	}
@@ -230,11 +214,7 @@ func TestMaxMessagesPerConnection(t *testing.T) {
 		env.Enqueue(testMessage(i), plainParams(srv, fmt.Sprintf("user%d@example.org", i)))
 	}
 	env.Start(pipeline.Options{})
-	for name, f := range env.WaitFinal(n) {
-		if f.Result != "sent" {
-			t.Errorf("%s: %s (%v)", name, f.Result, f.Job.Outcome.Err)
-		}
-	}
+	wantAllSent(t, env, n)
 	msgs := srv.Messages()
 	if len(msgs) != n {
 		t.Fatalf("server received %d messages, want %d", len(msgs), n)

@@ -108,11 +108,7 @@ func TestShutdownLosesNothing(t *testing.T) {
 	// is sent at least once, never zero times.
 	release.Open()
 	env.Start(pipeline.Options{})
-	for name, f := range env.WaitFinal(n) {
-		if f.Result != "sent" {
-			t.Errorf("%s after the restart: %s (%v)", name, f.Result, f.Job.Outcome.Err)
-		}
-	}
+	wantAllSent(t, env, n) // after the restart
 	got := map[string]int{}
 	for _, m := range srv.Messages() {
 		for _, to := range m.To {

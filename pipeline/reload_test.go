@@ -72,11 +72,7 @@ func TestReloadAppliesLimitsAndRefusesBadConfigs(t *testing.T) {
 		env.Enqueue(testMessage(i), queuefile.Params{Host: srv.Host(), Port: srv.Port(), TLS: queuefile.TLSNone,
 			From: "app@example.com", To: []string{fmt.Sprintf("user%d@example.org", i)}})
 	}
-	for name, f := range env.WaitFinal(n) {
-		if f.Result != "sent" {
-			t.Errorf("%s: %s", name, f.Result)
-		}
-	}
+	wantAllSent(t, env, n)
 	ctx, cancel := context.WithTimeout(context.Background(), pipelinetest.WaitTimeout)
 	defer cancel()
 	if _, err := srv.WaitMessages(ctx, n); err != nil {
