@@ -134,6 +134,7 @@ type hostState struct {
 	rate     float64 // messages per second handed out in the last window; 0 unknown
 
 	heldUntil time.Time // end of the last RouteHold sent for it
+	heldTags  []string  // and its tags
 
 	// circuit breaker
 	failures   int
@@ -342,6 +343,7 @@ func (d *Dispatcher) control(c HostControl, now time.Time) {
 				h.failures, h.pauseLevel, h.halfOpen = 0, 0, false
 				h.openUntil, h.restoreAt = time.Time{}, time.Time{}
 				h.capacity = h.lim.MaxConnections
+				d.releaseRoutes(h)
 			}
 		}
 	case "reload":
@@ -428,12 +430,26 @@ func (d *Dispatcher) holdRoutes(h *hostState, job *Job, now time.Time) {
 	if d.Holds == nil || d.Tags == nil || now.Before(h.heldUntil) {
 		return // no Scanner to tell, or the hold asked for last still runs
 	}
+	tags := d.Tags(job)
 	select {
-	case d.Holds <- RouteHold{Tags: d.Tags(job), Until: job.Outcome.Due}:
-		h.heldUntil = job.Outcome.Due
+	case d.Holds <- RouteHold{Tags: tags, Until: job.Outcome.Due}:
+		h.heldUntil, h.heldTags = job.Outcome.Due, tags
 		d.Log.Info("host saturated: its surplus is parked and its other queued files are left unopened until then",
 			zap.String("host", h.name), zap.Int("queued", h.n), zap.Time("until", job.Outcome.Due))
 	default:
+	}
+}
+
+// releaseRoutes ends h's hold, if any (queue retry: the deferred files it
+// moves back to the queue folder are to be sent now).
+func (d *Dispatcher) releaseRoutes(h *hostState) {
+	if d.Holds == nil || h.heldTags == nil {
+		return
+	}
+	select {
+	case d.Holds <- RouteHold{Tags: h.heldTags}:
+		h.heldUntil, h.heldTags = time.Time{}, nil
+	default: // the hold ends by itself
 	}
 }
 

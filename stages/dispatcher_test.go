@@ -288,3 +288,34 @@ func TestDispatcherParksRateLimitedSurplusAndHoldsItsTags(t *testing.T) {
 		t.Fatal("Run returned without closing Holds")
 	}
 }
+
+// queue retry for a held host ends the hold at once: the deferred files
+// the command moves back to the queue folder are to be sent now.
+func TestDispatcherRetryReleasesRouteHold(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	holds := make(chan stages.RouteHold, 4)
+	controls := make(chan stages.HostControl)
+	r := newDispatcherRig(t, 1, stages.Limits{MaxConnections: 1, Rate: 1, Burst: 1, IdleTimeout: time.Minute}, func(d *stages.Dispatcher) {
+		d.Holds = holds
+		d.Controls = controls
+		d.Tags = func(j *stages.Job) []string { return []string{"beef"} }
+	})
+	for i := range 17 {
+		r.in <- rigJob(i, "10.0.0.1")
+	}
+	r.ask(&stages.Request{Worker: 0})
+	if h := <-holds; h.Until.IsZero() {
+		t.Fatalf("first hold %+v, want one with an end", h)
+	}
+	controls <- stages.HostControl{Op: "retry", Host: "10.0.0.1"}
+	r.ask(&stages.Request{Worker: 0}) // a round trip: the control is handled by now
+	select {
+	case h := <-holds:
+		if len(h.Tags) != 1 || h.Tags[0] != "beef" || !h.Until.IsZero() {
+			t.Fatalf("after retry: %+v, want the release of beef", h)
+		}
+	default:
+		t.Fatal("retry sent no release of the host's hold")
+	}
+	r.stop(1)
+}

@@ -7,7 +7,8 @@ import (
 )
 
 // RouteHold tells the Scanner to leave in the queue folder, unclaimed, the
-// files whose names carry one of Tags (queuefile.RouteTag) until Until. The
+// files whose names carry one of Tags (queuefile.RouteTag) until Until; a
+// zero Until ends the hold of Tags at once (queue retry). The
 // Dispatcher sends one when it has to park a host's surplus (the host is
 // rate-limited, paused or slow, and its queue is full), until the parked
 // jobs are due: other hosts' files are then found and sent without opening
@@ -24,7 +25,9 @@ type routeHolds map[string]time.Time
 
 func (h routeHolds) add(r RouteHold) {
 	for _, tag := range r.Tags {
-		if tag != "" && h[tag].Before(r.Until) {
+		if r.Until.IsZero() {
+			delete(h, tag)
+		} else if tag != "" && h[tag].Before(r.Until) {
 			h[tag] = r.Until
 		}
 	}
