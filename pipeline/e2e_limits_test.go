@@ -77,7 +77,7 @@ func TestHostAndThreadLimits(t *testing.T) {
 	}
 	env.Start(pipeline.Options{})
 
-	wantAllSent(t, env, perHost * len(hosts))
+	wantAllSent(t, env, perHost*len(hosts))
 	tr.mu.Lock()
 	defer tr.mu.Unlock()
 	for _, ip := range hosts {
