@@ -67,6 +67,48 @@ func TestScannerLeavesHeldRoutes(t *testing.T) {
 	}
 }
 
+// A file announced by fsnotify while the Scanner is idle, whose route tag
+// is held, is claimed when the hold ends, not at the next periodic rescan.
+func TestScannerTakesAnnouncedHeldFileWhenHoldEnds(t *testing.T) {
+	d := inspDirs(t)
+	s, err := OpenSpool(d, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	holds := make(chan RouteHold, 1)
+	sc := &Scanner{Spool: s, Interval: time.Hour, Holds: holds, Clock: SystemClock{}, Log: zap.NewNop()}
+	ctx, cancel := context.WithCancel(context.Background())
+	out := make(chan *Job)
+	done := make(chan error)
+	go func() { done <- sc.Run(ctx, out) }()
+	defer func() { cancel(); <-done }()
+
+	// A first file, claimed from its event, shows the Scanner idle and
+	// watching.
+	inspPlace(t, d.Queue, "20261127T110000.000000001Z-fastfastfastfast+bbbb.eml", "x")
+	select {
+	case <-out:
+	case <-time.After(10 * time.Second):
+		t.Fatal("a new file was not claimed from its event")
+	}
+	until := time.Now().Add(300 * time.Millisecond)
+	holds <- RouteHold{Tags: []string{"aaaa"}, Until: until}
+	heldName := "20261127T110000.000000002Z-slowslowslowslow+aaaa.eml"
+	inspPlace(t, d.Queue, heldName, "x")
+	select {
+	case j := <-out:
+		if j.Name != heldName {
+			t.Fatalf("claimed %s", j.Name)
+		}
+		if time.Now().Before(until) {
+			t.Fatalf("%s claimed before its hold ended", j.Name)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("an announced file whose tag was held was not claimed after the hold ended (the Scanner waits for its hour-long interval)")
+	}
+}
+
 // A hold lasts until its end, a later hold extends it, an earlier one does
 // not shorten it, and a hold without an end releases the tags at once.
 func TestRouteHoldsSet(t *testing.T) {

@@ -154,6 +154,7 @@ func (s *Scanner) Run(ctx context.Context, out chan<- *Job) error {
 				wait = max(d, 0)
 			}
 		}
+		deadline := s.Clock.Now().Add(wait)
 		timer := s.Clock.After(wait)
 	idle:
 		for {
@@ -171,6 +172,12 @@ func (s *Scanner) Run(ctx context.Context, out chan<- *Job) error {
 				// case of one message arriving in an idle queue.
 				if !claimEvent(ev) {
 					return nil
+				}
+				if !heldUntil.IsZero() && heldUntil.Before(deadline) {
+					// The file's route tag is held: take it when the hold
+					// ends, not at the next rescan.
+					deadline = heldUntil
+					timer = s.Clock.After(max(heldUntil.Sub(s.Clock.Now()), 0))
 				}
 			case err, ok := <-errs:
 				if !ok {
