@@ -101,6 +101,12 @@ func TestPermanentFailureFilesUndeliverable(t *testing.T) {
 	if !strings.Contains(l.Transcript, "RCPT TO:<nobody@example.org>") || !strings.Contains(l.Transcript, "550") {
 		t.Errorf("transcript lacks the refused RCPT:\n%s", l.Transcript)
 	}
+	// The Sender reads the greeting itself and hands it to go-smtp: the
+	// transcript has it once, before EHLO.
+	greet, ehlo := strings.Index(l.Transcript, "220 "), strings.Index(l.Transcript, "EHLO ")
+	if n := strings.Count(l.Transcript, "220 "); n != 1 || greet < 0 || ehlo < greet {
+		t.Errorf("transcript has %d greetings (at %d, EHLO at %d), want one before EHLO:\n%s", n, greet, ehlo, l.Transcript)
+	}
 	if n := len(srv.Messages()); n != 0 {
 		t.Errorf("server received %d messages", n)
 	}

@@ -128,16 +128,14 @@ func faultParams(srv *smtptest.Server, withAuth bool, to ...string) queuefile.Pa
 }
 
 // stepNames are the steps a server can fail, with the step the Sender
-// records for a failure there. go-smtp's client reads the greeting and
-// sends EHLO in one call, so both are recorded as "greeting"; the reply to
-// the final dot is "data", whether the server refuses the content at once
+// records for a failure there. The reply to the final dot is "data", whether the server refuses the content at once
 // (Data) or after reading it (AfterDot).
 var stepNames = []struct {
 	step smtptest.Step
 	want string
 }{
 	{smtptest.Greeting, "greeting"},
-	{smtptest.Hello, "greeting"},
+	{smtptest.Hello, "ehlo"},
 	{smtptest.Auth, "auth"},
 	{smtptest.Mail, "mail"},
 	{smtptest.Rcpt, "rcpt"},

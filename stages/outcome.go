@@ -93,7 +93,7 @@ type Error struct {
 	Code      int    // SMTP reply code, 0 if none (network, TLS, local)
 	Enhanced  string // enhanced status code such as "5.1.1", if any
 	Text      string // the server's text, or a description; never a secret
-	Step      string // where it happened: connect, tls, greeting, ehlo, auth, mail, rcpt, data, local
+	Step      string // where it happened: parse, connect, tls, greeting, ehlo, starttls, auth, size, mail, rcpt, data, local
 	// HostDown marks failures that say the host, not the message, is in
 	// trouble: refused or timed-out connections, 421. The Dispatcher backs off
 	// such hosts.

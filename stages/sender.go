@@ -239,14 +239,18 @@ func (s *Sender) open(ctx context.Context, r Route) (*session, *Error) {
 			return &session{route: r, tr: tr}, e
 		}
 		conn, isTLS = tc, true
-		// go-smtp's client reads a greeting before its first command, and
-		// after STARTTLS the server sends none (RFC 3207): it is given the
-		// server's own, which the transcript already has.
-		fed := "220 " + strings.SplitN(greeting, "\n", 2)[0] + "\r\n"
-		tr.skipOnce(strings.TrimSuffix(fed, "\r\n"))
-		c = smtp.NewClient(&greetedConn{Conn: tc, r: io.MultiReader(strings.NewReader(fed), tc)})
+		// After STARTTLS the server sends no greeting (RFC 3207).
+		c = greetedClient(tc, greeting, tr)
 	} else {
-		c = smtp.NewClient(conn)
+		// The greeting is read here, not by go-smtp, which reads it and
+		// sends EHLO in one call: a failure is reported at its own step.
+		greeting, e := s.greet(conn, tr)
+		if e != nil {
+			stop()
+			conn.Close()
+			return &session{route: r, tr: tr}, e
+		}
+		c = greetedClient(conn, greeting, tr)
 	}
 	c.CommandTimeout = orDefault(s.Timeouts.Command, 5*time.Minute)
 	c.SubmissionTimeout = orDefault(s.Timeouts.Data, 10*time.Minute)
@@ -258,10 +262,7 @@ func (s *Sender) open(ctx context.Context, r Route) (*session, *Error) {
 		return sess, e
 	}
 	if err := c.Hello(helo); err != nil {
-		e := Classify("greeting", err)
-		if r.TLS == queuefile.TLSStartTLS {
-			e.Step = "tls"
-		}
+		e := Classify("ehlo", err)
 		if e.Code == 0 || e.Code == 421 || e.Code == 554 {
 			e.HostDown = true
 		}
@@ -472,38 +473,22 @@ func (s *Sender) startTLS(ctx context.Context, conn net.Conn, r Route, helo stri
 	conn.SetDeadline(time.Now().Add(cmdTimeout))
 	defer conn.SetDeadline(time.Time{})
 	text := textproto.NewConn(tee{Conn: conn, tr: tr})
-	reply := func(code int) (string, *Error) {
-		got, msg, err := text.ReadResponse(code)
-		if err == nil {
-			return msg, nil
-		}
-		var pe *textproto.Error
-		if errors.As(err, &pe) {
-			e := Classify("greeting", smtpError(got, msg))
-			e.HostDown = got == 421 || got == 554
-			return msg, e
-		}
-		e := Classify("greeting", err)
-		e.HostDown = true
-		return msg, e
-	}
-	greeting, e := reply(220)
+	greeting, e := readReply(text, 220, "greeting")
 	if e != nil {
 		return nil, "", e
 	}
 	if err := text.PrintfLine("EHLO %s", helo); err != nil {
-		e := Classify("greeting", err)
+		e := Classify("ehlo", err)
 		e.HostDown = true
 		return nil, "", e
 	}
-	ext, e := reply(250)
+	ext, e := readReply(text, 250, "ehlo")
 	if e != nil && (e.Code == 500 || e.Code == 502) {
 		// EHLO not understood: an old server, which cannot offer STARTTLS
 		// (go-smtp would fall back to HELO and find none).
 		ext, e = "", nil
 	}
 	if e != nil {
-		e.Step = "tls"
 		return nil, "", e
 	}
 	offered := false
@@ -521,8 +506,7 @@ func (s *Sender) startTLS(ctx context.Context, conn net.Conn, r Route, helo stri
 		e.HostDown = true
 		return nil, "", e
 	}
-	if _, e := reply(220); e != nil {
-		e.Step = "tls"
+	if _, e := readReply(text, 220, "tls"); e != nil {
 		return nil, "", e
 	}
 	tc := tls.Client(conn, s.tlsConfig(r.Host))
@@ -533,6 +517,42 @@ func (s *Sender) startTLS(ctx context.Context, conn net.Conn, r Route, helo stri
 	}
 	tr.note("[TLS started]")
 	return tc, greeting, nil
+}
+
+// greet reads the server's greeting on conn, recording it, within the
+// command timeout.
+func (s *Sender) greet(conn net.Conn, tr *transcript) (string, *Error) {
+	conn.SetDeadline(time.Now().Add(orDefault(s.Timeouts.Command, 5*time.Minute)))
+	defer conn.SetDeadline(time.Time{})
+	return readReply(textproto.NewConn(tee{Conn: conn, tr: tr}), 220, "greeting")
+}
+
+// readReply reads one reply of the class of code on text. A failure is
+// reported at step; a server that closes (421, 554) or does not answer
+// is down.
+func readReply(text *textproto.Conn, code int, step string) (string, *Error) {
+	got, msg, err := text.ReadResponse(code)
+	if err == nil {
+		return msg, nil
+	}
+	var pe *textproto.Error
+	if errors.As(err, &pe) {
+		e := Classify(step, smtpError(got, msg))
+		e.HostDown = got == 421 || got == 554
+		return msg, e
+	}
+	e := Classify(step, err)
+	e.HostDown = true
+	return msg, e
+}
+
+// greetedClient is a go-smtp client on conn whose greeting was read
+// already: go-smtp reads one before its first command, so it is given the
+// first line of the server's own, which the transcript has already.
+func greetedClient(conn net.Conn, greeting string, tr *transcript) *smtp.Client {
+	fed := "220 " + strings.SplitN(greeting, "\n", 2)[0] + "\r\n"
+	tr.skipOnce(strings.TrimSuffix(fed, "\r\n"))
+	return smtp.NewClient(&greetedConn{Conn: conn, r: io.MultiReader(strings.NewReader(fed), conn)})
 }
 
 // greetedConn is a connection whose first bytes read come from r.
