@@ -109,12 +109,12 @@ func TestAuthAndCredentialsNeverLeak(t *testing.T) {
 	env.Start(pipeline.Options{Logger: logger, TLSConfig: &tls.Config{RootCAs: pool}})
 
 	p := queuefile.Params{Host: secure.Host(), Port: secure.Port(), TLS: queuefile.TLSStartTLS,
-		Username: user, Password: password, From: "alice@example.com", To: []string{"tls@example.org"}}
+		Username: user, Password: queuefile.NewSecret(password), From: "alice@example.com", To: []string{"tls@example.org"}}
 	viaTLS := env.Enqueue(testMessage(1), p)
-	p.Password, p.To = wrong, []string{"wrong@example.org"}
+	p.Password, p.To = queuefile.NewSecret(wrong), []string{"wrong@example.org"}
 	refused := env.Enqueue(testMessage(2), p)
 	lp := plainParams(plain, "local@example.org")
-	lp.Username, lp.Password = local, localPass
+	lp.Username, lp.Password = local, queuefile.NewSecret(localPass)
 	viaLoopback := env.Enqueue(testMessage(3), lp)
 
 	final := env.WaitFinal(3)

@@ -22,10 +22,10 @@ func TestXOAuth2(t *testing.T) {
 	env := pipelinetest.New(t)
 	env.Start(pipeline.Options{})
 	p := queuefile.Params{Host: srv.Host(), Port: srv.Port(), TLS: queuefile.TLSNone,
-		Username: "mailer@example.com", OAuth2Token: "ya29.token-1",
+		Username: "mailer@example.com", OAuth2Token: queuefile.NewSecret("ya29.token-1"),
 		From: "app@example.com", To: []string{"user@example.org"}}
 	good := env.Enqueue(testMessage(1), p)
-	p.OAuth2Token = "ya29.wrong"
+	p.OAuth2Token = queuefile.NewSecret("ya29.wrong")
 	bad := env.Enqueue(testMessage(2), p)
 	wantSent(t, env.WaitFiled(good))
 	f := env.WaitFiled(bad)

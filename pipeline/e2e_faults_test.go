@@ -122,7 +122,7 @@ const faultUser, faultPassword = "mailer", "fault7Matrix9pass"
 func faultParams(srv *smtptest.Server, withAuth bool, to ...string) queuefile.Params {
 	p := plainParams(srv, to...)
 	if withAuth {
-		p.Username, p.Password = faultUser, faultPassword
+		p.Username, p.Password = faultUser, queuefile.NewSecret(faultPassword)
 	}
 	return p
 }

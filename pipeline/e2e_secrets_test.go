@@ -140,7 +140,7 @@ func TestNoPasswordAnywhereAfterPlainAndLoginAuth(t *testing.T) {
 
 	withLogin := func(srv *smtptest.Server, password string, i int) string {
 		p := plainParams(srv, fmt.Sprintf("user%d@example.org", i))
-		p.Username, p.Password = user, queuefile.Secret(password)
+		p.Username, p.Password = user, queuefile.NewSecret(password)
 		return env.Enqueue(testMessage(i), p)
 	}
 	viaPlain := withLogin(plainSrv, plainPass, 1)
@@ -223,16 +223,21 @@ func TestPasswordsDoNotFormat(t *testing.T) {
 	t.Parallel()
 	const password, token = "f0rmatSecretValue6", "t0kenSecretValue77"
 	route := stages.Route{Host: "smtp.example.com", Port: 587, TLS: queuefile.TLSStartTLS,
-		Username: "mailer", Password: password, OAuth2Token: token, HELO: "app.example.com"}
+		Username: "mailer", Password: queuefile.NewSecret(password), OAuth2Token: queuefile.NewSecret(token), HELO: "app.example.com"}
 	params := queuefile.Params{Host: "smtp.example.com", Port: 587, TLS: queuefile.TLSStartTLS,
-		Username: "mailer", Password: password, OAuth2Token: token, From: "app@example.com", To: []string{"user@example.org"}}
+		Username: "mailer", Password: queuefile.NewSecret(password), OAuth2Token: queuefile.NewSecret(token), From: "app@example.com", To: []string{"user@example.org"}}
 	job := stages.Job{Name: "x.eml", Route: route, Params: &params}
 	all := []string{"%v", "%+v", "%#v", "%s", "%q", "%x", "%X", "%d"}
-	// A *Params inside another value, under a verb that does not suit a
-	// pointer (%s, %q, ...), is printed by fmt's bad-verb path, which calls
-	// no Format or String method: the secrets then show. Nothing formats a
-	// Job so; these values are checked under the verbs that work.
-	nested := []string{"%v", "%+v", "%#v", "%x", "%d"}
+	// fmt prints unexported fields, and a pointer under a verb that does
+	// not suit it (%s, %q, ...), by reflection, calling no Format or
+	// String method: a Secret keeps its value behind a pointer, which fmt
+	// then prints as an address.
+	type private struct {
+		route  stages.Route
+		params queuefile.Params
+		job    *stages.Job
+	}
+	hidden := private{route: route, params: params, job: &job}
 	values := []struct {
 		what  string
 		v     any
@@ -240,8 +245,9 @@ func TestPasswordsDoNotFormat(t *testing.T) {
 	}{
 		{"Route", route, all}, {"*Route", &route, all},
 		{"Params", params, all}, {"*Params", &params, all}, {"[]Params", []queuefile.Params{params}, all},
-		{"Job", job, nested}, {"*Job", &job, nested},
-		{"map", map[string]any{"route": route, "params": &params}, nested},
+		{"Job", job, all}, {"*Job", &job, all},
+		{"map", map[string]any{"route": route, "params": &params}, all},
+		{"unexported fields", hidden, all}, {"*unexported fields", &hidden, all},
 	}
 	forms := []string{password, token, hex.EncodeToString([]byte(password)), strings.ToUpper(hex.EncodeToString([]byte(password)))}
 	forms = append(forms, b64Forms(password)...)

@@ -74,7 +74,7 @@ func testParams(to ...string) queuefile.Params {
 		Host:     testHost,
 		Port:     587,
 		Username: testUser,
-		Password: testPassword,
+		Password: queuefile.NewSecret(testPassword),
 		From:     "bounces@example.net",
 		To:       to,
 	}

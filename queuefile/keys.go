@@ -83,28 +83,28 @@ const maxSecretFile = 64 << 10
 func ReadSecretFile(path string) (Secret, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return "", err
+		return Secret{}, err
 	}
 	defer f.Close()
 	if fi, err := f.Stat(); err == nil && fi.IsDir() {
-		return "", fmt.Errorf("%s: is a directory", path)
+		return Secret{}, fmt.Errorf("%s: is a directory", path)
 	}
 	br := bufio.NewReader(io.LimitReader(f, maxSecretFile))
 	line, err := br.ReadString('\n')
 	if err != nil && err != io.EOF {
-		return "", fmt.Errorf("%s: %w", path, err)
+		return Secret{}, fmt.Errorf("%s: %w", path, err)
 	}
 	if err == io.EOF && len(line) == maxSecretFile {
-		return "", fmt.Errorf("%s: first line longer than %d bytes", path, maxSecretFile)
+		return Secret{}, fmt.Errorf("%s: first line longer than %d bytes", path, maxSecretFile)
 	}
 	line = strings.TrimRight(line, "\r\n")
 	if line == "" {
-		return "", fmt.Errorf("%s: the first line is empty", path)
+		return Secret{}, fmt.Errorf("%s: the first line is empty", path)
 	}
 	if strings.ContainsAny(line, "\r\x00") {
-		return "", fmt.Errorf("%s: the first line contains a CR or NUL character", path)
+		return Secret{}, fmt.Errorf("%s: the first line contains a CR or NUL character", path)
 	}
-	return Secret(line), nil
+	return NewSecret(line), nil
 }
 
 // LoadRecipients reads the public age recipients (one per line, # comments

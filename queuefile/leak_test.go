@@ -13,7 +13,7 @@ import (
 // unexported field holding Params is printed by fmt through reflection
 // without calling any method, so the secret shows; no code here does that.
 func TestParamsNeverFormatTheirSecrets(t *testing.T) {
-	p := queuefile.Params{Host: "h", Username: "u", Password: "pw-leak-1", OAuth2Token: "tok-leak-2", To: []string{"a@b"}}
+	p := queuefile.Params{Host: "h", Username: "u", Password: queuefile.NewSecret("pw-leak-1"), OAuth2Token: queuefile.NewSecret("tok-leak-2"), To: []string{"a@b"}}
 	holders := []any{p, &p, []queuefile.Params{p}, map[string]*queuefile.Params{"x": &p},
 		struct{ P *queuefile.Params }{&p}, struct{ P queuefile.Params }{p}}
 	for _, h := range holders {

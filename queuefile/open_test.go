@@ -221,7 +221,7 @@ func TestOpenAllParams(t *testing.T) {
 	for _, p := range []queuefile.Params{
 		{Relay: "office365", From: "app@example.com", To: []string{"bob@example.org"}},
 		{Host: "192.0.2.1", Port: 465, TLS: queuefile.TLSImplicit, HELO: "app.example.com",
-			Username: "svc", OAuth2Token: "ya29.token", From: "app@example.com",
+			Username: "svc", OAuth2Token: queuefile.NewSecret("ya29.token"), From: "app@example.com",
 			To:        []string{"bob@example.org", "carol@example.net"},
 			NotBefore: notBefore, Expires: notBefore.Add(48 * time.Hour)},
 		{Host: "[2001:db8::1]", TLS: queuefile.TLSNone, To: []string{"bob@example.org"}, From: "a@example.com"},
@@ -240,7 +240,7 @@ func TestOpenAllParams(t *testing.T) {
 			got.Digest != p.Digest || got.Size != p.Size {
 			t.Errorf("Open returned %+v, want %+v", got, p)
 		}
-		if p.OAuth2Token != "" && bytes.Contains(file, []byte(p.OAuth2Token.Reveal())) {
+		if !p.OAuth2Token.IsZero() && bytes.Contains(file, []byte(p.OAuth2Token.Reveal())) {
 			t.Errorf("OAuth2 token in clear text in the queued file")
 		}
 	}

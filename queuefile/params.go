@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"time"
+	"unique"
 )
 
 // FormatVersion is the version of the sealed parameters this package writes.
@@ -55,16 +56,39 @@ const DefaultPort = 25
 // Secret holds a credential. It prints, formats and marshals as "[redacted]"
 // so that it cannot reach a log line or an error string by accident; Reveal
 // returns the value for the one place that needs it (the SMTP AUTH exchange).
-type Secret string
+//
+// The value sits behind a pointer (a unique.Handle): fmt prints a struct's
+// unexported fields by reflection, without calling their String or Format
+// methods, and would print a string-typed secret there as it is; a pointer
+// it prints as an address. Secrets compare equal when their values are
+// equal (so a Route with one is still comparable), and the zero Secret is
+// the empty one.
+type Secret struct{ h unique.Handle[string] }
+
+// NewSecret returns a Secret holding s.
+func NewSecret(s string) Secret {
+	if s == "" {
+		return Secret{}
+	}
+	return Secret{unique.Make(s)}
+}
 
 const redacted = "[redacted]"
 
+// IsZero reports whether the secret is empty.
+func (s Secret) IsZero() bool { return s == Secret{} }
+
 // Reveal returns the secret value.
-func (s Secret) Reveal() string { return string(s) }
+func (s Secret) Reveal() string {
+	if s.IsZero() {
+		return ""
+	}
+	return s.h.Value()
+}
 
 // String implements fmt.Stringer without revealing the secret.
 func (s Secret) String() string {
-	if s == "" {
+	if s.IsZero() {
 		return ""
 	}
 	return redacted
@@ -144,10 +168,10 @@ func (p *Params) Validate() error {
 	if _, err := ParseTLSMode(string(p.TLS)); err != nil {
 		return err
 	}
-	if p.Password != "" && p.OAuth2Token != "" {
+	if !p.Password.IsZero() && !p.OAuth2Token.IsZero() {
 		return errors.New("both a password and an OAuth2 token given: choose one")
 	}
-	if (p.Password != "" || p.OAuth2Token != "") && p.Username == "" {
+	if (!p.Password.IsZero() || !p.OAuth2Token.IsZero()) && p.Username == "" {
 		return errors.New("a password or token without a user name")
 	}
 	if strings.ContainsAny(p.Username, "\r\n\x00") {
@@ -224,7 +248,7 @@ type wire struct {
 func (p *Params) toWire() wire {
 	return wire{
 		V: FormatVersion, Relay: p.Relay, Host: p.Host, Port: p.Port, TLS: string(p.TLS),
-		Username: p.Username, Password: string(p.Password), OAuth2Token: string(p.OAuth2Token),
+		Username: p.Username, Password: p.Password.Reveal(), OAuth2Token: p.OAuth2Token.Reveal(),
 		HELO: p.HELO, From: p.From, To: p.To, NotBefore: p.NotBefore, Expires: p.Expires,
 		Digest: p.Digest, Size: p.Size,
 	}
@@ -233,7 +257,7 @@ func (p *Params) toWire() wire {
 func (w *wire) params() *Params {
 	return &Params{
 		Relay: w.Relay, Host: w.Host, Port: w.Port, TLS: TLSMode(w.TLS),
-		Username: w.Username, Password: Secret(w.Password), OAuth2Token: Secret(w.OAuth2Token),
+		Username: w.Username, Password: NewSecret(w.Password), OAuth2Token: NewSecret(w.OAuth2Token),
 		HELO: w.HELO, From: w.From, To: w.To, NotBefore: w.NotBefore, Expires: w.Expires,
 		Digest: w.Digest, Size: w.Size,
 	}

@@ -13,7 +13,7 @@ import (
 )
 
 func TestValidate(t *testing.T) {
-	ok := queuefile.Params{Host: "smtp.example.com", Port: 587, Username: "u", Password: "p",
+	ok := queuefile.Params{Host: "smtp.example.com", Port: 587, Username: "u", Password: queuefile.NewSecret("p"),
 		From: "a@example.com", To: []string{"b@example.org"}}
 	with := func(f func(*queuefile.Params)) queuefile.Params {
 		p := ok
@@ -36,9 +36,9 @@ func TestValidate(t *testing.T) {
 		{"IPv4 host", with(func(p *queuefile.Params) { p.Host = "192.0.2.1" }), nil, ""},
 		{"IPv6 host", with(func(p *queuefile.Params) { p.Host = "2001:db8::1" }), nil, ""},
 		{"bracketed IPv6 host", with(func(p *queuefile.Params) { p.Host = "[2001:db8::1]" }), nil, ""},
-		{"no credentials", with(func(p *queuefile.Params) { p.Username, p.Password = "", "" }), nil, ""},
-		{"user without password", with(func(p *queuefile.Params) { p.Password = "" }), nil, ""},
-		{"OAuth2 instead of password", with(func(p *queuefile.Params) { p.Password, p.OAuth2Token = "", "tok" }), nil, ""},
+		{"no credentials", with(func(p *queuefile.Params) { p.Username, p.Password = "", queuefile.Secret{} }), nil, ""},
+		{"user without password", with(func(p *queuefile.Params) { p.Password = queuefile.Secret{} }), nil, ""},
+		{"OAuth2 instead of password", with(func(p *queuefile.Params) { p.Password, p.OAuth2Token = queuefile.Secret{}, queuefile.NewSecret("tok") }), nil, ""},
 		{"null sender", with(func(p *queuefile.Params) { p.From = "" }), nil, ""},
 		{"every TLS mode", with(func(p *queuefile.Params) { p.TLS = queuefile.TLSNone }), nil, ""},
 		{"TLS mode in capitals", with(func(p *queuefile.Params) { p.TLS = "STARTTLS" }), nil, ""},
@@ -57,8 +57,10 @@ func TestValidate(t *testing.T) {
 		{"port 70000", with(func(p *queuefile.Params) { p.Port = 70000 }), nil, "port 70000"},
 		{"bad TLS mode", with(func(p *queuefile.Params) { p.TLS = "ssl" }), nil, `TLS mode "ssl"`},
 		{"password without user", with(func(p *queuefile.Params) { p.Username = "" }), nil, "without a user name"},
-		{"token without user", with(func(p *queuefile.Params) { p.Username, p.Password, p.OAuth2Token = "", "", "tok" }), nil, "without a user name"},
-		{"password and OAuth2", with(func(p *queuefile.Params) { p.OAuth2Token = "tok" }), nil, "both a password and an OAuth2 token"},
+		{"token without user", with(func(p *queuefile.Params) {
+			p.Username, p.Password, p.OAuth2Token = "", queuefile.Secret{}, queuefile.NewSecret("tok")
+		}), nil, "without a user name"},
+		{"password and OAuth2", with(func(p *queuefile.Params) { p.OAuth2Token = queuefile.NewSecret("tok") }), nil, "both a password and an OAuth2 token"},
 		{"user name with CRLF", with(func(p *queuefile.Params) { p.Username = "u\r\nAUTH" }), nil, "user name"},
 		{"HELO with space", with(func(p *queuefile.Params) { p.HELO = "app example" }), nil, "HELO"},
 		{"HELO with CRLF", with(func(p *queuefile.Params) { p.HELO = "app\r\nMAIL FROM:<x@y>" }), nil, "HELO"},
@@ -98,9 +100,9 @@ func TestValidate(t *testing.T) {
 
 func TestValidateDoesNotRevealSecrets(t *testing.T) {
 	for _, p := range []queuefile.Params{
-		{Host: "h.example.com", Password: testPassword, To: []string{"b@example.org"}},
-		{Host: "h.example.com", Username: "u", Password: testPassword, OAuth2Token: "tok-" + testPassword, To: []string{"b@example.org"}},
-		{Host: "h.example.com", Username: "u", Password: testPassword, To: []string{testPassword}},
+		{Host: "h.example.com", Password: queuefile.NewSecret(testPassword), To: []string{"b@example.org"}},
+		{Host: "h.example.com", Username: "u", Password: queuefile.NewSecret(testPassword), OAuth2Token: queuefile.NewSecret("tok-" + testPassword), To: []string{"b@example.org"}},
+		{Host: "h.example.com", Username: "u", Password: queuefile.NewSecret(testPassword), To: []string{testPassword}},
 	} {
 		err := p.Validate()
 		if err == nil {
@@ -189,8 +191,8 @@ func TestTLSMode(t *testing.T) {
 // marshals as [redacted] with every verb; only Reveal returns it.
 func TestSecretNeverPrinted(t *testing.T) {
 	const token = "oauth-tok-7f3a"
-	s := queuefile.Secret(testPassword)
-	p := queuefile.Params{Host: testHost, Username: testUser, Password: testPassword, OAuth2Token: token,
+	s := queuefile.NewSecret(testPassword)
+	p := queuefile.Params{Host: testHost, Username: testUser, Password: queuefile.NewSecret(testPassword), OAuth2Token: queuefile.NewSecret(token),
 		To: []string{"b@example.org"}}
 	values := map[string]any{
 		"Secret":       s,
@@ -246,7 +248,7 @@ func TestSecretNeverPrinted(t *testing.T) {
 	if s.Reveal() != testPassword || p.OAuth2Token.Reveal() != token {
 		t.Error("Reveal does not return the secret")
 	}
-	if got := fmt.Sprint(queuefile.Secret("")); got != "" {
+	if got := fmt.Sprint(queuefile.NewSecret("")); got != "" {
 		t.Errorf("empty secret prints %q, want nothing", got)
 	}
 	if got := fmt.Sprint(s); got != "[redacted]" {

@@ -758,7 +758,7 @@ func TestPeekParams(t *testing.T) {
 	dir := t.TempDir()
 	long := strings.Repeat("x", 40<<10) // a header line longer than the reader's buffer
 	msg := "From: a@example.com\r\nTo: b@example.org\r\nX-Long: " + long + "\r\nSubject: hi\r\n\r\nbody\r\n"
-	name, err := q.Enqueue(strings.NewReader(msg), queuefile.Params{Host: "SMTP.Example.com", Port: 587, Username: "u", Password: "pw-secret"})
+	name, err := q.Enqueue(strings.NewReader(msg), queuefile.Params{Host: "SMTP.Example.com", Port: 587, Username: "u", Password: queuefile.NewSecret("pw-secret")})
 	if err != nil {
 		t.Fatal(err)
 	}

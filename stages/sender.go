@@ -288,7 +288,7 @@ func (s *Sender) open(ctx context.Context, r Route) (*session, *Error) {
 
 func (s *Sender) saslClient(r Route, c *smtp.Client) sasl.Client {
 	switch {
-	case r.OAuth2Token != "":
+	case !r.OAuth2Token.IsZero():
 		return &xoauth2{user: r.Username, token: r.OAuth2Token.Reveal()}
 	case !c.SupportsAuth("PLAIN") && c.SupportsAuth("LOGIN"):
 		return sasl.NewLoginClient(r.Username, r.Password.Reveal())

@@ -174,20 +174,20 @@ func runEnqueue(cmd *cobra.Command, f *enqueueFlags, args []string) error {
 		if err != nil {
 			return err
 		}
-		p.Password = queuefile.Secret(pw)
+		p.Password = queuefile.NewSecret(pw)
 	case f.tokenFile != "":
 		tok, err := readFirstLine(f.tokenFile, "OAuth2 token file")
 		if err != nil {
 			return err
 		}
-		p.OAuth2Token = queuefile.Secret(tok)
+		p.OAuth2Token = queuefile.NewSecret(tok)
 	case f.user != "":
 		if pw := os.Getenv(passwordEnv); pw != "" {
 			pw = strings.TrimRight(pw, "\r\n")
 			if strings.ContainsAny(pw, "\r\n\x00") {
 				return fmt.Errorf("$%s contains a line break or NUL character", passwordEnv)
 			}
-			p.Password = queuefile.Secret(pw)
+			p.Password = queuefile.NewSecret(pw)
 		}
 	}
 

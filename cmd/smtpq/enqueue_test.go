@@ -42,7 +42,7 @@ func TestEnqueueHappyPaths(t *testing.T) {
 	// A file, through the default relay, recipients and sender from the header.
 	code, out, stderr := e.smtpq("", "enqueue", msgFile)
 	p, msg, _ := check("file", code, out, stderr)
-	if p.Relay != "main" || p.Host != "" || p.Password != "" || p.Username != "" {
+	if p.Relay != "main" || p.Host != "" || !p.Password.IsZero() || p.Username != "" {
 		t.Errorf("file: params %+v", p)
 	}
 	if p.From != "app@example.com" || !sameStrings(p.To, testMsgRcpts) {
@@ -99,17 +99,17 @@ func TestEnqueueHappyPaths(t *testing.T) {
 	}
 	// ... and is not used without --user, nor with a relay profile.
 	code, out, stderr = e.smtpq("", "enqueue", "--host", hostName, msgFile)
-	if p, _, _ := check("env without user", code, out, stderr); p.Password != "" {
+	if p, _, _ := check("env without user", code, out, stderr); !p.Password.IsZero() {
 		t.Error("SMTPQ_PASSWORD used without --user")
 	}
 	code, out, stderr = e.smtpq("", "enqueue", msgFile)
-	if p, _, _ := check("env with relay", code, out, stderr); p.Password != "" {
+	if p, _, _ := check("env with relay", code, out, stderr); !p.Password.IsZero() {
 		t.Error("SMTPQ_PASSWORD used with a relay profile")
 	}
 	// An OAuth2 token instead of a password.
 	tokFile := e.writeFile("token", oauthToken+"\n")
 	code, out, stderr = e.smtpq("", "enqueue", "--host", hostName, "--user", userName, "--oauth2-token-file", tokFile, msgFile)
-	if p, _, _ := check("oauth2", code, out, stderr); p.OAuth2Token.Reveal() != oauthToken || p.Password != "" {
+	if p, _, _ := check("oauth2", code, out, stderr); p.OAuth2Token.Reveal() != oauthToken || !p.Password.IsZero() {
 		t.Errorf("oauth2: params %+v", p)
 	}
 	t.Setenv("SMTPQ_PASSWORD", "")

@@ -158,7 +158,7 @@ func TestQueueCommandsWithRunningService(t *testing.T) {
 	relayed := e.Enqueue(testMail(4), queuefile.Params{Relay: "main", From: "", To: []string{"a@example.org", "b@example.org"}})
 	failed := e.Enqueue(testMail(5), plain(srv, "nobody@example.org"))
 	inline := e.Enqueue(testMail(6), queuefile.Params{Host: authSrv.Host(), Port: authSrv.Port(), TLS: queuefile.TLSNone,
-		Username: "relay-user", Password: relayPassword, From: "app@example.com", To: []string{"c@example.org"}})
+		Username: "relay-user", Password: queuefile.NewSecret(relayPassword), From: "app@example.com", To: []string{"c@example.org"}})
 	all := []string{sent, later, sched, relayed, failed, inline}
 
 	lines := listLines(t, run("list"))
