@@ -23,6 +23,7 @@
 //	PICKUP_N=200         messages of the pickup-latency run, one every PICKUP_GAP=20ms
 //	SLOW_N=100000        backlog for the rate-limited host; FAST_N=1000 for the other
 //	SLOW_TIMEOUT=90s     give up waiting for the fast host after this
+//	SLOW_REPEAT=3        rounds of the slow-host benchmark (with and without the backlog); the median ratio counts
 //	BIG_MB=200           size of the big message
 //	SCALE_N=1000000      backlog of the scale suite; SCALE_WINDOW=60s of draining measured
 //	SCALE_CAP=2          connection cap of the scale suite (and its 10k reference)
@@ -57,6 +58,7 @@ type options struct {
 	slowN       int
 	fastN       int
 	slowTimeout time.Duration
+	slowRepeat  int
 	bigMB       int
 	scaleN      int
 	scaleWindow time.Duration
@@ -110,6 +112,7 @@ func main() {
 	flag.DurationVar(&o.scaleWindow, "scale_window", envDur("SCALE_WINDOW", 60*time.Second), "how long the scale suite's drain is measured")
 	flag.IntVar(&o.scaleCap, "scale_cap", envInt("SCALE_CAP", 2), "connection cap of the scale suite")
 	flag.StringVar(&o.postfix, "postfix", envStr("POSTFIX", "auto"), "auto or off")
+	flag.IntVar(&o.slowRepeat, "slow_repeat", envInt("SLOW_REPEAT", 3), "rounds of the slow-host benchmark; the median ratio counts")
 	flag.IntVar(&o.repeat, "repeat", envInt("BENCH_REPEAT", 1), "rounds of each drain; the median counts")
 	flag.BoolVar(&o.keep, "keep", os.Getenv("BENCH_KEEP") == "1", "keep bench/out/work")
 	flag.BoolVar(&o.profile, "profile", os.Getenv("BENCH_PROFILE") == "1", "write a CPU profile of each service run to bench/out/cpu-<run>.prof")
