@@ -18,7 +18,7 @@
 // case without the prefix, e.g. -n):
 //
 //	BENCH_N=10000        messages in each drain
-//	BENCH_REPEAT=1       rounds of each drain (smtpq and the bare clients); the median round counts
+//	BENCH_REPEAT=3       rounds of each drain (smtpq and the bare clients); the median round counts
 //	BENCH_ONLY=...       comma-separated subset: drain,postfix,pickup,slow,big,micro
 //	PICKUP_N=200         messages of the pickup-latency run, one every PICKUP_GAP=20ms
 //	SLOW_N=100000        backlog for the rate-limited host; FAST_N=1000 for the other
@@ -113,7 +113,7 @@ func main() {
 	flag.IntVar(&o.scaleCap, "scale_cap", envInt("SCALE_CAP", 2), "connection cap of the scale suite")
 	flag.StringVar(&o.postfix, "postfix", envStr("POSTFIX", "auto"), "auto or off")
 	flag.IntVar(&o.slowRepeat, "slow_repeat", envInt("SLOW_REPEAT", 3), "rounds of the slow-host benchmark; the median ratio counts")
-	flag.IntVar(&o.repeat, "repeat", envInt("BENCH_REPEAT", 1), "rounds of each drain; the median counts")
+	flag.IntVar(&o.repeat, "repeat", envInt("BENCH_REPEAT", 3), "rounds of each drain; the median counts")
 	flag.BoolVar(&o.keep, "keep", os.Getenv("BENCH_KEEP") == "1", "keep bench/out/work")
 	flag.BoolVar(&o.profile, "profile", os.Getenv("BENCH_PROFILE") == "1", "write a CPU profile of each service run to bench/out/cpu-<run>.prof")
 	flag.Parse()
