@@ -62,14 +62,18 @@ fuzz:
 # Issue 5's benchmarks (testdata/bench/README.md): drains of bin/smtpq against
 # a bare client and a private Postfix, pickup latency, a rate-limited host, a
 # 200 MB message and the Go micro-benchmarks with a profiled in-process
-# drain. Prints a table and writes bench/out/results.md. Loopback only;
+# drain. Installs postfix (for smtp-sink) from Debian if it is missing and
+# we are root (.ci/install-packages). Prints a table and writes
+# bench/out/results.md. Loopback only;
 # settings through the environment (BENCH_N=2000, BENCH_ONLY=drain,...).
 bench: build
+	bash .ci/install-packages
 	$(GO) vet ./testdata/bench/...
 	$(GO) run ./testdata/bench/harness -suite bench
 
 # The 1,000,000-file backlog (SCALE_N=100000 for a quick check); writes
 # bench/out/results-scale.md. Needs about 10 GB of free disk for 1M files.
 bench-scale: build
+	bash .ci/install-packages
 	$(GO) vet ./testdata/bench/...
 	$(GO) run ./testdata/bench/harness -suite scale
