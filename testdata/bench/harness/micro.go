@@ -24,25 +24,32 @@ const setupFrames = `benchFillQueue`
 func microBench(ctx context.Context, o *options, rep *report) error {
 	cpuProf := filepath.Join(o.out, "drain-cpu.prof")
 	memProf := filepath.Join(o.out, "drain-mem.prof")
+	blockProf := filepath.Join(o.out, "drain-block.prof")
 	testBin := filepath.Join(o.out, "pipeline.test")
 	runs := []struct {
 		pkg  string
 		args []string
+		raw  string // file for the output; its benchmark lines go in the table unless it is a profiling run
 	}{
-		{"./queuefile", []string{"-bench", ".", "-benchtime", "1s"}},
-		{"./stages", []string{"-bench", ".", "-benchtime", "1s"}},
+		{"./queuefile", []string{"-bench", ".", "-benchtime", "1s"}, "micro-queuefile.txt"},
+		{"./stages", []string{"-bench", ".", "-benchtime", "1s"}, "micro-stages.txt"},
 		{"./pipeline", []string{"-bench", "BenchmarkDrain", "-benchtime", "5000x",
-			"-cpuprofile", cpuProf, "-memprofile", memProf, "-o", testBin}},
+			"-cpuprofile", cpuProf, "-memprofile", memProf, "-o", testBin}, "micro-pipeline.txt"},
+		// Blocking (channel waits, select, locks) in a run of its own: every
+		// event is recorded, which would slow the run above.
+		{"./pipeline", []string{"-bench", "BenchmarkDrain/cap=2", "-benchtime", "2000x", "-blockprofile", blockProf}, "profile-block-run.txt"},
 	}
 	for _, r := range runs {
 		argv := append([]string{"go", "test", "-run", "^$", "-benchmem", "-count", "1"}, r.args...)
 		argv = append(argv, r.pkg)
 		logf("  %s", strings.Join(argv, " "))
 		out, err := runCmd(ctx, 10*time.Minute, argv...)
-		raw := filepath.Join(o.out, "micro-"+strings.TrimPrefix(r.pkg, "./")+".txt")
-		os.WriteFile(raw, []byte(out), 0o644)
+		os.WriteFile(filepath.Join(o.out, r.raw), []byte(out), 0o644)
 		if err != nil {
 			return err
+		}
+		if strings.HasPrefix(r.raw, "profile-") {
+			continue
 		}
 		for _, line := range strings.Split(out, "\n") {
 			if m := parseBenchLine(line); m != "" {
@@ -60,10 +67,11 @@ func microBench(ctx context.Context, o *options, rep *report) error {
 		{"CPU, cumulative, without the fake server's goroutines", []string{"-top", "-cum", "-nodecount=40", "-ignore=" + sinkFrames, testBin, cpuProf}, "profile-cpu-smtpq-cum.txt"},
 		{"Allocated bytes, flat, without the fake server's goroutines", []string{"-top", "-nodecount=15", "-sample_index=alloc_space", "-ignore=" + sinkFrames, testBin, memProf}, "profile-alloc-smtpq.txt"},
 		{"Allocated objects, flat, without the fake server's goroutines", []string{"-top", "-nodecount=15", "-sample_index=alloc_objects", "-ignore=" + sinkFrames, testBin, memProf}, "profile-allocobj-smtpq.txt"},
+		{"Blocking, cumulative, cap 2, the stages only (a stage waiting for work blocks too: read it stage by stage; network waits are not blocking)", []string{"-top", "-cum", "-nodecount=25", `-focus=smtpq/stages\.`, testBin, blockProf}, "profile-block-smtpq.txt"},
 	}
 	var sec strings.Builder
 	sec.WriteString("## Profile of the in-process drain (BenchmarkDrain, caps 2 and 8, 5000 messages each)\n\n")
-	fmt.Fprintf(&sec, "Profiles: %s, %s (test binary %s). Re-read them with `go tool pprof`.\n\n", rel(o, cpuProf), rel(o, memProf), rel(o, testBin))
+	fmt.Fprintf(&sec, "Profiles: %s, %s, %s (test binary %s). Re-read them with `go tool pprof`.\n\n", rel(o, cpuProf), rel(o, memProf), rel(o, blockProf), rel(o, testBin))
 	for _, v := range views {
 		out, err := runCmd(ctx, 2*time.Minute, append([]string{"go", "tool", "pprof"}, v.args...)...)
 		if err != nil {
