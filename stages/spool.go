@@ -536,13 +536,13 @@ func (s *Spool) Sent(job *Job, deleteCopy bool) (string, error) {
 			return "", fmt.Errorf("writing Sent copy: %w", err)
 		}
 		s.crash("archive-write")
-		if job.State.Accepted && sameFile(tmp, filepath.Join(s.dirs.Sent, job.Name)) {
+		if n := s.filedSent(job, tmp); n != "" {
 			// Filed before a crash that came before the queue copy was
 			// removed: do not file it twice. That filing may have failed at
 			// its folder sync: make the copy durable before the queue's
 			// goes.
 			os.Remove(tmp)
-			final = filepath.Join(s.dirs.Sent, job.Name)
+			final = filepath.Join(s.dirs.Sent, n)
 			if err := queuefile.SyncDir(s.dirs.Sent); err != nil {
 				return "", fmt.Errorf("filing in Sent: %w", err)
 			}
@@ -611,6 +611,27 @@ func (s *Spool) sentUnnamed(job *Job) (string, error) {
 		return n, nil
 	}
 	return "", fmt.Errorf("filing in Sent: no free name for %s", job.Name)
+}
+
+// filedSent returns the name under which a job the server accepted before
+// a crash was filed in Sent already, or "": a copy with the content of tmp
+// under its name or, if that name was taken when it was filed, name-1,
+// name-2...
+func (s *Spool) filedSent(job *Job, tmp string) string {
+	if !job.State.Accepted {
+		return ""
+	}
+	for i := 0; i < 1000; i++ {
+		n := suffixed(job.Name, i)
+		p := filepath.Join(s.dirs.Sent, n)
+		if _, err := os.Lstat(p); err != nil {
+			return "" // the names are taken in order: none further
+		}
+		if sameFile(tmp, p) {
+			return n
+		}
+	}
+	return ""
 }
 
 // sameFile reports whether two files have the same content.
@@ -690,6 +711,15 @@ func (s *Spool) Undeliverable(job *Job, xmlLog []byte) (string, error) {
 	if err := s.recorded(job); err != nil {
 		return "", err
 	}
+	if dst := filepath.Join(s.dirs.Undeliverable, job.Name); sameInode(job.Path, dst) {
+		// An earlier filing of this very file got as far as its link and
+		// failed at the folder's sync (its log came first): finish that
+		// filing rather than file a second copy under name-1.
+		if err := queuefile.SyncDir(s.dirs.Undeliverable); err != nil {
+			return "", err
+		}
+		return dst, s.forget(job)
+	}
 	name, err := s.freeName(s.dirs.Undeliverable, job.Name)
 	if err != nil {
 		return "", err
@@ -722,6 +752,17 @@ func (s *Spool) Undeliverable(job *Job, xmlLog []byte) (string, error) {
 		return "", err
 	}
 	return dst, s.forget(job)
+}
+
+// sameInode reports whether a and b are the same file (hard links of one
+// inode).
+func sameInode(a, b string) bool {
+	fa, err := os.Lstat(a)
+	if err != nil {
+		return false
+	}
+	fb, err := os.Lstat(b)
+	return err == nil && os.SameFile(fa, fb)
 }
 
 // freeName returns name, or name with a -N suffix, such that neither it nor
