@@ -84,15 +84,7 @@ func TestInodePoolReusesFiledCopies(t *testing.T) {
 // A file with another name (as a message filed in Undeliverable keeps its
 // inode there) is never pooled: rewriting it would change that copy.
 func TestInodePoolSkipsLinkedFiles(t *testing.T) {
-	d := inspDirs(t)
-	s, err := OpenSpool(d, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	name := inspName(t)
-	inspPlace(t, d.Queue, name, "X-SmtpQ-Sealed: v1 junk\r\nSubject: x\r\n\r\nbody\r\n")
-	job := inspClaim(t, s, name)
+	d, s, job := spoolWithClaimed(t, "X-SmtpQ-Sealed: v1 junk\r\nSubject: x\r\n\r\nbody\r\n")
 	path, err := s.Undeliverable(job, []byte("<log/>"))
 	if err != nil {
 		t.Fatal(err)

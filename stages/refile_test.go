@@ -13,15 +13,8 @@ import (
 // A filing in Undeliverable that failed after its link (at the folder's
 // fsync) is finished by the next one, not repeated under name-1.
 func TestUndeliverableFinishesAnEarlierFiling(t *testing.T) {
-	d := inspDirs(t)
-	s, err := OpenSpool(d, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	name := inspName(t)
-	inspPlace(t, d.Queue, name, "X-SmtpQ-Sealed: v1 junk\r\nSubject: x\r\n\r\nbody\r\n")
-	job := inspClaim(t, s, name)
+	d, s, job := spoolWithClaimed(t, "X-SmtpQ-Sealed: v1 junk\r\nSubject: x\r\n\r\nbody\r\n")
+	name := job.Name
 	// What the earlier filing left: its log, and the message linked.
 	logName := strings.TrimSuffix(name, queuefile.Ext) + ".xml"
 	inspPlace(t, d.Undeliverable, logName, "<smtpqLog/>")
@@ -47,16 +40,9 @@ func TestUndeliverableFinishesAnEarlierFiling(t *testing.T) {
 // A message the server accepted before a crash, whose Sent copy had to take
 // name-1 (name was taken), is recognised as filed: no name-2.
 func TestSentRecognisesASuffixedCopy(t *testing.T) {
-	d := inspDirs(t)
-	s, err := OpenSpool(d, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	name := inspName(t)
 	body := "Subject: x\r\n\r\nbody\r\n"
-	inspPlace(t, d.Queue, name, "X-SmtpQ-Sealed: v1 junk\r\n"+body)
-	job := inspClaim(t, s, name)
+	d, s, job := spoolWithClaimed(t, "X-SmtpQ-Sealed: v1 junk\r\n"+body)
+	name := job.Name
 	job.body = []byte(body)
 	job.State.Accepted = true
 	inspPlace(t, d.Sent, name, "another message of that name\r\n")
@@ -77,6 +63,21 @@ func TestSentRecognisesASuffixedCopy(t *testing.T) {
 	if _, err := os.Lstat(job.Path); !os.IsNotExist(err) {
 		t.Errorf("the queue copy is still there: %v", err)
 	}
+}
+
+// spoolWithClaimed opens a spool in temporary folders (closed at the end of
+// the test) and claims a queue file with content.
+func spoolWithClaimed(t *testing.T, content string) (Dirs, *Spool, *Job) {
+	t.Helper()
+	d := inspDirs(t)
+	s, err := OpenSpool(d, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	name := inspName(t)
+	inspPlace(t, d.Queue, name, content)
+	return d, s, inspClaim(t, s, name)
 }
 
 // pipelineFiles lists the regular files directly in dir, sorted.

@@ -16,11 +16,6 @@ import (
 // looks again (not waiting for its rescan interval) and claims them.
 func TestScannerLeavesHeldRoutes(t *testing.T) {
 	d := inspDirs(t)
-	s, err := OpenSpool(d, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
 	held := map[string]bool{}
 	for i := range 3 {
 		n := fmt.Sprintf("20261127T110000.00000000%dZ-slowslowslowslow+aaaa.eml", i)
@@ -33,12 +28,7 @@ func TestScannerLeavesHeldRoutes(t *testing.T) {
 	holds := make(chan RouteHold, 1)
 	until := time.Now().Add(300 * time.Millisecond)
 	holds <- RouteHold{Tags: []string{"aaaa"}, Until: until}
-	sc := &Scanner{Spool: s, Interval: time.Hour, Holds: holds, Clock: SystemClock{}, Log: zap.NewNop()}
-	ctx, cancel := context.WithCancel(context.Background())
-	out := make(chan *Job)
-	done := make(chan error)
-	go func() { done <- sc.Run(ctx, out) }()
-	defer func() { cancel(); <-done }()
+	out := runScanner(t, d, holds)
 
 	for range 2 {
 		j := <-out
@@ -71,18 +61,8 @@ func TestScannerLeavesHeldRoutes(t *testing.T) {
 // is held, is claimed when the hold ends, not at the next periodic rescan.
 func TestScannerTakesAnnouncedHeldFileWhenHoldEnds(t *testing.T) {
 	d := inspDirs(t)
-	s, err := OpenSpool(d, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
 	holds := make(chan RouteHold, 1)
-	sc := &Scanner{Spool: s, Interval: time.Hour, Holds: holds, Clock: SystemClock{}, Log: zap.NewNop()}
-	ctx, cancel := context.WithCancel(context.Background())
-	out := make(chan *Job)
-	done := make(chan error)
-	go func() { done <- sc.Run(ctx, out) }()
-	defer func() { cancel(); <-done }()
+	out := runScanner(t, d, holds)
 
 	// A first file, claimed from its event, shows the Scanner idle and
 	// watching.
@@ -107,6 +87,29 @@ func TestScannerTakesAnnouncedHeldFileWhenHoldEnds(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("an announced file whose tag was held was not claimed after the hold ended (the Scanner waits for its hour-long interval)")
 	}
+}
+
+// runScanner runs a Scanner on a spool in d, with an hour between rescans
+// (so that only events and hold ends make it look), until the test ends.
+func runScanner(t *testing.T, d Dirs, holds <-chan RouteHold) <-chan *Job {
+	t.Helper()
+	s, err := OpenSpool(d, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc := &Scanner{Spool: s, Interval: time.Hour, Holds: holds, Clock: SystemClock{}, Log: zap.NewNop()}
+	ctx, cancel := context.WithCancel(context.Background())
+	out := make(chan *Job)
+	done := make(chan error)
+	go func() { done <- sc.Run(ctx, out) }()
+	t.Cleanup(func() {
+		cancel()
+		for range out { // jobs claimed meanwhile: unwanted
+		}
+		<-done
+		s.Close()
+	})
+	return out
 }
 
 // A hold lasts until its end, a later hold extends it, an earlier one does
