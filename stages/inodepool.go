@@ -1,6 +1,8 @@
 package stages
 
 import (
+	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -115,8 +117,8 @@ func (p *inodePool) take() (*os.File, string) {
 func (p *inodePool) publish(name, dst string) error {
 	src := filepath.Join(p.dir, name)
 	err := renameNoReplace(src, dst)
-	if err != nil && !isExist(err) {
-		if !isNotExist(err) {
+	if err != nil && !errors.Is(err, fs.ErrExist) {
+		if !errors.Is(err, fs.ErrNotExist) {
 			p.disable()
 		}
 		os.Remove(src)

@@ -4,11 +4,12 @@ package stages
 
 import (
 	"errors"
-	"io/fs"
 	"os"
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/smtpq/smtpq/queuefile"
 )
 
 // ownedUnlinked reports whether a file belongs to this process's user and
@@ -22,15 +23,9 @@ var euid = os.Geteuid()
 
 // openForRewrite opens an existing file for writing, without emptying it:
 // the caller writes from offset 0 and truncates to what it wrote, so that
-// blocks it overwrites are not freed and allocated again. It uses the
-// system call directly: os.OpenFile tries (and fails) to register a
-// regular file with the network poller, four system calls more.
+// blocks it overwrites are not freed and allocated again.
 func openForRewrite(path string) (*os.File, error) {
-	fd, err := unix.Open(path, unix.O_WRONLY|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
-	if err != nil {
-		return nil, &fs.PathError{Op: "open", Path: path, Err: err}
-	}
-	return os.NewFile(uintptr(fd), path), nil
+	return queuefile.OpenFile(path, unix.O_WRONLY|unix.O_NOFOLLOW, 0)
 }
 
 func renameNoReplace(src, dst string) error {
@@ -42,8 +37,6 @@ func renameNoReplace(src, dst string) error {
 }
 
 func isCrossDevice(err error) bool { return errors.Is(err, unix.EXDEV) }
-func isExist(err error) bool       { return errors.Is(err, fs.ErrExist) }
-func isNotExist(err error) bool    { return errors.Is(err, fs.ErrNotExist) }
 
 // poolSupported: Linux has RENAME_NOREPLACE.
 const poolSupported = true

@@ -18,5 +18,3 @@ func openForRewrite(string) (*os.File, error) { return nil, errors.ErrUnsupporte
 func renameNoReplace(string, string) error { return errors.ErrUnsupported }
 
 func isCrossDevice(error) bool { return false }
-func isExist(error) bool       { return false }
-func isNotExist(error) bool    { return false }

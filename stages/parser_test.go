@@ -38,7 +38,7 @@ func TestParserKeepsSmallMessagesInMemory(t *testing.T) {
 			t.Fatalf("parse %s: %+v", name, job.Outcome)
 		}
 		var sent, filed bytes.Buffer
-		if _, err := (&Sender{}).writeData(&sent, job); err != nil {
+		if _, err := writeData(&sent, job); err != nil {
 			t.Fatal(err)
 		}
 		if err := writeMessage(&filed, job); err != nil {

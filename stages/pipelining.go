@@ -210,7 +210,7 @@ func (s *Sender) deliverPipelined(sess *session, job *Job, fail func(*Error, []R
 		n, err = int64(len(job.body)), writeDotted(p.text.W, job.body)
 	} else {
 		dw := p.text.DotWriter()
-		n, err = s.writeData(dw, job)
+		n, err = writeData(dw, job)
 		if err == nil {
 			err = dw.Close()
 		}

@@ -371,7 +371,7 @@ func (s *Sender) deliver(ctx context.Context, sess *session, job *Job) (broken b
 		return dataRefused(c, rcpts, accepted, err, fail)
 	}
 	sess.tr.muted = true
-	n, err := s.writeData(w, job)
+	n, err := writeData(w, job)
 	var resp *smtp.DataResponse
 	if err == nil {
 		resp, err = w.CloseWithResponse()
@@ -442,23 +442,11 @@ func (s *Sender) crash(point string) {
 	}
 }
 
-// writeData streams the message, without its envelope header, to w.
-func (s *Sender) writeData(w io.Writer, job *Job) (int64, error) {
-	if job.body != nil {
-		n, err := w.Write(job.body)
-		return int64(n), err
-	}
-	f, err := queuefile.OpenFile(job.Path, os.O_RDONLY, 0)
-	if err != nil {
-		return 0, Temporaryf("data", "reopening the queue file: %v", err)
-	}
-	defer f.Close()
+// writeData streams the message, without its envelope header, to w, and
+// returns how many bytes it wrote.
+func writeData(w io.Writer, job *Job) (int64, error) {
 	cw := &queuefile.CountWriter{W: w}
-	if job.Kind == KindPickup {
-		err = queuefile.StripPickup(cw, f)
-	} else {
-		err = queuefile.StripSealed(cw, f)
-	}
+	err := writeMessage(cw, job)
 	return cw.N, err
 }
 

@@ -664,8 +664,9 @@ func (s *Spool) writeStripped(tmp string, job *Job) error {
 	return err
 }
 
-// writeMessage writes the message as it was sent, without the sealed header
-// (or the pickup envelope), from memory if the Parser kept it.
+// writeMessage writes the message as it is sent, without the sealed header
+// (or the pickup envelope), from memory if the Parser kept it: for the
+// Sender and for the Sent copy.
 func writeMessage(w io.Writer, job *Job) error {
 	if job.body != nil {
 		_, err := w.Write(job.body)
@@ -673,7 +674,7 @@ func writeMessage(w io.Writer, job *Job) error {
 	}
 	src, err := queuefile.OpenFile(job.Path, os.O_RDONLY, 0)
 	if err != nil {
-		return err
+		return fmt.Errorf("reopening the queue file: %w", err)
 	}
 	defer src.Close()
 	if job.Kind == KindPickup {
