@@ -36,9 +36,6 @@ func (h routeHolds) add(r RouteHold) {
 // held reports whether the file name carries a tag held at now, and until
 // when. Holds that have ended are forgotten.
 func (h routeHolds) held(name string, now time.Time) (time.Time, bool) {
-	if len(h) == 0 {
-		return time.Time{}, false
-	}
 	tag := queuefile.NameRouteTag(name)
 	until, ok := h[tag]
 	if !ok {

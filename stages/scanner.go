@@ -80,6 +80,9 @@ func (s *Scanner) Run(ctx context.Context, out chan<- *Job) error {
 	var heldUntil time.Time // the earliest end of a hold that kept a file in this pass
 	skip := func(name string) bool {
 		takeHolds()
+		if len(holds) == 0 {
+			return false // the common case, once per file of a pass
+		}
 		until, ok := holds.held(name, s.Clock.Now())
 		if ok && (heldUntil.IsZero() || until.Before(heldUntil)) {
 			heldUntil = until

@@ -93,10 +93,11 @@ func cpuProfile(path string) (func(), error) {
 	return func() { pprof.StopCPUProfile(); f.Close() }, nil
 }
 
-// tuneGC trades a little memory for less garbage collection: unsealing
-// allocates about 130 KB per message (age's stream buffers) that dies at
-// once, so with the default GOGC the collector runs every few messages. A
-// soft memory limit keeps the heap well under the 200 MB target anyway.
+// tuneGC trades a little memory for less garbage collection: each message
+// allocates tens of kilobytes that die at once (its seal opened, its body
+// read, more for a seal opened by age.Decrypt), so with the default GOGC
+// the collector runs every few messages. A soft memory limit keeps the heap
+// well under the 200 MB target anyway.
 // GOGC and GOMEMLIMIT in the environment still win.
 func tuneGC() {
 	if os.Getenv("GOGC") == "" {
