@@ -155,20 +155,10 @@ func TestTransientReplyAtEachStepIsRetried(t *testing.T) {
 				if code == 421 {
 					reply = smtptest.Reply(421, smtp.EnhancedCode{4, 4, 2}, "Closing connection, try again later")
 				}
-				e := reply.Err
-				wantEnh := fmt.Sprintf("%d.%d.%d", e.EnhancedCode[0], e.EnhancedCode[1], e.EnhancedCode[2])
+				e, wantEnh := reply.Err, enhanced(reply)
 				t.Run(fmt.Sprintf("%s/%d/%s", st.step, e.Code, mode.name), func(t *testing.T) {
 					t.Parallel()
-					withAuth := st.step == smtptest.Auth
-					srv := startServer(t, "127.0.0.2", func(s *smtptest.Server) {
-						if withAuth {
-							s.Users = map[string]string{faultUser: faultPassword}
-						}
-						s.Fault = firstTime(st.step, reply)
-					})
-					env := pipelinetest.New(t)
-					env.Start(pipeline.Options{NoPipelining: mode.off})
-					name := env.Enqueue(testMessage(1), faultParams(srv, withAuth, "user1@example.org"))
+					env, srv, name := enqueueWithFault(t, st.step, firstTime(st.step, reply), mode.off)
 
 					d, _ := wantRetriedOnce(t, env, name)
 					err := d.Job.Outcome.Err
@@ -213,6 +203,29 @@ func wantRetriedOut(t *testing.T, env *pipelinetest.Env, name, step, text string
 // pipeliningModes runs a test with pipelined transactions (as smtpq sends
 // to a server offering PIPELINING, as smtptest does) and one command at a
 // time (as to a server that does not): both must decide alike.
+// enqueueWithFault starts a server on 127.0.0.2 whose Fault is fault (with
+// a login to check if step is AUTH, which the message then gives) and a
+// pipeline, pipelining or not, and enqueues one message for the server.
+func enqueueWithFault(t *testing.T, step smtptest.Step, fault func(smtptest.FaultPoint) smtptest.Fault, noPipelining bool) (*pipelinetest.Env, *smtptest.Server, string) {
+	t.Helper()
+	withAuth := step == smtptest.Auth
+	srv := startServer(t, "127.0.0.2", func(s *smtptest.Server) {
+		if withAuth {
+			s.Users = map[string]string{faultUser: faultPassword}
+		}
+		s.Fault = fault
+	})
+	env := pipelinetest.New(t)
+	env.Start(pipeline.Options{NoPipelining: noPipelining})
+	return env, srv, env.Enqueue(testMessage(1), faultParams(srv, withAuth, "user1@example.org"))
+}
+
+// enhanced is the enhanced status code of a reply fault, as "4.3.0".
+func enhanced(f smtptest.Fault) string {
+	c := f.Err.EnhancedCode
+	return fmt.Sprintf("%d.%d.%d", c[0], c[1], c[2])
+}
+
 var pipeliningModes = []struct {
 	name string
 	off  bool
@@ -234,20 +247,10 @@ func TestPermanentReplyAtEachStepIsUndeliverable(t *testing.T) {
 	for _, st := range stepNames {
 		for _, mode := range pipeliningModes {
 			reply := replies[st.step]
-			e := reply.Err
-			wantEnh := fmt.Sprintf("%d.%d.%d", e.EnhancedCode[0], e.EnhancedCode[1], e.EnhancedCode[2])
+			e, wantEnh := reply.Err, enhanced(reply)
 			t.Run(fmt.Sprintf("%s/%d/%s", st.step, e.Code, mode.name), func(t *testing.T) {
 				t.Parallel()
-				withAuth := st.step == smtptest.Auth
-				srv := startServer(t, "127.0.0.2", func(s *smtptest.Server) {
-					if withAuth {
-						s.Users = map[string]string{faultUser: faultPassword}
-					}
-					s.Fault = smtptest.FaultAt(st.step, reply)
-				})
-				env := pipelinetest.New(t)
-				env.Start(pipeline.Options{NoPipelining: mode.off})
-				name := env.Enqueue(testMessage(1), faultParams(srv, withAuth, "user1@example.org"))
+				env, srv, name := enqueueWithFault(t, st.step, smtptest.FaultAt(st.step, reply), mode.off)
 
 				f := env.WaitFiled(name)
 				wantFailed(t, f, stages.ClassPermanent)

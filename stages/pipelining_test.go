@@ -26,20 +26,7 @@ import (
 // usual one. It returns what it read, on got, when the client quits.
 func scriptServer(t *testing.T, replies map[string]string) (addr string, got <-chan []string) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ch := make(chan []string, 1)
-	go func() {
-		defer ln.Close()
-		c, err := ln.Accept()
-		if err != nil {
-			ch <- nil
-			return
-		}
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(10 * time.Second))
+	return oneConnServer(t, func(c net.Conn) []string {
 		r := bufio.NewReader(c)
 		var lines []string
 		say := func(s string) { c.Write([]byte(s + "\r\n")) }
@@ -48,8 +35,7 @@ func scriptServer(t *testing.T, replies map[string]string) (addr string, got <-c
 		for {
 			l, err := r.ReadString('\n')
 			if err != nil {
-				ch <- lines
-				return
+				return lines
 			}
 			l = strings.TrimRight(l, "\r\n")
 			lines = append(lines, l)
@@ -60,8 +46,7 @@ func scriptServer(t *testing.T, replies map[string]string) (addr string, got <-c
 				continue
 			case "QUIT":
 				say("221 bye")
-				ch <- lines
-				return
+				return lines
 			case "RSET", "NOOP":
 				say("250 ok")
 				continue
@@ -101,8 +86,7 @@ func scriptServer(t *testing.T, replies map[string]string) (addr string, got <-c
 			for {
 				l, err := r.ReadString('\n')
 				if err != nil {
-					ch <- lines
-					return
+					return lines
 				}
 				if l == ".\r\n" {
 					break
@@ -116,6 +100,28 @@ func scriptServer(t *testing.T, replies map[string]string) (addr string, got <-c
 				say("250 2.0.0 queued")
 			}
 		}
+	})
+}
+
+// oneConnServer listens on 127.0.0.1, serves one connection with serve
+// (within 10 seconds) and sends what serve returns (what it read) on got.
+func oneConnServer(t *testing.T, serve func(c net.Conn) []string) (addr string, got <-chan []string) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch := make(chan []string, 1)
+	go func() {
+		defer ln.Close()
+		c, err := ln.Accept()
+		if err != nil {
+			ch <- nil
+			return
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		ch <- serve(c)
 	}()
 	return ln.Addr().String(), ch
 }
@@ -295,34 +301,20 @@ func TestWriteDottedMatchesTextproto(t *testing.T) {
 // A server that does not understand EHLO cannot offer STARTTLS: with tls:
 // starttls that is the temporary "starttls" failure, and nothing is sent.
 func TestStartTLSWithoutEHLO(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	got := make(chan []string, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			got <- nil
-			return
-		}
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(5 * time.Second))
+	addr, got := oneConnServer(t, func(c net.Conn) []string {
 		c.Write([]byte("220 old ESMTP\r\n"))
 		r := bufio.NewReader(c)
 		var lines []string
 		for {
 			l, err := r.ReadString('\n')
 			if err != nil {
-				got <- lines
-				return
+				return lines
 			}
 			lines = append(lines, strings.TrimSpace(l))
 			c.Write([]byte("502 5.5.1 what\r\n"))
 		}
-	}()
-	host, port, _ := net.SplitHostPort(ln.Addr().String())
+	})
+	host, port, _ := net.SplitHostPort(addr)
 	p, _ := strconv.Atoi(port)
 	s := newPipeSender()
 	_, e := s.open(context.Background(), Route{Host: host, Port: p, TLS: queuefile.TLSStartTLS})
