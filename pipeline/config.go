@@ -139,7 +139,11 @@ type Config struct {
 	Relays           map[string]Relay `yaml:"relays"`
 	DefaultRelay     string           `yaml:"default_relay"`
 	PickupCompat     bool             `yaml:"pickup_compat"`
-	HELO             string           `yaml:"helo"` // default EHLO name; default: the machine's host name
+	// Settle is how long a file written in place (not through enqueue)
+	// must stay unchanged before it is sent: a pickup file, or one that
+	// looks cut short. Default 5s.
+	Settle Duration `yaml:"settle"`
+	HELO   string   `yaml:"helo"` // default EHLO name; default: the machine's host name
 
 	MaxThreads      int                   `yaml:"max_threads"`
 	DeleteAfterSend bool                  `yaml:"delete_after_send"`
@@ -179,6 +183,7 @@ func Defaults() Config {
 		},
 		Log:          LogConfig{Level: "info", Format: "console"},
 		ScanInterval: Duration(10 * time.Second),
+		Settle:       Duration(5 * time.Second),
 	}
 }
 

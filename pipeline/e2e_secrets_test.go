@@ -183,7 +183,7 @@ func TestNoPasswordAnywhereAfterPlainAndLoginAuth(t *testing.T) {
 	if msgs := loginSrv.Messages(); len(msgs) != 1 || msgs[0].AuthUser != user {
 		t.Errorf("LOGIN server got %+v, want one message from %s", msgs, user)
 	}
-	if _, err := os.Stat(filepath.Join(env.Config.QueueDir, stages.StateDir, deferred+".json")); err != nil {
+	if _, err := stateOf(t, env.Config.QueueDir, deferred); err != nil {
 		t.Errorf("the deferred message has no state file to search: %v", err)
 	}
 

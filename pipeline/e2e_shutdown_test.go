@@ -1,9 +1,9 @@
 package pipeline_test
 
 import (
-	"encoding/json"
+	"context"
 	"fmt"
-	"os"
+	"io/fs"
 	"path/filepath"
 	"sync/atomic"
 	"testing"
@@ -20,11 +20,38 @@ func whereIs(t *testing.T, env *pipelinetest.Env, name string) []string {
 	t.Helper()
 	var at []string
 	for _, rel := range filesUnder(t, env.Dir) {
-		if filepath.Base(rel) == name {
+		base := filepath.Base(rel)
+		if _, n, ok := stages.ParseWorkName(base); ok && n == name || base == name {
 			at = append(at, filepath.Dir(rel))
 		}
 	}
 	return at
+}
+
+// stateOf reads the delivery state of the message named name still in
+// the queue (its state file is named by the message's id).
+func stateOf(t *testing.T, queueDir, name string) (*stages.State, error) {
+	t.Helper()
+	d := stages.Dirs{Queue: queueDir}
+	var id string
+	err := stages.WalkSpool(context.Background(), d, stages.QueuePlaces, func(e stages.SpoolEntry) error {
+		if e.Name == name && e.ID != "" {
+			id = e.ID
+			return fs.SkipAll
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if id == "" {
+		return nil, fmt.Errorf("%s: no message of that name with an id in %s", name, queueDir)
+	}
+	st, err := stages.ReadState(d, id)
+	if err == nil && st == nil {
+		err = fmt.Errorf("%s (id %s) has no state file: %w", name, id, fs.ErrNotExist)
+	}
+	return st, err
 }
 
 func TestShutdownLosesNothing(t *testing.T) {
@@ -70,18 +97,17 @@ func TestShutdownLosesNothing(t *testing.T) {
 		}
 		dir := filepath.Join(env.Dir, at[0])
 		switch {
-		case dir == queue:
+		case dir == queue || dir == filepath.Join(queue, stages.ReadyDir):
 			places["queue"]++
 		case filepath.Dir(dir) == filepath.Join(queue, stages.DeferredDir):
 			places["deferred"]++
-			b, err := os.ReadFile(filepath.Join(queue, stages.StateDir, name+".json"))
+			st, err := stateOf(t, queue, name)
 			if err != nil {
 				t.Errorf("deferred %s has no state: %v", name, err)
 				break
 			}
-			var st stages.State
-			if err := json.Unmarshal(b, &st); err != nil || st.Attempts != 1 || st.LastError == "" || !st.Possible {
-				t.Errorf("deferred %s: state %s (%v), want 1 attempt, its error and a possible duplicate", name, b, err)
+			if st.Attempts != 1 || st.LastError == "" || !st.Possible {
+				t.Errorf("deferred %s: state %+v, want 1 attempt, its error and a possible duplicate", name, st)
 			}
 			cutOff[name] = true
 		case dir == env.Config.SentDir:

@@ -395,7 +395,7 @@ func (p *Pipeline) Run(ctx context.Context) error {
 	controls := make(chan stages.HostControl)
 	holds := make(chan stages.RouteHold, 64) // Dispatcher -> Scanner
 	scanner := &stages.Scanner{Spool: spool, Holds: holds, Interval: cfg.ScanInterval.D(), Clock: clock, Log: log.Named("scanner")}
-	parser := &stages.Parser{Identities: p.identities, Resolve: p.resolve, Pickup: pickup, Clock: clock, Log: log.Named("parser")}
+	parser := &stages.Parser{Identities: p.identities, Resolve: p.resolve, Pickup: pickup, Settle: cfg.Settle.D(), Clock: clock, Log: log.Named("parser")}
 	dispatcher := &stages.Dispatcher{
 		Limits: p.limits, Workers: cfg.MaxThreads, Controls: controls, Clock: clock, Log: log.Named("dispatcher"),
 		Holds: holds, Tags: p.routeTags,

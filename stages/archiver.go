@@ -148,11 +148,11 @@ func (a *Archiver) file(job *Job) {
 		// its new copy is durable). Put it back in the queue to be tried
 		// again; its state says whether the server already accepted it.
 		a.Log.Error("filing a message failed; returning it to the queue",
-			zap.String("file", job.Name), zap.String("result", f.Result), zap.Error(f.Err))
+			zap.String("id", job.ID), zap.String("file", job.Name), zap.String("result", f.Result), zap.Error(f.Err))
 		if o.Verdict == Sent {
 			job.State.Accepted = true
-			if err := a.Spool.WriteState(job.Name, &job.State); err != nil {
-				a.Log.Error("recording the acceptance", zap.String("file", job.Name), zap.Error(err))
+			if err := a.Spool.WriteState(job.ID, &job.State); err != nil {
+				a.Log.Error("recording the acceptance", zap.String("id", job.ID), zap.String("file", job.Name), zap.Error(err))
 			}
 		}
 		if o.Verdict != Return {
@@ -160,7 +160,7 @@ func (a *Archiver) file(job *Job) {
 			// by an operator, not by waiting for the backoff.
 			if err := a.Spool.Defer(job, now.Add(min(retry.MinBackoff, time.Minute))); err != nil {
 				a.Log.Error("the message stays in the active folder until the next start",
-					zap.String("file", job.Name), zap.Error(err))
+					zap.String("id", job.ID), zap.String("file", job.Name), zap.Error(err))
 			}
 		}
 	}
@@ -173,11 +173,11 @@ func (a *Archiver) file(job *Job) {
 func (a *Archiver) logFiled(f Filed) {
 	j := f.Job
 	if f.Result == "returned" || f.Result == "parked" || f.Result == "held" {
-		a.Log.Debug(f.Result, zap.String("file", j.Name), zap.String("host", j.Host()))
+		a.Log.Debug(f.Result, zap.String("id", j.ID), zap.String("file", j.Name), zap.String("host", j.Host()))
 		return
 	}
 	fields := []zap.Field{
-		zap.String("file", j.Name), zap.String("host", j.Host()),
+		zap.String("id", j.ID), zap.String("file", j.Name), zap.String("host", j.Host()),
 		zap.Int("recipients", len(j.Pending)), zap.Int("attempt", j.State.Attempts),
 		zap.Duration("duration", j.Outcome.Duration),
 	}

@@ -2,6 +2,7 @@ package stages
 
 import (
 	"context"
+	"path/filepath"
 	"time"
 )
 
@@ -15,13 +16,14 @@ type Source interface {
 	// true for, calling fn with each job until fn returns false; it returns
 	// when to look again for deferred work.
 	Scan(ctx context.Context, now time.Time, skip func(name string) bool, fn func(*Job) bool) (time.Time, error)
-	// ScanOne claims one named new arrival, if it is still there.
-	ScanOne(name string) (*Job, error)
+	// ScanOne claims one named new arrival in dir (one of WatchDirs), if
+	// it is still there.
+	ScanOne(dir, name string) (*Job, error)
 	// Return puts a claimed job back, unsent.
 	Return(job *Job) error
-	// WatchDir is the folder whose new entries announce new work ("" if
-	// the backend has no such folder).
-	WatchDir() string
+	// WatchDirs are the folders whose new entries announce new work (none
+	// if the backend has no such folder).
+	WatchDirs() []string
 }
 
 // Sink is what the Archiver needs of a spool to file outcomes.
@@ -32,7 +34,7 @@ type Sink interface {
 	Park(job *Job, due time.Time) error
 	Hold(job *Job) error
 	Return(job *Job) error
-	WriteState(name string, st *State) error
+	WriteState(id string, st *State) error
 }
 
 var (
@@ -40,5 +42,9 @@ var (
 	_ Sink   = (*Spool)(nil)
 )
 
-// WatchDir returns the queue folder, where producers drop files.
-func (s *Spool) WatchDir() string { return s.dirs.Queue }
+// WatchDirs returns the queue folder, where producers drop files, and the
+// ready folder, where the service and the queue commands put messages that
+// have an id and are to be sent now.
+func (s *Spool) WatchDirs() []string {
+	return []string{s.dirs.Queue, filepath.Join(s.dirs.Queue, ReadyDir)}
+}

@@ -70,7 +70,7 @@ type HostControl struct {
 	Op      string
 	Host    string
 	All     bool
-	Name    string // for "hold": one message
+	Name    string // for "hold": one message, by its id or its name
 	Workers int
 }
 
@@ -303,7 +303,7 @@ func (d *Dispatcher) hold(c HostControl, out chan<- *Job) {
 		for _, q := range h.routes {
 			kept := q.jobs[:q.head]
 			for _, j := range q.jobs[q.head:] {
-				if c.All || c.Name == "" || j.Name == c.Name {
+				if c.All || c.Name == "" || j.Name == c.Name || j.ID == c.Name {
 					j.Outcome = Outcome{Verdict: Hold}
 					out <- j
 					h.n--

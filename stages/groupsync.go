@@ -13,8 +13,9 @@ import (
 // all of them, so the cost per caller falls as load rises. A failed sync
 // covers nobody: each caller it would have covered tries again itself.
 type groupCommit struct {
-	mu   sync.Mutex // held while syncing
-	done uint64     // the highest number a successful sync covered
+	mu   sync.Mutex    // held while syncing
+	done uint64        // the highest number a successful sync covered
+	seen atomic.Uint64 // done, readable without waiting for a sync in progress
 }
 
 // await returns once a successful sync has covered n. If none has, it
@@ -31,6 +32,7 @@ func (g *groupCommit) await(n uint64, prepare func() (upto uint64, sync func() e
 		return err
 	}
 	g.done = upto
+	g.seen.Store(upto)
 	return nil
 }
 
@@ -47,6 +49,13 @@ type dirSync struct {
 }
 
 func newDirSync(dir string) *dirSync { return &dirSync{dir: dir, sync: queuefile.SyncDir} }
+
+// next returns the number of the next Sync: a change made before next
+// is called is durable once covered() reaches it.
+func (d *dirSync) next() uint64 { return d.requested.Load() + 1 }
+
+// covered returns the highest Sync number a successful fsync has covered.
+func (d *dirSync) covered() uint64 { return d.commit.seen.Load() }
 
 // Sync returns once the folder's entries, as they were when it was called,
 // are durable.

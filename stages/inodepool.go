@@ -19,15 +19,25 @@ import (
 // busy queue makes: a quarter of the service's CPU in a drain. Reusing
 // inodes costs a rename instead.
 //
-// A pooled file lives in its own folder, <sent>/.tmp/.free-<instance>/, on
-// Sent's file system (the pool is off when the queue is on another one),
-// and is removed when the instance closes, or by the next start after a
-// crash. Only a file the service owns, with no other link, goes to the pool:
+// A pooled file lives in its own folder, <queue>/.pool/<instance>/, on the
+// queue's side: a pooled file still holds a sealed queue file until it is
+// rewritten, and no file with a seal may ever be in sent_dir. It becomes a
+// Sent copy only by a rename into sent_dir once rewritten and synced, so the
+// pool works only when Sent is on the queue's file system (it turns itself
+// off at the first rename that says otherwise). It is removed when the
+// instance closes, or by the next start after a crash.
+//
+// A pooled inode is rewritten only once the active folder it left has been
+// synced past its removal (the active folder's dirSync covers the put):
+// otherwise, after a power loss on a file system without a journal, the
+// active folder could come back with the old name pointing at an inode that
+// now holds another message's Sent copy. Only a file the service owns, with no other link, goes to the pool:
 // its content (a message already filed) is overwritten from offset 0 and
 // truncated to the new length (rewritten) before it becomes a Sent copy, and its mode set to 0640, so that
 // nothing of it or of its former owner's access survives.
 type inodePool struct {
-	dir string
+	dir  string
+	from *dirSync // the active folder, whose sync must cover a put before its take
 
 	mu   sync.Mutex
 	free []pooled
@@ -38,20 +48,21 @@ type inodePool struct {
 type pooled struct {
 	name string
 	mode os.FileMode
+	need uint64 // the from.Sync number that covers its removal from the active folder
 }
 
 // poolMax bounds the pool: a drain needs about as many as filings run at once.
 const poolMax = 64
 
-func newInodePool(sentDir, id string) *inodePool {
+func newInodePool(queueDir, id string, from *dirSync) *inodePool {
 	if !poolSupported {
 		return &inodePool{off: true}
 	}
-	dir := poolDir(sentDir, id)
-	if err := os.Mkdir(dir, 0o750); err != nil {
+	dir := poolDir(queueDir, id)
+	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return &inodePool{off: true}
 	}
-	return &inodePool{dir: dir}
+	return &inodePool{dir: dir, from: from}
 }
 
 // put moves path, a file whose content is no longer needed, into the pool.
@@ -69,14 +80,15 @@ func (p *inodePool) put(path string) bool {
 	if err != nil || !fi.Mode().IsRegular() || !ownedUnlinked(fi) {
 		return false
 	}
-	if err := os.Rename(path, filepath.Join(p.dir, name)); err != nil {
+	if err := renameNoReplace(path, filepath.Join(p.dir, name)); err != nil {
 		if isCrossDevice(err) {
 			p.disable()
 		}
 		return false
 	}
+	need := p.from.next()
 	p.mu.Lock()
-	p.free = append(p.free, pooled{name: name, mode: fi.Mode().Perm()})
+	p.free = append(p.free, pooled{name: name, mode: fi.Mode().Perm(), need: need})
 	p.mu.Unlock()
 	return true
 }
@@ -85,14 +97,26 @@ func (p *inodePool) put(path string) bool {
 // in the pool; nil if the pool has none. The file still has its old
 // content: the caller truncates it to what it writes.
 func (p *inodePool) take() (*os.File, string) {
+	synced := false
 	for {
 		p.mu.Lock()
 		if p.off || len(p.free) == 0 {
 			p.mu.Unlock()
 			return nil, ""
 		}
-		e := p.free[len(p.free)-1]
-		p.free = p.free[:len(p.free)-1]
+		// The oldest entry is the likeliest to be covered by a sync.
+		e := p.free[0]
+		if e.need > p.from.covered() {
+			p.mu.Unlock()
+			if synced || p.from.Sync() != nil {
+				return nil, ""
+			}
+			// One fsync of the active folder, shared with concurrent
+			// callers, covers every entry put so far.
+			synced = true
+			continue
+		}
+		p.free = p.free[1:]
 		p.mu.Unlock()
 		path := filepath.Join(p.dir, e.name)
 		f, err := openForRewrite(path)
@@ -143,9 +167,14 @@ func (p *inodePool) close() {
 }
 
 // poolDir is the pool folder of instance id.
-func poolDir(sentDir, id string) string {
-	return filepath.Join(sentDir, queuefile.TmpDir, ".free-"+id)
+func poolDir(queueDir, id string) string {
+	return filepath.Join(queueDir, PoolDir, id)
 }
 
-// removeDeadPool removes the pool of a dead instance.
-func removeDeadPool(sentDir, id string) { os.RemoveAll(poolDir(sentDir, id)) }
+// removeDeadPool removes the pool of a dead instance; legacyPool the
+// folder where versions before the pool moved to the queue's side kept it.
+func removeDeadPool(queueDir, id string) { os.RemoveAll(poolDir(queueDir, id)) }
+
+func legacyPool(sentDir, id string) string {
+	return filepath.Join(sentDir, queuefile.TmpDir, ".free-"+id)
+}

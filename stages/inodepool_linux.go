@@ -40,3 +40,9 @@ func isCrossDevice(err error) bool { return errors.Is(err, unix.EXDEV) }
 
 // poolSupported: Linux has RENAME_NOREPLACE.
 const poolSupported = true
+
+// isNotSupported reports whether renameNoReplace failed because the file
+// system has no RENAME_NOREPLACE.
+func isNotSupported(err error) bool {
+	return errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EOPNOTSUPP)
+}

@@ -18,3 +18,5 @@ func openForRewrite(string) (*os.File, error) { return nil, errors.ErrUnsupporte
 func renameNoReplace(string, string) error { return errors.ErrUnsupported }
 
 func isCrossDevice(error) bool { return false }
+
+func isNotSupported(err error) bool { return errors.Is(err, errors.ErrUnsupported) }

@@ -123,7 +123,7 @@ func TestInodePoolBoundedAndRecovered(t *testing.T) {
 		name := inspName(t)
 		inspPlace(t, d.Queue, name, fmt.Sprintf("X-SmtpQ-Sealed: v1 junk\r\nSubject: %d\r\n\r\nbody\r\n", i))
 		job := inspClaim(t, s, name)
-		if err := s.forget(job); err != nil {
+		if err := s.forget(job, true); err != nil {
 			t.Fatal(err)
 		}
 	}

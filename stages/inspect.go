@@ -57,7 +57,7 @@ type Place string
 
 // The places of a message, in the order of its life.
 const (
-	PlaceQueued        Place = "queued"        // in queue_dir, waiting to be claimed
+	PlaceQueued        Place = "queued"        // in queue_dir (no id yet) or .ready/, waiting to be claimed
 	PlaceActive        Place = "active"        // in .active/<instance>/: claimed by a running service
 	PlaceDeferred      Place = "deferred"      // in .deferred/<due>/: waiting for a retry or its not-before time
 	PlaceHeld          Place = "held"          // in .hold/: set aside by the operator, never sent
@@ -89,12 +89,16 @@ var (
 	// Nothing is ever overwritten.
 	ErrNameClash = errors.New("a file of that name is already there")
 	// ErrNotQueueName: the name is not one the service would pick up.
-	ErrNotQueueName = errors.New("not a queue-file name (<time>-<random>.eml)")
+	ErrNotQueueName = errors.New("not a queue-file name (a name ending in .eml) or a message id")
+	// ErrAmbiguous: several messages in the queue have that name; name
+	// one by its id.
+	ErrAmbiguous = errors.New("several messages have that name: give the id of one")
 )
 
 // SpoolEntry is one message found in the spool.
 type SpoolEntry struct {
-	Name     string    // file name: the queue-file name (in Sent, maybe with a -N suffix)
+	ID       string    // the service's id for the message ("" in queue_dir, before a claim, and for filed copies)
+	Name     string    // the producer's file name (in Sent and Undeliverable, maybe with a -N suffix)
 	Place    Place     // where it is
 	Path     string    // full path of the file now
 	Instance string    // PlaceActive: the instance that claimed it
@@ -155,15 +159,18 @@ func WalkSpool(ctx context.Context, d Dirs, places []Place, fn func(SpoolEntry) 
 			switch p {
 			case PlaceQueued:
 				err = inspWalkDir(ctx, d.Queue, SpoolEntry{Place: p}, fn)
+				if err == nil {
+					err = inspWalkWork(ctx, d.Queue, filepath.Join(d.Queue, ReadyDir), SpoolEntry{Place: p}, fn)
+				}
 			case PlaceHeld:
-				err = inspWalkDir(ctx, filepath.Join(d.Queue, HoldDir), SpoolEntry{Place: p}, fn)
+				err = inspWalkWork(ctx, d.Queue, filepath.Join(d.Queue, HoldDir), SpoolEntry{Place: p}, fn)
 			case PlaceSent:
 				err = inspWalkDir(ctx, d.Sent, SpoolEntry{Place: p}, fn)
 			case PlaceUndeliverable:
 				err = inspWalkDir(ctx, d.Undeliverable, SpoolEntry{Place: p}, fn)
 			case PlaceActive:
 				err = inspEachSubdir(filepath.Join(d.Queue, ActiveDir), func(name, dir string) error {
-					return inspWalkDir(ctx, dir, SpoolEntry{Place: p, Instance: name}, fn)
+					return inspWalkWork(ctx, d.Queue, dir, SpoolEntry{Place: p, Instance: name}, fn)
 				})
 			case PlaceDeferred:
 				err = inspEachSubdir(filepath.Join(d.Queue, DeferredDir), func(name, dir string) error {
@@ -171,7 +178,7 @@ func WalkSpool(ctx context.Context, d Dirs, places []Place, fn func(SpoolEntry) 
 					if perr != nil {
 						return nil // not a bucket: the scanner ignores it too
 					}
-					return inspWalkDir(ctx, dir, SpoolEntry{Place: p, Due: due}, fn)
+					return inspWalkWork(ctx, d.Queue, dir, SpoolEntry{Place: p, Due: due}, fn)
 				})
 			default:
 				err = fmt.Errorf("unknown place %q", p)
@@ -189,13 +196,46 @@ func WalkSpool(ctx context.Context, d Dirs, places []Place, fn func(SpoolEntry) 
 }
 
 // inspWalkDir calls fn for each queue file (a regular file with a queue
-// name) in dir, reading dir in batches. A missing dir holds nothing.
+// name) in dir, reading dir in batches. A missing dir holds nothing. In the
+// working folders (all but queue_dir, Sent and Undeliverable) a file's name
+// carries the message's id, and its name or else its state does.
 func inspWalkDir(ctx context.Context, dir string, tmpl SpoolEntry, fn func(SpoolEntry) error) error {
+	return inspWalk(ctx, dir, "", tmpl, fn)
+}
+
+// inspWalkWork is inspWalkDir for a working folder of queueDir.
+func inspWalkWork(ctx context.Context, queueDir, dir string, tmpl SpoolEntry, fn func(SpoolEntry) error) error {
+	return inspWalk(ctx, dir, queueDir, tmpl, fn)
+}
+
+func inspWalk(ctx context.Context, dir, queueDir string, tmpl SpoolEntry, fn func(SpoolEntry) error) error {
 	return eachQueueFile(ctx, dir, func(name string) error {
 		en := tmpl
 		en.Name, en.Path = name, filepath.Join(dir, name)
+		if queueDir != "" {
+			en.ID, en.Name = workEntry(queueDir, name)
+		}
 		return fn(en)
 	})
+}
+
+// workEntry returns the id and the producer's name of the working file w
+// of the spool whose queue_dir is queueDir. A file from before ids has no
+// id and is named by its file name.
+func workEntry(queueDir, w string) (id, name string) {
+	id, name, ok := ParseWorkName(w)
+	if !ok {
+		return "", w
+	}
+	if name == "" {
+		if st, _ := ReadState(Dirs{Queue: queueDir}, id); st != nil {
+			name = st.Name
+		}
+	}
+	if name == "" {
+		name = w
+	}
+	return id, name
 }
 
 // inspEachSubdir calls fn for each subfolder of root (instances in .active,
@@ -219,33 +259,41 @@ func inspEachSubdir(root string, fn func(name, dir string) error) error {
 	return nil
 }
 
-// LocateMessage finds where the named message is. A message still in the
-// queue is in exactly one place (the first found of queued, held, deferred,
-// active); copies already filed (Sent, possibly several with -N suffixes;
-// Undeliverable) follow it. Since the service moves messages while this
-// looks, a search that finds nothing is repeated a few times before
-// reporting ErrMessageNotFound.
-func LocateMessage(d Dirs, name string) ([]SpoolEntry, error) {
-	if !queuefile.IsQueueName(name) {
-		return nil, fmt.Errorf("%s: %w", name, ErrNotQueueName)
+// LocateMessage finds where a message is. key is its id, its working file
+// name, or its name (the producer's file name; several messages may share
+// one, each with its own id). Messages still in the queue come first, each
+// in exactly one place (queued, held, deferred or active); copies already
+// filed under the name (Sent, possibly several with -N suffixes;
+// Undeliverable) follow. Since the service moves messages while this looks,
+// a search that finds nothing is repeated a few times before reporting
+// ErrMessageNotFound.
+//
+// A name is found in queue_dir at once; everywhere else the working folders
+// are listed (in batches), since their files are named by id.
+func LocateMessage(d Dirs, key string) ([]SpoolEntry, error) {
+	if !queuefile.IsQueueName(key) && !IsID(key) {
+		return nil, fmt.Errorf("%q: %w", key, ErrNotQueueName)
 	}
 	for range 4 {
-		found, err := inspLocateOnce(d, name)
+		found, err := inspLocateOnce(d, key)
 		if err != nil || len(found) > 0 {
 			return found, err
 		}
 	}
-	return nil, fmt.Errorf("%s: %w", name, ErrMessageNotFound)
+	return nil, fmt.Errorf("%q: %w", key, ErrMessageNotFound)
 }
 
-func inspLocateOnce(d Dirs, name string) ([]SpoolEntry, error) {
-	live, err := inspLocateLive(d, name)
+func inspLocateOnce(d Dirs, key string) ([]SpoolEntry, error) {
+	found, err := inspLocateLive(d, key)
 	if err != nil {
 		return nil, err
 	}
-	var found []SpoolEntry
-	if live != nil {
-		found = append(found, *live)
+	name := key
+	if IsID(key) {
+		if len(found) == 0 {
+			return nil, nil // filed copies go by name, not id
+		}
+		name = found[0].Name
 	}
 	for i := 0; i < 1000; i++ {
 		n := suffixed(name, i)
@@ -261,51 +309,33 @@ func inspLocateOnce(d Dirs, name string) ([]SpoolEntry, error) {
 	return found, nil
 }
 
-// inspLocateLive finds a message still in queue_dir, or returns nil.
-func inspLocateLive(d Dirs, name string) (*SpoolEntry, error) {
-	if p := filepath.Join(d.Queue, name); inspIsFile(p) {
-		return &SpoolEntry{Name: name, Place: PlaceQueued, Path: p}, nil
-	}
-	if p := filepath.Join(d.Queue, HoldDir, name); inspIsFile(p) {
-		return &SpoolEntry{Name: name, Place: PlaceHeld, Path: p}, nil
-	}
-	// Deferred: its state says which bucket; else look in each.
-	root := filepath.Join(d.Queue, DeferredDir)
-	if st, _ := ReadState(d, name); st != nil && !st.NextAttempt.IsZero() {
-		due := bucketTime(st.NextAttempt)
-		if p := filepath.Join(root, due.Format(bucketLayout), name); inspIsFile(p) {
-			return &SpoolEntry{Name: name, Place: PlaceDeferred, Path: p, Due: due}, nil
+// inspLocateLive finds the messages still in queue_dir that key names (by
+// id, working file name or name).
+func inspLocateLive(d Dirs, key string) ([]SpoolEntry, error) {
+	var found []SpoolEntry
+	if queuefile.IsQueueName(key) {
+		if p := filepath.Join(d.Queue, key); inspIsFile(p) {
+			found = append(found, SpoolEntry{Name: key, Place: PlaceQueued, Path: p})
 		}
 	}
-	var hit *SpoolEntry
-	err := inspEachSubdir(root, func(bucket, dir string) error {
-		due, perr := time.Parse(bucketLayout, bucket)
-		if perr != nil {
-			return nil
+	seen := map[string]bool{}
+	err := WalkSpool(context.Background(), d, QueuePlaces, func(e SpoolEntry) error {
+		if e.ID == "" && e.Place == PlaceQueued {
+			return nil // queue_dir: looked up above
 		}
-		if p := filepath.Join(dir, name); inspIsFile(p) {
-			hit = &SpoolEntry{Name: name, Place: PlaceDeferred, Path: p, Due: due}
-			return fs.SkipAll
+		if e.ID == key || e.Name == key || filepath.Base(e.Path) == key {
+			if e.ID != "" && seen[e.ID] {
+				return nil // moved while we listed: seen already
+			}
+			seen[e.ID] = true
+			found = append(found, e)
+			if IsID(key) {
+				return fs.SkipAll
+			}
 		}
 		return nil
 	})
-	if err != nil && !errors.Is(err, fs.SkipAll) {
-		return nil, err
-	}
-	if hit != nil {
-		return hit, nil
-	}
-	err = inspEachSubdir(filepath.Join(d.Queue, ActiveDir), func(inst, dir string) error {
-		if p := filepath.Join(dir, name); inspIsFile(p) {
-			hit = &SpoolEntry{Name: name, Place: PlaceActive, Path: p, Instance: inst}
-			return fs.SkipAll
-		}
-		return nil
-	})
-	if err != nil && !errors.Is(err, fs.SkipAll) {
-		return nil, err
-	}
-	return hit, nil
+	return found, err
 }
 
 func inspIsFile(p string) bool {
@@ -313,10 +343,13 @@ func inspIsFile(p string) bool {
 	return err == nil && fi.Mode().IsRegular()
 }
 
-// ReadState returns the delivery state of the named message, or nil if it
-// has none.
-func ReadState(d Dirs, name string) (*State, error) {
-	b, err := os.ReadFile(filepath.Join(d.Queue, StateDir, name+".json"))
+// ReadState returns the delivery state of message id, or nil if it has
+// none.
+func ReadState(d Dirs, id string) (*State, error) {
+	if id == "" || strings.ContainsAny(id, `/\`) {
+		return nil, nil
+	}
+	b, err := os.ReadFile(filepath.Join(d.Queue, StateDir, id+".json"))
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
@@ -325,7 +358,7 @@ func ReadState(d Dirs, name string) (*State, error) {
 	}
 	var st State
 	if err := json.Unmarshal(b, &st); err != nil {
-		return nil, fmt.Errorf("state of %s: %w", name, err)
+		return nil, fmt.Errorf("state of %s: %w", id, err)
 	}
 	return &st, nil
 }
@@ -468,28 +501,87 @@ func HoldAll(ctx context.Context, d Dirs, match func(SpoolEntry) bool) (MoveResu
 	return inspMoveAll(ctx, d, []Place{PlaceQueued, PlaceDeferred}, filepath.Join(d.Queue, HoldDir), match, true)
 }
 
-// ReleaseMessage moves a held message back to queue_dir, to be sent now,
-// whatever next attempt its state had (attempts are unchanged).
+// ReleaseMessage moves a held message to the ready folder (.ready/), to be
+// sent now, whatever next attempt its state had (attempts are unchanged).
 func ReleaseMessage(d Dirs, name string) (SpoolEntry, error) {
-	return inspMoveOne(d, name, "release", []Place{PlaceHeld}, d.Queue)
+	return inspMoveOne(d, name, "release", []Place{PlaceHeld}, filepath.Join(d.Queue, ReadyDir))
 }
 
-// ReleaseAll moves every held message that match selects (all if nil) back
-// to queue_dir.
+// ReleaseAll moves every held message that match selects (all if nil) to
+// the ready folder.
 func ReleaseAll(ctx context.Context, d Dirs, match func(SpoolEntry) bool) (MoveResult, error) {
-	return inspMoveAll(ctx, d, []Place{PlaceHeld}, d.Queue, match, false)
+	return inspMoveAll(ctx, d, []Place{PlaceHeld}, filepath.Join(d.Queue, ReadyDir), match, false)
 }
 
-// RetryMessage moves a deferred message to queue_dir, to be tried now
-// (attempts are unchanged).
+// RetryMessage moves a deferred message to the ready folder, to be tried
+// now (attempts are unchanged).
 func RetryMessage(d Dirs, name string) (SpoolEntry, error) {
-	return inspMoveOne(d, name, "retry", []Place{PlaceDeferred}, d.Queue)
+	return inspMoveOne(d, name, "retry", []Place{PlaceDeferred}, filepath.Join(d.Queue, ReadyDir))
 }
 
 // RetryAll moves every deferred message that match selects (all if nil) to
-// queue_dir.
+// the ready folder.
 func RetryAll(ctx context.Context, d Dirs, match func(SpoolEntry) bool) (MoveResult, error) {
-	return inspMoveAll(ctx, d, []Place{PlaceDeferred}, d.Queue, match, false)
+	return inspMoveAll(ctx, d, []Place{PlaceDeferred}, filepath.Join(d.Queue, ReadyDir), match, false)
+}
+
+// inspMove moves the message e to dstDir under its working name. A message
+// without an id (in queue_dir, or left by a version before ids) is given
+// one first (inspAdopt).
+func inspMove(d Dirs, e SpoolEntry, dstDir string) error {
+	if e.ID != "" {
+		return inspRename(e.Path, filepath.Join(dstDir, filepath.Base(e.Path)))
+	}
+	w, id, legacy, err := inspAdopt(d, e)
+	if err != nil {
+		return err
+	}
+	err = inspRename(e.Path, filepath.Join(dstDir, w))
+	if err != nil {
+		os.Remove(filepath.Join(d.Queue, StateDir, id+".json"))
+		return err
+	}
+	if legacy {
+		os.Remove(filepath.Join(d.Queue, StateDir, e.Name+".json"))
+	}
+	return nil
+}
+
+// inspAdopt gives a message that has no id an id, and returns its working
+// name. When the working name cannot carry the message's name, or a state
+// kept under its name (by a version before ids) moves to the id, the state
+// file is written first, durably; legacy says the old one is to go once
+// the message has moved.
+func inspAdopt(d Dirs, e SpoolEntry) (w, id string, legacy bool, err error) {
+	now := time.Now()
+	id = newID(now)
+	w, carried := workName(id, e.Name)
+	var st *State
+	if e.Place != PlaceQueued {
+		st, _ = ReadState(d, e.Name)
+		legacy = st != nil
+	}
+	if carried && st == nil {
+		return w, id, false, nil
+	}
+	if st == nil {
+		st = &State{}
+	}
+	if st.Queued.IsZero() {
+		st.Queued = now
+		if t, ok := queuefile.NameTime(e.Name); ok {
+			st.Queued = t
+		}
+	}
+	st.Name = ""
+	if !carried {
+		st.Name = e.Name
+	}
+	b, err := json.MarshalIndent(st, "", "  ")
+	if err == nil {
+		err = writeFileDurable(filepath.Join(d.Queue, StateDir, id+".json"), b)
+	}
+	return w, id, legacy, err
 }
 
 // inspMoveOne moves the named message, if it is in one of the places from,
@@ -505,11 +597,14 @@ func inspMoveOne(d Dirs, name, op string, from []Place, dstDir string) (SpoolEnt
 		if err != nil {
 			return SpoolEntry{}, err
 		}
+		if err := inspOneLive(name, found); err != nil {
+			return SpoolEntry{}, err
+		}
 		e := found[0]
 		if !slices.Contains(from, e.Place) {
 			return e, &PlaceError{Op: op, Entry: e}
 		}
-		err = inspRename(e.Path, filepath.Join(dstDir, name))
+		err = inspMove(d, e, dstDir)
 		if errors.Is(err, fs.ErrNotExist) {
 			continue
 		}
@@ -534,7 +629,7 @@ func inspMoveAll(ctx context.Context, d Dirs, from []Place, dstDir string, match
 		if match != nil && !match(e) {
 			return nil
 		}
-		err := inspRename(e.Path, filepath.Join(dstDir, e.Name))
+		err := inspMove(d, e, dstDir)
 		if err == nil {
 			touched[filepath.Dir(e.Path)] = true
 		}
@@ -559,20 +654,37 @@ func inspMoveAll(ctx context.Context, d Dirs, from []Place, dstDir string, match
 	return r, errors.Join(errs...)
 }
 
+// inspOneLive checks that key names at most one message still in the
+// queue (found is LocateMessage's answer).
+func inspOneLive(key string, found []SpoolEntry) error {
+	var ids []string
+	for _, e := range found {
+		if slices.Contains(QueuePlaces, e.Place) {
+			id := e.ID
+			if id == "" {
+				id = "(not yet claimed: " + e.Path + ")"
+			}
+			ids = append(ids, id)
+		}
+	}
+	if len(ids) > 1 {
+		return fmt.Errorf("%q: %w (ids: %s)", key, ErrAmbiguous, strings.Join(ids, ", "))
+	}
+	return nil
+}
+
 // inspRename renames src to dst unless dst exists (ErrNameClash; but if
-// src is gone too, someone moved it there: fs.ErrNotExist). The check and
-// the rename are two steps: a file of the same name could appear at dst in
-// between. In the spool a message's name is unique and a message is moved
-// only by rename, so two files of one name can only come from a requeue,
-// which links (never replaces) instead.
+// src is gone too, someone moved it there: fs.ErrNotExist). The rename
+// never replaces a file (moveNoReplace).
 func inspRename(src, dst string) error {
-	if _, err := os.Lstat(dst); err == nil {
+	err := moveNoReplace(src, dst)
+	if errors.Is(err, fs.ErrExist) {
 		if _, serr := os.Lstat(src); errors.Is(serr, fs.ErrNotExist) {
 			return serr
 		}
 		return fmt.Errorf("%s: %w", dst, ErrNameClash)
 	}
-	return os.Rename(src, dst)
+	return err
 }
 
 func inspSyncDirs(dirs ...string) error {
@@ -637,21 +749,16 @@ func requeueLocked(d Dirs, name string, now time.Time) (string, error) {
 		}
 		return "", &PlaceError{Op: "requeue", Entry: found[0]}
 	}
-	live, err := inspLocateLive(d, name)
-	if err != nil {
-		return "", err
-	}
-	if live != nil {
-		return "", fmt.Errorf("%s is also %s (%s): %w; not requeued", name, live.Place, live.Path, ErrNameClash)
-	}
-	if err := os.Remove(filepath.Join(d.Queue, StateDir, name+".json")); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return "", err
+	// It comes back as a new arrival (it gets a new id when claimed), so
+	// only a file of the same name waiting in queue_dir is in the way.
+	if p := filepath.Join(d.Queue, name); inspIsFile(p) {
+		return "", fmt.Errorf("%s is also queued (%s): %w; not requeued", name, p, ErrNameClash)
 	}
 	if err := inspArchiveLog(d, name, now); err != nil {
 		return "", err
 	}
 	dst := filepath.Join(d.Queue, name)
-	err = inspRename(src, dst)
+	err := inspRename(src, dst)
 	if errors.Is(err, syscall.EXDEV) {
 		// Another filesystem: a synced copy linked into the queue, then the
 		// original removed. (Until it is, a quick new failure of the message

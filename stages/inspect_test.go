@@ -198,19 +198,27 @@ func TestInspBucketTimeMatchesDefer(t *testing.T) {
 		if err := s.Defer(job, due); err != nil {
 			t.Fatal(err)
 		}
-		want := filepath.Join(d.Queue, DeferredDir, bucketTime(due).Format(bucketLayout), n)
+		want := filepath.Join(d.Queue, DeferredDir, bucketTime(due).Format(bucketLayout), job.ID+"_"+n)
 		if !inspIsFile(want) {
 			t.Errorf("due %v: Defer did not put it in %s", due, want)
 		}
 	}
 }
 
-// inspClaim claims the named queued file with the spool.
+// inspClaim claims the named queued message with the spool: in queue_dir,
+// or in the ready folder (released, retried) under its id.
 func inspClaim(t *testing.T, s *Spool, name string) *Job {
 	t.Helper()
-	job, err := s.ScanOne(name)
+	dir, file := s.dirs.Queue, name
+	if found, err := LocateMessage(s.dirs, name); err == nil && found[0].Place == PlaceQueued {
+		dir, file = filepath.Dir(found[0].Path), filepath.Base(found[0].Path)
+	}
+	job, err := s.ScanOne(dir, file)
 	if err != nil || job == nil {
 		t.Fatalf("claiming %s: %v, %v", name, job, err)
+	}
+	if job.Name != name {
+		t.Fatalf("claimed %s as %q", name, job.Name)
 	}
 	return job
 }
@@ -264,7 +272,7 @@ func TestHoldReleaseRetryOne(t *testing.T) {
 		t.Fatalf("hold deferred: %+v, %v", from, err)
 	}
 	inspWant(t, d, df, PlaceHeld)
-	if st, err := ReadState(d, df); err != nil || st == nil || st.Attempts != 2 || st.LastError != "451 try later" {
+	if st, err := ReadState(d, job.ID); err != nil || st == nil || st.Attempts != 2 || st.LastError != "451 try later" {
 		t.Errorf("held message's state: %+v, %v", st, err)
 	}
 	if _, err := ReleaseMessage(d, df); err != nil {
@@ -376,18 +384,40 @@ func TestMoveAllSelectsAndCounts(t *testing.T) {
 	}
 	inspWant(t, d, n, PlaceQueued)
 
-	// A clash is never overwritten: counted, reported, both files kept.
-	inspPlace(t, filepath.Join(d.Queue, HoldDir), queued[1], "other copy")
+	// A held message with the name of a queued one is another message:
+	// holding the queued one keeps both, each with its own id, and the
+	// name alone no longer says which one an operator means.
+	other := inspHoldOther(t, s, queued[1])
 	r, err = HoldAll(context.Background(), d, nil)
-	if !errors.Is(err, ErrNameClash) || r.Clash != 1 {
-		t.Errorf("hold all over a clash: %+v, %v", r, err)
+	if err != nil || r.Clash != 0 {
+		t.Errorf("hold all beside a held message of the same name: %+v, %v", r, err)
 	}
-	if b, _ := os.ReadFile(filepath.Join(d.Queue, HoldDir, queued[1])); string(b) != "other copy" {
-		t.Errorf("held copy overwritten: %q", b)
+	same := inspWalkAll(t, d, PlaceHeld)[queued[1]]
+	if len(same) != 2 || same[0].ID == same[1].ID {
+		t.Errorf("held messages named %s: %+v, want two with their own ids", queued[1], same)
 	}
-	if !inspIsFile(filepath.Join(d.Queue, queued[1])) {
-		t.Errorf("clashing message left the queue")
+	if _, err := ReleaseMessage(d, queued[1]); !errors.Is(err, ErrAmbiguous) {
+		t.Errorf("releasing by a name two messages share: %v, want ErrAmbiguous", err)
 	}
+	if _, err := ReleaseMessage(d, other); err != nil {
+		t.Errorf("releasing by id: %v", err)
+	}
+}
+
+// inspHoldOther makes a held message named name with content "other copy",
+// and returns its id.
+func inspHoldOther(t *testing.T, s *Spool, name string) string {
+	t.Helper()
+	dir := t.TempDir()
+	inspPlace(t, dir, name, "other copy")
+	job, err := s.ScanOne(dir, name)
+	if err != nil || job == nil {
+		t.Fatalf("claiming the other %s: %v, %v", name, job, err)
+	}
+	if err := s.Hold(job); err != nil {
+		t.Fatal(err)
+	}
+	return job.ID
 }
 
 // Holding races with a spool claiming the same files: every file ends in
@@ -489,9 +519,6 @@ func TestRequeue(t *testing.T) {
 	if b, _ := os.ReadFile(path); string(b) != "message" {
 		t.Errorf("queued content %q", b)
 	}
-	if st, _ := ReadState(d, n); st != nil {
-		t.Errorf("state kept: %+v", st)
-	}
 	hist := filepath.Join(d.Undeliverable, base+"."+now.Format(bucketLayout)+".xml")
 	if !inspIsFile(hist) || inspIsFile(filepath.Join(d.Undeliverable, base+".xml")) {
 		t.Errorf("XML log not kept as history %s", hist)
@@ -513,12 +540,13 @@ func TestRequeue(t *testing.T) {
 		t.Errorf("second history log: %q", b)
 	}
 
-	// A message of the same name still in the queue (held): refused,
-	// nothing moved.
+	// A file of the same name waiting in queue_dir: refused, nothing
+	// moved. (One of the same name held or deferred is another message,
+	// with its own id: no clash.)
 	c := inspName(t)
 	inspPlace(t, d.Undeliverable, c, "failed copy")
 	inspPlace(t, d.Undeliverable, strings.TrimSuffix(c, ".eml")+".xml", "<smtpqLog/>")
-	inspPlace(t, filepath.Join(d.Queue, HoldDir), c, "held copy")
+	inspPlace(t, d.Queue, c, "held copy")
 	if _, err := RequeueMessage(d, c, now); !errors.Is(err, ErrNameClash) {
 		t.Errorf("requeue over a held copy: %v", err)
 	}
@@ -528,7 +556,7 @@ func TestRequeue(t *testing.T) {
 	if !inspIsFile(filepath.Join(d.Undeliverable, strings.TrimSuffix(c, ".eml")+".xml")) {
 		t.Errorf("log renamed although nothing was requeued")
 	}
-	if b, _ := os.ReadFile(filepath.Join(d.Queue, HoldDir, c)); string(b) != "held copy" {
+	if b, _ := os.ReadFile(filepath.Join(d.Queue, c)); string(b) != "held copy" {
 		t.Errorf("held copy: %q", b)
 	}
 

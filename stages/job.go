@@ -76,6 +76,7 @@ func isIPv6(h string) bool {
 // State is a message's delivery state, persisted by the spool beside the
 // message across deferrals and restarts.
 type State struct {
+	Name        string        `json:"name,omitempty"`         // the producer's file name, when the working file's name does not carry it
 	Queued      time.Time     `json:"queued"`                 // when the message was first seen
 	Attempts    int           `json:"attempts"`               // delivery attempts so far
 	NextAttempt time.Time     `json:"next_attempt,omitzero"`  // when a deferred message is due
@@ -106,8 +107,9 @@ func (s *State) AddHistory(at time.Time, result string) {
 
 // Job is one claimed queue file on its way through the pipeline.
 type Job struct {
-	Name  string // queue-file name: <time>-<random>.eml
-	Path  string // where the file is now (the claimer's active folder)
+	ID    string // the service's own id for the message (see IDLen): keys its state, journal line and working files
+	Name  string // the producer's file name (any bytes): the name it is filed under in Sent or Undeliverable
+	Path  string // where the file is now (the claimer's active folder), named <id>_<name> or <id>.eml
 	State State
 
 	// Set by the Parser.

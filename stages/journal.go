@@ -2,17 +2,22 @@ package stages
 
 import (
 	"bufio"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 )
 
 // journal is an instance's append-only record of the server's acceptances:
-// one line per accepted transaction, "<name> all|some <recipient>...".
+// one JSON line per accepted transaction (journalEntry): the message's
+// working file name (which starts with its id), whether the server accepted
+// it for all pending recipients, and the recipients it accepted. JSON
+// escapes every byte that could end a line, so neither a producer's name
+// (which is not in the line at all) nor a sealed recipient can write a line
+// for another message.
 // Append writes a line and returns at once, so that the SMTP session goes on
 // with the next message; Sync makes lines durable. Whoever files the message
 // calls Sync first (Spool.recorded), so no message is filed, and no queue
@@ -95,21 +100,23 @@ func (j *journal) Close() error {
 	return err
 }
 
+// journalEntry is one line of the journal.
+type journalEntry struct {
+	File  string   `json:"f"`               // the working file name: <id>_<name> or <id>.eml
+	All   bool     `json:"all,omitempty"`   // accepted for every pending recipient
+	Rcpts []string `json:"rcpts,omitempty"` // the recipients accepted
+}
+
 // journalLine is the journal's record of a job the server accepted.
 func journalLine(job *Job) string {
-	var b strings.Builder
-	b.WriteString(job.Name)
-	if job.Outcome.Verdict == Sent {
-		b.WriteString(" all")
-	} else {
-		b.WriteString(" some")
-	}
+	e := journalEntry{File: filepath.Base(job.Path), All: job.Outcome.Verdict == Sent}
 	for _, r := range job.Outcome.Rcpts {
 		if r.Status == RcptDelivered {
-			b.WriteString(" " + r.Addr)
+			e.Rcpts = append(e.Rcpts, r.Addr)
 		}
 	}
-	return b.String()
+	b, _ := json.Marshal(e) // strings and a bool: cannot fail
+	return string(b)
 }
 
 // replayJournal writes, for each message of a dead instance's journal that
@@ -127,23 +134,26 @@ func (s *Spool) replayJournal(path, dir string) error {
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 64<<10), 16<<20)
 	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 2 || (fields[1] != "all" && fields[1] != "some") {
+		var e journalEntry
+		if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
 			continue // a line cut by the crash: it was never durable
 		}
-		name := fields[0]
-		if _, err := os.Lstat(filepath.Join(dir, name)); err != nil {
+		id, _, ok := ParseWorkName(e.File)
+		if !ok || filepath.Base(e.File) != e.File {
+			continue // not one of ours
+		}
+		if _, err := os.Lstat(filepath.Join(dir, e.File)); err != nil {
 			continue // already filed
 		}
-		st, err := s.readState(name)
+		st, err := s.readState(id)
 		if err != nil || st == nil {
 			st = &State{}
 		}
-		for _, a := range fields[2:] {
+		for _, a := range e.Rcpts {
 			st.Done = appendUnique(st.Done, a)
 		}
-		st.Accepted = st.Accepted || fields[1] == "all"
-		if err := s.WriteState(name, st); err != nil {
+		st.Accepted = st.Accepted || e.All
+		if err := s.WriteState(id, st); err != nil {
 			return fmt.Errorf("journal %s: %w", path, err)
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // A job the server accepted is not filed, and its queue copy not removed,
@@ -19,8 +20,9 @@ func TestFilingWaitsForTheJournal(t *testing.T) {
 	}
 	defer sp.Close()
 
-	job := &Job{Name: "20261127T120000.000000000Z-journal1.eml", Kind: KindPickup}
-	job.Path = filepath.Join(sp.active, job.Name)
+	job := &Job{ID: newID(time.Now()), Name: "20261127T120000.000000000Z-journal1.eml", Kind: KindPickup}
+	w, _ := workName(job.ID, job.Name)
+	job.Path = filepath.Join(sp.active, w)
 	if err := os.WriteFile(job.Path, []byte("Subject: x\r\n\r\nbody\r\n"), 0o640); err != nil {
 		t.Fatal(err)
 	}
@@ -32,7 +34,8 @@ func TestFilingWaitsForTheJournal(t *testing.T) {
 		t.Fatal("RecordAccepted did not note the journal line")
 	}
 	line, err := os.ReadFile(sp.journal.path)
-	if err != nil || !strings.HasPrefix(string(line), job.Name+" all a@example.org") {
+	want := `{"f":"` + w + `","all":true,"rcpts":["a@example.org"]}` + "\n"
+	if err != nil || string(line) != want {
 		t.Fatalf("journal holds %q (%v), want the job's line", line, err)
 	}
 

@@ -34,7 +34,9 @@ type Parser struct {
 	Pickup *Route
 	// Settle is how long a file that looks cut short may still be being
 	// written in place by a producer (not through enqueue): such a file is
-	// parked and looked at again instead of failed. Default 5s.
+	// parked and looked at again instead of failed. A pickup file (which
+	// has no digest to tell it is whole) is sent only once it has not
+	// changed for Settle. Default 5s.
 	Settle time.Duration
 	// MaxInMemory is the largest message (queue file) that is read into
 	// memory once, for sending and for the Sent copy, instead of being read
@@ -85,6 +87,13 @@ func (p *Parser) Run(ctx context.Context, in <-chan *Job, out chan<- *Job, fail 
 	}
 }
 
+func (p *Parser) settle() time.Duration {
+	if p.Settle <= 0 {
+		return 5 * time.Second
+	}
+	return p.Settle
+}
+
 // parse fills in the job, or its Outcome; it reports whether the job is ready
 // to send.
 func (p *Parser) parse(job *Job) bool {
@@ -103,16 +112,23 @@ func (p *Parser) parse(job *Job) bool {
 		if isCutShort(err) || (errors.Is(err, queuefile.ErrTampered) && !headerEnds(job.Path)) {
 			fi, _ = os.Lstat(job.Path)
 		}
-		settle := p.Settle
-		if settle <= 0 {
-			settle = 5 * time.Second
-		}
+		settle := p.settle()
 		if fi != nil && now.Sub(fi.ModTime()) < settle {
 			job.Outcome = Outcome{Verdict: Park, Due: now.Add(settle)}
 			return false
 		}
 		job.Outcome = Outcome{Verdict: Permanent, Class: ClassInvalid, Err: Permanentf("parse", "%v", err)}
 		return false
+	}
+	if job.Kind == KindPickup && job.State.Attempts == 0 {
+		// A pickup file has no digest or size to tell a complete one from
+		// one still being written in place: it waits until it has not
+		// changed for the settle time, as a file that looks cut short does.
+		if fi, err := os.Lstat(job.Path); err == nil && now.Sub(fi.ModTime()) < p.settle() {
+			job.dropBody()
+			job.Outcome = Outcome{Verdict: Park, Due: fi.ModTime().Add(p.settle())}
+			return false
+		}
 	}
 	if job.Params != nil {
 		if exp := job.Params.Expires; !exp.IsZero() && now.After(exp) {

@@ -47,12 +47,17 @@ func (s *Scanner) Run(ctx context.Context, out chan<- *Job) error {
 
 	var events chan fsnotify.Event
 	var errs chan error
-	if dir := s.Spool.WatchDir(); dir != "" {
+	watched := map[string]bool{}
+	if dirs := s.Spool.WatchDirs(); len(dirs) > 0 {
 		w, err := fsnotify.NewWatcher()
-		if err == nil {
-			if err = w.Add(dir); err != nil {
-				w.Close()
+		for _, dir := range dirs {
+			if err == nil {
+				err = w.Add(dir)
+				watched[filepath.Clean(dir)] = true
 			}
+		}
+		if err != nil && w != nil {
+			w.Close()
 		}
 		if err != nil {
 			s.Log.Warn("cannot watch the queue folder; relying on periodic rescans", zap.Error(err))
@@ -97,20 +102,21 @@ func (s *Scanner) Run(ctx context.Context, out chan<- *Job) error {
 		case <-ctx.Done():
 			// Claimed but not handed on: put it back.
 			if err := s.Spool.Return(j); err != nil {
-				s.Log.Error("returning a claimed file to the queue", zap.String("file", j.Name), zap.Error(err))
+				s.Log.Error("returning a claimed file to the queue", zap.String("id", j.ID), zap.String("file", j.Name), zap.Error(err))
 			}
 			return false
 		}
 	}
 	// claimEvent claims the file a Create event names, if it is one of ours.
 	claimEvent := func(ev fsnotify.Event) bool {
-		if !ev.Has(fsnotify.Create) || filepath.Dir(ev.Name) != filepath.Clean(s.Spool.WatchDir()) {
+		dir := filepath.Dir(ev.Name)
+		if !ev.Has(fsnotify.Create) || !watched[dir] {
 			return true
 		}
 		if skip(filepath.Base(ev.Name)) {
 			return true // the next pass after the hold takes it
 		}
-		j, err := s.Spool.ScanOne(filepath.Base(ev.Name))
+		j, err := s.Spool.ScanOne(dir, filepath.Base(ev.Name))
 		if err != nil {
 			s.Log.Error("claiming a new file", zap.String("file", ev.Name), zap.Error(err))
 			return true

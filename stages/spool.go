@@ -26,7 +26,14 @@ const (
 	ActiveDir   = ".active"   // .active/<instance>/: files claimed by a running instance
 	DeferredDir = ".deferred" // .deferred/<due time>/: waiting for a retry
 	HoldDir     = ".hold"     // held by the operator: never sent until released
-	StateDir    = ".state"    // <name>.json: delivery state of messages that have one
+	StateDir    = ".state"    // <id>.json: delivery state of messages that have one
+	// ReadyDir holds messages that have an id and are ready to be sent now:
+	// returned at shutdown, recovered from a dead instance, released or
+	// retried by the operator. Unlike queue_dir, only the service writes
+	// here, so a file here keeps its id (see msgid.go).
+	ReadyDir = ".ready"
+	// PoolDir holds each instance's inode pool (PoolDir/<instance>/).
+	PoolDir = ".pool"
 )
 
 // bucketLayout names a deferred bucket by its due time, to the second.
@@ -69,6 +76,7 @@ type Spool struct {
 	journal *journal // the server's acceptances, for crash recovery
 	pool    *inodePool
 	sentDir *dirSync // fsyncs of the Sent folder, shared
+	actDir  *dirSync // fsyncs of the active folder, shared
 	now     func() time.Time
 }
 
@@ -83,6 +91,7 @@ func OpenSpool(d Dirs, now func() time.Time) (*Spool, error) {
 		filepath.Join(d.Queue, queuefile.TmpDir), filepath.Join(d.Queue, ActiveDir),
 		filepath.Join(d.Queue, DeferredDir), filepath.Join(d.Queue, HoldDir),
 		filepath.Join(d.Queue, StateDir), filepath.Join(d.Queue, ControlDir),
+		filepath.Join(d.Queue, ReadyDir), filepath.Join(d.Queue, PoolDir),
 		filepath.Join(d.Sent, queuefile.TmpDir), filepath.Join(d.Undeliverable, queuefile.TmpDir),
 	} {
 		if err := os.MkdirAll(dir, 0o750); err != nil {
@@ -115,7 +124,8 @@ func OpenSpool(d Dirs, now func() time.Time) (*Spool, error) {
 		return nil, fmt.Errorf("spool: %w", err)
 	}
 	s.journal = j
-	s.pool = newInodePool(d.Sent, s.id)
+	s.actDir = newDirSync(s.active)
+	s.pool = newInodePool(d.Queue, s.id, s.actDir)
 	s.sentDir = newDirSync(d.Sent)
 	return s, nil
 }
@@ -184,7 +194,8 @@ func (s *Spool) Recover() (int, error) {
 		if err != nil {
 			errs = append(errs, err)
 		} else {
-			removeDeadPool(s.dirs.Sent, e.Name())
+			removeDeadPool(s.dirs.Queue, e.Name())
+			os.RemoveAll(legacyPool(s.dirs.Sent, e.Name()))
 			os.Remove(jpath)
 			os.Remove(dir)
 			os.Remove(l.Path())
@@ -216,19 +227,25 @@ func (s *Spool) removeOrphanStates() {
 		if len(orphans) == 0 {
 			return
 		}
-		s.forEachQueued(func(name string) { delete(orphans, name) })
+		s.forEachWorking(func(w string) {
+			if id, _, ok := ParseWorkName(w); ok {
+				delete(orphans, id)
+			} else {
+				delete(orphans, w) // a file from before ids: its state is keyed by its name
+			}
+		})
 	}
 	for msg := range orphans {
 		os.Remove(filepath.Join(dir, msg+".json"))
 	}
 }
 
-// forEachQueued calls fn with the name of every entry in the queue folder
-// and its working folders (hold, every instance's active folder, every
-// deferred bucket), reading in batches.
-func (s *Spool) forEachQueued(fn func(string)) {
+// forEachWorking calls fn with the name of every entry in the queue's
+// working folders (ready, hold, every instance's active folder, every
+// deferred bucket), reading in batches. (queue_dir itself holds no ids.)
+func (s *Spool) forEachWorking(fn func(string)) {
 	q := s.dirs.Queue
-	EachName(q, fn)
+	EachName(filepath.Join(q, ReadyDir), fn)
 	EachName(filepath.Join(q, HoldDir), fn)
 	for _, sub := range []string{ActiveDir, DeferredDir} {
 		root := filepath.Join(q, sub)
@@ -265,15 +282,32 @@ func (s *Spool) returnAll(dir string) (int, error) {
 	}
 	n := 0
 	for _, e := range ents {
-		if err := os.Rename(filepath.Join(dir, e.Name()), filepath.Join(s.dirs.Queue, e.Name())); err != nil {
-			return n, fmt.Errorf("spool: returning %s: %w", e.Name(), err)
+		if err := s.returnFile(dir, e.Name()); err != nil {
+			return n, fmt.Errorf("spool: returning %q: %w", e.Name(), err)
 		}
 		n++
 	}
 	if n > 0 {
-		return n, queuefile.SyncDir(s.dirs.Queue)
+		return n, errors.Join(queuefile.SyncDir(filepath.Join(s.dirs.Queue, ReadyDir)), queuefile.SyncDir(s.dirs.Queue))
 	}
 	return 0, nil
+}
+
+// returnFile moves dir/w, a claimed file, to the ready folder, where it
+// keeps its id. A file from before ids (no working name) goes back to
+// queue_dir under its name, or name-1, name-2... if a new file has taken
+// it: it gets an id when it is claimed again.
+func (s *Spool) returnFile(dir, w string) error {
+	if _, _, ok := ParseWorkName(w); ok {
+		return moveNoReplace(filepath.Join(dir, w), filepath.Join(s.dirs.Queue, ReadyDir, w))
+	}
+	for i := 0; i < 1000; i++ {
+		err := moveNoReplace(filepath.Join(dir, w), filepath.Join(s.dirs.Queue, suffixed(w, i)))
+		if !errors.Is(err, fs.ErrExist) {
+			return err
+		}
+	}
+	return fmt.Errorf("no free name in %s", s.dirs.Queue)
 }
 
 func removeStaleTmp(dir string, before time.Time) {
@@ -300,6 +334,9 @@ const scanBatch = 256
 // that skip (if set) reports true for are left there.
 func (s *Spool) Scan(ctx context.Context, now time.Time, skip func(name string) bool, fn func(*Job) bool) (time.Time, error) {
 	if err := s.scanDir(ctx, s.dirs.Queue, skip, fn); err != nil {
+		return time.Time{}, err
+	}
+	if err := s.scanDir(ctx, filepath.Join(s.dirs.Queue, ReadyDir), skip, fn); err != nil {
 		return time.Time{}, err
 	}
 	return s.scanDeferred(ctx, now, fn)
@@ -402,31 +439,122 @@ func (s *Spool) scanDeferred(ctx context.Context, now time.Time, fn func(*Job) b
 	return next, nil
 }
 
-// ScanOne claims one named file in the queue folder, if it is there.
-func (s *Spool) ScanOne(name string) (*Job, error) {
+// ScanOne claims one named file in dir, one of WatchDirs, if it is there.
+func (s *Spool) ScanOne(dir, name string) (*Job, error) {
 	if !queuefile.IsQueueName(name) {
 		return nil, nil
 	}
-	fi, err := os.Lstat(filepath.Join(s.dirs.Queue, name))
+	fi, err := os.Lstat(filepath.Join(dir, name))
 	if err != nil || !fi.Mode().IsRegular() {
 		return nil, nil
 	}
-	return s.claim(s.dirs.Queue, name)
+	return s.claim(dir, name)
 }
 
 // claim moves dir/name into this instance's active folder. A rename that
-// loses a race returns (nil, nil): someone else has the file.
+// loses a race returns (nil, nil): someone else has the file. A file of
+// queue_dir (a producer's) gets a new id; a file of the working folders
+// keeps the id its name carries.
 func (s *Spool) claim(dir, name string) (*Job, error) {
-	dst := filepath.Join(s.active, name)
-	if err := os.Rename(filepath.Join(dir, name), dst); err != nil {
+	if dir != s.dirs.Queue {
+		if id, pname, ok := ParseWorkName(name); ok {
+			return s.claimWorking(dir, name, id, pname)
+		}
+		// A file from before ids, in a bucket or returned: it is keyed
+		// by its name, as then.
+		return s.claimNew(dir, name, true)
+	}
+	return s.claimNew(dir, name, false)
+}
+
+// claimNew claims a file that has no id yet and gives it one. With legacy
+// (a file a version before ids left in a working folder), its state is
+// read from where that version kept it.
+func (s *Spool) claimNew(dir, name string, legacy bool) (*Job, error) {
+	now := s.now()
+	job := &Job{Name: name}
+	if legacy {
+		s.loadState(job, name)
+	}
+	if job.State.Queued.IsZero() {
+		if t, ok := queuefile.NameTime(name); ok {
+			job.State.Queued = t
+		} else {
+			job.State.Queued = now
+		}
+	}
+	for range 3 {
+		job.ID = newID(now)
+		w, carried := workName(job.ID, name)
+		job.Path = filepath.Join(s.active, w)
+		wrote := false
+		if !carried || (legacy && job.stateFile) {
+			// The name does not fit in the working name (or a state from
+			// before ids moves to its id): keep it in the state, durably,
+			// before the file takes its working name.
+			job.State.Name = ""
+			if !carried {
+				job.State.Name = name
+			}
+			if err := s.WriteState(job.ID, &job.State); err != nil {
+				return nil, fmt.Errorf("spool: claiming %q: writing its state: %w", name, err)
+			}
+			job.stateFile, wrote = true, true
+		}
+		err := moveNoReplace(filepath.Join(dir, name), job.Path)
+		if err == nil {
+			if legacy {
+				os.Remove(s.statePath(name))
+			}
+			s.crash("claimed")
+			return job, nil
+		}
+		if wrote {
+			os.Remove(s.statePath(job.ID))
+		}
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil, nil
 		}
-		return nil, fmt.Errorf("spool: claiming %s: %w", name, err)
+		if !errors.Is(err, fs.ErrExist) {
+			return nil, fmt.Errorf("spool: claiming %q: %w", name, err)
+		}
+		// An id drawn twice in one microsecond: draw again.
+	}
+	return nil, fmt.Errorf("spool: claiming %q: no free id", name)
+}
+
+// claimWorking claims dir/w, a working file of message id; pname is the
+// producer's name if w carries it.
+func (s *Spool) claimWorking(dir, w, id, pname string) (*Job, error) {
+	dst := filepath.Join(s.active, w)
+	if err := moveNoReplace(filepath.Join(dir, w), dst); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("spool: claiming %s: %w", w, err)
 	}
 	s.crash("claimed")
-	job := &Job{Name: name, Path: dst}
-	st, err := s.readState(name)
+	job := &Job{ID: id, Name: pname, Path: dst}
+	s.loadState(job, id)
+	if job.Name == "" {
+		job.Name = job.State.Name
+	}
+	if job.Name == "" {
+		job.Name = w // its state, with its name, is lost: file it by its working name
+	}
+	if job.State.Queued.IsZero() {
+		if t, ok := queuefile.NameTime(job.Name); ok {
+			job.State.Queued = t
+		} else {
+			job.State.Queued = s.now()
+		}
+	}
+	return job, nil
+}
+
+// loadState reads the state kept under key into job, if there is one.
+func (s *Spool) loadState(job *Job, key string) {
+	st, err := s.readState(key)
 	if err != nil {
 		// A damaged state file must not lose the message: start afresh and
 		// say so in its history.
@@ -436,32 +564,24 @@ func (s *Spool) claim(dir, name string) (*Job, error) {
 		job.State = *st
 		job.stateFile = true
 	}
-	if job.State.Queued.IsZero() {
-		if t, ok := queuefile.NameTime(name); ok {
-			job.State.Queued = t
-		} else {
-			job.State.Queued = s.now()
-		}
-	}
-	return job, nil
 }
 
-func (s *Spool) statePath(name string) string {
-	return filepath.Join(s.dirs.Queue, StateDir, name+".json")
+func (s *Spool) statePath(id string) string {
+	return filepath.Join(s.dirs.Queue, StateDir, id+".json")
 }
 
-func (s *Spool) readState(name string) (*State, error) {
-	return ReadState(s.dirs, name)
+func (s *Spool) readState(id string) (*State, error) {
+	return ReadState(s.dirs, id)
 }
 
-// WriteState durably records a message's state (temporary file, fsync,
-// rename, directory fsync).
-func (s *Spool) WriteState(name string, st *State) error {
+// WriteState durably records the state of message id (temporary file,
+// fsync, rename, directory fsync).
+func (s *Spool) WriteState(id string, st *State) error {
 	b, err := json.MarshalIndent(st, "", "  ")
 	if err != nil {
 		return err
 	}
-	return writeFileDurable(s.statePath(name), b)
+	return writeFileDurable(s.statePath(id), b)
 }
 
 // RecordAccepted notes that the server accepted a job's data: the
@@ -487,7 +607,7 @@ func (s *Spool) RecordAccepted(job *Job) error {
 	}
 	st.Accepted = job.Outcome.Verdict == Sent
 	job.stateFile = true
-	return s.WriteState(job.Name, &st)
+	return s.WriteState(job.ID, &st)
 }
 
 // recorded returns once the server's acceptance of job, if it had one, is
@@ -524,13 +644,13 @@ func (s *Spool) Sent(job *Job, deleteCopy bool) (string, error) {
 		n, err := s.sentUnnamed(job)
 		switch {
 		case err == nil:
-			return filepath.Join(s.dirs.Sent, n), s.forget(job)
+			return filepath.Join(s.dirs.Sent, n), s.forget(job, true)
 		case !errors.Is(err, errNoUnnamed):
 			return "", err
 		}
 	}
 	if !deleteCopy {
-		tmp := filepath.Join(s.dirs.Sent, queuefile.TmpDir, s.id+"-"+job.Name)
+		tmp := filepath.Join(s.dirs.Sent, queuefile.TmpDir, s.id+"-"+job.ID+queuefile.Ext)
 		if err := s.writeStripped(tmp, job); err != nil {
 			os.Remove(tmp)
 			return "", fmt.Errorf("writing Sent copy: %w", err)
@@ -555,7 +675,7 @@ func (s *Spool) Sent(job *Job, deleteCopy bool) (string, error) {
 			final = filepath.Join(s.dirs.Sent, n)
 		}
 	}
-	return final, s.forget(job)
+	return final, s.forget(job, !deleteCopy)
 }
 
 // errNoUnnamed says the file system cannot create unnamed files.
@@ -684,25 +804,25 @@ func writeMessage(w io.Writer, job *Job) error {
 }
 
 // forget removes a filed job's queue copy (into the inode pool, for reuse,
-// if it takes it) and state. The removal of the
-// queue copy is synced before the state goes, unless the journal records the
-// server's acceptance: a copy that comes back after a crash is then filed
-// as sent again (recognised, not duplicated), and Close syncs the folder.
-func (s *Spool) forget(job *Job) error {
-	if !s.pool.put(job.Path) {
+// if reuse and the pool takes it) and state. The removal of the queue copy
+// is synced before the state goes, unless the journal records the server's
+// acceptance: a copy that comes back after a crash is then filed as sent
+// again (recognised, not duplicated), and Close syncs the folder.
+func (s *Spool) forget(job *Job, reuse bool) error {
+	if !reuse || !s.pool.put(job.Path) {
 		if err := os.Remove(job.Path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return err
 		}
 	}
 	if job.journaled == 0 {
-		if err := queuefile.SyncDir(s.active); err != nil {
+		if err := s.actDir.Sync(); err != nil {
 			return err
 		}
 	}
 	if !job.stateFile {
 		return nil // none was read or written for it (an orphan is removed at start-up)
 	}
-	return s.removeState(job.Name)
+	return s.removeState(job.ID)
 }
 
 // Undeliverable files a failed job: its XML log and then the original file
@@ -719,14 +839,14 @@ func (s *Spool) Undeliverable(job *Job, xmlLog []byte) (string, error) {
 		if err := queuefile.SyncDir(s.dirs.Undeliverable); err != nil {
 			return "", err
 		}
-		return dst, s.forget(job)
+		return dst, s.forget(job, false)
 	}
 	name, err := s.freeName(s.dirs.Undeliverable, job.Name)
 	if err != nil {
 		return "", err
 	}
 	logName := strings.TrimSuffix(name, queuefile.Ext) + ".xml"
-	tmp := filepath.Join(s.dirs.Undeliverable, queuefile.TmpDir, s.id+"-"+logName)
+	tmp := filepath.Join(s.dirs.Undeliverable, queuefile.TmpDir, s.id+"-"+job.ID+".xml")
 	if err := writeFileSynced(tmp, xmlLog); err != nil {
 		os.Remove(tmp)
 		return "", fmt.Errorf("writing XML log: %w", err)
@@ -737,9 +857,21 @@ func (s *Spool) Undeliverable(job *Job, xmlLog []byte) (string, error) {
 		return "", fmt.Errorf("filing XML log: %w", err)
 	}
 	dst := filepath.Join(s.dirs.Undeliverable, name)
-	if err := os.Link(job.Path, dst); err != nil {
+	if fi, err := os.Lstat(job.Path); err == nil && !fi.Mode().IsRegular() {
+		// Swapped for a link (or another special file) after the listing:
+		// never link or follow it into Undeliverable; file a note instead.
+		tmp := filepath.Join(s.dirs.Undeliverable, queuefile.TmpDir, s.id+"-"+job.ID+queuefile.Ext)
+		if werr := writeFileSynced(tmp, specialFileNote(job.Name, job.Path, fi)); werr != nil {
+			os.Remove(tmp)
+			return "", fmt.Errorf("filing in Undeliverable: %w", werr)
+		}
+		if _, perr := publishExact(tmp, s.dirs.Undeliverable, name); perr != nil {
+			os.Remove(tmp)
+			return "", fmt.Errorf("filing in Undeliverable: %w", perr)
+		}
+	} else if err := os.Link(job.Path, dst); err != nil {
 		// Another filesystem, or no hard links: copy.
-		tmp := filepath.Join(s.dirs.Undeliverable, queuefile.TmpDir, s.id+"-"+name)
+		tmp := filepath.Join(s.dirs.Undeliverable, queuefile.TmpDir, s.id+"-"+job.ID+queuefile.Ext)
 		if cerr := copyFileSynced(job.Path, tmp); cerr != nil {
 			os.Remove(tmp)
 			return "", fmt.Errorf("filing in Undeliverable: %w", cerr)
@@ -752,7 +884,23 @@ func (s *Spool) Undeliverable(job *Job, xmlLog []byte) (string, error) {
 	if err := queuefile.SyncDir(s.dirs.Undeliverable); err != nil {
 		return "", err
 	}
-	return dst, s.forget(job)
+	return dst, s.forget(job, false)
+}
+
+// specialFileNote is what Undeliverable files in place of a queue entry
+// that is not a regular file: what it was, never what it points to.
+func specialFileNote(name, path string, fi os.FileInfo) []byte {
+	what := fi.Mode().Type().String()
+	if fi.Mode()&os.ModeSymlink != 0 {
+		what = "a symbolic link"
+		if t, err := os.Readlink(path); err == nil {
+			what += fmt.Sprintf(" to %q", t)
+		}
+	}
+	return fmt.Appendf(nil, "X-SmtpQ-Note: not a message\r\n\r\n"+
+		"smtpq: the queue entry %q was %s when it was claimed, not a regular file.\r\n"+
+		"It was neither followed nor read; this note stands in for it. See the .xml log beside it.\r\n",
+		name, what)
 }
 
 // sameInode reports whether a and b are the same file (hard links of one
@@ -784,7 +932,7 @@ func (s *Spool) freeName(dir, name string) (string, error) {
 // first.
 func (s *Spool) Defer(job *Job, due time.Time) error {
 	job.State.NextAttempt = due
-	if err := s.WriteState(job.Name, &job.State); err != nil {
+	if err := s.WriteState(job.ID, &job.State); err != nil {
 		return fmt.Errorf("writing state: %w", err)
 	}
 	return s.moveToBucket(job, due, true)
@@ -813,7 +961,11 @@ func (s *Spool) moveToBucket(job *Job, due time.Time, durable bool) error {
 		if err = os.MkdirAll(bucket, 0o750); err != nil {
 			return err
 		}
-		err = os.Rename(job.Path, filepath.Join(bucket, job.Name))
+		dst := filepath.Join(bucket, filepath.Base(job.Path))
+		err = moveNoReplace(job.Path, dst)
+		if err == nil {
+			job.Path = dst
+		}
 		if !errors.Is(err, fs.ErrNotExist) {
 			break
 		}
@@ -834,7 +986,7 @@ func (s *Spool) moveToBucket(job *Job, due time.Time, durable bool) error {
 	if err := queuefile.SyncDir(filepath.Dir(bucket)); err != nil {
 		return err
 	}
-	return queuefile.SyncDir(s.active)
+	return s.actDir.Sync()
 }
 
 // Hold moves a job to the hold folder, with its state written first.
@@ -842,36 +994,34 @@ func (s *Spool) Hold(job *Job) error {
 	if err := s.recorded(job); err != nil {
 		return err
 	}
-	if err := s.WriteState(job.Name, &job.State); err != nil {
+	if err := s.WriteState(job.ID, &job.State); err != nil {
 		return fmt.Errorf("writing state: %w", err)
 	}
 	dir := filepath.Join(s.dirs.Queue, HoldDir)
-	if err := os.Rename(job.Path, filepath.Join(dir, job.Name)); err != nil {
+	dst := filepath.Join(dir, filepath.Base(job.Path))
+	if err := moveNoReplace(job.Path, dst); err != nil {
 		return err
 	}
+	job.Path = dst
 	if err := queuefile.SyncDir(dir); err != nil {
 		return err
 	}
-	return queuefile.SyncDir(s.active)
+	return s.actDir.Sync()
 }
 
-// Return puts a job back in the queue folder as it was claimed; its state
-// file, if any, stays.
+// Return puts a job back, unsent, in the ready folder with its id; its
+// state file, if any, stays.
 func (s *Spool) Return(job *Job) error {
 	if err := s.recorded(job); err != nil {
 		return err
 	}
-	if err := os.Rename(job.Path, filepath.Join(s.dirs.Queue, job.Name)); err != nil {
+	dir := filepath.Join(s.dirs.Queue, ReadyDir)
+	dst := filepath.Join(dir, filepath.Base(job.Path))
+	if err := moveNoReplace(job.Path, dst); err != nil {
 		return err
 	}
-	return queuefile.SyncDir(s.dirs.Queue)
-}
-
-func suffixed(name string, i int) string {
-	if i == 0 {
-		return name
-	}
-	return fmt.Sprintf("%s-%d%s", strings.TrimSuffix(name, queuefile.Ext), i, queuefile.Ext)
+	job.Path = dst
+	return queuefile.SyncDir(dir)
 }
 
 // publish makes tmp, a complete and synced file, visible as dir/name without

@@ -12,6 +12,7 @@ import (
 type XMLLog struct {
 	XMLName           xml.Name     `xml:"smtpqLog"`
 	File              string       `xml:"file"`
+	ID                string       `xml:"id,omitempty"` // the service's id for the message
 	Queued            string       `xml:"queued"`
 	Failed            string       `xml:"failed"`
 	Attempts          int          `xml:"attempts"`
@@ -73,6 +74,7 @@ func xmlChar(r rune) rune {
 func BuildXMLLog(job *Job, failedAt time.Time) ([]byte, error) {
 	l := XMLLog{
 		File:              job.Name,
+		ID:                job.ID,
 		Queued:            job.State.Queued.UTC().Format(time.RFC3339),
 		Failed:            failedAt.UTC().Format(time.RFC3339),
 		Attempts:          job.State.Attempts,

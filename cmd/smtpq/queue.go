@@ -181,6 +181,7 @@ func (env envelope) hostLabel() string {
 // queueRow is one message as list and status show it. It holds no secret:
 // no password or token, and (in list) no user name or recipient address.
 type queueRow struct {
+	ID            string    `json:"id,omitempty"`
 	Name          string    `json:"name"`
 	State         string    `json:"state"`
 	Path          string    `json:"path"`
@@ -208,7 +209,7 @@ type queueRow struct {
 // row gathers what is known of a message: its envelope, its state file (or
 // for Undeliverable its XML log) and its file.
 func (q *queueEnv) row(e stages.SpoolEntry) *queueRow {
-	r := &queueRow{Name: e.Name, State: string(e.Place), Path: e.Path, Instance: e.Instance}
+	r := &queueRow{ID: e.ID, Name: e.Name, State: string(e.Place), Path: e.Path, Instance: e.Instance}
 	fi, statErr := os.Lstat(e.Path)
 	if statErr == nil {
 		r.Size = fi.Size()
@@ -239,7 +240,7 @@ func (q *queueEnv) row(e stages.SpoolEntry) *queueRow {
 			}
 		}
 	default:
-		if st, err := stages.ReadState(q.dirs, e.Name); err == nil && st != nil {
+		if st, err := stages.ReadState(q.dirs, e.ID); err == nil && st != nil {
 			r.state = st
 			r.Attempts, r.LastError = st.Attempts, st.LastError
 			r.Queued = st.Queued
@@ -599,6 +600,7 @@ func (s *queueStatus) print(w io.Writer, now time.Time) {
 			fmt.Fprintf(w, "  %-12s %s\n", k+":", sanitize(v))
 		}
 	}
+	field("id", s.ID)
 	if s.State != string(stages.PlaceSent) && s.State != string(stages.PlaceUndeliverable) {
 		field("path", s.Path)
 	}

@@ -40,7 +40,11 @@ func (e *testEnv) deferNow(name string, due time.Time, lastError string) {
 		e.t.Fatal(err)
 	}
 	defer s.Close()
-	job, err := s.ScanOne(name)
+	dir, file := e.dirs().Queue, name
+	if found, err := stages.LocateMessage(e.dirs(), name); err == nil && found[0].Place == stages.PlaceQueued {
+		dir, file = filepath.Dir(found[0].Path), filepath.Base(found[0].Path) // in .ready, by id
+	}
+	job, err := s.ScanOne(dir, file)
 	if err != nil || job == nil {
 		e.t.Fatalf("claiming %s: %v", name, err)
 	}
@@ -191,11 +195,20 @@ func TestQueueSelectByHostAndRetryControls(t *testing.T) {
 	if err := os.MkdirAll(und, 0o750); err != nil {
 		t.Fatal(err)
 	}
-	raw, err := os.ReadFile(filepath.Join(e.queue, mainMsgs[1]))
+	found, err := stages.LocateMessage(e.dirs(), mainMsgs[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := os.ReadFile(found[0].Path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(filepath.Join(und, mainMsgs[1]), raw, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	// Only a file of that name in queue_dir is in the way (one in the
+	// working folders has an id of its own): a producer drops one.
+	if err := os.WriteFile(filepath.Join(e.queue, mainMsgs[1]), raw, 0o640); err != nil {
 		t.Fatal(err)
 	}
 	if code, _, errOut := q.q("requeue", mainMsgs[1]); code != 1 || !strings.Contains(errOut, "already there") {
