@@ -229,7 +229,7 @@ func workEntry(queueDir, w string) (id, name string) {
 	}
 	if name == "" {
 		if st, _ := ReadState(Dirs{Queue: queueDir}, id); st != nil {
-			name = st.Name
+			name = st.FileName()
 		}
 	}
 	if name == "" {
@@ -573,9 +573,9 @@ func inspAdopt(d Dirs, e SpoolEntry) (w, id string, legacy bool, err error) {
 			st.Queued = t
 		}
 	}
-	st.Name = ""
+	st.SetName("")
 	if !carried {
-		st.Name = e.Name
+		st.SetName(e.Name)
 	}
 	b, err := json.MarshalIndent(st, "", "  ")
 	if err == nil {

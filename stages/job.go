@@ -22,6 +22,7 @@ import (
 	"fmt"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/smtpq/smtpq/queuefile"
 )
@@ -76,7 +77,8 @@ func isIPv6(h string) bool {
 // State is a message's delivery state, persisted by the spool beside the
 // message across deferrals and restarts.
 type State struct {
-	Name        string        `json:"name,omitempty"`         // the producer's file name, when the working file's name does not carry it
+	Name        string        `json:"name,omitempty"`         // the producer's file name, when the working file's name does not carry it (valid UTF-8)
+	NameBytes   []byte        `json:"name_bytes,omitempty"`   // the same when it is not valid UTF-8, which JSON strings cannot carry
 	Queued      time.Time     `json:"queued"`                 // when the message was first seen
 	Attempts    int           `json:"attempts"`               // delivery attempts so far
 	NextAttempt time.Time     `json:"next_attempt,omitzero"`  // when a deferred message is due
@@ -86,6 +88,24 @@ type State struct {
 	Accepted    bool          `json:"accepted,omitempty"`     // the server accepted the data for all pending recipients
 	Possible    bool          `json:"possible_dup,omitempty"` // a previous attempt may have been delivered (no reply after the final dot)
 	History     []AttemptNote `json:"history,omitempty"`      // one line per attempt, newest last (bounded)
+}
+
+// SetName records the producer's file name in the state, byte for byte.
+func (s *State) SetName(name string) {
+	s.Name, s.NameBytes = "", nil
+	if utf8.ValidString(name) {
+		s.Name = name
+	} else {
+		s.NameBytes = []byte(name)
+	}
+}
+
+// FileName returns the producer's file name recorded by SetName, or "".
+func (s *State) FileName() string {
+	if s.NameBytes != nil {
+		return string(s.NameBytes)
+	}
+	return s.Name
 }
 
 // AttemptNote is one line of a message's history.

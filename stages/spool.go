@@ -492,9 +492,9 @@ func (s *Spool) claimNew(dir, name string, legacy bool) (*Job, error) {
 			// The name does not fit in the working name (or a state from
 			// before ids moves to its id): keep it in the state, durably,
 			// before the file takes its working name.
-			job.State.Name = ""
+			job.State.SetName("")
 			if !carried {
-				job.State.Name = name
+				job.State.SetName(name)
 			}
 			if err := s.WriteState(job.ID, &job.State); err != nil {
 				return nil, fmt.Errorf("spool: claiming %q: writing its state: %w", name, err)
@@ -537,7 +537,7 @@ func (s *Spool) claimWorking(dir, w, id, pname string) (*Job, error) {
 	job := &Job{ID: id, Name: pname, Path: dst}
 	s.loadState(job, id)
 	if job.Name == "" {
-		job.Name = job.State.Name
+		job.Name = job.State.FileName()
 	}
 	if job.Name == "" {
 		job.Name = w // its state, with its name, is lost: file it by its working name

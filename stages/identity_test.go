@@ -1,0 +1,306 @@
+package stages
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// These tests are issue 10's cases about producers' file names: each failed
+// when the spool keyed a message by the name its producer chose.
+
+// openTestSpool opens a spool in d, closed at the end of the test.
+func openTestSpool(t *testing.T, d Dirs) *Spool {
+	t.Helper()
+	s, err := OpenSpool(d, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// claimQueued claims name from queue_dir.
+func claimQueued(t *testing.T, s *Spool, name string) *Job {
+	t.Helper()
+	job, err := s.ScanOne(s.dirs.Queue, name)
+	if err != nil || job == nil {
+		t.Fatalf("claiming %q: %v, %v", name, job, err)
+	}
+	if job.Name != name || !IsID(job.ID) {
+		t.Fatalf("claimed %q as name %q, id %q", name, job.Name, job.ID)
+	}
+	return job
+}
+
+// A cron job drops report.eml every day: a new one while yesterday's is in
+// an SMTP transaction is another message. Claiming it must not replace the
+// one in flight, whose deferral then still finds its file.
+func TestNewFileWithTheNameOfOneInFlight(t *testing.T) {
+	d := inspDirs(t)
+	s := openTestSpool(t, d)
+	inspPlace(t, d.Queue, "report.eml", "A")
+	a := claimQueued(t, s, "report.eml")
+	inspPlace(t, d.Queue, "report.eml", "B")
+	b := claimQueued(t, s, "report.eml")
+	if a.ID == b.ID || a.Path == b.Path {
+		t.Fatalf("two messages named report.eml share id %q / path %q", a.ID, a.Path)
+	}
+	if err := s.Defer(a, time.Now().Add(time.Hour)); err != nil {
+		t.Fatalf("deferring the message in flight after a namesake arrived: %v", err)
+	}
+	if got, _ := os.ReadFile(a.Path); string(got) != "A" {
+		t.Errorf("deferred message holds %q, want A", got)
+	}
+	if got, _ := os.ReadFile(b.Path); string(got) != "B" {
+		t.Errorf("the newer message holds %q, want B", got)
+	}
+	if err := s.Return(b); err != nil {
+		t.Fatal(err)
+	}
+	if got := inspWalkAll(t, d, QueuePlaces...)["report.eml"]; len(got) != 2 {
+		t.Errorf("messages named report.eml in the queue: %+v, want 2", got)
+	}
+}
+
+// A new daily.eml does not inherit the state of an older daily.eml that is
+// deferred: not its attempts, not its recipients done, not its acceptance.
+func TestStateIsNotInheritedByName(t *testing.T) {
+	d := inspDirs(t)
+	s := openTestSpool(t, d)
+	inspPlace(t, d.Queue, "daily.eml", "old")
+	old := claimQueued(t, s, "daily.eml")
+	old.State.Attempts, old.State.Done, old.State.Accepted = 3, []string{"a@example.org"}, true
+	if err := s.Defer(old, time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	inspPlace(t, d.Queue, "daily.eml", "new")
+	fresh := claimQueued(t, s, "daily.eml")
+	if fresh.State.Attempts != 0 || fresh.State.Accepted || len(fresh.State.Done) != 0 {
+		t.Fatalf("the new daily.eml inherited state %+v", fresh.State)
+	}
+	st, err := ReadState(d, old.ID)
+	if err != nil || st == nil || st.Attempts != 3 || !st.Accepted {
+		t.Fatalf("the old one's state: %+v, %v", st, err)
+	}
+}
+
+// crashSpool leaves s as a killed process would: its lock released, its
+// journal and files where they are.
+func crashSpool(t *testing.T, s *Spool) {
+	t.Helper()
+	if err := s.journal.Sync(s.journal.written); err != nil {
+		t.Fatal(err)
+	}
+	s.journal.f.Close()
+	s.lock.Unlock()
+}
+
+// Names cannot forge the journal: a name with a space is recorded, and a
+// name with a newline cannot write a line for another message. After a
+// crash, the accepted message is filed, the other one is sent.
+func TestJournalLinesCannotBeForgedByNames(t *testing.T) {
+	d := inspDirs(t)
+	s, err := OpenSpool(d, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	victim := "victim.eml"
+	names := []string{"my report.eml", "evil.eml\n" + victim + " all x@example.org\nz.eml", victim}
+	jobs := map[string]*Job{}
+	for _, n := range names {
+		inspPlace(t, d.Queue, n, "body of "+n)
+		jobs[n] = claimQueued(t, s, n)
+	}
+	for _, n := range names[:2] {
+		j := jobs[n]
+		j.Outcome = Outcome{Verdict: Sent, Rcpts: []RcptResult{{Addr: "a@example.org", Status: RcptDelivered}}}
+		if err := s.RecordAccepted(j); err != nil {
+			t.Fatal(err)
+		}
+	}
+	crashSpool(t, s)
+
+	s2 := openTestSpool(t, d)
+	if n, err := s2.Recover(); err != nil || n != 3 {
+		t.Fatalf("recovered %d files (%v), want 3", n, err)
+	}
+	got := map[string]*Job{}
+	if _, err := s2.Scan(t.Context(), time.Now(), nil, func(j *Job) bool { got[j.Name] = j; return true }); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range names {
+		j := got[n]
+		if j == nil {
+			t.Fatalf("%q not back after the crash (got %d)", n, len(got))
+		}
+		want := n != victim
+		if j.State.Accepted != want {
+			t.Errorf("%q after the crash: accepted %v, want %v", n, j.State.Accepted, want)
+		}
+	}
+}
+
+// Any name a file system allows, up to 255 bytes, goes through: claimed,
+// deferred, claimed again, and filed under that very name (a clash in Sent
+// takes -1, cut to fit).
+func TestLongAndOddNamesAreFiled(t *testing.T) {
+	d := inspDirs(t)
+	s := openTestSpool(t, d)
+	long := strings.Repeat("l", 255-len(".eml")) + ".eml"
+	odd := "r\xe9sum\xc3\xa9 \t\"x\" \x01\n" + strings.Repeat("\xe2\x82\xac", 78) + ".eml" // 255 bytes with a cut euro at -1
+	if len(odd) > 255 {
+		odd = odd[len(odd)-255:]
+	}
+	for _, n := range []string{long, long, odd, odd} {
+		inspPlace(t, d.Queue, n, "Subject: x\r\n\r\nbody\r\n")
+		j := claimQueued(t, s, n)
+		if err := s.Defer(j, time.Now().Add(-time.Second)); err != nil {
+			t.Fatalf("deferring %q: %v", n, err)
+		}
+		var again *Job
+		if _, err := s.Scan(t.Context(), time.Now(), nil, func(j *Job) bool { again = j; return false }); err != nil && again == nil {
+			t.Fatal(err)
+		}
+		if again == nil || again.ID != j.ID || again.Name != n {
+			t.Fatalf("claimed again: %+v, want id %s named %q", again, j.ID, n)
+		}
+		again.Kind = KindPickup
+		path, err := s.Sent(again, false)
+		if err != nil {
+			t.Fatalf("filing %q in Sent: %v", n, err)
+		}
+		if b := filepath.Base(path); len(b) > 255 || !strings.HasSuffix(b, ".eml") {
+			t.Errorf("filed as %q", b)
+		}
+	}
+	sent := pipelineFiles(t, d.Sent)
+	if len(sent) != 4 {
+		t.Fatalf("Sent holds %q, want 4 files", sent)
+	}
+	has := map[string]bool{}
+	for _, n := range sent {
+		has[n] = true
+	}
+	if !has[long] || !has[odd] {
+		t.Errorf("Sent %q lacks the producers' names", sent)
+	}
+	for _, n := range []string{long, odd} {
+		inspPlace(t, d.Queue, n, "bad")
+		j := claimQueued(t, s, n)
+		if _, err := s.Undeliverable(j, []byte("<smtpqLog/>")); err != nil {
+			t.Errorf("filing %q in Undeliverable: %v", n, err)
+		}
+	}
+	if und := pipelineFiles(t, d.Undeliverable); len(und) != 4 {
+		t.Errorf("Undeliverable holds %q, want 2 messages and their logs", und)
+	}
+}
+
+// A queue entry swapped for a symbolic link after the listing is filed in
+// Undeliverable as a note, never as a link (nor what it points to).
+func TestSwappedSymlinkIsFiledAsANote(t *testing.T) {
+	d, s, job := spoolWithClaimed(t, "X-SmtpQ-Sealed: v1 junk\r\n\r\nbody\r\n")
+	target := filepath.Join(t.TempDir(), "secret")
+	if err := os.WriteFile(target, []byte("SECRET CONTENT"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(job.Path); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(target, job.Path); err != nil {
+		t.Fatal(err)
+	}
+	path, err := s.Undeliverable(job, []byte("<smtpqLog/>"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Lstat(path)
+	if err != nil || !fi.Mode().IsRegular() {
+		t.Fatalf("filed %s: %v, %v; want a regular file", path, fi, err)
+	}
+	b, _ := os.ReadFile(path)
+	if strings.Contains(string(b), "SECRET") || !strings.Contains(string(b), "symbolic link") {
+		t.Errorf("filed note: %q", b)
+	}
+	if _, err := os.Lstat(job.Path); !os.IsNotExist(err) {
+		t.Errorf("the link is still in the active folder: %v", err)
+	}
+	if got := pipelineFiles(t, d.Undeliverable); len(got) != 2 {
+		t.Errorf("Undeliverable holds %v, want the note and its log", got)
+	}
+}
+
+// No file that carries a seal is ever in sent_dir, even while the inode
+// pool holds filed queue copies.
+func TestNoSealedFileInSentDir(t *testing.T) {
+	d := inspDirs(t)
+	s := openTestSpool(t, d)
+	for i := range 3 {
+		inspPlace(t, d.Queue, inspName(t), "X-SmtpQ-Sealed: v1 junk\r\nSubject: x\r\n\r\nbody\r\n")
+		_ = i
+	}
+	var jobs []*Job
+	if _, err := s.Scan(t.Context(), time.Now(), nil, func(j *Job) bool { jobs = append(jobs, j); return true }); err != nil {
+		t.Fatal(err)
+	}
+	for _, j := range jobs {
+		j.body = []byte("Subject: x\r\n\r\nbody\r\n")
+		if _, err := s.Sent(j, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, del := range []bool{false, true} {
+		inspPlace(t, d.Queue, "last.eml", "X-SmtpQ-Sealed: v1 junk\r\nSubject: x\r\n\r\nbody\r\n")
+		j := claimQueued(t, s, "last.eml")
+		j.body = []byte("Subject: x\r\n\r\nbody\r\n")
+		if _, err := s.Sent(j, del); err != nil {
+			t.Fatal(err)
+		}
+	}
+	err := filepath.Walk(d.Sent, func(p string, fi os.FileInfo, err error) error {
+		if err != nil || fi.IsDir() {
+			return err
+		}
+		if b, _ := os.ReadFile(p); strings.Contains(string(b), "X-SmtpQ-Sealed") {
+			t.Errorf("a sealed file in sent_dir: %s", p)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A pooled inode is rewritten only once the active folder it left has been
+// synced past its removal: a journaled filing does not sync the folder, so
+// the next take syncs it first.
+func TestPoolReuseWaitsForTheActiveFolderSync(t *testing.T) {
+	d := inspDirs(t)
+	s := openTestSpool(t, d)
+	if s.pool.off {
+		t.Skip("no inode pool on this system")
+	}
+	var syncs int
+	s.actDir.sync = func(dir string) error { syncs++; return nil }
+	inspPlace(t, d.Queue, "a.eml", "X-SmtpQ-Sealed: v1 junk\r\n\r\nbody\r\n")
+	a := claimQueued(t, s, "a.eml")
+	a.body = []byte("Subject: a\r\n\r\nbody\r\n")
+	a.Outcome = Outcome{Verdict: Sent}
+	if err := s.RecordAccepted(a); err != nil { // journaled: no folder sync on filing
+		t.Fatal(err)
+	}
+	if _, err := s.Sent(a, false); err != nil {
+		t.Fatal(err)
+	}
+	if len(s.pool.free) != 1 || syncs != 0 {
+		t.Fatalf("pool %d, syncs %d after a journaled filing; want 1 pooled, no sync", len(s.pool.free), syncs)
+	}
+	if f, name := s.pool.take(); f == nil || syncs != 1 {
+		t.Fatalf("take: %v %q after %d syncs; want the pooled file after one sync of the active folder", f, name, syncs)
+	} else {
+		f.Close()
+	}
+}
