@@ -390,3 +390,98 @@ func TestCrashRandomKills(t *testing.T) {
 		t.Errorf("undeliverable: %v\n%s", e.files("undeliverable"), e.logs)
 	}
 }
+
+// TestCrashNameCollisions drops files by hand, with names that collide with
+// messages in flight (a cron job's report.eml) and names with spaces and
+// newlines, while the service drains and is killed at random moments: every
+// drop ends exactly once in Sent or Undeliverable, with its own content,
+// and reaches the server.
+func TestCrashNameCollisions(t *testing.T) {
+	const background, kills, threads = 400, 5, 4
+	host, port, count := sink(t)
+	e := newCrashTestEnv(t, threads)
+	stage := &queuefile.Queue{Dir: filepath.Join(e.dir, "stage"), Recipients: e.queue.Recipients}
+	if err := os.MkdirAll(stage.Dir, 0o750); err != nil {
+		t.Fatal(err)
+	}
+	for i := range background {
+		e.enqueue(i, host, port, fmt.Sprintf("user%d@example.org", i))
+	}
+	names := []string{"report.eml", "my report.eml", "line\nbreak.eml", "tab\there all x.eml", "report.eml"}
+	var dropped []string // Message-IDs
+	// drop writes a sealed message and gives it the name a producer chose,
+	// unless a file of that name still waits in queue_dir (a producer
+	// writing over its own waiting file replaces it: its doing, not ours).
+	drop := func(i int) {
+		id := fmt.Sprintf("drop-%d@example.com", i)
+		msg := fmt.Sprintf("From: app@example.com\r\nTo: d%d@example.org\r\nSubject: drop %d\r\nMessage-ID: <%s>\r\n\r\nbody\r\n", i, i, id)
+		staged, err := stage.Enqueue(strings.NewReader(msg), queuefile.Params{Host: host, Port: port, TLS: queuefile.TLSNone, From: "app@example.com", To: []string{fmt.Sprintf("d%d@example.org", i)}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		src := filepath.Join(stage.Dir, staged)
+		dst := filepath.Join(e.dir, "queue", names[i%len(names)])
+		for range 50 {
+			if err := os.Link(src, dst); err == nil {
+				os.Remove(src)
+				dropped = append(dropped, id)
+				return
+			}
+			time.Sleep(20 * time.Millisecond) // the namesake is still waiting to be claimed
+		}
+		os.Remove(src)
+	}
+	i := 0
+	for k := range kills {
+		cmd := e.start("")
+		for range 4 {
+			time.Sleep(time.Duration(10+rand.IntN(60)) * time.Millisecond)
+			drop(i)
+			i++
+		}
+		cmd.Process.Kill()
+		cmd.Wait()
+		t.Logf("kill %d: %d filed so far, %d dropped", k+1, len(e.files("sent"))+len(e.files("undeliverable")), len(dropped))
+	}
+	cmd := e.start("")
+	for range 4 {
+		drop(i)
+		i++
+	}
+	e.waitFiled(background+len(dropped), 120*time.Second)
+	e.stop(cmd)
+
+	filed := map[string]int{}
+	for _, sub := range []string{"sent", "undeliverable"} {
+		ents, _ := os.ReadDir(filepath.Join(e.dir, sub))
+		for _, d := range ents {
+			if !d.Type().IsRegular() || !strings.HasSuffix(d.Name(), ".eml") {
+				continue
+			}
+			b, _ := os.ReadFile(filepath.Join(e.dir, sub, d.Name()))
+			for _, m := range msgID.FindAllSubmatch(b, -1) {
+				filed[string(m[1])]++
+			}
+		}
+	}
+	got := count()
+	for _, id := range dropped {
+		if filed[id] != 1 {
+			t.Errorf("%s filed %d times, want once", id, filed[id])
+		}
+		if got[id] == 0 {
+			t.Errorf("%s never reached the server", id)
+		}
+	}
+	for j := range background {
+		if id := fmt.Sprintf("crash-%d@example.com", j); filed[id] != 1 {
+			t.Errorf("%s filed %d times, want once", id, filed[id])
+		}
+	}
+	if left := e.files("queue"); len(left) > 0 {
+		t.Errorf("left in the queue: %q", left)
+	}
+	if len(e.files("undeliverable")) != 0 {
+		t.Errorf("undeliverable: %q\n%s", e.files("undeliverable"), e.logs)
+	}
+}
