@@ -117,9 +117,12 @@ type running struct {
 }
 
 // New checks the configuration, loads the keys and relay passwords and
-// creates the spool folders. It starts nothing.
+// creates the spool folders. It starts nothing. The pipeline keeps a copy
+// of cfg with every enumerated value turned into its constant (a relay's
+// tls "STARTTLS" is starttls): later changes to cfg do not reach it.
 func New(cfg *Config, opts Options) (*Pipeline, error) {
-	if err := cfg.Validate(); err != nil {
+	cfg, err := cfg.normalized()
+	if err != nil {
 		return nil, err
 	}
 	if opts.Logger == nil {
@@ -185,9 +188,11 @@ func readPasswords(cfg *Config) (map[string]queuefile.Secret, error) {
 // retry policy, relay profiles and their passwords. The folders and keys
 // cannot change without a restart. A configuration that does not validate,
 // or that changes what cannot change, is refused and the old one stays in
-// force. (The log level is the caller's: it owns the logger.)
+// force. (The log level is the caller's: it owns the logger.) As with New,
+// the pipeline keeps a normalised copy of cfg.
 func (p *Pipeline) Reload(cfg *Config) error {
-	if err := cfg.Validate(); err != nil {
+	cfg, err := cfg.normalized()
+	if err != nil {
 		return err
 	}
 	old := p.live.Load().cfg
@@ -325,12 +330,20 @@ func (p *Pipeline) resolve(prm *queuefile.Params) (stages.Route, error) {
 			r.HELO = prm.HELO
 		}
 	}
-	return finishRoute(r), nil
+	r = finishRoute(r)
+	switch r.TLS {
+	case queuefile.TLSImplicit, queuefile.TLSStartTLS, queuefile.TLSNone:
+	default:
+		// The edges normalise every mode; should one slip through, it
+		// must not reach the Sender, which would take it for plain text.
+		return stages.Route{}, fmt.Errorf("unknown TLS mode %q", r.TLS)
+	}
+	return r, nil
 }
 
 func relayRoute(live *settings, name string, rel Relay) stages.Route {
 	return stages.Route{
-		Host: rel.Host, Port: rel.Port, TLS: queuefile.TLSMode(rel.TLS),
+		Host: rel.Host, Port: rel.Port, TLS: rel.TLS,
 		Username: rel.Username, Password: live.passwords[name], HELO: rel.HELO,
 	}
 }
