@@ -112,8 +112,8 @@ type running struct {
 	controls  chan<- stages.HostControl
 	finished  <-chan struct{}
 	archiver  *stages.Archiver
-	startWork func(n int) // starts n more Sender workers
-	workers   int         // Sender workers started so far
+	startWork func(n int) // starts n more Sender workers: only as many as the Dispatcher counted in
+	nextID    int         // the id of the next Sender worker
 }
 
 // New checks the configuration, loads the keys and relay passwords and
@@ -214,18 +214,21 @@ func (p *Pipeline) Reload(cfg *Config) error {
 		return nil
 	}
 	r.archiver.SetRetry(retryPolicy(cfg))
-	send := func(c stages.HostControl) {
-		select {
-		case r.controls <- c:
-		case <-r.finished:
-		}
+	// The Dispatcher says how many Sender workers are missing and counts
+	// them in before it answers, so that it waits for them; no answer (it
+	// has returned: shutting down) means none are started, since nothing
+	// would ever answer them.
+	started := make(chan int, 1)
+	select {
+	case r.controls <- stages.HostControl{Op: "threads", Workers: cfg.MaxThreads, Started: started}:
+		r.startWork(<-started)
+	case <-r.finished:
+		return nil
 	}
-	if more := cfg.MaxThreads - r.workers; more > 0 {
-		send(stages.HostControl{Op: "add-workers", Workers: more})
-		r.startWork(more)
+	select {
+	case r.controls <- stages.HostControl{Op: "reload"}:
+	case <-r.finished:
 	}
-	send(stages.HostControl{Op: "threads", Workers: cfg.MaxThreads})
-	send(stages.HostControl{Op: "reload"})
 	return nil
 }
 
@@ -463,8 +466,8 @@ func (p *Pipeline) Run(ctx context.Context) error {
 	run := &running{controls: controls, finished: finished, archiver: archiver}
 	run.startWork = func(n int) {
 		for range n {
-			id := run.workers
-			run.workers++
+			id := run.nextID
+			run.nextID++
 			producers.Go(func() { sender.Run(ctx, hard, id, requests, outcomes) })
 		}
 	}
