@@ -6,11 +6,14 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -179,6 +182,12 @@ type Config struct {
 	PickupCompat     bool             `yaml:"pickup_compat"`
 	HELO             string           `yaml:"helo"` // default EHLO name; default: the machine's host name
 
+	// AllowedHosts are the SMTP servers the service may connect to, as
+	// host:port patterns (see ParseHostPattern); empty: any. A message for
+	// another server is filed in Undeliverable as invalid; a relay profile
+	// outside them is refused at load.
+	AllowedHosts []string `yaml:"allowed_hosts"`
+
 	MaxThreads      int                   `yaml:"max_threads"`
 	DeleteAfterSend bool                  `yaml:"delete_after_send"`
 	Hosts           map[string]HostLimits `yaml:"hosts"` // "default" and per-host overrides
@@ -191,6 +200,8 @@ type Config struct {
 
 	// Path is the file the configuration was read from (not a YAML key).
 	Path string `yaml:"-"`
+
+	allowed []HostPattern // AllowedHosts parsed, by normalize
 }
 
 // Defaults returns a configuration with every default filled in and no paths.
@@ -446,6 +457,17 @@ func (c *Config) Validate() error {
 			errs = append(errs, fmt.Errorf("relays.%s: password_file without username", name))
 		}
 	}
+	allowed, err := parseAllowedHosts(c.AllowedHosts)
+	if err != nil {
+		errs = append(errs, err)
+	} else if len(allowed) > 0 {
+		for name, r := range c.Relays {
+			host, port := relayAddr(r)
+			if !allows(allowed, host, port) {
+				errs = append(errs, fmt.Errorf("relays.%s: %s is not in allowed_hosts", name, net.JoinHostPort(host, strconv.Itoa(port))))
+			}
+		}
+	}
 	if c.DefaultRelay != "" {
 		if _, ok := c.Relays[c.DefaultRelay]; !ok {
 			errs = append(errs, fmt.Errorf("default_relay %q is not a profile under relays", c.DefaultRelay))
@@ -515,12 +537,19 @@ func (c *Config) normalize() {
 		hosts[hostsKey(host)] = l
 	}
 	c.Hosts = hosts
+	c.allowed, _ = parseAllowedHosts(c.AllowedHosts)
+	c.AllowedHosts = nil
+	for _, p := range c.allowed {
+		c.AllowedHosts = append(c.AllowedHosts, p.String())
+	}
 }
 
 // clone returns a copy of c that shares no map or slice with it.
 func (c *Config) clone() *Config {
 	n := *c
 	n.IdentityFile = slices.Clone(c.IdentityFile)
+	n.AllowedHosts = slices.Clone(c.AllowedHosts)
+	n.allowed = slices.Clone(c.allowed)
 	n.Relays = maps.Clone(c.Relays)
 	n.Hosts = maps.Clone(c.Hosts)
 	return &n
@@ -536,6 +565,185 @@ func (c *Config) normalized() (*Config, error) {
 	n := c.clone()
 	n.normalize()
 	return n, nil
+}
+
+// Allows reports whether allowed_hosts lets the service connect to host
+// (as the Sender names it) on port. It holds for every server when
+// allowed_hosts is empty. The Config must come from LoadConfig, New or
+// Reload (which parse the patterns); otherwise, AllowedHosts is parsed here.
+func (c *Config) Allows(host string, port int) bool {
+	pats := c.allowed
+	if pats == nil && len(c.AllowedHosts) > 0 {
+		var err error
+		if pats, err = parseAllowedHosts(c.AllowedHosts); err != nil {
+			return false
+		}
+	}
+	return len(pats) == 0 || allows(pats, host, port)
+}
+
+func allows(pats []HostPattern, host string, port int) bool {
+	for _, p := range pats {
+		if p.Match(host, port) {
+			return true
+		}
+	}
+	return false
+}
+
+// relayAddr returns the host and port a relay profile connects to, as the
+// Sender names them.
+func relayAddr(r Relay) (string, int) {
+	port := r.Port
+	if port == 0 {
+		port = queuefile.DefaultPort
+		if m, _ := queuefile.ParseTLSMode(string(r.TLS)); m == queuefile.TLSImplicit {
+			port = 465
+		}
+	}
+	return stages.HostKey(r.Host), port
+}
+
+func parseAllowedHosts(list []string) ([]HostPattern, error) {
+	var pats []HostPattern
+	var errs []error
+	for i, s := range list {
+		p, err := ParseHostPattern(s)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("allowed_hosts[%d]: %w", i, err))
+			continue
+		}
+		pats = append(pats, p)
+	}
+	return pats, errors.Join(errs...)
+}
+
+// HostPattern is one entry of allowed_hosts: a host and a port, each exact
+// or a wildcard. See ParseHostPattern.
+type HostPattern struct {
+	host string     // lower case, no final dot; "" for any host
+	ip   netip.Addr // set for an IP address
+	any  bool       // "*": any host
+	sub  bool       // "*.example.org": any name under example.org (host is "example.org")
+	port int        // 0: any port
+}
+
+// ParseHostPattern parses an allowed_hosts entry, host:port:
+//
+//	smtp.example.com:587   that name (any case, final dot ignored), port 587
+//	*.example.org:*        any name under example.org (not example.org itself), any port
+//	10.0.0.5:25            that IPv4 address
+//	[::1]:25               that IPv6 address, in brackets
+//	*:465                  any host, port 465
+//
+// The port is required: a number or "*". A name matches the host as the
+// message names it, not the addresses it resolves to; an IP address matches
+// that address however it is written.
+func ParseHostPattern(s string) (HostPattern, error) {
+	const want = "want host:port, such as smtp.example.com:587, *.example.org:*, 10.0.0.5:25 or [::1]:25"
+	v := strings.TrimSpace(s)
+	h, ps, err := net.SplitHostPort(v)
+	if err != nil {
+		return HostPattern{}, fmt.Errorf("%q: %s", s, want)
+	}
+	var p HostPattern
+	if ps != "*" {
+		n, err := strconv.Atoi(ps)
+		if err != nil || n < 1 || n > 65535 {
+			return HostPattern{}, fmt.Errorf("%q: port %q is not a number 1-65535 or *", s, ps)
+		}
+		p.port = n
+	}
+	bracketed := strings.HasPrefix(v, "[")
+	if ip, err := netip.ParseAddr(h); err == nil {
+		if ip.Zone() != "" {
+			return HostPattern{}, fmt.Errorf("%q: an address with a zone is not supported", s)
+		}
+		if bracketed != ip.Is6() {
+			return HostPattern{}, fmt.Errorf("%q: write IPv6 addresses, and only them, in brackets: [::1]:25", s)
+		}
+		p.ip = ip.Unmap()
+		return p, nil
+	}
+	if bracketed {
+		return HostPattern{}, fmt.Errorf("%q: %q in brackets is not an IPv6 address", s, h)
+	}
+	name := strings.TrimSuffix(strings.ToLower(h), ".")
+	switch {
+	case name == "*":
+		p.any = true
+		return p, nil
+	case strings.HasPrefix(name, "*."):
+		p.sub, name = true, name[2:]
+	}
+	if !isHostName(name) {
+		return HostPattern{}, fmt.Errorf("%q: %q is not a host name (a * may only stand alone or begin the name, as in *.example.org)", s, h)
+	}
+	p.host = name
+	return p, nil
+}
+
+// isHostName reports whether s is a DNS name: dot-separated labels of
+// letters, digits, hyphens and underscores.
+func isHostName(s string) bool {
+	if s == "" || len(s) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(s, ".") {
+		if label == "" || len(label) > 63 {
+			return false
+		}
+		for _, c := range label {
+			if !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-' || c == '_') {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// Match reports whether the pattern matches host (as the Sender names it:
+// stages.HostKey) and port.
+func (p HostPattern) Match(host string, port int) bool {
+	if p.port != 0 && p.port != port {
+		return false
+	}
+	host = stages.HostKey(host)
+	ip, err := netip.ParseAddr(host)
+	isIP := err == nil
+	switch {
+	case p.any:
+		return true
+	case p.ip.IsValid():
+		return isIP && ip.Unmap() == p.ip
+	case isIP:
+		return false
+	case p.sub:
+		return strings.HasSuffix(host, "."+p.host)
+	default:
+		return host == p.host
+	}
+}
+
+// String returns the pattern in its canonical form.
+func (p HostPattern) String() string {
+	var h string
+	switch {
+	case p.any:
+		h = "*"
+	case p.ip.Is6():
+		h = "[" + p.ip.String() + "]"
+	case p.ip.IsValid():
+		h = p.ip.String()
+	case p.sub:
+		h = "*." + p.host
+	default:
+		h = p.host
+	}
+	if p.port == 0 {
+		return h + ":*"
+	}
+	return h + ":" + strconv.Itoa(p.port)
 }
 
 // Limits returns the limits for an SMTP host: its own entry, else the

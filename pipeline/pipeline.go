@@ -316,14 +316,16 @@ func retryPolicy(cfg *Config) stages.RetryPolicy {
 }
 
 // resolve turns sealed parameters into a route, applying relay profiles.
+// A route to a server outside allowed_hosts is an error: the Parser files
+// the message as invalid.
 func (p *Pipeline) resolve(prm *queuefile.Params) (stages.Route, error) {
+	live := p.live.Load()
 	r := stages.Route{
 		Host: prm.Host, Port: prm.Port, TLS: prm.TLS,
 		Username: prm.Username, Password: prm.Password, OAuth2Token: prm.OAuth2Token,
 		HELO: prm.HELO,
 	}
 	if prm.Relay != "" {
-		live := p.live.Load()
 		rel, ok := live.cfg.Relays[prm.Relay]
 		if !ok {
 			return stages.Route{}, fmt.Errorf("unknown relay profile %q (not under relays: in %s)", prm.Relay, live.cfg.Path)
@@ -340,6 +342,9 @@ func (p *Pipeline) resolve(prm *queuefile.Params) (stages.Route, error) {
 		// The edges normalise every mode; should one slip through, it
 		// must not reach the Sender, which would take it for plain text.
 		return stages.Route{}, fmt.Errorf("unknown TLS mode %q", r.TLS)
+	}
+	if !live.cfg.Allows(r.Host, r.Port) {
+		return stages.Route{}, fmt.Errorf("SMTP server %s is not in allowed_hosts (in %s)", r.Addr(), live.cfg.Path)
 	}
 	return r, nil
 }
