@@ -112,14 +112,17 @@ type running struct {
 	controls  chan<- stages.HostControl
 	finished  <-chan struct{}
 	archiver  *stages.Archiver
-	startWork func(n int) // starts n more Sender workers
-	workers   int         // Sender workers started so far
+	startWork func(n int) // starts n more Sender workers: only as many as the Dispatcher counted in
+	nextID    int         // the id of the next Sender worker
 }
 
 // New checks the configuration, loads the keys and relay passwords and
-// creates the spool folders. It starts nothing.
+// creates the spool folders. It starts nothing. The pipeline keeps a copy
+// of cfg with every enumerated value turned into its constant (a relay's
+// tls "STARTTLS" is starttls): later changes to cfg do not reach it.
 func New(cfg *Config, opts Options) (*Pipeline, error) {
-	if err := cfg.Validate(); err != nil {
+	cfg, err := cfg.normalized()
+	if err != nil {
 		return nil, err
 	}
 	if opts.Logger == nil {
@@ -185,9 +188,11 @@ func readPasswords(cfg *Config) (map[string]queuefile.Secret, error) {
 // retry policy, relay profiles and their passwords. The folders and keys
 // cannot change without a restart. A configuration that does not validate,
 // or that changes what cannot change, is refused and the old one stays in
-// force. (The log level is the caller's: it owns the logger.)
+// force. (The log level is the caller's: it owns the logger.) As with New,
+// the pipeline keeps a normalised copy of cfg.
 func (p *Pipeline) Reload(cfg *Config) error {
-	if err := cfg.Validate(); err != nil {
+	cfg, err := cfg.normalized()
+	if err != nil {
 		return err
 	}
 	old := p.live.Load().cfg
@@ -209,18 +214,21 @@ func (p *Pipeline) Reload(cfg *Config) error {
 		return nil
 	}
 	r.archiver.SetRetry(retryPolicy(cfg))
-	send := func(c stages.HostControl) {
-		select {
-		case r.controls <- c:
-		case <-r.finished:
-		}
+	// The Dispatcher says how many Sender workers are missing and counts
+	// them in before it answers, so that it waits for them; no answer (it
+	// has returned: shutting down) means none are started, since nothing
+	// would ever answer them.
+	started := make(chan int, 1)
+	select {
+	case r.controls <- stages.HostControl{Op: "threads", Workers: cfg.MaxThreads, Started: started}:
+		r.startWork(<-started)
+	case <-r.finished:
+		return nil
 	}
-	if more := cfg.MaxThreads - r.workers; more > 0 {
-		send(stages.HostControl{Op: "add-workers", Workers: more})
-		r.startWork(more)
+	select {
+	case r.controls <- stages.HostControl{Op: "reload"}:
+	case <-r.finished:
 	}
-	send(stages.HostControl{Op: "threads", Workers: cfg.MaxThreads})
-	send(stages.HostControl{Op: "reload"})
 	return nil
 }
 
@@ -308,14 +316,16 @@ func retryPolicy(cfg *Config) stages.RetryPolicy {
 }
 
 // resolve turns sealed parameters into a route, applying relay profiles.
+// A route to a server outside allowed_hosts is an error: the Parser files
+// the message as invalid.
 func (p *Pipeline) resolve(prm *queuefile.Params) (stages.Route, error) {
+	live := p.live.Load()
 	r := stages.Route{
 		Host: prm.Host, Port: prm.Port, TLS: prm.TLS,
 		Username: prm.Username, Password: prm.Password, OAuth2Token: prm.OAuth2Token,
 		HELO: prm.HELO,
 	}
 	if prm.Relay != "" {
-		live := p.live.Load()
 		rel, ok := live.cfg.Relays[prm.Relay]
 		if !ok {
 			return stages.Route{}, fmt.Errorf("unknown relay profile %q (not under relays: in %s)", prm.Relay, live.cfg.Path)
@@ -325,12 +335,23 @@ func (p *Pipeline) resolve(prm *queuefile.Params) (stages.Route, error) {
 			r.HELO = prm.HELO
 		}
 	}
-	return finishRoute(r), nil
+	r = finishRoute(r)
+	switch r.TLS {
+	case queuefile.TLSImplicit, queuefile.TLSStartTLS, queuefile.TLSNone:
+	default:
+		// The edges normalise every mode; should one slip through, it
+		// must not reach the Sender, which would take it for plain text.
+		return stages.Route{}, fmt.Errorf("unknown TLS mode %q", r.TLS)
+	}
+	if !live.cfg.Allows(r.Host, r.Port) {
+		return stages.Route{}, fmt.Errorf("SMTP server %s is not in allowed_hosts (in %s)", r.Addr(), live.cfg.Path)
+	}
+	return r, nil
 }
 
 func relayRoute(live *settings, name string, rel Relay) stages.Route {
 	return stages.Route{
-		Host: rel.Host, Port: rel.Port, TLS: queuefile.TLSMode(rel.TLS),
+		Host: rel.Host, Port: rel.Port, TLS: rel.TLS,
 		Username: rel.Username, Password: live.passwords[name], HELO: rel.HELO,
 	}
 }
@@ -450,8 +471,8 @@ func (p *Pipeline) Run(ctx context.Context) error {
 	run := &running{controls: controls, finished: finished, archiver: archiver}
 	run.startWork = func(n int) {
 		for range n {
-			id := run.workers
-			run.workers++
+			id := run.nextID
+			run.nextID++
 			producers.Go(func() { sender.Run(ctx, hard, id, requests, outcomes) })
 		}
 	}

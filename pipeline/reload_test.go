@@ -5,12 +5,17 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
+
+	"go.uber.org/goleak"
 
 	"github.com/smtpq/smtpq/pipeline"
 	"github.com/smtpq/smtpq/pipeline/pipelinetest"
 	"github.com/smtpq/smtpq/pipeline/smtptest"
 	"github.com/smtpq/smtpq/queuefile"
+	"github.com/smtpq/smtpq/stages"
 )
 
 // TestReloadAppliesLimitsAndRefusesBadConfigs reloads a running pipeline:
@@ -82,5 +87,141 @@ func TestReloadAppliesLimitsAndRefusesBadConfigs(t *testing.T) {
 	defer mu.Unlock()
 	if peak != 1 {
 		t.Errorf("up to %d sessions at once after reloading max_connections 1 for %s", peak, srv.Host())
+	}
+}
+
+// TestReloadLowersAndRaisesMaxThreads: max_threads lowered by a reload
+// and raised again is the raised value. (Raising used to count the workers
+// ever started, stopped ones included, and start none.)
+func TestReloadLowersAndRaisesMaxThreads(t *testing.T) {
+	t.Parallel()
+	// Sessions wait at MAIL until want of them are there at once (or the
+	// test's time is up): reaching want proves want workers.
+	var (
+		mu       sync.Mutex
+		inMail   int
+		peak     int
+		want     int
+		together = make(chan struct{})
+		ctx      = waitCtx(t)
+	)
+	srv := startServer(t, "127.0.0.5", func(s *smtptest.Server) {
+		s.Fault = func(p smtptest.FaultPoint) smtptest.Fault {
+			if p.Step != smtptest.Mail {
+				return smtptest.Fault{}
+			}
+			mu.Lock()
+			inMail++
+			peak = max(peak, inMail)
+			ch := together
+			if inMail >= want {
+				close(together)
+				together = make(chan struct{})
+			}
+			mu.Unlock()
+			select {
+			case <-ch:
+			case <-ctx.Done():
+			}
+			mu.Lock()
+			inMail--
+			mu.Unlock()
+			return smtptest.Fault{}
+		}
+	})
+	env := pipelinetest.New(t, func(c *pipeline.Config) {
+		c.MaxThreads = 4
+		c.Hosts["default"] = hostLimits(4)
+	})
+	env.Start(pipeline.Options{})
+	phase := func(threads, n, first int) {
+		t.Helper()
+		cfg := *env.Config
+		cfg.MaxThreads = threads
+		if err := env.Pipeline.Reload(&cfg); err != nil {
+			t.Fatal(err)
+		}
+		mu.Lock()
+		want, peak = threads, 0
+		mu.Unlock()
+		var names []string
+		for i := range n {
+			names = append(names, env.Enqueue(testMessage(first+i), plainParams(srv, fmt.Sprintf("user%d@example.org", first+i))))
+		}
+		for _, name := range names {
+			wantSent(t, env.WaitFiled(name))
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if peak != threads {
+			t.Errorf("max_threads %d: up to %d sessions at once, want %d", threads, peak, threads)
+		}
+	}
+	phase(1, 3, 0)
+	phase(4, 4, 10)
+}
+
+// TestReloadDuringShutdownStartsNoWorkers: a reload that raises max_threads
+// while the pipeline shuts down, before or after the Dispatcher has
+// stopped, leaves no Sender goroutine behind. (Workers used to be started
+// after the Dispatcher had returned, and waited for it for ever.)
+func TestReloadDuringShutdownStartsNoWorkers(t *testing.T) {
+	// Not parallel: goleak looks at every goroutine of the process. It
+	// looks last, once the server is closed too.
+	before := goleak.IgnoreCurrent()
+	t.Cleanup(func() { goleak.VerifyNone(t, before) })
+	atMail, release := newSignal(), newReleaser()
+	srv := startServer(t, "127.0.0.5", func(s *smtptest.Server) {
+		s.Fault = func(p smtptest.FaultPoint) smtptest.Fault {
+			if p.Step == smtptest.Mail {
+				atMail.Fire()
+				release.Wait()
+			}
+			return smtptest.Fault{}
+		}
+	})
+	filing, unblock := newSignal(), newReleaser()
+	var blocking atomic.Bool
+	env := pipelinetest.New(t, func(c *pipeline.Config) { c.MaxThreads = 2 })
+	env.Start(pipeline.Options{OnFiled: func(stages.Filed) {
+		if blocking.Load() {
+			filing.Fire()
+			unblock.Wait()
+		}
+	}})
+	defer unblock.Open()
+	defer release.Open()
+	env.Enqueue(testMessage(1), plainParams(srv, "a@example.org"))
+	atMail.await(t, "a session at MAIL")
+
+	blocking.Store(true)
+	stopped := make(chan error, 1)
+	go func() { stopped <- env.Stop() }()
+	raise := func(n int) {
+		t.Helper()
+		cfg := *env.Config
+		cfg.MaxThreads = n
+		if err := env.Pipeline.Reload(&cfg); err != nil {
+			t.Errorf("Reload: %v", err)
+		}
+	}
+	// The Dispatcher is shutting down, a session still in progress.
+	raise(4)
+	// The session ends, its message is being filed (and held there), the
+	// last worker has stopped and so has the Dispatcher.
+	release.Open()
+	filing.await(t, "the message being filed")
+	if err := srv.WaitIdle(waitCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	raise(8)
+	unblock.Open()
+	select {
+	case err := <-stopped:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(pipelinetest.WaitTimeout):
+		t.Fatal("Run did not return")
 	}
 }

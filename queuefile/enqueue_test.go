@@ -413,3 +413,26 @@ func TestSyncDir(t *testing.T) {
 		t.Error("SyncDir of a missing directory succeeded")
 	}
 }
+
+// TestEnqueueSealsTheTLSConstant: a producer's TLS mode in capitals is
+// sealed as the constant, so that a service that compares it exactly
+// (an older one) still sees STARTTLS.
+func TestEnqueueSealsTheTLSConstant(t *testing.T) {
+	p := testParams("bob@example.org")
+	p.TLS = " STARTTLS"
+	_, file := enqueue(t, newQueue(t), corpusMessage(t, "plain-crlf.eml"), p)
+	r, err := age.Decrypt(bytes.NewReader(decodeSeal(t, file)), mustIdentity(t, testIdentity))
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain, err := io.ReadAll(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(plain, []byte(`"tls":"starttls"`)) {
+		t.Errorf("sealed parameters carry the TLS mode as given, not the constant: %s", bytes.ReplaceAll(plain, []byte(testPassword), []byte("***")))
+	}
+	if p.TLS != " STARTTLS" {
+		t.Errorf("Enqueue changed the caller's Params: TLS %q", p.TLS)
+	}
+}

@@ -295,3 +295,39 @@ func TestKeyRotation(t *testing.T) {
 		})
 	}
 }
+
+// TestOpenNormalisesTLSMode: a seal made by another or older producer may
+// carry a TLS mode in any case: Open turns it into the constant (never
+// something the Sender would take for plain text), and refuses a mode it
+// does not know.
+func TestOpenNormalisesTLSMode(t *testing.T) {
+	msg := corpusMessage(t, "plain-crlf.eml")
+	sealed := func(tls string) []byte {
+		plain := `{"v":1,"host":"h.example.com","tls":"` + tls + `","from":"","to":["a@example.com"],"sha256":"` +
+			sha256Hex(msg) + `","size":` + strconv.Itoa(len(msg)) + `}`
+		return append(sealJSON(t, plain, "\r\n"), msg...)
+	}
+	id := mustIdentity(t, testIdentity)
+	for in, want := range map[string]queuefile.TLSMode{
+		"STARTTLS": queuefile.TLSStartTLS, "Implicit": queuefile.TLSImplicit, " none ": queuefile.TLSNone, "starttls": queuefile.TLSStartTLS,
+	} {
+		p, err := queuefile.Open(bytes.NewReader(sealed(in)), id)
+		if err != nil {
+			t.Errorf("sealed TLS mode %q: %v", in, err)
+			continue
+		}
+		if p.TLS != want {
+			t.Errorf("sealed TLS mode %q opened as %q, want %q", in, p.TLS, want)
+		}
+	}
+	for _, bad := range []string{"plain", "ssl", "STARTTLS-optional"} {
+		p, err := queuefile.Open(bytes.NewReader(sealed(bad)), id)
+		if err == nil {
+			t.Errorf("sealed TLS mode %q opened as %q, want an error", bad, p.TLS)
+			continue
+		}
+		if !strings.Contains(err.Error(), strconv.Quote(bad)) || !strings.Contains(err.Error(), "tls") {
+			t.Errorf("sealed TLS mode %q: error %q does not name the field and the value", bad, err)
+		}
+	}
+}

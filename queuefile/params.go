@@ -28,13 +28,19 @@ const (
 	TLSNone TLSMode = "none"
 )
 
-// ParseTLSMode checks s against the known modes.
+// ParseTLSMode is the one way from text to a TLSMode: it accepts a mode in
+// any case, with white space around it, and returns its constant; an empty
+// string is TLSDefault. An unknown mode is an error naming the value and the
+// modes allowed; the caller adds the name of the setting. Every edge where a
+// mode comes in (configuration, flags, Params.Validate, Open) goes through
+// it, so that the code behind compares constants only and a mode written
+// "STARTTLS" cannot fall through to plain text.
 func ParseTLSMode(s string) (TLSMode, error) {
 	switch m := TLSMode(strings.ToLower(strings.TrimSpace(s))); m {
 	case TLSDefault, TLSImplicit, TLSStartTLS, TLSNone:
 		return m, nil
 	}
-	return "", fmt.Errorf("unknown TLS mode %q (want implicit, starttls or none)", s)
+	return "", fmt.Errorf("unknown TLS mode %q (allowed: implicit, starttls, none)", s)
 }
 
 // Resolve returns the mode to use on port: the mode itself, or for
@@ -149,7 +155,8 @@ var (
 )
 
 // Validate checks the parameters a producer supplies (everything but Digest
-// and Size). Each error names the parameter that is wrong.
+// and Size). Each error names the parameter that is wrong. It also rewrites
+// p.TLS into its constant (see ParseTLSMode).
 func (p *Params) Validate() error {
 	switch {
 	case p.Relay != "" && p.Host != "":
@@ -165,9 +172,11 @@ func (p *Params) Validate() error {
 	if p.Port < 0 || p.Port > 65535 {
 		return fmt.Errorf("port %d out of range 1-65535", p.Port)
 	}
-	if _, err := ParseTLSMode(string(p.TLS)); err != nil {
-		return err
+	mode, err := ParseTLSMode(string(p.TLS))
+	if err != nil {
+		return fmt.Errorf("tls: %w", err)
 	}
+	p.TLS = mode
 	if !p.Password.IsZero() && !p.OAuth2Token.IsZero() {
 		return errors.New("both a password and an OAuth2 token given: choose one")
 	}
@@ -232,7 +241,7 @@ type wire struct {
 	Relay       string    `json:"relay,omitempty"`
 	Host        string    `json:"host,omitempty"`
 	Port        int       `json:"port,omitempty"`
-	TLS         string    `json:"tls,omitempty"`
+	TLS         wireTLS   `json:"tls,omitempty"`
 	Username    string    `json:"user,omitempty"`
 	Password    string    `json:"pass,omitempty"`
 	OAuth2Token string    `json:"oauth2,omitempty"`
@@ -247,7 +256,7 @@ type wire struct {
 
 func (p *Params) toWire() wire {
 	return wire{
-		V: FormatVersion, Relay: p.Relay, Host: p.Host, Port: p.Port, TLS: string(p.TLS),
+		V: FormatVersion, Relay: p.Relay, Host: p.Host, Port: p.Port, TLS: wireTLS(p.TLS.canonical()),
 		Username: p.Username, Password: p.Password.Reveal(), OAuth2Token: p.OAuth2Token.Reveal(),
 		HELO: p.HELO, From: p.From, To: p.To, NotBefore: p.NotBefore, Expires: p.Expires,
 		Digest: p.Digest, Size: p.Size,
@@ -261,4 +270,34 @@ func (w *wire) params() *Params {
 		HELO: w.HELO, From: w.From, To: w.To, NotBefore: w.NotBefore, Expires: w.Expires,
 		Digest: w.Digest, Size: w.Size,
 	}
+}
+
+// wireTLS is the TLS mode inside a seal. It is sealed as its constant and
+// read through ParseTLSMode: a seal made by another or an older producer
+// may carry it in any case, and an unknown mode makes the seal malformed
+// rather than reach the Sender as a mode it does not recognise (which it
+// would take for plain text).
+type wireTLS TLSMode
+
+// UnmarshalJSON implements json.Unmarshaler.
+func (m *wireTLS) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return err
+	}
+	mode, err := ParseTLSMode(s)
+	if err != nil {
+		return fmt.Errorf("tls: %w", err)
+	}
+	*m = wireTLS(mode)
+	return nil
+}
+
+// canonical returns m's constant, or m itself if it is not a mode (which
+// Validate refuses before anything is sealed).
+func (m TLSMode) canonical() TLSMode {
+	if c, err := ParseTLSMode(string(m)); err == nil {
+		return c
+	}
+	return m
 }

@@ -255,3 +255,32 @@ func TestSecretNeverPrinted(t *testing.T) {
 		t.Errorf("secret prints %q, want [redacted]", got)
 	}
 }
+
+// TestTLSModeNormalisedAtTheEdge: a TLS mode in any case, with spaces
+// around, is turned into its constant by Validate, so that no code behind
+// it compares "STARTTLS" with TLSStartTLS (and falls through to plain
+// text); an unknown one is refused naming the value and the modes allowed.
+func TestTLSModeNormalisedAtTheEdge(t *testing.T) {
+	for in, want := range map[queuefile.TLSMode]queuefile.TLSMode{
+		"STARTTLS": queuefile.TLSStartTLS, " StartTLS ": queuefile.TLSStartTLS,
+		"Implicit": queuefile.TLSImplicit, "NONE\t": queuefile.TLSNone, " ": queuefile.TLSDefault,
+	} {
+		p := queuefile.Params{Host: "smtp.example.com", TLS: in, To: []string{"b@example.org"}}
+		if err := p.Validate(); err != nil {
+			t.Errorf("Validate with TLS %q: %v", in, err)
+		}
+		if p.TLS != want {
+			t.Errorf("Validate left TLS %q as %q, want %q", in, p.TLS, want)
+		}
+	}
+	p := queuefile.Params{Host: "smtp.example.com", TLS: "start-tls", To: []string{"b@example.org"}}
+	err := p.Validate()
+	if err == nil {
+		t.Fatal("Validate accepted TLS mode start-tls")
+	}
+	for _, want := range []string{"tls", `"start-tls"`, "implicit", "starttls", "none"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not mention %s", err, want)
+		}
+	}
+}

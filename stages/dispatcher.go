@@ -64,14 +64,20 @@ type Assignment struct {
 type HostControl struct {
 	// Op is "retry" (lift the pause of Host, or of every host with All, so
 	// that waiting mail is tried now), "reload" (read Limits again for every
-	// host), "add-workers" (Workers more Sender workers are about to start),
-	// or "threads" (keep at most Workers workers: surplus ones are stopped
-	// as they ask for work).
+	// host), or "threads" (keep Workers workers: surplus ones are stopped,
+	// idle ones at once, busy ones when they next ask for work; missing
+	// ones are counted in, and their number is sent on Started).
 	Op      string
 	Host    string
 	All     bool
 	Name    string // for "hold": one message, by its id or its name
 	Workers int
+	// Started, for "threads", receives (buffered, 1) how many new Sender
+	// workers the caller must start now. The Dispatcher counts them before
+	// it answers and does not return before each has asked for work and
+	// been told to stop; when it is shutting down it answers 0. Whoever
+	// gets no answer (the Dispatcher has returned) must start none.
+	Started chan<- int
 }
 
 // Dispatcher holds parsed jobs in per-host queues and hands them to Sender
@@ -93,7 +99,7 @@ type HostControl struct {
 // attempts meanwhile.
 type Dispatcher struct {
 	Limits  func(host string) Limits
-	Workers int // how many Sender workers send Requests
+	Workers int // how many Sender workers send Requests; "threads" controls change it
 	// Controls, if set, brings operator instructions (queue retry, config
 	// reload) while running.
 	Controls         <-chan HostControl
@@ -113,8 +119,9 @@ type Dispatcher struct {
 	ring    []*hostState // hosts with queued work, for round robin
 	next    int
 	total   int
-	workers map[int]*workerState
-	target  int // at most this many live workers (max_threads)
+	workers map[int]*workerState // the live workers
+	target  int                  // at most this many live workers (max_threads)
+	stopped int                  // workers told to stop; Workers-stopped are live
 }
 
 type hostState struct {
@@ -170,7 +177,6 @@ type workerState struct {
 	host      *hostState
 	waiting   *Request
 	idleSince time.Time
-	stopped   bool
 	closing   *hostState // a host whose session the worker was told to close
 }
 
@@ -191,9 +197,9 @@ func (d *Dispatcher) Run(ctx context.Context, in <-chan *Job, requests <-chan *R
 	d.hosts = map[string]*hostState{}
 	d.workers = map[int]*workerState{}
 	d.target = d.Workers
+	d.stopped = 0
 	var (
 		held        *Job // received, not yet queued: see admit
-		stopped     int
 		inClosed    bool
 		shutdown    bool
 		done        = ctx.Done()
@@ -203,12 +209,11 @@ func (d *Dispatcher) Run(ctx context.Context, in <-chan *Job, requests <-chan *R
 			for _, w := range d.workers {
 				if w.waiting != nil {
 					d.stop(w, w.waiting)
-					stopped++
 				}
 			}
 		}
 	)
-	for !(inClosed && stopped == d.Workers) {
+	for !(inClosed && d.stopped == d.Workers) {
 		now := d.Clock.Now()
 		if !shutdown {
 			wake := d.schedule(now)
@@ -217,7 +222,7 @@ func (d *Dispatcher) Run(ctx context.Context, in <-chan *Job, requests <-chan *R
 			}
 			if inClosed && d.total == 0 {
 				stopWaiting()
-				if stopped == d.Workers {
+				if d.stopped == d.Workers {
 					continue // all stopped: do not wait for another event
 				}
 			}
@@ -251,18 +256,20 @@ func (d *Dispatcher) Run(ctx context.Context, in <-chan *Job, requests <-chan *R
 				held = job
 			}
 		case c := <-d.Controls:
-			if c.Op == "hold" {
+			switch c.Op {
+			case "hold":
 				d.hold(c, out)
-				continue
+			case "threads":
+				d.threads(c, shutdown)
+			default:
+				d.control(c, now)
 			}
-			d.control(c, now)
 		case req := <-requests:
 			w := d.worker(req.Worker)
 			d.requeue(req.Unsent, shutdown, out)
 			d.report(req, w, now)
-			if shutdown || (inClosed && d.total == 0) || d.Workers-stopped > d.target {
+			if shutdown || (inClosed && d.total == 0) || d.Workers-d.stopped > d.target {
 				d.stop(w, req)
-				stopped++
 				continue
 			}
 			w.waiting = req
@@ -324,7 +331,7 @@ func (d *Dispatcher) hold(c HostControl, out chan<- *Job) {
 	}
 }
 
-// stop tells a worker to close its session and return.
+// stop tells a worker to close its session and return, and forgets it.
 func (d *Dispatcher) stop(w *workerState, req *Request) {
 	req.Reply <- Assignment{Stop: true}
 	if w.route != nil {
@@ -332,7 +339,33 @@ func (d *Dispatcher) stop(w *workerState, req *Request) {
 		w.route, w.host = nil, nil
 	}
 	w.waiting = nil
-	w.stopped = true
+	delete(d.workers, w.id)
+	d.stopped++
+}
+
+// threads keeps c.Workers workers (max_threads changed by a reload):
+// surplus idle workers are stopped now, busy ones when they next ask; if
+// workers are missing, they are counted in and the caller, told how many
+// on c.Started, starts them. Stopped workers are gone for good: raising
+// the count again needs new ones. While shutting down, none are started.
+func (d *Dispatcher) threads(c HostControl, shutdown bool) {
+	d.target = max(c.Workers, 1)
+	start := 0
+	if live := d.Workers - d.stopped; !shutdown && live < d.target {
+		start = d.target - live
+		d.Workers += start
+	}
+	if c.Started != nil {
+		c.Started <- start
+	}
+	for _, w := range d.workers {
+		if d.Workers-d.stopped <= d.target {
+			break
+		}
+		if w.waiting != nil {
+			d.stop(w, w.waiting)
+		}
+	}
 }
 
 func (d *Dispatcher) control(c HostControl, now time.Time) {
@@ -365,10 +398,6 @@ func (d *Dispatcher) control(c HostControl, now time.Time) {
 			}
 			h.lim = lim
 		}
-	case "add-workers":
-		d.Workers += c.Workers
-	case "threads":
-		d.target = max(c.Workers, 1)
 	}
 }
 

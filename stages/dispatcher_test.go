@@ -319,3 +319,143 @@ func TestDispatcherRetryReleasesRouteHold(t *testing.T) {
 	}
 	r.stop(1)
 }
+
+// waitingWorkers sends a Request for each of ids, without waiting for the
+// answers, and returns the channels the answers come on.
+func (r *dispatcherRig) waitingWorkers(ids ...int) map[int]chan stages.Assignment {
+	r.t.Helper()
+	replies := map[int]chan stages.Assignment{}
+	for _, id := range ids {
+		replies[id] = make(chan stages.Assignment, 1)
+		select {
+		case r.requests <- &stages.Request{Worker: id, Reply: replies[id]}:
+		case <-time.After(5 * time.Second):
+			r.t.Fatal("the Dispatcher does not take requests")
+		}
+	}
+	return replies
+}
+
+// answer waits for the answer to a worker's Request.
+func (r *dispatcherRig) answer(id int, reply chan stages.Assignment) stages.Assignment {
+	r.t.Helper()
+	select {
+	case a := <-reply:
+		return a
+	case <-time.After(5 * time.Second):
+		r.t.Fatalf("worker %d got no answer within 5 s", id)
+		return stages.Assignment{}
+	}
+}
+
+// shutdown cancels the Dispatcher and asks for work as each of the live
+// workers, giving back what they are handed, until each is told to stop;
+// the Dispatcher must then return.
+func (r *dispatcherRig) shutdown(live ...int) {
+	r.t.Helper()
+	r.cancel()
+	close(r.in)
+	for _, w := range live {
+		var unsent []*stages.Job
+		for a := r.ask(&stages.Request{Worker: w}); !a.Stop; a = r.ask(&stages.Request{Worker: w, Unsent: unsent}) {
+			unsent = append([]*stages.Job{a.Job}, a.More...)
+		}
+	}
+	select {
+	case <-r.done:
+	case <-time.After(5 * time.Second):
+		r.t.Fatal("the Dispatcher did not return once every live worker was stopped")
+	}
+}
+
+// max_threads lowered while workers are idle stops the surplus at once:
+// they are not handed the next jobs first. (They used to be stopped only
+// when they next asked, that is after a batch of work each.)
+func TestDispatcherLoweredThreadsStopIdleWorkers(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	controls := make(chan stages.HostControl)
+	r := newDispatcherRig(t, 4, stages.Limits{MaxConnections: 4, IdleTimeout: time.Minute}, func(d *stages.Dispatcher) {
+		d.Controls = controls
+	})
+	replies := r.waitingWorkers(0, 1, 2, 3)
+	controls <- stages.HostControl{Op: "threads", Workers: 1}
+	for i := range 4 {
+		r.in <- rigJob(i, "10.0.0.1")
+	}
+	var working []int
+	for id, reply := range replies {
+		if a := r.answer(id, reply); !a.Stop {
+			working = append(working, id)
+		}
+	}
+	if len(working) != 1 {
+		t.Fatalf("after max_threads 1, workers %v were handed work, want one", working)
+	}
+	r.shutdown(working[0])
+}
+
+// max_threads raised again after it was lowered: the Dispatcher counts in
+// the workers missing and says how many to start; while it shuts down, it
+// says none.
+func TestDispatcherRaisedThreadsAsksForNewWorkers(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	controls := make(chan stages.HostControl)
+	r := newDispatcherRig(t, 2, stages.Limits{MaxConnections: 4, IdleTimeout: time.Minute}, func(d *stages.Dispatcher) {
+		d.Controls = controls
+	})
+	threads := func(n int) int {
+		t.Helper()
+		started := make(chan int, 1)
+		controls <- stages.HostControl{Op: "threads", Workers: n, Started: started}
+		select {
+		case k := <-started:
+			return k
+		case <-time.After(5 * time.Second):
+			t.Fatal("no answer to threads")
+			return 0
+		}
+	}
+	replies := r.waitingWorkers(0, 1)
+	if k := threads(1); k != 0 {
+		t.Fatalf("lowering to 1 asks for %d new workers", k)
+	}
+	// One idle worker is stopped; the other stays waiting.
+	live := -1
+	select {
+	case a := <-replies[0]:
+		live = 1
+		if !a.Stop {
+			t.Fatalf("worker 0 was answered %+v, want stop", a)
+		}
+	case a := <-replies[1]:
+		live = 0
+		if !a.Stop {
+			t.Fatalf("worker 1 was answered %+v, want stop", a)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no idle worker was stopped after lowering to 1")
+	}
+	if k := threads(3); k != 2 {
+		t.Fatalf("raising from 1 to 3 asks for %d new workers, want 2", k)
+	}
+	if k := threads(3); k != 0 {
+		t.Fatalf("3 again asks for %d new workers, want 0", k)
+	}
+	// The two new workers (ids 2 and 3) take work beside the one left.
+	for i := range 3 {
+		r.in <- rigJob(i, "10.0.0.1")
+	}
+	if a := r.answer(live, replies[live]); a.Stop || a.Job == nil {
+		t.Fatalf("worker %d was answered %+v, want a job", live, a)
+	}
+	for id, reply := range r.waitingWorkers(2, 3) {
+		if a := r.answer(id, reply); a.Stop || a.Job == nil {
+			t.Fatalf("new worker %d was answered %+v, want a job", id, a)
+		}
+	}
+	r.cancel()
+	if k := threads(8); k != 0 {
+		t.Fatalf("while shutting down, raising asks for %d new workers, want 0", k)
+	}
+	r.shutdown(live, 2, 3)
+}

@@ -99,7 +99,7 @@ func runEnqueue(cmd *cobra.Command, f *enqueueFlags, args []string) error {
 		return usagef("--tls: %v", err)
 	}
 	if changed("tls") && tlsMode == queuefile.TLSDefault {
-		return usagef("--tls: empty mode (want implicit, starttls or none)")
+		return usagef("--tls: empty mode (allowed: implicit, starttls, none)")
 	}
 	if f.passwordFile != "" && f.tokenFile != "" {
 		return usagef("--password-file and --oauth2-token-file: choose one")

@@ -128,12 +128,31 @@ func TestConfigCheck(t *testing.T) {
 		}
 	}
 	// An unknown key: the error names it and its line.
-	bad("queue_dir: q\nsent_dir: s\nundeliverable_dir: u\nqueue_dri: x\n", "line 4: field queue_dri not found")
+	bad("queue_dir: q\nsent_dir: s\nundeliverable_dir: u\nqueue_dri: x\n", `line 4: unknown key "queue_dri" (did you mean queue_dir?)`)
+	bad("queue_dir: q\nsent_dir: s\nundeliverable_dir: u\nmax_thread: 4\n", `line 4: unknown key "max_thread" (did you mean max_threads?)`)
+	// An enumerated value that is none of those allowed: the setting, the
+	// value and what is allowed.
+	bad("queue_dir: q\nsent_dir: s\nundeliverable_dir: u\nrelays: {m: {host: h.example.com, tls: ssl}}\n",
+		`relays.m.tls: unknown TLS mode "ssl" (allowed: implicit, starttls, none)`)
+	bad("queue_dir: q\nsent_dir: s\nundeliverable_dir: u\nlog: {format: text}\n", `log.format: unknown log format "text" (allowed: console, json)`)
 	// A wrong type.
 	bad("queue_dir: q\nsent_dir: s\nundeliverable_dir: u\nmax_threads: many\n", "line 4")
 	// Several missing settings: still one line, naming each.
 	bad("max_threads: 2\n", "queue_dir is required; sent_dir is required; undeliverable_dir is required")
 	bad("queue_dir: q\nsent_dir: s\nundeliverable_dir: u\ndefault_relay: nope\n", `default_relay "nope"`)
+	// Enumerated values in any case: the effective configuration holds
+	// their constants.
+	odd := e.writeFile("odd.yaml", "queue_dir: q\nsent_dir: s\nundeliverable_dir: u\n"+
+		"relays: {m: {host: h.example.com, tls: STARTTLS}}\nlog: {level: ' Debug ', format: JSON}\n")
+	code, out, stderr = e.run("", "smtpq", "config", "check", "--config", odd)
+	if code != 0 {
+		t.Fatalf("config check of values in capitals: exit %d: %s", code, stderr)
+	}
+	for _, want := range []string{"tls: starttls", "level: debug", "format: json"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("config check output lacks %q:\n%s", want, out)
+		}
+	}
 	// A missing file.
 	code, _, stderr = e.run("", "smtpq", "config", "check", "--config", filepath.Join(e.dir, "none.yaml"))
 	if code != exitFailure || !strings.Contains(stderr, "none.yaml") {
