@@ -71,6 +71,10 @@ type Options struct {
 	// Crash, if set, is called at named points of the pipeline (see
 	// stages.Spool.Crash and stages.Sender.Crash), for crash tests.
 	Crash func(point string)
+	// SyncFault, if set, is asked before each fsync the spool makes, with
+	// the path of the file or folder; an error it returns is that fsync's
+	// failure (see stages.Spool.SyncFault). For fault tests.
+	SyncFault func(path string) error
 	// TLSConfig, if set, is the base TLS configuration for connections to
 	// SMTP servers (tests use it to trust a test CA). tls.ca_file adds to it.
 	TLSConfig *tls.Config
@@ -393,6 +397,7 @@ func (p *Pipeline) Run(ctx context.Context) error {
 		return err
 	}
 	spool.Crash = p.opts.Crash
+	spool.SyncFault = p.opts.SyncFault
 	log := p.log
 	clock := p.opts.Clock
 	met := newMetrics(spool.Dirs(), clock.Now)

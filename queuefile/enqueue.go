@@ -6,7 +6,9 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base32"
+	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -15,6 +17,7 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"filippo.io/age"
 )
@@ -45,6 +48,12 @@ type Queue struct {
 // fields and the Bcc fields are removed from the queued message. When p.From
 // is empty the sender is taken from the Sender field, else the first From
 // address. Apart from the Bcc removal, the message is queued byte for byte.
+//
+// What the service would refuse to open, or would read back otherwise, is
+// refused here: parameters whose seal would be over MaxFieldSize (too many
+// recipients, a huge token) with ErrSealTooLarge, and any address, name or
+// credential that is not UTF-8 with ErrNotUTF8; the checks of
+// Params.Validate apply as well.
 //
 // The file is written under Dir/.tmp, fsynced, renamed into Dir and the
 // directory fsynced; on any error nothing is left where the service could pick
@@ -83,6 +92,9 @@ func (q *Queue) Enqueue(msg io.Reader, p Params) (name string, err error) {
 	}
 	p.Digest, p.Size = "", 0
 	if err := p.Validate(); err != nil {
+		return "", fmt.Errorf("enqueue: %w", err)
+	}
+	if err := checkSealable(&p); err != nil {
 		return "", fmt.Errorf("enqueue: %w", err)
 	}
 
@@ -130,6 +142,9 @@ func (q *Queue) Enqueue(msg io.Reader, p Params) (name string, err error) {
 	if err != nil {
 		return "", fmt.Errorf("enqueue: %w", err)
 	}
+	if len(seal) > MaxFieldSize {
+		return "", fmt.Errorf("enqueue: %w", sealTooLarge(&p, len(seal), false))
+	}
 	tmpPath := filepath.Join(tmpDir, name)
 	if err := writeQueueFile(tmpPath, seal, body); err != nil {
 		os.Remove(tmpPath)
@@ -143,6 +158,97 @@ func (q *Queue) Enqueue(msg io.Reader, p Params) (name string, err error) {
 		return "", fmt.Errorf("enqueue: %s is queued but the directory sync failed: %w", name, err)
 	}
 	return name, nil
+}
+
+// ErrSealTooLarge is returned by Enqueue when the sealed parameters would
+// make an X-SmtpQ-Sealed field longer than MaxFieldSize. The service refuses
+// to open such a file (ErrFieldTooLong), so it is refused here rather than
+// queued to end in Undeliverable. Its message says what made it large.
+var ErrSealTooLarge = errors.New("sealed parameters too large")
+
+// ErrNotUTF8 is returned by Enqueue for an address, name or credential that
+// is not valid UTF-8: the seal would change it (see checkSealable).
+var ErrNotUTF8 = errors.New("not valid UTF-8")
+
+// checkSealable refuses parameters that the service would not get back as
+// given or could not open. The seal is JSON, and encoding/json turns invalid
+// UTF-8 into U+FFFD: an address that is not UTF-8 would be another mailbox
+// by the time it is sent, a password another password. And before the
+// message is read, a lower bound of the sealed field's size refuses
+// parameters that cannot fit whatever the message (the exact size is
+// checked once the seal is made).
+func checkSealable(p *Params) error {
+	for _, f := range []struct {
+		what, v string
+		show    bool // the value may be quoted in the error
+	}{
+		{"relay profile", p.Relay, true}, {"host", p.Host, true}, {"user name", p.Username, true},
+		{"password", p.Password.Reveal(), false}, {"OAuth2 token", p.OAuth2Token.Reveal(), false},
+		{"HELO name", p.HELO, true}, {"sender", p.From, true},
+	} {
+		if utf8.ValidString(f.v) {
+			continue
+		}
+		if f.show {
+			return fmt.Errorf("%s %.80q: %w", f.what, f.v, ErrNotUTF8)
+		}
+		return fmt.Errorf("%s: %w", f.what, ErrNotUTF8)
+	}
+	for _, a := range p.To {
+		if !utf8.ValidString(a) {
+			return fmt.Errorf("recipient %.80q: %w", a, ErrNotUTF8)
+		}
+	}
+	probe := *p
+	probe.Digest = strings.Repeat("0", sha256.Size*2)
+	plain, err := json.Marshal(probe.toWire())
+	if err != nil {
+		return err
+	}
+	if n := minSealedFieldSize(len(plain)); n > MaxFieldSize {
+		return sealTooLarge(p, n, true)
+	}
+	return nil
+}
+
+// minSealedFieldSize is a lower bound of the size of the sealed field for
+// plain bytes of JSON: age adds at least a 16-byte nonce and a 16-byte tag,
+// base64 takes 4 bytes for 3, and each folded line a space and a line end.
+func minSealedFieldSize(plain int) int {
+	b64 := base64.StdEncoding.EncodedLen(plain + 32)
+	lines := (b64 + foldWidth - 1) / foldWidth
+	return len(SealedField+": v1\n") + b64 + 2*lines
+}
+
+// sealTooLarge returns ErrSealTooLarge with the size (at least size, when
+// atLeast), the limit, and the largest of the parameters. Credentials are
+// named, never shown.
+func sealTooLarge(p *Params, size int, atLeast bool) error {
+	recipients := 0
+	for _, a := range p.To {
+		recipients += len(a) + 3 // quoted, and a comma
+	}
+	biggest := fmt.Sprintf("%d recipients take %d bytes of it: split them over several messages", len(p.To), recipients)
+	most := recipients
+	for _, f := range []struct {
+		what string
+		n    int
+	}{
+		{"the password", len(p.Password.Reveal())}, {"the OAuth2 token", len(p.OAuth2Token.Reveal())},
+		{"the user name", len(p.Username)}, {"the HELO name", len(p.HELO)},
+		{"the relay profile name", len(p.Relay)}, {"the host name", len(p.Host)}, {"the sender", len(p.From)},
+	} {
+		if f.n > most {
+			most = f.n
+			biggest = fmt.Sprintf("%s takes %d bytes of it", f.what, f.n)
+		}
+	}
+	would := "would be"
+	if atLeast {
+		would = "would be at least"
+	}
+	return fmt.Errorf("%w: the %s field %s %d bytes, over the service's limit of %d (queuefile.MaxFieldSize); %s",
+		ErrSealTooLarge, SealedField, would, size, MaxFieldSize, biggest)
 }
 
 // MakeTmpDir creates queueDir/.tmp if needed, with the same permission bits

@@ -579,7 +579,7 @@ func inspAdopt(d Dirs, e SpoolEntry) (w, id string, legacy bool, err error) {
 	}
 	b, err := json.MarshalIndent(st, "", "  ")
 	if err == nil {
-		err = writeFileDurable(filepath.Join(d.Queue, StateDir, id+".json"), b)
+		err = writeFileDurable(filepath.Join(d.Queue, StateDir, id+".json"), b, queuefile.SyncDir)
 	}
 	return w, id, legacy, err
 }

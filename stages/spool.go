@@ -68,6 +68,10 @@ type Spool struct {
 	// Crash, if set, is called at named points ("claimed", "archive-write",
 	// "xml-write"): crash tests kill the process there. Set it before use.
 	Crash func(point string)
+	// SyncFault, if set, is asked before each fsync of a file or folder
+	// the spool makes (the journal's included) with its path; an error it
+	// returns is that fsync's failure. For fault tests; set it before use.
+	SyncFault func(path string) error
 
 	dirs    Dirs
 	id      string
@@ -125,8 +129,10 @@ func OpenSpool(d Dirs, now func() time.Time) (*Spool, error) {
 	}
 	s.journal = j
 	s.actDir = newDirSync(s.active)
+	s.actDir.sync = s.syncDir
 	s.pool = newInodePool(d.Queue, s.id, s.actDir)
 	s.sentDir = newDirSync(d.Sent)
+	s.sentDir.sync = s.syncDir
 	return s, nil
 }
 
@@ -146,7 +152,7 @@ func (s *Spool) Close() error {
 	// Removals of filed messages' queue copies were not synced one by one
 	// (their acceptance is in the journal): make them durable before the
 	// journal goes.
-	if serr := queuefile.SyncDir(s.active); err == nil && serr != nil && !errors.Is(serr, fs.ErrNotExist) {
+	if serr := s.syncDir(s.active); err == nil && serr != nil && !errors.Is(serr, fs.ErrNotExist) {
 		err = serr
 	}
 	if err == nil {
@@ -288,7 +294,7 @@ func (s *Spool) returnAll(dir string) (int, error) {
 		n++
 	}
 	if n > 0 {
-		return n, errors.Join(queuefile.SyncDir(filepath.Join(s.dirs.Queue, ReadyDir)), queuefile.SyncDir(s.dirs.Queue))
+		return n, errors.Join(s.syncDir(filepath.Join(s.dirs.Queue, ReadyDir)), s.syncDir(s.dirs.Queue))
 	}
 	return 0, nil
 }
@@ -581,7 +587,7 @@ func (s *Spool) WriteState(id string, st *State) error {
 	if err != nil {
 		return err
 	}
-	return writeFileDurable(s.statePath(id), b)
+	return s.writeFileDurable(s.statePath(id), b)
 }
 
 // RecordAccepted notes that the server accepted a job's data: the
@@ -616,7 +622,7 @@ func (s *Spool) recorded(job *Job) error {
 	if job.journaled == 0 {
 		return nil
 	}
-	if err := s.journal.Sync(job.journaled); err != nil {
+	if err := s.syncJournal(job.journaled); err != nil {
 		return fmt.Errorf("recording the server's acceptance: %w", err)
 	}
 	return nil
@@ -663,11 +669,11 @@ func (s *Spool) Sent(job *Job, deleteCopy bool) (string, error) {
 			// goes.
 			os.Remove(tmp)
 			final = filepath.Join(s.dirs.Sent, n)
-			if err := queuefile.SyncDir(s.dirs.Sent); err != nil {
+			if err := s.syncDir(s.dirs.Sent); err != nil {
 				return "", fmt.Errorf("filing in Sent: %w", err)
 			}
 		} else {
-			n, err := publish(tmp, s.dirs.Sent, job.Name)
+			n, err := s.publish(tmp, s.dirs.Sent, job.Name)
 			if err != nil {
 				os.Remove(tmp)
 				return "", fmt.Errorf("filing in Sent: %w", err)
@@ -699,7 +705,7 @@ func (s *Spool) sentUnnamed(job *Job) (string, error) {
 		err = f.Truncate(cw.N) // what is left of the old content
 	}
 	if err == nil {
-		err = f.Sync()
+		err = s.syncFile(f)
 	}
 	if err != nil {
 		if pooled != "" {
@@ -776,7 +782,7 @@ func (s *Spool) writeStripped(tmp string, job *Job) error {
 	}
 	err = writeMessage(f, job)
 	if err == nil {
-		err = f.Sync()
+		err = s.syncFile(f)
 	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
@@ -836,7 +842,7 @@ func (s *Spool) Undeliverable(job *Job, xmlLog []byte) (string, error) {
 		// An earlier filing of this very file got as far as its link and
 		// failed at the folder's sync (its log came first): finish that
 		// filing rather than file a second copy under name-1.
-		if err := queuefile.SyncDir(s.dirs.Undeliverable); err != nil {
+		if err := s.syncDir(s.dirs.Undeliverable); err != nil {
 			return "", err
 		}
 		return dst, s.forget(job, false)
@@ -852,7 +858,7 @@ func (s *Spool) Undeliverable(job *Job, xmlLog []byte) (string, error) {
 		return "", fmt.Errorf("writing XML log: %w", err)
 	}
 	s.crash("xml-write")
-	if _, err := publishExact(tmp, s.dirs.Undeliverable, logName); err != nil {
+	if _, err := s.publishExact(tmp, s.dirs.Undeliverable, logName); err != nil {
 		os.Remove(tmp)
 		return "", fmt.Errorf("filing XML log: %w", err)
 	}
@@ -865,7 +871,7 @@ func (s *Spool) Undeliverable(job *Job, xmlLog []byte) (string, error) {
 			os.Remove(tmp)
 			return "", fmt.Errorf("filing in Undeliverable: %w", werr)
 		}
-		if _, perr := publishExact(tmp, s.dirs.Undeliverable, name); perr != nil {
+		if _, perr := s.publishExact(tmp, s.dirs.Undeliverable, name); perr != nil {
 			os.Remove(tmp)
 			return "", fmt.Errorf("filing in Undeliverable: %w", perr)
 		}
@@ -876,12 +882,12 @@ func (s *Spool) Undeliverable(job *Job, xmlLog []byte) (string, error) {
 			os.Remove(tmp)
 			return "", fmt.Errorf("filing in Undeliverable: %w", cerr)
 		}
-		if _, perr := publishExact(tmp, s.dirs.Undeliverable, name); perr != nil {
+		if _, perr := s.publishExact(tmp, s.dirs.Undeliverable, name); perr != nil {
 			os.Remove(tmp)
 			return "", fmt.Errorf("filing in Undeliverable: %w", perr)
 		}
 	}
-	if err := queuefile.SyncDir(s.dirs.Undeliverable); err != nil {
+	if err := s.syncDir(s.dirs.Undeliverable); err != nil {
 		return "", err
 	}
 	return dst, s.forget(job, false)
@@ -979,11 +985,11 @@ func (s *Spool) moveToBucket(job *Job, due time.Time, durable bool) error {
 	if !durable {
 		return nil
 	}
-	if err := queuefile.SyncDir(bucket); err != nil {
+	if err := s.syncDir(bucket); err != nil {
 		return err
 	}
 	// The bucket itself may be new: make its entry in .deferred durable too.
-	if err := queuefile.SyncDir(filepath.Dir(bucket)); err != nil {
+	if err := s.syncDir(filepath.Dir(bucket)); err != nil {
 		return err
 	}
 	return s.actDir.Sync()
@@ -1003,7 +1009,7 @@ func (s *Spool) Hold(job *Job) error {
 		return err
 	}
 	job.Path = dst
-	if err := queuefile.SyncDir(dir); err != nil {
+	if err := s.syncDir(dir); err != nil {
 		return err
 	}
 	return s.actDir.Sync()
@@ -1021,13 +1027,13 @@ func (s *Spool) Return(job *Job) error {
 		return err
 	}
 	job.Path = dst
-	return queuefile.SyncDir(dir)
+	return s.syncDir(dir)
 }
 
 // publish makes tmp, a complete and synced file, visible as dir/name without
 // ever replacing an existing file: on a clash it takes name-1, name-2, ...
 // It returns the name used.
-func publish(tmp, dir, name string) (string, error) {
+func (s *Spool) publish(tmp, dir, name string) (string, error) {
 	for i := 0; i < 1000; i++ {
 		n := suffixed(name, i)
 		ok, err := linkNoReplace(tmp, filepath.Join(dir, n))
@@ -1036,14 +1042,14 @@ func publish(tmp, dir, name string) (string, error) {
 		}
 		if ok {
 			os.Remove(tmp)
-			return n, queuefile.SyncDir(dir)
+			return n, s.syncDir(dir)
 		}
 	}
 	return "", fmt.Errorf("no free name for %s in %s", name, dir)
 }
 
 // publishExact is publish without the suffixes: a clash is an error.
-func publishExact(tmp, dir, name string) (string, error) {
+func (s *Spool) publishExact(tmp, dir, name string) (string, error) {
 	ok, err := linkNoReplace(tmp, filepath.Join(dir, name))
 	if err != nil {
 		return "", err
@@ -1052,7 +1058,7 @@ func publishExact(tmp, dir, name string) (string, error) {
 		return "", fmt.Errorf("%s already exists in %s", name, dir)
 	}
 	os.Remove(tmp)
-	return name, queuefile.SyncDir(dir)
+	return name, s.syncDir(dir)
 }
 
 // linkNoReplace links src at dst if dst does not exist. It reports false if
@@ -1091,7 +1097,13 @@ func writeFileSynced(path string, b []byte) error {
 }
 
 // writeFileDurable replaces path with b atomically and durably.
-func writeFileDurable(path string, b []byte) error {
+func (s *Spool) writeFileDurable(path string, b []byte) error {
+	return writeFileDurable(path, b, s.syncDir)
+}
+
+// writeFileDurable replaces path with b atomically, and makes it durable
+// with syncDir on its folder.
+func writeFileDurable(path string, b []byte, syncDir func(string) error) error {
 	tmp := path + ".tmp"
 	if err := writeFileSynced(tmp, b); err != nil {
 		os.Remove(tmp)
@@ -1101,7 +1113,7 @@ func writeFileDurable(path string, b []byte) error {
 		os.Remove(tmp)
 		return err
 	}
-	return queuefile.SyncDir(filepath.Dir(path))
+	return syncDir(filepath.Dir(path))
 }
 
 func copyFileSynced(src, dst string) error {

@@ -298,7 +298,8 @@ func runSendmail(cmd *cobra.Command, args []string) error {
 		case in.err != nil:
 			return withCode(exIOErr, fmt.Errorf("reading the message: %w", in.err))
 		case errors.Is(err, queuefile.ErrDuplicateSeal), errors.Is(err, queuefile.ErrNoRecipients),
-			errors.Is(err, queuefile.ErrNoSeparator), errors.Is(err, queuefile.ErrFieldTooLong):
+			errors.Is(err, queuefile.ErrNoSeparator), errors.Is(err, queuefile.ErrFieldTooLong),
+			errors.Is(err, queuefile.ErrSealTooLarge), errors.Is(err, queuefile.ErrNotUTF8):
 			return withCode(exDataErr, err)
 		case errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT):
 			return withCode(exTempFail, err)
