@@ -326,8 +326,8 @@ func testStorageFault(t *testing.T, fault diskFault) {
 		if err := env.Stop(); err != nil {
 			t.Fatal(err)
 		}
-		if where := findQueued(t, cfg.QueueDir, name); where != filepath.Join(cfg.QueueDir, name) {
-			t.Fatalf("after the stop %s is at %q, want the queue folder", name, where)
+		if where := findQueued(t, cfg.QueueDir, name); filepath.Dir(where) != filepath.Join(cfg.QueueDir, stages.ReadyDir) {
+			t.Fatalf("after the stop %s is at %q, want the ready folder", name, where)
 		}
 		env = pipelinetest.NewShared(t, cfg)
 		env.Start(pipeline.Options{Clock: clock})
@@ -392,7 +392,10 @@ func noHalfWritten(t *testing.T, cfg *pipeline.Config) {
 func findQueued(t *testing.T, queueDir, name string) string {
 	t.Helper()
 	for _, rel := range filesUnder(t, queueDir) {
-		if filepath.Base(rel) == name && !strings.HasPrefix(rel, queuefile.TmpDir+string(filepath.Separator)) {
+		base := filepath.Base(rel)
+		_, n, ok := stages.ParseWorkName(base)
+		if (base == name || ok && n == name) && !strings.HasPrefix(rel, queuefile.TmpDir+string(filepath.Separator)) &&
+			!strings.HasPrefix(rel, stages.PoolDir+string(filepath.Separator)) {
 			return filepath.Join(queueDir, rel)
 		}
 	}

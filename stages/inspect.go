@@ -335,6 +335,10 @@ func inspLocateLive(d Dirs, key string) ([]SpoolEntry, error) {
 		}
 		return nil
 	})
+	if len(found) > 1 && found[0].ID == "" && found[0].Place == PlaceQueued && !inspIsFile(found[0].Path) {
+		// Claimed while we listed: it is the one found under its id.
+		found = found[1:]
+	}
 	return found, err
 }
 

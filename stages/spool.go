@@ -732,6 +732,9 @@ func (s *Spool) sentUnnamed(job *Job) (string, error) {
 			return "", err // errNoUnnamed included: the caller falls back
 		}
 		if err := s.sentDir.Sync(); err != nil {
+			// Not known to be durable: take it back, so that a failed
+			// filing leaves nothing in Sent (the retry files it anew).
+			os.Remove(filepath.Join(s.dirs.Sent, n))
 			return "", fmt.Errorf("filing in Sent: %w", err)
 		}
 		return n, nil
