@@ -97,8 +97,14 @@ func (t *transcript) line(raw []byte) {
 	case t.inAuth:
 		l = "[redacted]"
 	case len(l) >= 5 && strings.EqualFold(l[:5], "AUTH "):
+		// The mechanism is kept, anything after it redacted. The line may
+		// be the server's (go-smtp writes both directions here) and say
+		// anything: "AUTH " alone has no mechanism.
 		f := strings.Fields(l)
-		l = "AUTH " + f[1]
+		l = "AUTH"
+		if len(f) > 1 {
+			l += " " + f[1]
+		}
 		if len(f) > 2 {
 			l += " [redacted]"
 		}
