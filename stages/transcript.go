@@ -113,12 +113,18 @@ func (t *transcript) line(raw []byte) {
 	t.note(dir + l)
 }
 
-// note adds a line of our own.
-func (t *transcript) note(l string) {
+// scrub returns l printable and without the secrets.
+func (t *transcript) scrub(l string) string {
 	l = strings.Map(printable, l)
 	for _, s := range t.secrets {
 		l = strings.ReplaceAll(l, s, "[redacted]")
 	}
+	return l
+}
+
+// note adds a line of our own.
+func (t *transcript) note(l string) {
+	l = t.scrub(l)
 	if t.cut {
 		return
 	}

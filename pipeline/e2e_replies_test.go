@@ -1,0 +1,146 @@
+package pipeline_test
+
+// Issue 10, "SMTP servers choose the bytes they send": whatever a server
+// sends, at whatever speed, ends in a bounded, transient failure of the
+// message at hand; no worker dies, nothing is kept whole in memory, no wait
+// is extended by a trickle.
+
+import (
+	"fmt"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/smtpq/smtpq/pipeline"
+	"github.com/smtpq/smtpq/pipeline/pipelinetest"
+	"github.com/smtpq/smtpq/pipeline/smtptest"
+	"github.com/smtpq/smtpq/stages"
+)
+
+// A server line "AUTH " used to panic the transcript's redactor and, with
+// it, the only Sender worker: every message after it stayed in .active and
+// shutdown hung.
+func TestServerAuthLineKillsNoWorker(t *testing.T) {
+	t.Parallel()
+	var sessions atomic.Int32
+	srv := startServer(t, "127.0.0.2", func(s *smtptest.Server) {
+		s.Fault = func(p smtptest.FaultPoint) smtptest.Fault {
+			if p.Step == smtptest.Greeting && sessions.Add(1) <= 2 {
+				return smtptest.Fault{Raw: strings.NewReader("220-hello\r\nAUTH \r\n")}
+			}
+			return smtptest.Fault{}
+		}
+	})
+	env := pipelinetest.New(t, func(c *pipeline.Config) { c.MaxThreads = 1 })
+	env.Start(pipeline.Options{})
+	a := env.Enqueue(testMessage(1), plainParams(srv, "user1@example.org"))
+	b := env.Enqueue(testMessage(2), plainParams(srv, "user2@example.org"))
+
+	for _, name := range []string{a, b} {
+		wantSent(t, env.WaitFiled(name))
+	}
+	for _, f := range env.Filed() {
+		if f.Result != "deferred" {
+			continue
+		}
+		if e := f.Job.Outcome.Err; e == nil || !e.Temporary || e.Step != "greeting" {
+			t.Errorf("%s deferred with %v, want a temporary greeting failure", f.Job.Name, e)
+		}
+		if tr := f.Job.Outcome.Transcript; !strings.Contains(tr, "S: 220-hello") || !strings.Contains(tr, "AUTH") {
+			t.Errorf("transcript of the odd greeting:\n%s", tr)
+		}
+	}
+	if err := env.Stop(); err != nil {
+		t.Fatalf("shutdown: %v", err)
+	}
+}
+
+// A panic while one message is handled (here: injected at a point of the
+// delivery) fails that message as a transient failure, logged with the
+// stack; the worker goes on with the next message, and /healthz says so.
+// A panic after the server accepted the data keeps the message sent.
+func TestPanicInSenderFailsOnlyItsMessage(t *testing.T) {
+	t.Parallel()
+	for _, point := range []string{"connected", "after-mail", "after-dot"} {
+		for _, mode := range pipeliningModes {
+			t.Run(point+"/"+mode.name, func(t *testing.T) {
+				t.Parallel()
+				srv := startServer(t, "127.0.0.2")
+				env := pipelinetest.New(t, func(c *pipeline.Config) {
+					c.MaxThreads = 1
+					c.Metrics.Listen = "127.0.0.1:0"
+				})
+				var panicked atomic.Bool
+				crash := func(p string) {
+					if p == point && panicked.CompareAndSwap(false, true) {
+						panic(fmt.Sprintf("injected at %s", p))
+					}
+				}
+				logger, logs := observed(t)
+				env.Start(pipeline.Options{Logger: logger, Crash: crash, NoPipelining: mode.off})
+				a := env.Enqueue(testMessage(1), plainParams(srv, "user1@example.org"))
+				b := env.Enqueue(testMessage(2), plainParams(srv, "user2@example.org"))
+
+				for _, name := range []string{a, b} {
+					wantSent(t, env.WaitFiled(name))
+				}
+				if !panicked.Load() {
+					t.Fatal("the injected panic never ran: the test proves nothing")
+				}
+				var deferred []stages.Filed
+				for _, f := range env.Filed() {
+					if f.Result == "deferred" {
+						deferred = append(deferred, f)
+					}
+				}
+				if point == "after-dot" {
+					// The server has the message: it is not sent again.
+					if len(deferred) != 0 || len(srv.Messages()) != 2 {
+						t.Errorf("%d deferrals and %d messages at the server, want none and 2", len(deferred), len(srv.Messages()))
+					}
+				} else {
+					if len(deferred) != 1 {
+						t.Fatalf("%d deferrals, want 1 (the message that panicked)", len(deferred))
+					}
+					e := deferred[0].Job.Outcome.Err
+					if e == nil || !e.Temporary || e.Step != "local" || !strings.Contains(e.Text, "injected at "+point) {
+						t.Errorf("deferral error %v, want a temporary local error naming the panic", e)
+					}
+				}
+				entries := logs.FilterMessage(stages.SenderPanicLog).All()
+				if len(entries) != 1 {
+					t.Fatalf("%d %q log entries, want 1", len(entries), stages.SenderPanicLog)
+				}
+				if st, _ := entries[0].ContextMap()["stack"].(string); !strings.Contains(st, "stages.(*Sender)") {
+					t.Errorf("panic log entry without the stack: %v", entries[0].ContextMap())
+				}
+				code, body := get(t, "http://"+env.Pipeline.MetricsAddr().String()+"/healthz")
+				if code != http.StatusServiceUnavailable || !strings.Contains(body, "panic") || !strings.Contains(body, "injected at "+point) {
+					t.Errorf("/healthz after a panic = %d %q, want 503 naming it", code, body)
+				}
+				_, metrics := get(t, "http://"+env.Pipeline.MetricsAddr().String()+"/metrics")
+				if !strings.Contains(metrics, "smtpq_sender_panics_total 1") {
+					t.Errorf("/metrics lacks smtpq_sender_panics_total 1")
+				}
+				stopWithin(t, env)
+				if err := srv.WaitIdle(waitCtx(t)); err != nil {
+					t.Errorf("a connection outlived the pipeline: %v", err)
+				}
+			})
+		}
+	}
+}
+
+// stopWithin stops env and fails the test if that takes too long.
+func stopWithin(t *testing.T, env *pipelinetest.Env) {
+	t.Helper()
+	start := time.Now()
+	if err := env.Stop(); err != nil {
+		t.Fatalf("shutdown: %v", err)
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Errorf("shutdown took %v", d)
+	}
+}
