@@ -8,10 +8,13 @@ package pipeline_test
 import (
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/emersion/go-smtp"
 
 	"github.com/smtpq/smtpq/pipeline"
 	"github.com/smtpq/smtpq/pipeline/pipelinetest"
@@ -142,5 +145,70 @@ func stopWithin(t *testing.T, env *pipelinetest.Env) {
 	}
 	if d := time.Since(start); d > 10*time.Second {
 		t.Errorf("shutdown took %v", d)
+	}
+}
+
+// A connection dropped at the reply to a later RCPT ends the transaction
+// before any data: every recipient is deferred, listed in order, except
+// one the server had refused for good before the drop. None counts as
+// delivered, so the retry sends to all the others.
+func TestDroppedAtLaterRcptDefersEveryRecipient(t *testing.T) {
+	t.Parallel()
+	rcpts := []string{"user1@example.org", "user2@example.org", "user3@example.org", "user4@example.org"}
+	for _, mode := range pipeliningModes {
+		for _, refuseFirst := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/refuse-first=%v", mode.name, refuseFirst), func(t *testing.T) {
+				t.Parallel()
+				var dropped atomic.Bool
+				srv := startServer(t, "127.0.0.2", func(s *smtptest.Server) {
+					s.Fault = func(p smtptest.FaultPoint) smtptest.Fault {
+						switch {
+						case p.Step == smtptest.Rcpt && p.Arg == rcpts[0] && refuseFirst:
+							return smtptest.Reply(550, smtp.EnhancedCode{5, 1, 1}, "No such user")
+						case p.Step == smtptest.Rcpt && p.Arg == rcpts[2] && dropped.CompareAndSwap(false, true):
+							return smtptest.Fault{Drop: true}
+						}
+						return smtptest.Fault{}
+					}
+				})
+				env := pipelinetest.New(t)
+				env.Start(pipeline.Options{NoPipelining: mode.off})
+				name := env.Enqueue(testMessage(1), plainParams(srv, rcpts...))
+
+				final := env.WaitFiled(name)
+				fs := filingsOf(env, name)
+				if len(fs) != 2 || fs[0].Result != "deferred" {
+					t.Fatalf("filings %v, want a deferral and a final filing", results(env, name))
+				}
+				got := fs[0].Job.Outcome.Rcpts
+				if len(got) != len(rcpts) {
+					t.Fatalf("deferral lists %+v, want the %d recipients", got, len(rcpts))
+				}
+				for i, r := range got {
+					want := stages.RcptTransient
+					if i == 0 && refuseFirst {
+						want = stages.RcptFailed
+					}
+					if r.Addr != rcpts[i] || r.Status != want {
+						t.Errorf("recipient %d of the deferral: %+v, want %s %s", i, r, rcpts[i], want)
+					}
+				}
+				wantTo := rcpts
+				if refuseFirst {
+					wantFailed(t, final, stages.ClassPermanent)
+					wantTo = rcpts[1:]
+				} else {
+					wantSent(t, final)
+				}
+				msgs := srv.Messages()
+				if len(msgs) != 1 || !slices.Equal(msgs[0].To, wantTo) {
+					var to [][]string
+					for _, m := range msgs {
+						to = append(to, m.To)
+					}
+					t.Errorf("the server received the recipients %v, want once %v", to, wantTo)
+				}
+			})
+		}
 	}
 }

@@ -440,13 +440,10 @@ func (s *Sender) deliver(ctx context.Context, sess *session, job *Job) (broken b
 	for _, to := range job.Pending {
 		if err := c.Rcpt(to, nil); err != nil {
 			e := Classify("rcpt", err)
-			rcpts = append(rcpts, rcptResult(to, e))
 			if e.Code == 0 || e.Code == 421 {
-				for _, rest := range job.Pending[len(rcpts):] {
-					rcpts = append(rcpts, rcptResult(rest, e))
-				}
-				return fail(e, rcpts)
+				return fail(e, brokenAt(job.Pending, rcpts, e))
 			}
+			rcpts = append(rcpts, rcptResult(to, e))
 			continue
 		}
 		rcpts = append(rcpts, RcptResult{Addr: to, Status: RcptDelivered})
@@ -647,6 +644,26 @@ func rcptResult(addr string, e *Error) RcptResult {
 		st = RcptFailed
 	}
 	return RcptResult{Addr: addr, Status: st, Code: e.Code, Enhanced: e.Enhanced, Text: e.Text}
+}
+
+// brokenAt returns the results of a transaction that broke (no reply, or
+// 421) at the RCPT of pending[len(before)], where before are the results
+// of the recipients before it. No data followed, so a recipient the server
+// had accepted is not delivered: it takes e, with the rest; one it refused
+// keeps its refusal. (One accepted was counted as delivered, and never sent
+// again.)
+func brokenAt(pending []string, before []RcptResult, e *Error) []RcptResult {
+	out := make([]RcptResult, 0, len(pending))
+	for _, r := range before {
+		if r.Status == RcptDelivered {
+			r = rcptResult(r.Addr, e)
+		}
+		out = append(out, r)
+	}
+	for _, a := range pending[len(before):] {
+		out = append(out, rcptResult(a, e))
+	}
+	return out
 }
 
 func allRcpts(addrs []string, e *Error) []RcptResult {
