@@ -7,6 +7,7 @@ package pipeline_test
 
 import (
 	"fmt"
+	"io"
 	"net/http"
 	"slices"
 	"strings"
@@ -207,6 +208,104 @@ func TestDroppedAtLaterRcptDefersEveryRecipient(t *testing.T) {
 						to = append(to, m.To)
 					}
 					t.Errorf("the server received the recipients %v, want once %v", to, wantTo)
+				}
+			})
+		}
+	}
+}
+
+// floodOf is a Raw reply of b over and over: 8 MiB, far past every bound
+// and socket buffer (and finite, so that a client without bounds ends too).
+func floodOf(b string) io.Reader {
+	return io.LimitReader(smtptest.Repeat([]byte(b)), 8<<20)
+}
+
+// noLF is binary noise without a line feed.
+func noLF() string {
+	b := make([]byte, 1024)
+	for i := range b {
+		b[i] = byte(i*7 + 3)
+		if b[i] == '\n' {
+			b[i] = 0
+		}
+	}
+	return string(b)
+}
+
+// Whatever bytes a server sends in place of a reply, and however slowly,
+// the attempt ends in a transient failure at that step, within the
+// command timeout, with an error and a transcript that did not grow with
+// what the server sent; the retry goes out as usual.
+func TestHostileRepliesAreTransient(t *testing.T) {
+	t.Parallel()
+	const cmdTimeout = time.Second
+	// A trickle of 300 ms a byte takes several seconds for these replies:
+	// under a deadline per read it would get through; the deadline is per
+	// command or reply.
+	const trickle = 300 * time.Millisecond
+	lineLimit := fmt.Sprintf("reply line over %d bytes", stages.MaxReplyLine)
+	replyLimit := fmt.Sprintf("reply over %d bytes", stages.MaxReply)
+	cases := []struct {
+		name   string
+		step   smtptest.Step
+		raw    func() io.Reader
+		slow   bool
+		want   string // the step recorded
+		saying string
+	}{
+		{"greeting of noise without end", smtptest.Greeting, func() io.Reader { return floodOf(noLF()) }, false, "greeting", lineLimit},
+		{"greeting that never ends", smtptest.Greeting, func() io.Reader { return floodOf("220-more\r\n") }, false, "greeting", replyLimit},
+		{"greeting of binary noise", smtptest.Greeting, func() io.Reader { return floodOf("\x00\xff\r\n\x1b[2J\x80") }, false, "greeting", ""},
+		{"EHLO reply that never ends", smtptest.Hello, func() io.Reader { return floodOf("250-more\r\n") }, false, "ehlo", replyLimit},
+		{"EHLO reply line without end", smtptest.Hello, func() io.Reader { return io.MultiReader(strings.NewReader("250-"), floodOf("x")) }, false, "ehlo", lineLimit},
+		{"RCPT reply that never ends", smtptest.Rcpt, func() io.Reader { return floodOf("250-more\r\n") }, false, "rcpt", replyLimit},
+		{"reply to the dot that never ends", smtptest.AfterDot, func() io.Reader { return floodOf("250-more\r\n") }, false, "data", replyLimit},
+		{"trickled greeting", smtptest.Greeting, func() io.Reader { return strings.NewReader("220 smtptest ESMTP\r\n") }, true, "greeting", "timeout"},
+		{"trickled RCPT reply", smtptest.Rcpt, func() io.Reader { return strings.NewReader("250 2.1.5 ok\r\n") }, true, "rcpt", "timeout"},
+		{"trickled reply to the dot", smtptest.AfterDot, func() io.Reader { return strings.NewReader("250 2.0.0 ok\r\n") }, true, "data", "timeout"},
+	}
+	for _, c := range cases {
+		for _, mode := range pipeliningModes {
+			t.Run(c.name+"/"+mode.name, func(t *testing.T) {
+				t.Parallel()
+				var done atomic.Bool
+				srv := startServer(t, "127.0.0.2", func(s *smtptest.Server) {
+					s.Fault = func(p smtptest.FaultPoint) smtptest.Fault {
+						if p.Step == c.step && done.CompareAndSwap(false, true) {
+							f := smtptest.Fault{Raw: c.raw()}
+							if c.slow {
+								f.Trickle = trickle
+							}
+							return f
+						}
+						return smtptest.Fault{}
+					}
+				})
+				env := pipelinetest.New(t, func(cfg *pipeline.Config) {
+					cfg.Timeouts.Command = pipeline.Duration(cmdTimeout)
+					cfg.Timeouts.Data = pipeline.Duration(cmdTimeout)
+				})
+				env.Start(pipeline.Options{NoPipelining: mode.off})
+				name := env.Enqueue(testMessage(1), plainParams(srv, "user1@example.org", "user2@example.org"))
+
+				d, _ := wantRetriedOnce(t, env, name)
+				o := d.Job.Outcome
+				if o.Err == nil || !o.Err.Temporary || o.Err.Step != c.want || !strings.Contains(o.Err.Text, c.saying) {
+					t.Fatalf("deferral error %v, want a temporary failure at %s saying %q", o.Err, c.want, c.saying)
+				}
+				if n := len(o.Err.Error()); n > 4096 {
+					t.Errorf("error of %d bytes", n)
+				}
+				if n := len(o.Transcript); n > 40<<10 {
+					t.Errorf("transcript of %d bytes", n)
+				}
+				for _, r := range o.Rcpts {
+					if r.Status != stages.RcptTransient || len(r.Text) > 4096 {
+						t.Errorf("recipient %+v, want deferred with a bounded text", r)
+					}
+				}
+				if n := len(srv.Messages()); n != 1 {
+					t.Errorf("server received %d messages, want 1", n)
 				}
 			})
 		}

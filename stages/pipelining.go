@@ -65,6 +65,8 @@ func (p *pipe) reply(class int) (string, error) {
 // smtpError turns a reply into go-smtp's error type, with its enhanced code
 // split off as go-smtp does, so that Classify reads both alike.
 func smtpError(code int, msg string) *smtp.SMTPError {
+	// A reply may be up to MaxReply long; what is kept of it is less.
+	msg = clip(msg, maxErrorText)
 	e := &smtp.SMTPError{Code: code, Message: msg, EnhancedCode: smtp.NoEnhancedCode}
 	first, rest, ok := strings.Cut(msg, " ")
 	if !ok {

@@ -173,7 +173,9 @@ func (s *Sender) attempt(ctx, hard context.Context, cur **session, limit int, jo
 		}
 		report, ok = nil, false
 	}()
-	return s.one(ctx, hard, cur, limit, job)
+	report, ok = s.one(ctx, hard, cur, limit, job)
+	boundOutcome(&job.Outcome)
+	return report, ok
 }
 
 // recovered logs a panic recovered while handling job (nil if none was at
@@ -319,6 +321,9 @@ func (s *Sender) open(ctx context.Context, r Route) (*session, *Error) {
 	if helo == "" {
 		helo, _ = os.Hostname()
 	}
+	// Every read of the server's replies, ours and go-smtp's, is bounded
+	// (replies.go); the limiter goes above TLS, on what the server says.
+	lim := limitReplies(conn)
 	var c *smtp.Client
 	if r.TLS == queuefile.TLSStartTLS {
 		tc, greeting, e := s.startTLS(dctx, conn, r, helo, tr)
@@ -328,18 +333,19 @@ func (s *Sender) open(ctx context.Context, r Route) (*session, *Error) {
 			return &session{route: r, tr: tr}, e
 		}
 		conn, isTLS = tc, true
+		lim = limitReplies(conn)
 		// After STARTTLS the server sends no greeting (RFC 3207).
-		c = greetedClient(tc, greeting, tr)
+		c = greetedClient(lim, greeting, tr)
 	} else {
 		// The greeting is read here, not by go-smtp, which reads it and
 		// sends EHLO in one call: a failure is reported at its own step.
-		greeting, e := s.greet(conn, tr)
+		greeting, e := s.greet(lim, tr)
 		if e != nil {
 			stop()
 			conn.Close()
 			return &session{route: r, tr: tr}, e
 		}
-		c = greetedClient(conn, greeting, tr)
+		c = greetedClient(lim, greeting, tr)
 	}
 	c.CommandTimeout = orDefault(s.Timeouts.Command, 5*time.Minute)
 	c.SubmissionTimeout = orDefault(s.Timeouts.Data, 10*time.Minute)
@@ -370,7 +376,7 @@ func (s *Sender) open(ctx context.Context, r Route) (*session, *Error) {
 	// Transactions are pipelined where the server allows and the
 	// connection go-smtp speaks on is ours (see pipelining.go).
 	if ok, _ := c.Extension("PIPELINING"); ok && !s.NoPipelining {
-		sess.pipe = newPipe(conn, tr)
+		sess.pipe = newPipe(lim, tr)
 	}
 	opened = true
 	return sess, nil
@@ -547,7 +553,7 @@ func (s *Sender) startTLS(ctx context.Context, conn net.Conn, r Route, helo stri
 	cmdTimeout := orDefault(s.Timeouts.Command, 5*time.Minute)
 	conn.SetDeadline(time.Now().Add(cmdTimeout))
 	defer conn.SetDeadline(time.Time{})
-	text := textproto.NewConn(tee{Conn: conn, tr: tr})
+	text := textproto.NewConn(tee{Conn: limitReplies(conn), tr: tr})
 	greeting, e := readReply(text, 220, "greeting")
 	if e != nil {
 		return nil, "", e
@@ -595,7 +601,7 @@ func (s *Sender) startTLS(ctx context.Context, conn net.Conn, r Route, helo stri
 }
 
 // greet reads the server's greeting on conn, recording it, within the
-// command timeout.
+// command timeout (for the whole greeting, however slowly it comes).
 func (s *Sender) greet(conn net.Conn, tr *transcript) (string, *Error) {
 	conn.SetDeadline(time.Now().Add(orDefault(s.Timeouts.Command, 5*time.Minute)))
 	defer conn.SetDeadline(time.Time{})
@@ -643,7 +649,7 @@ func rcptResult(addr string, e *Error) RcptResult {
 	if !e.Temporary {
 		st = RcptFailed
 	}
-	return RcptResult{Addr: addr, Status: st, Code: e.Code, Enhanced: e.Enhanced, Text: e.Text}
+	return RcptResult{Addr: addr, Status: st, Code: e.Code, Enhanced: e.Enhanced, Text: clip(e.Text, maxErrorText)}
 }
 
 // brokenAt returns the results of a transaction that broke (no reply, or
