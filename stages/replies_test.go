@@ -232,3 +232,84 @@ func TestClip(t *testing.T) {
 		t.Fatalf("%q", got)
 	}
 }
+
+// A server that stops reading the message data (its window full, the
+// client's writes blocked) fails the attempt at the data timeout, one
+// command at a time as with PIPELINING: the timeout bounds sending the
+// data and the reply to the final dot together.
+func TestStalledDataTimesOut(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	for _, pipelined := range []bool{false, true} {
+		t.Run("pipelined="+strconv.FormatBool(pipelined), func(t *testing.T) {
+			release := make(chan struct{})
+			addr, got := oneConnServer(t, func(c net.Conn) []string {
+				c.(*net.TCPConn).SetReadBuffer(4096)
+				r := bufio.NewReader(c)
+				c.Write([]byte("220 ok ESMTP\r\n"))
+				for {
+					l, err := r.ReadString('\n')
+					if err != nil {
+						return nil
+					}
+					switch {
+					case strings.HasPrefix(l, "EHLO") && pipelined:
+						c.Write([]byte("250-ok\r\n250 PIPELINING\r\n"))
+					case strings.HasPrefix(l, "DATA") && pipelined:
+						c.Write([]byte("250 ok\r\n250 ok\r\n354 go on\r\n"))
+					case strings.HasPrefix(l, "DATA"):
+						c.Write([]byte("354 go on\r\n"))
+					case strings.HasPrefix(l, "MAIL") && pipelined, strings.HasPrefix(l, "RCPT") && pipelined:
+						continue
+					default:
+						c.Write([]byte("250 ok\r\n"))
+						continue
+					}
+					if strings.HasPrefix(l, "DATA") {
+						<-release // and read no more
+						return nil
+					}
+				}
+			})
+			s := newPipeSender()
+			s.Timeouts.Data = 500 * time.Millisecond
+			s.Dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+				var d net.Dialer
+				c, err := d.DialContext(ctx, network, addr)
+				if err == nil {
+					c.(*net.TCPConn).SetWriteBuffer(4096)
+				}
+				return c, err
+			}
+			host, port, _ := net.SplitHostPort(addr)
+			p, _ := strconv.Atoi(port)
+			sess, e := s.open(context.Background(), Route{Host: host, Port: p, TLS: queuefile.TLSNone})
+			if e != nil {
+				t.Fatal(e)
+			}
+			if (sess.pipe != nil) != pipelined {
+				t.Fatalf("pipelined session: %v", sess.pipe != nil)
+			}
+			job := pipeJob("a@example.org")
+			job.body = bytes.Repeat([]byte("0123456789abcdef0123456789abcdef0123456789abcdef012345678\r\n"), 64<<10) // 3.75 MiB
+			job.Size = int64(len(job.body))
+			done := make(chan bool, 1)
+			go func() { done <- s.deliver(context.Background(), sess, job) }()
+			select {
+			case broken := <-done:
+				if !broken {
+					t.Error("the session was kept after the data timed out")
+				}
+			case <-time.After(10 * time.Second):
+				t.Error("still sending the data 10s after the data timeout (500ms)")
+				sess.close(false) // fails the blocked write
+				<-done
+			}
+			close(release)
+			sess.close(false)
+			<-got
+			if e := job.Outcome.Err; e == nil || !e.Temporary || e.Step != "data" || !strings.Contains(e.Text, "timeout") {
+				t.Fatalf("error %v, want a temporary timeout at data", e)
+			}
+		})
+	}
+}

@@ -463,12 +463,22 @@ func (s *Sender) deliver(ctx context.Context, sess *session, job *Job) (broken b
 	if err != nil {
 		return dataRefused(c, rcpts, accepted, err, fail)
 	}
+	// The data timeout bounds sending the message and the reply to the
+	// final dot together, as with PIPELINING: go-smtp sets no deadline for
+	// the writes (a server that stops reading held the worker until
+	// shutdown), and a deadline of its own for the reply.
+	dataTimeout := orDefault(s.Timeouts.Data, 10*time.Minute)
+	deadline := time.Now().Add(dataTimeout)
+	sess.conn.SetDeadline(deadline)
 	sess.tr.muted = true
 	n, err := writeData(w, job)
 	var resp *smtp.DataResponse
 	if err == nil {
+		c.SubmissionTimeout = max(time.Until(deadline), time.Millisecond)
 		resp, err = w.CloseWithResponse()
+		c.SubmissionTimeout = dataTimeout
 	}
+	sess.conn.SetDeadline(time.Time{})
 	sess.tr.muted = false
 	sess.tr.note(fmt.Sprintf("C: [message data: %d bytes]", n))
 	var status string
