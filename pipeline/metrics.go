@@ -24,6 +24,12 @@ import (
 // anything before the health endpoint calls it stuck.
 const StuckAfter = 5 * time.Minute
 
+// PanicShownFor is how long the health endpoint reports unhealthy after a
+// Sender worker recovered from a panic: the worker went on and the message
+// will be retried, but a panic is a bug (perhaps one a server's replies
+// bring out) that an operator should see, with its stack in the log.
+const PanicShownFor = 10 * time.Minute
+
 // metrics are the service's Prometheus metrics and health state. Each
 // pipeline has its own registry.
 type metrics struct {
@@ -33,12 +39,18 @@ type metrics struct {
 	sessionTime  *prometheus.HistogramVec
 	attemptTime  *prometheus.HistogramVec
 	dispatchWait *prometheus.HistogramVec
+	panics       prometheus.Counter
 	spool        *spoolCollector
 
 	lastProgress  atomic.Int64 // unix nanoseconds of the last filing
 	lastFilingErr atomic.Int64
 	filingErrMu   sync.Mutex
 	filingErrText string
+
+	panicMu   sync.Mutex
+	panicN    int       // panics recovered since start
+	panicAt   time.Time // of the last
+	panicText string    // file and panic of the last
 }
 
 func newMetrics(dirs stages.Dirs, now func() time.Time) *metrics {
@@ -67,9 +79,13 @@ func newMetrics(dirs stages.Dirs, now func() time.Time) *metrics {
 			Help:    "Time a parsed message waited in the dispatcher for a session (connection cap, rate limit, paused host), by host.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 4, 10),
 		}, []string{"host"}),
+		panics: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "smtpq_sender_panics_total",
+			Help: "Panics Sender workers recovered from (the message at hand was deferred, the worker went on).",
+		}),
 		spool: &spoolCollector{dirs: dirs, now: now},
 	}
-	m.reg.MustRegister(m.filed, m.sessions, m.sessionTime, m.attemptTime, m.dispatchWait, m.spool,
+	m.reg.MustRegister(m.filed, m.sessions, m.sessionTime, m.attemptTime, m.dispatchWait, m.panics, m.spool,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.lastProgress.Store(now().UnixNano())
 	return m
@@ -98,6 +114,19 @@ func (m *metrics) observe(f stages.Filed, now time.Time) {
 		return
 	}
 	m.lastProgress.Store(now.UnixNano())
+}
+
+// panicked records a panic a Sender worker recovered from (Sender.Panicked).
+func (m *metrics) panicked(now time.Time, file, text string) {
+	m.panics.Inc()
+	m.panicMu.Lock()
+	defer m.panicMu.Unlock()
+	m.panicN++
+	m.panicAt = now
+	m.panicText = text
+	if file != "" {
+		m.panicText = file + ": " + text
+	}
 }
 
 // dial wraps a dial function so that connections are counted and timed.
@@ -150,6 +179,12 @@ func (m *metrics) health(now time.Time) []string {
 		problems = append(problems, "filing failed in the last minute: "+m.filingErrText)
 		m.filingErrMu.Unlock()
 	}
+	m.panicMu.Lock()
+	if m.panicN > 0 && now.Sub(m.panicAt) < PanicShownFor {
+		problems = append(problems, fmt.Sprintf("a Sender worker recovered from a panic %s ago (%d since start; the message was deferred, see the log for the stack): %s",
+			now.Sub(m.panicAt).Round(time.Second), m.panicN, m.panicText))
+	}
+	m.panicMu.Unlock()
 	if c := m.spool.counts(); c.waiting > 0 {
 		if idle := now.Sub(time.Unix(0, m.lastProgress.Load())); idle > StuckAfter {
 			problems = append(problems, fmt.Sprintf("stuck: %d messages waiting and nothing filed for %s", c.waiting, idle.Round(time.Second)))

@@ -23,7 +23,9 @@
 //	    job with the same route (RSET between messages) up to the host's
 //	    max_messages_per_connection and idle_timeout, and records per-recipient
 //	    results and a redacted transcript. The server's acceptance of the data
-//	    is written to disk before anything else.
+//	    is written to disk before anything else. A panic while a worker
+//	    handles a message fails that message (deferred, logged with the
+//	    stack, shown by /healthz) and the worker goes on.
 //	 5. The Archiver files each outcome: Sent (sealed header removed),
 //	    Undeliverable with <name>.xml, .deferred/ with backoff, or back to the
 //	    queue. It runs until every stage upstream has stopped.
@@ -434,6 +436,7 @@ func (p *Pipeline) Run(ctx context.Context) error {
 		Accepted:     spool.RecordAccepted,
 		Crash:        p.opts.Crash,
 		NoPipelining: p.opts.NoPipelining,
+		Panicked:     func(file, text string) { met.panicked(clock.Now(), file, text) },
 	}
 	archiver := &stages.Archiver{
 		Spool: spool, DeleteAfterSend: cfg.DeleteAfterSend, Clock: clock, Log: log.Named(ArchiverLogger),

@@ -65,6 +65,8 @@ func (p *pipe) reply(class int) (string, error) {
 // smtpError turns a reply into go-smtp's error type, with its enhanced code
 // split off as go-smtp does, so that Classify reads both alike.
 func smtpError(code int, msg string) *smtp.SMTPError {
+	// A reply may be up to MaxReply long; what is kept of it is less.
+	msg = clip(msg, maxErrorText)
 	e := &smtp.SMTPError{Code: code, Message: msg, EnhancedCode: smtp.NoEnhancedCode}
 	first, rest, ok := strings.Cut(msg, " ")
 	if !ok {
@@ -134,19 +136,19 @@ func (s *Sender) deliverPipelined(sess *session, job *Job, fail func(*Error, []R
 	} else {
 		s.crash("after-mail")
 	}
-	rcpts := make([]RcptResult, 0, len(job.Pending))
-	var accepted []int
 	var rcptErrs []error
-	for _, to := range job.Pending {
+	for range job.Pending {
 		_, err := p.reply(2)
 		if err != nil {
 			e := Classify("rcpt", err)
 			if e.Code == 0 || e.Code == 421 {
-				rcpts = append(rcpts, rcptResult(to, e))
-				for _, rest := range job.Pending[len(rcpts):] {
-					rcpts = append(rcpts, rcptResult(rest, e))
+				// The transaction ends here, before any data. (The
+				// results used to be built from rcpts, still empty in
+				// this loop, and listed the wrong recipients.)
+				if mailErr != nil {
+					return fail(e, allRcpts(job.Pending, e))
 				}
-				return fail(e, rcpts)
+				return fail(e, brokenAt(job.Pending, rcptResults(job.Pending, rcptErrs), e))
 			}
 		}
 		rcptErrs = append(rcptErrs, err)
@@ -183,13 +185,12 @@ func (s *Sender) deliverPipelined(sess *session, job *Job, fail func(*Error, []R
 		}
 		return c.Reset() != nil
 	}
-	for i, to := range job.Pending {
-		if err := rcptErrs[i]; err != nil {
-			rcpts = append(rcpts, rcptResult(to, Classify("rcpt", err)))
-			continue
+	rcpts := rcptResults(job.Pending, rcptErrs)
+	var accepted []int
+	for i, r := range rcpts {
+		if r.Status == RcptDelivered {
+			accepted = append(accepted, i)
 		}
-		rcpts = append(rcpts, RcptResult{Addr: to, Status: RcptDelivered})
-		accepted = append(accepted, len(rcpts)-1)
 	}
 	if len(accepted) == 0 {
 		job.Outcome = outcomeFromRcpts(rcpts)
@@ -257,6 +258,20 @@ func writeDotted(w *bufio.Writer, msg []byte) error {
 	}
 	w.WriteString(".\r\n")
 	return w.Flush()
+}
+
+// rcptResults are the results of the first len(errs) recipients of
+// pending from the replies to their RCPTs (errs[i] nil: accepted).
+func rcptResults(pending []string, errs []error) []RcptResult {
+	out := make([]RcptResult, len(errs))
+	for i, err := range errs {
+		if err != nil {
+			out[i] = rcptResult(pending[i], Classify("rcpt", err))
+		} else {
+			out[i] = RcptResult{Addr: pending[i], Status: RcptDelivered}
+		}
+	}
+	return out
 }
 
 func allFailed(errs []error) bool {

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/textproto"
 	"os"
+	"runtime/debug"
 	"strings"
 	"time"
 
@@ -51,9 +52,19 @@ type Sender struct {
 	// NoPipelining sends one command at a time even to a server that
 	// offers PIPELINING (tests compare both ways).
 	NoPipelining bool
-	Clock        Clock
-	Log          *zap.Logger
+	// Panicked, if set, is told of each panic the worker recovered from
+	// (see attempt), after it is logged: the file name ("" if no job was
+	// at hand) and the panic, redacted and cut short. The health check
+	// reports them. It is called from every worker.
+	Panicked func(file, panicText string)
+	Clock    Clock
+	Log      *zap.Logger
 }
+
+// SenderPanicLog is the message of the log entry for a panic a Sender
+// worker recovered from; its fields are the file, the host, the panic and
+// the stack.
+const SenderPanicLog = "panic in a Sender worker: the message is failed as transient, the worker goes on"
 
 // session is one open SMTP session.
 type session struct {
@@ -68,12 +79,14 @@ type session struct {
 	cancel func() bool
 }
 
+// close ends the session, with QUIT if quit. The connection is closed
+// even if QUIT's reply brings out a panic.
 func (s *session) close(quit bool) {
+	defer s.cancel()
+	defer s.c.Close()
 	if quit {
 		s.c.Quit() // best effort, bounded by the command timeout
 	}
-	s.c.Close()
-	s.cancel()
 }
 
 // Run is one Sender worker. It asks the Dispatcher for work on requests,
@@ -90,7 +103,7 @@ func (s *Sender) Run(ctx, hard context.Context, id int, requests chan<- *Request
 	)
 	defer func() {
 		if sess != nil {
-			sess.close(true)
+			s.closeSession(sess, true)
 		}
 	}()
 	for {
@@ -107,18 +120,15 @@ func (s *Sender) Run(ctx, hard context.Context, id int, requests chan<- *Request
 		}
 		if a.Close {
 			if sess != nil {
-				sess.close(true)
+				s.closeSession(sess, true)
 				sess = nil
 			}
 			continue
 		}
 		batch := append([]*Job{a.Job}, a.More...)
 		for i, job := range batch {
-			var (
-				r  *HostReport
-				ok bool
-			)
-			sess, r, ok = s.one(ctx, hard, sess, a.Limit, job, out)
+			r, ok := s.attempt(ctx, hard, &sess, a.Limit, job)
+			out <- job
 			if r != nil {
 				report = r // the latest news of the host counts
 			}
@@ -132,18 +142,90 @@ func (s *Sender) Run(ctx, hard context.Context, id int, requests chan<- *Request
 	}
 }
 
-// one sends job on sess, or on a new session if sess is nil or has another
-// route, and hands the job on to out. It returns the session to use next
-// (nil if closed), what it learnt about the host, and false if the session
-// could not be opened or broke, so that the rest of a batch must not follow.
-func (s *Sender) one(ctx, hard context.Context, sess *session, limit int, job *Job, out chan<- *Job) (*session, *HostReport, bool) {
+// attempt is one with a safety net. Nothing a server sends may end a
+// worker: a panic while handling job (a bug, perhaps brought out by odd
+// input) is logged with its stack, reported to Panicked, and fails that
+// job as a transient failure of step "local", so that it is retried later
+// and, since it counts as an attempt, ends in Undeliverable if it always
+// panics. A job whose data the server had already accepted stays sent. The
+// session, in an unknown state, is closed without QUIT, and false is
+// returned so that the rest of the batch goes back to the Dispatcher.
+func (s *Sender) attempt(ctx, hard context.Context, cur **session, limit int, job *Job) (report *HostReport, ok bool) {
+	defer func() {
+		v := recover()
+		if v == nil {
+			return
+		}
+		stack := debug.Stack()
+		var transcript string
+		if sess := *cur; sess != nil {
+			*cur = nil
+			transcript = sess.tr.String()
+			s.closeSession(sess, false)
+		}
+		text := s.recovered(job, v, stack)
+		if job.Outcome.Verdict == Sent {
+			return // the server has the message: sending it again would duplicate it
+		}
+		e := Temporaryf("local", "internal error while sending (a bug; the message will be tried again): %s", text)
+		job.Outcome = Outcome{
+			Verdict: Transient, Err: e, Attempted: true, Rcpts: allRcpts(job.Pending, e), Transcript: transcript,
+		}
+		report, ok = nil, false
+	}()
+	report, ok = s.one(ctx, hard, cur, limit, job)
+	boundOutcome(&job.Outcome)
+	return report, ok
+}
+
+// recovered logs a panic recovered while handling job (nil if none was at
+// hand) and tells Panicked; it returns the panic as text, redacted and cut
+// short.
+func (s *Sender) recovered(job *Job, v any, stack []byte) string {
+	var secrets []string
+	name, host := "", ""
+	if job != nil {
+		name, host = job.Name, job.Host()
+		secrets = []string{job.Route.Password.Reveal(), job.Route.OAuth2Token.Reveal()}
+	}
+	text := clip(newTranscript(secrets...).scrub(fmt.Sprint(v)), maxPanicText)
+	s.Log.Error(SenderPanicLog, zap.String("file", name), zap.String("host", host),
+		zap.String("panic", text), zap.String("stack", string(stack)))
+	if s.Panicked != nil {
+		s.Panicked(name, text)
+	}
+	return text
+}
+
+// maxPanicText bounds a panic's text in errors, logs and the health check.
+const maxPanicText = 512
+
+// closeSession closes sess (with QUIT if quit), recovering from a panic
+// that QUIT's reply may bring out.
+func (s *Sender) closeSession(sess *session, quit bool) {
+	defer func() {
+		if v := recover(); v != nil {
+			s.recovered(nil, v, debug.Stack())
+		}
+	}()
+	sess.close(quit)
+}
+
+// one sends job on *cur, or on a new session if *cur is nil or has another
+// route; *cur is kept up to date as sessions close and open, so that a
+// panic leaves no connection behind. It sets job.Outcome and returns what
+// it learnt about the host, and false if the session could not be opened
+// or broke, so that the rest of a batch must not follow.
+func (s *Sender) one(ctx, hard context.Context, cur **session, limit int, job *Job) (*HostReport, bool) {
 	var report *HostReport
 	if ctx.Err() != nil {
 		job.Outcome = Outcome{Verdict: Return}
-		out <- job
-		return sess, nil, true
+		return nil, true
 	}
+	job.Outcome = Outcome{}
+	sess := *cur
 	if sess != nil && sess.route != job.Route {
+		*cur = nil
 		sess.close(true)
 		sess = nil
 	}
@@ -164,9 +246,9 @@ func (s *Sender) one(ctx, hard context.Context, sess *session, limit int, job *J
 			if sess != nil { // a transcript of the failed opening
 				job.Outcome.Transcript = sess.tr.String()
 			}
-			out <- job
-			return nil, report, false
+			return report, false
 		}
+		*cur = sess
 		sess.limit = limit
 		report = &HostReport{Host: job.Host(), OK: true}
 		s.crash("connected")
@@ -182,11 +264,10 @@ func (s *Sender) one(ctx, hard context.Context, sess *session, limit int, job *J
 	}
 	sess.count++
 	if broken || (sess.limit > 0 && sess.count >= sess.limit) {
+		*cur = nil
 		sess.close(!broken)
-		sess = nil
 	}
-	out <- job
-	return sess, report, !broken && (report == nil || !report.Down)
+	return report, !broken && (report == nil || !report.Down)
 }
 
 // open dials and sets up a session: TLS, EHLO, STARTTLS, AUTH. On failure
@@ -209,6 +290,16 @@ func (s *Sender) open(ctx context.Context, r Route) (*session, *Error) {
 		e.HostDown = true
 		return nil, e
 	}
+	// Failures close the connection as they return; this also covers a
+	// panic (attempt recovers it), which would otherwise leave it open.
+	opened := false
+	stop := func() bool { return false }
+	defer func() {
+		if !opened {
+			stop()
+			conn.Close()
+		}
+	}()
 	isTLS := false
 	if r.TLS == queuefile.TLSImplicit {
 		tc := tls.Client(conn, s.tlsConfig(r.Host))
@@ -222,7 +313,7 @@ func (s *Sender) open(ctx context.Context, r Route) (*session, *Error) {
 	}
 	// Hard cancellation closes the connection, failing whatever I/O is in
 	// progress.
-	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	stop = context.AfterFunc(ctx, func() { conn.Close() })
 	helo := r.HELO
 	if helo == "" {
 		helo = s.HELO
@@ -230,6 +321,9 @@ func (s *Sender) open(ctx context.Context, r Route) (*session, *Error) {
 	if helo == "" {
 		helo, _ = os.Hostname()
 	}
+	// Every read of the server's replies, ours and go-smtp's, is bounded
+	// (replies.go); the limiter goes above TLS, on what the server says.
+	lim := limitReplies(conn)
 	var c *smtp.Client
 	if r.TLS == queuefile.TLSStartTLS {
 		tc, greeting, e := s.startTLS(dctx, conn, r, helo, tr)
@@ -239,18 +333,19 @@ func (s *Sender) open(ctx context.Context, r Route) (*session, *Error) {
 			return &session{route: r, tr: tr}, e
 		}
 		conn, isTLS = tc, true
+		lim = limitReplies(conn)
 		// After STARTTLS the server sends no greeting (RFC 3207).
-		c = greetedClient(tc, greeting, tr)
+		c = greetedClient(lim, greeting, tr)
 	} else {
 		// The greeting is read here, not by go-smtp, which reads it and
 		// sends EHLO in one call: a failure is reported at its own step.
-		greeting, e := s.greet(conn, tr)
+		greeting, e := s.greet(lim, tr)
 		if e != nil {
 			stop()
 			conn.Close()
 			return &session{route: r, tr: tr}, e
 		}
-		c = greetedClient(conn, greeting, tr)
+		c = greetedClient(lim, greeting, tr)
 	}
 	c.CommandTimeout = orDefault(s.Timeouts.Command, 5*time.Minute)
 	c.SubmissionTimeout = orDefault(s.Timeouts.Data, 10*time.Minute)
@@ -281,8 +376,9 @@ func (s *Sender) open(ctx context.Context, r Route) (*session, *Error) {
 	// Transactions are pipelined where the server allows and the
 	// connection go-smtp speaks on is ours (see pipelining.go).
 	if ok, _ := c.Extension("PIPELINING"); ok && !s.NoPipelining {
-		sess.pipe = newPipe(conn, tr)
+		sess.pipe = newPipe(lim, tr)
 	}
+	opened = true
 	return sess, nil
 }
 
@@ -350,13 +446,10 @@ func (s *Sender) deliver(ctx context.Context, sess *session, job *Job) (broken b
 	for _, to := range job.Pending {
 		if err := c.Rcpt(to, nil); err != nil {
 			e := Classify("rcpt", err)
-			rcpts = append(rcpts, rcptResult(to, e))
 			if e.Code == 0 || e.Code == 421 {
-				for _, rest := range job.Pending[len(rcpts):] {
-					rcpts = append(rcpts, rcptResult(rest, e))
-				}
-				return fail(e, rcpts)
+				return fail(e, brokenAt(job.Pending, rcpts, e))
 			}
+			rcpts = append(rcpts, rcptResult(to, e))
 			continue
 		}
 		rcpts = append(rcpts, RcptResult{Addr: to, Status: RcptDelivered})
@@ -370,12 +463,22 @@ func (s *Sender) deliver(ctx context.Context, sess *session, job *Job) (broken b
 	if err != nil {
 		return dataRefused(c, rcpts, accepted, err, fail)
 	}
+	// The data timeout bounds sending the message and the reply to the
+	// final dot together, as with PIPELINING: go-smtp sets no deadline for
+	// the writes (a server that stops reading held the worker until
+	// shutdown), and a deadline of its own for the reply.
+	dataTimeout := orDefault(s.Timeouts.Data, 10*time.Minute)
+	deadline := time.Now().Add(dataTimeout)
+	sess.conn.SetDeadline(deadline)
 	sess.tr.muted = true
 	n, err := writeData(w, job)
 	var resp *smtp.DataResponse
 	if err == nil {
+		c.SubmissionTimeout = max(time.Until(deadline), time.Millisecond)
 		resp, err = w.CloseWithResponse()
+		c.SubmissionTimeout = dataTimeout
 	}
+	sess.conn.SetDeadline(time.Time{})
 	sess.tr.muted = false
 	sess.tr.note(fmt.Sprintf("C: [message data: %d bytes]", n))
 	var status string
@@ -460,7 +563,7 @@ func (s *Sender) startTLS(ctx context.Context, conn net.Conn, r Route, helo stri
 	cmdTimeout := orDefault(s.Timeouts.Command, 5*time.Minute)
 	conn.SetDeadline(time.Now().Add(cmdTimeout))
 	defer conn.SetDeadline(time.Time{})
-	text := textproto.NewConn(tee{Conn: conn, tr: tr})
+	text := textproto.NewConn(tee{Conn: limitReplies(conn), tr: tr})
 	greeting, e := readReply(text, 220, "greeting")
 	if e != nil {
 		return nil, "", e
@@ -508,7 +611,7 @@ func (s *Sender) startTLS(ctx context.Context, conn net.Conn, r Route, helo stri
 }
 
 // greet reads the server's greeting on conn, recording it, within the
-// command timeout.
+// command timeout (for the whole greeting, however slowly it comes).
 func (s *Sender) greet(conn net.Conn, tr *transcript) (string, *Error) {
 	conn.SetDeadline(time.Now().Add(orDefault(s.Timeouts.Command, 5*time.Minute)))
 	defer conn.SetDeadline(time.Time{})
@@ -556,7 +659,27 @@ func rcptResult(addr string, e *Error) RcptResult {
 	if !e.Temporary {
 		st = RcptFailed
 	}
-	return RcptResult{Addr: addr, Status: st, Code: e.Code, Enhanced: e.Enhanced, Text: e.Text}
+	return RcptResult{Addr: addr, Status: st, Code: e.Code, Enhanced: e.Enhanced, Text: clip(e.Text, maxErrorText)}
+}
+
+// brokenAt returns the results of a transaction that broke (no reply, or
+// 421) at the RCPT of pending[len(before)], where before are the results
+// of the recipients before it. No data followed, so a recipient the server
+// had accepted is not delivered: it takes e, with the rest; one it refused
+// keeps its refusal. (One accepted was counted as delivered, and never sent
+// again.)
+func brokenAt(pending []string, before []RcptResult, e *Error) []RcptResult {
+	out := make([]RcptResult, 0, len(pending))
+	for _, r := range before {
+		if r.Status == RcptDelivered {
+			r = rcptResult(r.Addr, e)
+		}
+		out = append(out, r)
+	}
+	for _, a := range pending[len(before):] {
+		out = append(out, rcptResult(a, e))
+	}
+	return out
 }
 
 func allRcpts(addrs []string, e *Error) []RcptResult {

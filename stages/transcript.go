@@ -97,8 +97,14 @@ func (t *transcript) line(raw []byte) {
 	case t.inAuth:
 		l = "[redacted]"
 	case len(l) >= 5 && strings.EqualFold(l[:5], "AUTH "):
+		// The mechanism is kept, anything after it redacted. The line may
+		// be the server's (go-smtp writes both directions here) and say
+		// anything: "AUTH " alone has no mechanism.
 		f := strings.Fields(l)
-		l = "AUTH " + f[1]
+		l = "AUTH"
+		if len(f) > 1 {
+			l += " " + f[1]
+		}
 		if len(f) > 2 {
 			l += " [redacted]"
 		}
@@ -107,12 +113,18 @@ func (t *transcript) line(raw []byte) {
 	t.note(dir + l)
 }
 
-// note adds a line of our own.
-func (t *transcript) note(l string) {
+// scrub returns l printable and without the secrets.
+func (t *transcript) scrub(l string) string {
 	l = strings.Map(printable, l)
 	for _, s := range t.secrets {
 		l = strings.ReplaceAll(l, s, "[redacted]")
 	}
+	return l
+}
+
+// note adds a line of our own.
+func (t *transcript) note(l string) {
+	l = t.scrub(l)
 	if t.cut {
 		return
 	}

@@ -47,6 +47,10 @@ func (c *conn) Write(p []byte) (int, error) {
 		case f.Drop:
 			c.Close()
 			return 0, errDropped
+		case f.Raw != nil:
+			c.srv.writeRaw(c.Conn, f)
+			c.Close()
+			return 0, errDropped
 		case f.Err != nil:
 			if _, err := c.Conn.Write(formatReply(f.Err)); err != nil {
 				return 0, err
@@ -174,6 +178,10 @@ func (s *Server) greet(c *conn) {
 	f := s.decide(FaultPoint{Step: Greeting, Session: c.id})
 	switch {
 	case f.Drop:
+		c.Close()
+		return
+	case f.Raw != nil:
+		s.writeRaw(nc, f)
 		c.Close()
 		return
 	case f.Err != nil:

@@ -60,6 +60,10 @@
 // connection, never a reply. In particular a Drop at AfterDot loses a
 // message that was completely transmitted, and it is not recorded.
 //
+// A Raw fault writes whatever bytes it is given instead of the reply, at
+// any speed (Trickle), and then closes the connection: binary noise, an
+// overlong line, a multi-line reply that never ends ([Repeat]).
+//
 // # TLS
 //
 // [SelfSigned] makes a certificate for the server's TLSConfig and a pool

@@ -1,6 +1,7 @@
 package smtptest
 
 import (
+	"io"
 	"strconv"
 	"time"
 
@@ -87,6 +88,7 @@ type FaultPoint struct {
 // normally.
 //
 // Stall is applied first; then, if Drop is set, the connection is closed,
+// otherwise if Raw is set it is written and the connection closed,
 // otherwise if Err is set it is sent as the reply.
 //
 // Err should carry a 4xx or 5xx code. At Greeting it replaces the 220 banner
@@ -107,6 +109,41 @@ type Fault struct {
 	// Stall delays the step by this long. A stall ends early when the
 	// server is closed; the connection is then closed too.
 	Stall time.Duration
+	// Raw, if set, is written to the connection in place of the reply (at
+	// Greeting, of the banner), and the connection is then closed: bytes
+	// that no well-behaved server sends, such as binary noise, a line or
+	// a multi-line reply that never ends (an endless Reader, see
+	// [Repeat]), or a reply trickled out (see Trickle). Writing stops
+	// early when the client closes the connection or the server is
+	// closed. The Fault function must return a new Reader for each call.
+	Raw io.Reader
+	// Trickle, with Raw, writes it one byte at a time, Trickle apart, as
+	// a server that is slow on purpose (a tarpit) does.
+	Trickle time.Duration
+}
+
+// Repeat returns a Reader that yields b over and over, without end: with
+// Fault.Raw, a reply that never ends.
+func Repeat(b []byte) io.Reader {
+	if len(b) == 0 {
+		panic("smtptest: Repeat of nothing")
+	}
+	return &repeater{b: b}
+}
+
+type repeater struct {
+	b   []byte
+	off int
+}
+
+func (r *repeater) Read(p []byte) (int, error) {
+	n := 0
+	for n < len(p) {
+		k := copy(p[n:], r.b[r.off:])
+		n += k
+		r.off = (r.off + k) % len(r.b)
+	}
+	return n, nil
 }
 
 // Reply returns a Fault that answers with the given code, enhanced status

@@ -434,3 +434,81 @@ func TestBlockedFaultMakesCloseFail(t *testing.T) {
 		t.Fatal("greeting goroutine did not end")
 	}
 }
+
+// Raw replaces the reply at each step with bytes of the test's choosing,
+// then closes the connection.
+func TestFaultRawAtEachStep(t *testing.T) {
+	const noise = "\x00\xff\x1bnot SMTP at all"
+	for _, tc := range faultCases {
+		t.Run(tc.step.String(), func(t *testing.T) {
+			var calls atomic.Int32
+			srv := NewStarted(t, func(s *Server) {
+				s.Users = map[string]string{"user": "secret"}
+				s.Fault = func(p FaultPoint) Fault {
+					if p.Step == tc.step && calls.Add(1) == 1 {
+						return Fault{Raw: strings.NewReader(noise + "\r\n")}
+					}
+					return Fault{}
+				}
+			})
+			stage, err := converse(srv.AddrString(), "user", "secret")
+			if stage != tc.stage || err == nil {
+				t.Fatalf("session failed at %q (%v), want at %q", stage, err, tc.stage)
+			}
+			if n := len(srv.Messages()); n != tc.recorded {
+				t.Errorf("recorded %d messages, want %d", n, tc.recorded)
+			}
+			if err := srv.WaitIdle(testContext(t)); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// An endless Raw reply goes on until the client hangs up; a trickled one
+// comes a byte at a time; and Close ends both.
+func TestFaultRawEndlessAndTrickled(t *testing.T) {
+	srv := NewStarted(t, func(s *Server) {
+		s.Fault = func(p FaultPoint) Fault {
+			switch {
+			case p.Step == Greeting && p.Session == 1:
+				return Fault{Raw: Repeat([]byte("220-more\r\n"))}
+			case p.Step == Greeting && p.Session == 2:
+				return Fault{Raw: strings.NewReader("220 slow\r\n"), Trickle: 20 * time.Millisecond}
+			case p.Step == Greeting:
+				return Fault{Raw: strings.NewReader("220 "), Trickle: time.Hour}
+			}
+			return Fault{}
+		}
+	})
+	conn, tp := dialRaw(t, srv.AddrString())
+	for i := range 1000 { // far more than any socket buffer holds
+		if l, err := tp.ReadLine(); err != nil || l != "220-more" {
+			t.Fatalf("line %d: %q, %v", i, l, err)
+		}
+	}
+	conn.Close()
+
+	start := time.Now()
+	_, tp = dialRaw(t, srv.AddrString())
+	for i, want := range []byte("220 slow\r\n") {
+		b, err := tp.R.ReadByte()
+		if err != nil || b != want {
+			t.Fatalf("byte %d: %q, %v; want %q", i, b, err, want)
+		}
+	}
+	if d := time.Since(start); d < 9*20*time.Millisecond {
+		t.Errorf("10 bytes trickled 20ms apart came in %v", d)
+	}
+	if _, err := tp.R.ReadByte(); err == nil {
+		t.Error("the connection stayed open after the Raw reply")
+	}
+
+	_, tp = dialRaw(t, srv.AddrString())
+	if b, err := tp.R.Peek(1); err != nil || b[0] != '2' {
+		t.Fatalf("first trickled byte: %q, %v", b, err)
+	}
+	if err := srv.Close(); err != nil { // ends the hour-long trickle
+		t.Fatal(err)
+	}
+}

@@ -559,16 +559,64 @@ func (s *Server) decide(p FaultPoint) Fault {
 // to a closed connection.
 var errDropped = errors.New("smtptest: connection dropped by fault")
 
-// apply decides the fault for p and carries it out: it closes c for a Drop
-// and returns the reply error, if any, for go-smtp to send.
-func (s *Server) apply(c *conn, p FaultPoint) error {
+// apply decides the fault for p and carries it out: it closes c for a Drop,
+// writes Raw on w (the connection go-smtp speaks on: TLS, if started) and
+// closes c, and returns the reply error, if any, for go-smtp to send.
+func (s *Server) apply(c *conn, w io.Writer, p FaultPoint) error {
 	f := s.decide(p)
 	switch {
 	case f.Drop:
+		c.Close()
+		return errDropped
+	case f.Raw != nil:
+		s.writeRaw(w, f)
 		c.Close()
 		return errDropped
 	case f.Err != nil:
 		return f.Err
 	}
 	return nil
+}
+
+// writeRaw writes f.Raw on w, trickled if f.Trickle is set, until it ends,
+// a write fails (the client closed) or the server is closed.
+func (s *Server) writeRaw(w io.Writer, f Fault) {
+	if f.Trickle <= 0 {
+		buf := make([]byte, 32<<10)
+		for {
+			n, err := f.Raw.Read(buf)
+			if n > 0 {
+				if _, werr := w.Write(buf[:n]); werr != nil {
+					return
+				}
+			}
+			if err != nil {
+				return
+			}
+			select {
+			case <-s.stop:
+				return
+			default:
+			}
+		}
+	}
+	t := time.NewTicker(f.Trickle)
+	defer t.Stop()
+	b := make([]byte, 1)
+	for {
+		n, err := f.Raw.Read(b)
+		if n > 0 {
+			if _, werr := w.Write(b); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+		select {
+		case <-t.C:
+		case <-s.stop:
+			return
+		}
+	}
 }

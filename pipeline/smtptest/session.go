@@ -49,7 +49,7 @@ func (s *Server) newSession(sc *smtp.Conn) (smtp.Session, error) {
 		return nil, errors.New("smtptest: connection not accepted by smtptest")
 	}
 	p := FaultPoint{Step: Hello, Session: c.id, Message: int(c.mails.Load()), Arg: sc.Hostname()}
-	if err := s.apply(c, p); err != nil {
+	if err := s.apply(c, sc.Conn(), p); err != nil {
 		return nil, err
 	}
 	_, isTLS := sc.TLSConnectionState()
@@ -69,7 +69,7 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 	}
 	ss.conn.mails.Add(1)
 	p := ss.point(Mail, from)
-	if err := ss.srv.apply(ss.conn, p); err != nil {
+	if err := ss.srv.apply(ss.conn, ss.sc.Conn(), p); err != nil {
 		return err
 	}
 	ss.mu.Lock()
@@ -85,7 +85,7 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 }
 
 func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error {
-	if err := ss.srv.apply(ss.conn, ss.point(Rcpt, to)); err != nil {
+	if err := ss.srv.apply(ss.conn, ss.sc.Conn(), ss.point(Rcpt, to)); err != nil {
 		return err
 	}
 	ss.mu.Lock()
@@ -109,7 +109,7 @@ func (ss *session) Data(r io.Reader) error {
 	}
 	ss.mu.Unlock()
 
-	if err := ss.srv.apply(ss.conn, ss.point(Data, "")); err != nil {
+	if err := ss.srv.apply(ss.conn, ss.sc.Conn(), ss.point(Data, "")); err != nil {
 		// go-smtp reads and discards the rest of the message, then
 		// replies with err.
 		return err
@@ -119,7 +119,7 @@ func (ss *session) Data(r io.Reader) error {
 		// Such as 552 for a message over MaxMessageBytes.
 		return err
 	}
-	if err := ss.srv.apply(ss.conn, ss.point(AfterDot, "")); err != nil {
+	if err := ss.srv.apply(ss.conn, ss.sc.Conn(), ss.point(AfterDot, "")); err != nil {
 		return err
 	}
 	m.Data = data
@@ -146,6 +146,9 @@ func (ss *session) Reset() {
 	f := ss.srv.decide(ss.point(Reset, ""))
 	switch {
 	case f.Drop:
+		ss.conn.Close()
+	case f.Raw != nil:
+		ss.srv.writeRaw(ss.sc.Conn(), f)
 		ss.conn.Close()
 	case f.Err != nil:
 		ss.sc.Conn().Write(formatReply(f.Err))
@@ -183,7 +186,7 @@ func (ss *session) Auth(mech string) (sasl.Server, error) {
 // credentials. Wrong ones get smtp.ErrAuthFailed, 535 5.7.8. An
 // authorization identity other than the user name is refused the same way.
 func (ss *session) authenticate(identity, username, password string) error {
-	if err := ss.srv.apply(ss.conn, ss.point(Auth, username)); err != nil {
+	if err := ss.srv.apply(ss.conn, ss.sc.Conn(), ss.point(Auth, username)); err != nil {
 		return err
 	}
 	if identity != "" && identity != username {
