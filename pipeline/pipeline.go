@@ -342,13 +342,6 @@ func (p *Pipeline) resolve(prm *queuefile.Params) (stages.Route, error) {
 		}
 	}
 	r = finishRoute(r)
-	switch r.TLS {
-	case queuefile.TLSImplicit, queuefile.TLSStartTLS, queuefile.TLSNone:
-	default:
-		// The edges normalise every mode; should one slip through, it
-		// must not reach the Sender, which would take it for plain text.
-		return stages.Route{}, fmt.Errorf("unknown TLS mode %q", r.TLS)
-	}
 	if !live.cfg.Allows(r.Host, r.Port) {
 		return stages.Route{}, fmt.Errorf("SMTP server %s is not in allowed_hosts (in %s)", r.Addr(), live.cfg.Path)
 	}

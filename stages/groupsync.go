@@ -14,8 +14,7 @@ import (
 // covers nobody: each caller it would have covered tries again itself.
 type groupCommit struct {
 	mu   sync.Mutex    // held while syncing
-	done uint64        // the highest number a successful sync covered
-	seen atomic.Uint64 // done, readable without waiting for a sync in progress
+	done atomic.Uint64 // the highest number a successful sync covered; written under mu, read anywhere
 }
 
 // await returns once a successful sync has covered n. If none has, it
@@ -24,15 +23,14 @@ type groupCommit struct {
 func (g *groupCommit) await(n uint64, prepare func() (upto uint64, sync func() error)) error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.done >= n {
+	if g.done.Load() >= n {
 		return nil // someone else's sync covered it
 	}
 	upto, sync := prepare()
 	if err := sync(); err != nil {
 		return err
 	}
-	g.done = upto
-	g.seen.Store(upto)
+	g.done.Store(upto)
 	return nil
 }
 
@@ -55,7 +53,7 @@ func newDirSync(dir string) *dirSync { return &dirSync{dir: dir, sync: queuefile
 func (d *dirSync) next() uint64 { return d.requested.Load() + 1 }
 
 // covered returns the highest Sync number a successful fsync has covered.
-func (d *dirSync) covered() uint64 { return d.commit.seen.Load() }
+func (d *dirSync) covered() uint64 { return d.commit.done.Load() }
 
 // Sync returns once the folder's entries, as they were when it was called,
 // are durable.

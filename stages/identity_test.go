@@ -1,6 +1,7 @@
 package stages
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -275,8 +276,9 @@ func TestNoSealedFileInSentDir(t *testing.T) {
 }
 
 // A pooled inode is rewritten only once the active folder it left has been
-// synced past its removal: a journaled filing does not sync the folder, so
-// the next take syncs it first.
+// synced past its removal. Filings of journaled messages do not sync the
+// folder: the pool waits until poolSyncBatch files wait, then one sync
+// covers them all.
 func TestPoolReuseWaitsForTheActiveFolderSync(t *testing.T) {
 	d := inspDirs(t)
 	s := openTestSpool(t, d)
@@ -285,22 +287,52 @@ func TestPoolReuseWaitsForTheActiveFolderSync(t *testing.T) {
 	}
 	var syncs int
 	s.actDir.sync = func(dir string) error { syncs++; return nil }
-	inspPlace(t, d.Queue, "a.eml", "X-SmtpQ-Sealed: v1 junk\r\n\r\nbody\r\n")
-	a := claimQueued(t, s, "a.eml")
-	a.body = []byte("Subject: a\r\n\r\nbody\r\n")
-	a.Outcome = Outcome{Verdict: Sent}
-	if err := s.RecordAccepted(a); err != nil { // journaled: no folder sync on filing
-		t.Fatal(err)
+	for i := range poolSyncBatch {
+		n := fmt.Sprintf("a%d.eml", i)
+		inspPlace(t, d.Queue, n, "X-SmtpQ-Sealed: v1 junk\r\n\r\nbody\r\n")
+		a := claimQueued(t, s, n)
+		a.body = []byte("Subject: a\r\n\r\nbody\r\n")
+		a.Outcome = Outcome{Verdict: Sent}
+		if err := s.RecordAccepted(a); err != nil { // journaled: no folder sync on filing
+			t.Fatal(err)
+		}
+		if _, err := s.Sent(a, false); err != nil {
+			t.Fatal(err)
+		}
+		if len(s.pool.free) != i+1 || syncs != 0 {
+			t.Fatalf("after %d journaled filings: pool %d, syncs %d; want every copy pooled, no sync", i+1, len(s.pool.free), syncs)
+		}
 	}
-	if _, err := s.Sent(a, false); err != nil {
-		t.Fatal(err)
-	}
-	if len(s.pool.free) != 1 || syncs != 0 {
-		t.Fatalf("pool %d, syncs %d after a journaled filing; want 1 pooled, no sync", len(s.pool.free), syncs)
-	}
-	if f, name := s.pool.take(); f == nil || syncs != 1 {
-		t.Fatalf("take: %v %q after %d syncs; want the pooled file after one sync of the active folder", f, name, syncs)
-	} else {
+	for i := range poolSyncBatch {
+		f, name := s.pool.take()
+		if f == nil || syncs != 1 {
+			t.Fatalf("take %d: %v %q after %d syncs; want a pooled file, after one sync of the active folder for all", i, f, name, syncs)
+		}
 		f.Close()
+	}
+}
+
+// A spool left by a version before ids: a deferred file under its name,
+// its state under its name. Claimed, it gets an id and keeps its state,
+// which moves to the id.
+func TestFilesFromBeforeIdsKeepTheirState(t *testing.T) {
+	d := inspDirs(t)
+	name := inspName(t)
+	bucket := filepath.Join(d.Queue, DeferredDir, time.Now().Add(-time.Minute).UTC().Format(bucketLayout))
+	inspPlace(t, bucket, name, "old")
+	inspPlace(t, filepath.Join(d.Queue, StateDir), name+".json", `{"attempts":2,"last_error":"451 later"}`)
+	s := openTestSpool(t, d)
+	var got []*Job
+	if _, err := s.Scan(t.Context(), time.Now(), nil, func(j *Job) bool { got = append(got, j); return true }); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || got[0].Name != name || !IsID(got[0].ID) || got[0].State.Attempts != 2 {
+		t.Fatalf("claimed %+v; want %s with an id and its 2 attempts", got, name)
+	}
+	if _, err := os.Stat(filepath.Join(d.Queue, StateDir, name+".json")); !os.IsNotExist(err) {
+		t.Errorf("the state under the name is still there: %v", err)
+	}
+	if st, err := ReadState(d, got[0].ID); err != nil || st == nil || st.Attempts != 2 {
+		t.Errorf("state under the id: %+v, %v", st, err)
 	}
 }

@@ -54,6 +54,12 @@ type pooled struct {
 // poolMax bounds the pool: a drain needs about as many as filings run at once.
 const poolMax = 64
 
+// poolSyncBatch is how many pooled files must wait for the active folder's
+// sync before take makes one: one fsync then covers them all, instead of
+// one per filing (filings of journaled messages do not sync the folder).
+// Until then take returns none and the caller makes a new file.
+const poolSyncBatch = 8
+
 func newInodePool(queueDir, id string, from *dirSync) *inodePool {
 	if !poolSupported {
 		return &inodePool{off: true}
@@ -107,8 +113,9 @@ func (p *inodePool) take() (*os.File, string) {
 		// The oldest entry is the likeliest to be covered by a sync.
 		e := p.free[0]
 		if e.need > p.from.covered() {
+			waiting := len(p.free)
 			p.mu.Unlock()
-			if synced || p.from.Sync() != nil {
+			if synced || waiting < poolSyncBatch || p.from.Sync() != nil {
 				return nil, ""
 			}
 			// One fsync of the active folder, shared with concurrent

@@ -150,35 +150,44 @@ func (e *PlaceError) Error() string {
 // twice or not at all. If fn returns fs.SkipAll, WalkSpool stops and returns
 // nil; another error stops it and is returned.
 func WalkSpool(ctx context.Context, d Dirs, places []Place, fn func(SpoolEntry) error) error {
+	return walkSpool(ctx, d, places, true, fn)
+}
+
+// walkSpool is WalkSpool; withQueueDir false leaves queue_dir itself out
+// (its files have no id yet), walking only the working folders.
+func walkSpool(ctx context.Context, d Dirs, places []Place, withQueueDir bool, fn func(SpoolEntry) error) error {
 	if len(places) == 0 {
 		places = Places
 	}
+	q := d.Queue
 	err := func() error {
 		for _, p := range places {
 			var err error
 			switch p {
 			case PlaceQueued:
-				err = inspWalkDir(ctx, d.Queue, SpoolEntry{Place: p}, fn)
+				if withQueueDir {
+					err = inspWalkDir(ctx, q, "", SpoolEntry{Place: p}, fn)
+				}
 				if err == nil {
-					err = inspWalkWork(ctx, d.Queue, filepath.Join(d.Queue, ReadyDir), SpoolEntry{Place: p}, fn)
+					err = inspWalkDir(ctx, filepath.Join(q, ReadyDir), q, SpoolEntry{Place: p}, fn)
 				}
 			case PlaceHeld:
-				err = inspWalkWork(ctx, d.Queue, filepath.Join(d.Queue, HoldDir), SpoolEntry{Place: p}, fn)
+				err = inspWalkDir(ctx, filepath.Join(q, HoldDir), q, SpoolEntry{Place: p}, fn)
 			case PlaceSent:
-				err = inspWalkDir(ctx, d.Sent, SpoolEntry{Place: p}, fn)
+				err = inspWalkDir(ctx, d.Sent, "", SpoolEntry{Place: p}, fn)
 			case PlaceUndeliverable:
-				err = inspWalkDir(ctx, d.Undeliverable, SpoolEntry{Place: p}, fn)
+				err = inspWalkDir(ctx, d.Undeliverable, "", SpoolEntry{Place: p}, fn)
 			case PlaceActive:
-				err = inspEachSubdir(filepath.Join(d.Queue, ActiveDir), func(name, dir string) error {
-					return inspWalkWork(ctx, d.Queue, dir, SpoolEntry{Place: p, Instance: name}, fn)
+				err = inspEachSubdir(filepath.Join(q, ActiveDir), func(name, dir string) error {
+					return inspWalkDir(ctx, dir, q, SpoolEntry{Place: p, Instance: name}, fn)
 				})
 			case PlaceDeferred:
-				err = inspEachSubdir(filepath.Join(d.Queue, DeferredDir), func(name, dir string) error {
+				err = inspEachSubdir(filepath.Join(q, DeferredDir), func(name, dir string) error {
 					due, perr := time.Parse(bucketLayout, name)
 					if perr != nil {
 						return nil // not a bucket: the scanner ignores it too
 					}
-					return inspWalkWork(ctx, d.Queue, dir, SpoolEntry{Place: p, Due: due}, fn)
+					return inspWalkDir(ctx, dir, q, SpoolEntry{Place: p, Due: due}, fn)
 				})
 			default:
 				err = fmt.Errorf("unknown place %q", p)
@@ -196,19 +205,11 @@ func WalkSpool(ctx context.Context, d Dirs, places []Place, fn func(SpoolEntry) 
 }
 
 // inspWalkDir calls fn for each queue file (a regular file with a queue
-// name) in dir, reading dir in batches. A missing dir holds nothing. In the
-// working folders (all but queue_dir, Sent and Undeliverable) a file's name
-// carries the message's id, and its name or else its state does.
-func inspWalkDir(ctx context.Context, dir string, tmpl SpoolEntry, fn func(SpoolEntry) error) error {
-	return inspWalk(ctx, dir, "", tmpl, fn)
-}
-
-// inspWalkWork is inspWalkDir for a working folder of queueDir.
-func inspWalkWork(ctx context.Context, queueDir, dir string, tmpl SpoolEntry, fn func(SpoolEntry) error) error {
-	return inspWalk(ctx, dir, queueDir, tmpl, fn)
-}
-
-func inspWalk(ctx context.Context, dir, queueDir string, tmpl SpoolEntry, fn func(SpoolEntry) error) error {
+// name) in dir, reading dir in batches. A missing dir holds nothing. For a
+// working folder of queueDir ("" for queue_dir, Sent and Undeliverable) a
+// file's name carries the message's id, and its name or else its state
+// does.
+func inspWalkDir(ctx context.Context, dir, queueDir string, tmpl SpoolEntry, fn func(SpoolEntry) error) error {
 	return eachQueueFile(ctx, dir, func(name string) error {
 		en := tmpl
 		en.Name, en.Path = name, filepath.Join(dir, name)
@@ -319,10 +320,7 @@ func inspLocateLive(d Dirs, key string) ([]SpoolEntry, error) {
 		}
 	}
 	seen := map[string]bool{}
-	err := WalkSpool(context.Background(), d, QueuePlaces, func(e SpoolEntry) error {
-		if e.ID == "" && e.Place == PlaceQueued {
-			return nil // queue_dir: looked up above
-		}
+	err := walkSpool(context.Background(), d, QueuePlaces, false, func(e SpoolEntry) error {
 		if e.ID == key || e.Name == key || filepath.Base(e.Path) == key {
 			if e.ID != "" && seen[e.ID] {
 				return nil // moved while we listed: seen already
@@ -353,7 +351,7 @@ func ReadState(d Dirs, id string) (*State, error) {
 	if id == "" || strings.ContainsAny(id, `/\`) {
 		return nil, nil
 	}
-	b, err := os.ReadFile(filepath.Join(d.Queue, StateDir, id+".json"))
+	b, err := os.ReadFile(statePath(d.Queue, id))
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
@@ -531,61 +529,28 @@ func RetryAll(ctx context.Context, d Dirs, match func(SpoolEntry) bool) (MoveRes
 
 // inspMove moves the message e to dstDir under its working name. A message
 // without an id (in queue_dir, or left by a version before ids) is given
-// one first (inspAdopt).
+// one (giveID).
 func inspMove(d Dirs, e SpoolEntry, dstDir string) error {
 	if e.ID != "" {
 		return inspRename(e.Path, filepath.Join(dstDir, filepath.Base(e.Path)))
 	}
-	w, id, legacy, err := inspAdopt(d, e)
-	if err != nil {
-		return err
-	}
-	err = inspRename(e.Path, filepath.Join(dstDir, w))
-	if err != nil {
-		os.Remove(filepath.Join(d.Queue, StateDir, id+".json"))
-		return err
-	}
-	if legacy {
-		os.Remove(filepath.Join(d.Queue, StateDir, e.Name+".json"))
-	}
-	return nil
-}
-
-// inspAdopt gives a message that has no id an id, and returns its working
-// name. When the working name cannot carry the message's name, or a state
-// kept under its name (by a version before ids) moves to the id, the state
-// file is written first, durably; legacy says the old one is to go once
-// the message has moved.
-func inspAdopt(d Dirs, e SpoolEntry) (w, id string, legacy bool, err error) {
-	now := time.Now()
-	id = newID(now)
-	w, carried := workName(id, e.Name)
-	var st *State
+	// A file from before ids, outside queue_dir, has its state under its
+	// name: it moves to the id.
+	var st State
+	var legacy bool
 	if e.Place != PlaceQueued {
-		st, _ = ReadState(d, e.Name)
-		legacy = st != nil
-	}
-	if carried && st == nil {
-		return w, id, false, nil
-	}
-	if st == nil {
-		st = &State{}
-	}
-	if st.Queued.IsZero() {
-		st.Queued = now
-		if t, ok := queuefile.NameTime(e.Name); ok {
-			st.Queued = t
+		if old, _ := ReadState(d, e.Name); old != nil {
+			st, legacy = *old, true
 		}
 	}
-	st.SetName("")
-	if !carried {
-		st.SetName(e.Name)
+	if st.Queued.IsZero() {
+		st.Queued = queuedTime(e.Name, time.Now())
 	}
-	b, err := json.MarshalIndent(st, "", "  ")
-	if err == nil {
-		err = writeFileDurable(filepath.Join(d.Queue, StateDir, id+".json"), b, queuefile.SyncDir)
+	_, _, _, err := giveID(d.Queue, e.Path, e.Name, dstDir, &st, legacy, queuefile.SyncDir)
+	if err == nil && legacy {
+		os.Remove(statePath(d.Queue, e.Name))
 	}
-	return w, id, legacy, err
+	return err
 }
 
 // inspMoveOne moves the named message, if it is in one of the places from,
@@ -793,16 +758,14 @@ func inspArchiveLog(d Dirs, name string, now time.Time) error {
 		if i > 0 {
 			n = fmt.Sprintf("%s-%d.xml", stamp, i)
 		}
-		ok, err := linkNoReplace(src, filepath.Join(d.Undeliverable, n))
+		err := moveNoReplace(src, filepath.Join(d.Undeliverable, n))
+		if errors.Is(err, fs.ErrExist) {
+			continue
+		}
 		if err != nil {
 			return err
 		}
-		if ok {
-			if err := os.Remove(src); err != nil && !errors.Is(err, fs.ErrNotExist) {
-				return err
-			}
-			return queuefile.SyncDir(d.Undeliverable)
-		}
+		return queuefile.SyncDir(d.Undeliverable)
 	}
 	return fmt.Errorf("no free name for the old XML log of %s", name)
 }
@@ -824,20 +787,19 @@ func inspPublish(src, dst, tmpDir string) error {
 		if _, err := rand.Read(rnd[:]); err != nil {
 			return err
 		}
-		tmp := filepath.Join(tmpDir, "requeue-"+hex.EncodeToString(rnd[:])+"-"+filepath.Base(dst))
+		// Not named after dst: a producer's name may take all 255 bytes.
+		tmp := filepath.Join(tmpDir, "requeue-"+hex.EncodeToString(rnd[:])+queuefile.Ext)
 		if err := copyFileSynced(src, tmp); err != nil {
 			os.Remove(tmp)
 			return err
 		}
-		ok, err := linkNoReplace(tmp, dst)
-		if err != nil || !ok {
+		if err := moveNoReplace(tmp, dst); err != nil {
 			os.Remove(tmp)
-			if err == nil {
+			if errors.Is(err, fs.ErrExist) {
 				err = fmt.Errorf("%s: %w", dst, ErrNameClash)
 			}
 			return err
 		}
-		os.Remove(tmp)
 	}
 	return queuefile.SyncDir(filepath.Dir(dst))
 }

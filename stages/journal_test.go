@@ -73,8 +73,8 @@ func TestJournalSyncCovers(t *testing.T) {
 	if err := j.Sync(3); err != nil {
 		t.Fatal(err)
 	}
-	if j.commit.done != 5 {
-		t.Fatalf("after Sync(3) lines up to %d are durable, want all 5 written", j.commit.done)
+	if j.commit.done.Load() != 5 {
+		t.Fatalf("after Sync(3) lines up to %d are durable, want all 5 written", j.commit.done.Load())
 	}
 	j.f.Close()
 	if err := j.Sync(4); err != nil {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -98,6 +99,54 @@ func workName(id, name string) (string, bool) {
 		return id + "_" + name, true
 	}
 	return id + queuefile.Ext, false
+}
+
+// giveID moves src, the file of a message that has no id yet (name is the
+// producer's), into dstDir under a working name with a new id, never
+// replacing a file. st is the message's state, Queued set; it is written
+// under the id first in queueDir's state folder, durably (syncDir), when
+// the working name cannot
+// carry the name or when keep says it has more to keep (a state a version
+// before ids kept under the name), and removed again if the move fails.
+// wrote says whether it was written. A move that fails because src is gone
+// (someone else took it) returns an error matching fs.ErrNotExist.
+func giveID(queueDir, src, name, dstDir string, st *State, keep bool, syncDir func(string) error) (id, dst string, wrote bool, err error) {
+	for range 3 {
+		id = newID(time.Now())
+		w, carried := workName(id, name)
+		dst = filepath.Join(dstDir, w)
+		wrote = !carried || keep
+		if wrote {
+			st.SetName("")
+			if !carried {
+				st.SetName(name)
+			}
+			if err := writeState(queueDir, id, st, syncDir); err != nil {
+				return "", "", false, fmt.Errorf("writing its state: %w", err)
+			}
+		}
+		err = moveNoReplace(src, dst)
+		if err == nil {
+			return id, dst, wrote, nil
+		}
+		if wrote {
+			os.Remove(statePath(queueDir, id))
+		}
+		if !errors.Is(err, fs.ErrExist) {
+			return "", "", false, err
+		}
+		// An id drawn twice in one microsecond: draw again.
+	}
+	return "", "", false, fmt.Errorf("no free id: %w", err)
+}
+
+// queuedTime is when a message named name was first seen: the time its
+// name carries (enqueue's names), else now.
+func queuedTime(name string, now time.Time) time.Time {
+	if t, ok := queuefile.NameTime(name); ok {
+		return t
+	}
+	return now
 }
 
 // ParseWorkName splits a working file name into its id and the producer's

@@ -75,3 +75,28 @@ func TestParserKeepsSmallMessagesInMemory(t *testing.T) {
 		t.Fatalf("a broken file: parsed %v, body kept %v", job.Outcome, job.body != nil)
 	}
 }
+
+// A pickup file (no digest to tell that it is whole) is sent only once it
+// has not changed for Settle: a younger one is parked until then.
+func TestParserSettlesPickupFiles(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "pickup.eml")
+	if err := os.WriteFile(path, []byte("X-Sender: a@example.com\r\nX-Receiver: b@example.org\r\n\r\nSubject: hi\r\n\r\nbody\r\n"), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	p := &Parser{
+		Pickup: &Route{Host: "relay.example.org", Port: 25, TLS: queuefile.TLSNone},
+		Settle: time.Minute, Clock: SystemClock{}, Log: zap.NewNop(),
+	}
+	os.Chtimes(path, now.Add(-10*time.Second), now.Add(-10*time.Second))
+	job := &Job{Name: "pickup.eml", Path: path}
+	if p.parse(job) || job.Outcome.Verdict != Park || !job.Outcome.Due.Equal(now.Add(-10*time.Second).Add(time.Minute)) {
+		t.Fatalf("a pickup file changed 10s ago: ready %v, outcome %+v; want parked until a minute after its change", job.Outcome.Verdict == 0, job.Outcome)
+	}
+	os.Chtimes(path, now.Add(-2*time.Minute), now.Add(-2*time.Minute))
+	job = &Job{Name: "pickup.eml", Path: path}
+	if !p.parse(job) || job.Kind != KindPickup || len(job.Pending) != 1 {
+		t.Fatalf("a pickup file unchanged for 2m: outcome %+v, pending %v; want it ready", job.Outcome, job.Pending)
+	}
+}

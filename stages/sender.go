@@ -274,6 +274,13 @@ func (s *Sender) one(ctx, hard context.Context, cur **session, limit int, job *J
 // it returns the error and, if it got that far, a closed session whose
 // transcript tells what happened.
 func (s *Sender) open(ctx context.Context, r Route) (*session, *Error) {
+	switch r.TLS {
+	case queuefile.TLSImplicit, queuefile.TLSStartTLS, queuefile.TLSNone:
+	default:
+		// Anything but the constants (the edges normalise every mode) is
+		// refused, never taken for plain text.
+		return nil, Permanentf("tls", "unknown TLS mode %q (want implicit, starttls or none): not connecting", r.TLS)
+	}
 	tr := newTranscript(r.Password.Reveal(), r.OAuth2Token.Reveal())
 	tr.note("[connecting to " + r.String() + "]")
 	dial := s.Dial
@@ -304,7 +311,6 @@ func (s *Sender) open(ctx context.Context, r Route) (*session, *Error) {
 	if r.TLS == queuefile.TLSImplicit {
 		tc := tls.Client(conn, s.tlsConfig(r.Host))
 		if err := tc.HandshakeContext(dctx); err != nil {
-			conn.Close()
 			e := Classify("tls", fmt.Errorf("TLS handshake with %s: %w", r.Addr(), err))
 			e.HostDown = true
 			return nil, e
@@ -328,8 +334,6 @@ func (s *Sender) open(ctx context.Context, r Route) (*session, *Error) {
 	if r.TLS == queuefile.TLSStartTLS {
 		tc, greeting, e := s.startTLS(dctx, conn, r, helo, tr)
 		if e != nil {
-			stop()
-			conn.Close()
 			return &session{route: r, tr: tr}, e
 		}
 		conn, isTLS = tc, true
@@ -341,8 +345,6 @@ func (s *Sender) open(ctx context.Context, r Route) (*session, *Error) {
 		// sends EHLO in one call: a failure is reported at its own step.
 		greeting, e := s.greet(lim, tr)
 		if e != nil {
-			stop()
-			conn.Close()
 			return &session{route: r, tr: tr}, e
 		}
 		c = greetedClient(lim, greeting, tr)

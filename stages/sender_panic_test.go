@@ -2,6 +2,7 @@ package stages
 
 import (
 	"context"
+	"errors"
 	"net"
 	"strings"
 	"sync/atomic"
@@ -9,6 +10,7 @@ import (
 
 	"go.uber.org/goleak"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest"
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/smtpq/smtpq/queuefile"
@@ -67,5 +69,27 @@ func TestPanicWhileOpeningFailsTheJob(t *testing.T) {
 	}
 	if st, _ := entries[0].ContextMap()["stack"].(string); !strings.Contains(st, "(*Sender).open") {
 		t.Errorf("logged stack does not show where it panicked:\n%s", st)
+	}
+}
+
+// A route whose TLS mode is not one of the constants (an embedder's
+// "STARTTLS") is refused before any connection, never sent in plain text.
+func TestSenderRefusesAnUnknownTLSMode(t *testing.T) {
+	dialed := false
+	s := &Sender{
+		Dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			dialed = true
+			return nil, errors.New("no dialing here")
+		},
+		Log: zaptest.NewLogger(t),
+	}
+	for _, mode := range []queuefile.TLSMode{"STARTTLS", "Implicit", "", "tls"} {
+		sess, e := s.open(t.Context(), Route{Host: "127.0.0.1", Port: 25, TLS: mode})
+		if sess != nil || e == nil || e.Temporary || e.Step != "tls" || !strings.Contains(e.Error(), "unknown TLS mode") {
+			t.Errorf("TLS mode %q: session %v, error %v; want a permanent tls error", mode, sess, e)
+		}
+	}
+	if dialed {
+		t.Error("the Sender dialed with an unknown TLS mode")
 	}
 }

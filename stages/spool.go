@@ -288,7 +288,7 @@ func (s *Spool) returnAll(dir string) (int, error) {
 	}
 	n := 0
 	for _, e := range ents {
-		if err := s.returnFile(dir, e.Name()); err != nil {
+		if _, err := s.returnFile(dir, e.Name()); err != nil {
 			return n, fmt.Errorf("spool: returning %q: %w", e.Name(), err)
 		}
 		n++
@@ -302,18 +302,21 @@ func (s *Spool) returnAll(dir string) (int, error) {
 // returnFile moves dir/w, a claimed file, to the ready folder, where it
 // keeps its id. A file from before ids (no working name) goes back to
 // queue_dir under its name, or name-1, name-2... if a new file has taken
-// it: it gets an id when it is claimed again.
-func (s *Spool) returnFile(dir, w string) error {
+// it: it gets an id when it is claimed again. It returns the new path.
+// The folder is not synced.
+func (s *Spool) returnFile(dir, w string) (string, error) {
 	if _, _, ok := ParseWorkName(w); ok {
-		return moveNoReplace(filepath.Join(dir, w), filepath.Join(s.dirs.Queue, ReadyDir, w))
+		dst := filepath.Join(s.dirs.Queue, ReadyDir, w)
+		return dst, moveNoReplace(filepath.Join(dir, w), dst)
 	}
 	for i := 0; i < 1000; i++ {
-		err := moveNoReplace(filepath.Join(dir, w), filepath.Join(s.dirs.Queue, suffixed(w, i)))
+		dst := filepath.Join(s.dirs.Queue, suffixed(w, i))
+		err := moveNoReplace(filepath.Join(dir, w), dst)
 		if !errors.Is(err, fs.ErrExist) {
-			return err
+			return dst, err
 		}
 	}
-	return fmt.Errorf("no free name in %s", s.dirs.Queue)
+	return "", fmt.Errorf("no free name in %s", s.dirs.Queue)
 }
 
 func removeStaleTmp(dir string, before time.Time) {
@@ -477,56 +480,27 @@ func (s *Spool) claim(dir, name string) (*Job, error) {
 // (a file a version before ids left in a working folder), its state is
 // read from where that version kept it.
 func (s *Spool) claimNew(dir, name string, legacy bool) (*Job, error) {
-	now := s.now()
 	job := &Job{Name: name}
 	if legacy {
 		s.loadState(job, name)
 	}
 	if job.State.Queued.IsZero() {
-		if t, ok := queuefile.NameTime(name); ok {
-			job.State.Queued = t
-		} else {
-			job.State.Queued = now
-		}
+		job.State.Queued = queuedTime(name, s.now())
 	}
-	for range 3 {
-		job.ID = newID(now)
-		w, carried := workName(job.ID, name)
-		job.Path = filepath.Join(s.active, w)
-		wrote := false
-		if !carried || (legacy && job.stateFile) {
-			// The name does not fit in the working name (or a state from
-			// before ids moves to its id): keep it in the state, durably,
-			// before the file takes its working name.
-			job.State.SetName("")
-			if !carried {
-				job.State.SetName(name)
-			}
-			if err := s.WriteState(job.ID, &job.State); err != nil {
-				return nil, fmt.Errorf("spool: claiming %q: writing its state: %w", name, err)
-			}
-			job.stateFile, wrote = true, true
-		}
-		err := moveNoReplace(filepath.Join(dir, name), job.Path)
-		if err == nil {
-			if legacy {
-				os.Remove(s.statePath(name))
-			}
-			s.crash("claimed")
-			return job, nil
-		}
-		if wrote {
-			os.Remove(s.statePath(job.ID))
-		}
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil, nil
-		}
-		if !errors.Is(err, fs.ErrExist) {
-			return nil, fmt.Errorf("spool: claiming %q: %w", name, err)
-		}
-		// An id drawn twice in one microsecond: draw again.
+	id, dst, wrote, err := giveID(s.dirs.Queue, filepath.Join(dir, name), name, s.active, &job.State, job.stateFile, s.syncDir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
 	}
-	return nil, fmt.Errorf("spool: claiming %q: no free id", name)
+	if err != nil {
+		return nil, fmt.Errorf("spool: claiming %q: %w", name, err)
+	}
+	job.ID, job.Path = id, dst
+	job.stateFile = job.stateFile || wrote
+	if legacy {
+		os.Remove(s.statePath(name))
+	}
+	s.crash("claimed")
+	return job, nil
 }
 
 // claimWorking claims dir/w, a working file of message id; pname is the
@@ -549,11 +523,7 @@ func (s *Spool) claimWorking(dir, w, id, pname string) (*Job, error) {
 		job.Name = w // its state, with its name, is lost: file it by its working name
 	}
 	if job.State.Queued.IsZero() {
-		if t, ok := queuefile.NameTime(job.Name); ok {
-			job.State.Queued = t
-		} else {
-			job.State.Queued = s.now()
-		}
+		job.State.Queued = queuedTime(job.Name, s.now())
 	}
 	return job, nil
 }
@@ -572,8 +542,11 @@ func (s *Spool) loadState(job *Job, key string) {
 	}
 }
 
-func (s *Spool) statePath(id string) string {
-	return filepath.Join(s.dirs.Queue, StateDir, id+".json")
+func (s *Spool) statePath(id string) string { return statePath(s.dirs.Queue, id) }
+
+// statePath is where the state of message id is kept in queueDir.
+func statePath(queueDir, id string) string {
+	return filepath.Join(queueDir, StateDir, id+".json")
 }
 
 func (s *Spool) readState(id string) (*State, error) {
@@ -583,11 +556,17 @@ func (s *Spool) readState(id string) (*State, error) {
 // WriteState durably records the state of message id (temporary file,
 // fsync, rename, directory fsync).
 func (s *Spool) WriteState(id string, st *State) error {
+	return writeState(s.dirs.Queue, id, st, s.syncDir)
+}
+
+// writeState durably records the state of message id in queueDir, with
+// syncDir for the folder.
+func writeState(queueDir, id string, st *State, syncDir func(string) error) error {
 	b, err := json.MarshalIndent(st, "", "  ")
 	if err != nil {
 		return err
 	}
-	return s.writeFileDurable(s.statePath(id), b)
+	return writeFileDurable(statePath(queueDir, id), b, syncDir)
 }
 
 // RecordAccepted notes that the server accepted a job's data: the
@@ -866,28 +845,25 @@ func (s *Spool) Undeliverable(job *Job, xmlLog []byte) (string, error) {
 		return "", fmt.Errorf("filing XML log: %w", err)
 	}
 	dst := filepath.Join(s.dirs.Undeliverable, name)
+	// By a hard link of the queue file; else (another file system, no hard
+	// links) by a synced copy; and a queue entry swapped for a link (or
+	// another special file) after the listing is neither linked nor
+	// followed: a note stands in for it.
+	var write func(tmp string) error
 	if fi, err := os.Lstat(job.Path); err == nil && !fi.Mode().IsRegular() {
-		// Swapped for a link (or another special file) after the listing:
-		// never link or follow it into Undeliverable; file a note instead.
-		tmp := filepath.Join(s.dirs.Undeliverable, queuefile.TmpDir, s.id+"-"+job.ID+queuefile.Ext)
-		if werr := writeFileSynced(tmp, specialFileNote(job.Name, job.Path, fi)); werr != nil {
-			os.Remove(tmp)
-			return "", fmt.Errorf("filing in Undeliverable: %w", werr)
-		}
-		if _, perr := s.publishExact(tmp, s.dirs.Undeliverable, name); perr != nil {
-			os.Remove(tmp)
-			return "", fmt.Errorf("filing in Undeliverable: %w", perr)
-		}
+		write = func(tmp string) error { return writeFileSynced(tmp, specialFileNote(job.Name, job.Path, fi)) }
 	} else if err := os.Link(job.Path, dst); err != nil {
-		// Another filesystem, or no hard links: copy.
+		write = func(tmp string) error { return copyFileSynced(job.Path, tmp) }
+	}
+	if write != nil {
 		tmp := filepath.Join(s.dirs.Undeliverable, queuefile.TmpDir, s.id+"-"+job.ID+queuefile.Ext)
-		if cerr := copyFileSynced(job.Path, tmp); cerr != nil {
-			os.Remove(tmp)
-			return "", fmt.Errorf("filing in Undeliverable: %w", cerr)
+		err := write(tmp)
+		if err == nil {
+			_, err = s.publishExact(tmp, s.dirs.Undeliverable, name)
 		}
-		if _, perr := s.publishExact(tmp, s.dirs.Undeliverable, name); perr != nil {
+		if err != nil {
 			os.Remove(tmp)
-			return "", fmt.Errorf("filing in Undeliverable: %w", perr)
+			return "", fmt.Errorf("filing in Undeliverable: %w", err)
 		}
 	}
 	if err := s.syncDir(s.dirs.Undeliverable); err != nil {
@@ -1024,13 +1000,12 @@ func (s *Spool) Return(job *Job) error {
 	if err := s.recorded(job); err != nil {
 		return err
 	}
-	dir := filepath.Join(s.dirs.Queue, ReadyDir)
-	dst := filepath.Join(dir, filepath.Base(job.Path))
-	if err := moveNoReplace(job.Path, dst); err != nil {
+	dst, err := s.returnFile(filepath.Dir(job.Path), filepath.Base(job.Path))
+	if err != nil {
 		return err
 	}
 	job.Path = dst
-	return s.syncDir(dir)
+	return s.syncDir(filepath.Dir(dst))
 }
 
 // publish makes tmp, a complete and synced file, visible as dir/name without
@@ -1039,49 +1014,28 @@ func (s *Spool) Return(job *Job) error {
 func (s *Spool) publish(tmp, dir, name string) (string, error) {
 	for i := 0; i < 1000; i++ {
 		n := suffixed(name, i)
-		ok, err := linkNoReplace(tmp, filepath.Join(dir, n))
+		err := moveNoReplace(tmp, filepath.Join(dir, n))
+		if errors.Is(err, fs.ErrExist) {
+			continue
+		}
 		if err != nil {
 			return "", err
 		}
-		if ok {
-			os.Remove(tmp)
-			return n, s.syncDir(dir)
-		}
+		return n, s.syncDir(dir)
 	}
 	return "", fmt.Errorf("no free name for %s in %s", name, dir)
 }
 
 // publishExact is publish without the suffixes: a clash is an error.
 func (s *Spool) publishExact(tmp, dir, name string) (string, error) {
-	ok, err := linkNoReplace(tmp, filepath.Join(dir, name))
+	err := moveNoReplace(tmp, filepath.Join(dir, name))
+	if errors.Is(err, fs.ErrExist) {
+		return "", fmt.Errorf("%s already exists in %s", name, dir)
+	}
 	if err != nil {
 		return "", err
 	}
-	if !ok {
-		return "", fmt.Errorf("%s already exists in %s", name, dir)
-	}
-	os.Remove(tmp)
 	return name, s.syncDir(dir)
-}
-
-// linkNoReplace links src at dst if dst does not exist. It reports false if
-// dst exists. Where hard links are not supported it falls back to a check and
-// a rename.
-func linkNoReplace(src, dst string) (bool, error) {
-	err := os.Link(src, dst)
-	if err == nil {
-		return true, nil
-	}
-	if errors.Is(err, fs.ErrExist) {
-		return false, nil
-	}
-	if _, serr := os.Lstat(dst); serr == nil {
-		return false, nil
-	}
-	if rerr := os.Rename(src, dst); rerr != nil {
-		return false, rerr
-	}
-	return true, nil
 }
 
 func writeFileSynced(path string, b []byte) error {
@@ -1097,11 +1051,6 @@ func writeFileSynced(path string, b []byte) error {
 		err = cerr
 	}
 	return err
-}
-
-// writeFileDurable replaces path with b atomically and durably.
-func (s *Spool) writeFileDurable(path string, b []byte) error {
-	return writeFileDurable(path, b, s.syncDir)
 }
 
 // writeFileDurable replaces path with b atomically, and makes it durable
