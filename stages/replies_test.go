@@ -120,22 +120,18 @@ func TestPipelinedReplyIsBounded(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			addr, got := oneConnServer(t, func(c net.Conn) []string {
-				r := bufio.NewReader(c)
-				c.Write([]byte("220 ok ESMTP\r\n"))
-				for {
-					l, err := r.ReadString('\n')
-					if err != nil {
-						return nil
-					}
+				answerLines(c, func(l string) (string, bool) {
 					switch {
 					case strings.HasPrefix(l, "EHLO"):
-						c.Write([]byte("250-ok\r\n250 PIPELINING\r\n"))
+						return "250-ok\r\n250 PIPELINING\r\n", false
 					case strings.HasPrefix(l, "DATA"):
 						c.Write([]byte("250 sender ok\r\n250 first ok\r\n250-"))
 						flood(c, tc.flood)
-						return nil
+						return "", true
 					}
-				}
+					return "", false
+				})
+				return nil
 			})
 			s := newPipeSender()
 			sess := pipeSession(t, s, addr)
@@ -244,31 +240,23 @@ func TestStalledDataTimesOut(t *testing.T) {
 			release := make(chan struct{})
 			addr, got := oneConnServer(t, func(c net.Conn) []string {
 				c.(*net.TCPConn).SetReadBuffer(4096)
-				r := bufio.NewReader(c)
-				c.Write([]byte("220 ok ESMTP\r\n"))
-				for {
-					l, err := r.ReadString('\n')
-					if err != nil {
-						return nil
-					}
+				answerLines(c, func(l string) (string, bool) {
 					switch {
 					case strings.HasPrefix(l, "EHLO") && pipelined:
-						c.Write([]byte("250-ok\r\n250 PIPELINING\r\n"))
+						return "250-ok\r\n250 PIPELINING\r\n", false
 					case strings.HasPrefix(l, "DATA") && pipelined:
 						c.Write([]byte("250 ok\r\n250 ok\r\n354 go on\r\n"))
 					case strings.HasPrefix(l, "DATA"):
 						c.Write([]byte("354 go on\r\n"))
 					case strings.HasPrefix(l, "MAIL") && pipelined, strings.HasPrefix(l, "RCPT") && pipelined:
-						continue
+						return "", false
 					default:
-						c.Write([]byte("250 ok\r\n"))
-						continue
+						return "250 ok\r\n", false
 					}
-					if strings.HasPrefix(l, "DATA") {
-						<-release // and read no more
-						return nil
-					}
-				}
+					<-release // and read no more
+					return "", true
+				})
+				return nil
 			})
 			s := newPipeSender()
 			s.Timeouts.Data = 500 * time.Millisecond
@@ -311,5 +299,24 @@ func TestStalledDataTimesOut(t *testing.T) {
 				t.Fatalf("error %v, want a temporary timeout at data", e)
 			}
 		})
+	}
+}
+
+// answerLines greets the client with 220 and then reads its commands a
+// line at a time, writing the reply answer gives to each, until answer
+// says to stop or the client goes away.
+func answerLines(c net.Conn, answer func(line string) (reply string, stop bool)) {
+	c.Write([]byte("220 ok ESMTP\r\n"))
+	r := bufio.NewReader(c)
+	for {
+		l, err := r.ReadString('\n')
+		if err != nil {
+			return
+		}
+		reply, stop := answer(l)
+		c.Write([]byte(reply))
+		if stop {
+			return
+		}
 	}
 }

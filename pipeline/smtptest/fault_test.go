@@ -83,18 +83,24 @@ var faultCases = []struct {
 	{Quit, "quit", 1, &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Quit refused"}},
 }
 
+// onceAt returns a function for Server.Fault that returns f the first time
+// the session reaches step, and proceeds normally everywhere else.
+func onceAt(step Step, f Fault) func(FaultPoint) Fault {
+	var calls atomic.Int32
+	return func(p FaultPoint) Fault {
+		if p.Step == step && calls.Add(1) == 1 {
+			return f
+		}
+		return Fault{}
+	}
+}
+
 func TestFaultErrAtEachStep(t *testing.T) {
 	for _, tc := range faultCases {
 		t.Run(tc.step.String(), func(t *testing.T) {
-			var calls atomic.Int32
 			srv := NewStarted(t, func(s *Server) {
 				s.Users = map[string]string{"user": "secret"}
-				s.Fault = func(p FaultPoint) Fault {
-					if p.Step == tc.step && calls.Add(1) == 1 {
-						return Fault{Err: tc.err}
-					}
-					return Fault{}
-				}
+				s.Fault = onceAt(tc.step, Fault{Err: tc.err})
 			})
 			stage, err := converse(srv.AddrString(), "user", "secret")
 			if stage != tc.stage {
@@ -441,15 +447,9 @@ func TestFaultRawAtEachStep(t *testing.T) {
 	const noise = "\x00\xff\x1bnot SMTP at all"
 	for _, tc := range faultCases {
 		t.Run(tc.step.String(), func(t *testing.T) {
-			var calls atomic.Int32
 			srv := NewStarted(t, func(s *Server) {
 				s.Users = map[string]string{"user": "secret"}
-				s.Fault = func(p FaultPoint) Fault {
-					if p.Step == tc.step && calls.Add(1) == 1 {
-						return Fault{Raw: strings.NewReader(noise + "\r\n")}
-					}
-					return Fault{}
-				}
+				s.Fault = onceAt(tc.step, Fault{Raw: strings.NewReader(noise + "\r\n")})
 			})
 			stage, err := converse(srv.AddrString(), "user", "secret")
 			if stage != tc.stage || err == nil {
