@@ -71,13 +71,63 @@ func (a *Archiver) policy() RetryPolicy {
 
 // Run files jobs from in until it is closed. Several Runs may share one
 // Archiver and one channel: filing a job touches only that job's files.
+//
+// A job that can be filed nowhere (its filing failed, and so did deferring
+// it: the queue's own folders are full, or their fsyncs fail) stays where
+// it is, in the active folder, and with this Run, which tries its filing
+// again, as it was decided (the server is not asked again), every
+// refileEvery until it works. What is still unfiled when in is closed is
+// left in the active folder; the spool then keeps its journal too (see
+// Spool.Close), so that the next start files it as the server answered.
 func (a *Archiver) Run(in <-chan *Job) {
-	for job := range in {
-		a.file(job)
+	var unfiled []*Job
+	var again <-chan time.Time
+	for in != nil {
+		select {
+		case job, ok := <-in:
+			if !ok {
+				in = nil
+				continue
+			}
+			if !a.file(job) {
+				unfiled = append(unfiled, job)
+			}
+		case <-again:
+			again = nil
+			unfiled = a.refile(unfiled)
+		}
+		if len(unfiled) > 0 && again == nil {
+			again = a.Clock.After(a.refileEvery())
+		}
+	}
+	for _, job := range a.refile(unfiled) {
+		a.Log.Error("the message stays in the active folder until the next start",
+			zap.String("id", job.ID), zap.String("file", job.Name))
 	}
 }
 
-func (a *Archiver) file(job *Job) {
+// refileEvery is how often the filing of a job that could be filed nowhere
+// is tried again: the retry policy's first backoff, between 100ms and 30s
+// (a full or failing disk is fixed by an operator, not by waiting).
+func (a *Archiver) refileEvery() time.Duration {
+	return min(max(a.policy().MinBackoff, 100*time.Millisecond), 30*time.Second)
+}
+
+// refile tries again to file jobs, and returns those still unfiled.
+func (a *Archiver) refile(jobs []*Job) []*Job {
+	left := jobs[:0]
+	for _, job := range jobs {
+		if !a.place(job, a.Clock.Now()) {
+			left = append(left, job)
+		}
+	}
+	return left
+}
+
+// file accounts for the attempt in job's state, decides its fate from its
+// outcome and the retry policy, and files it (place). It reports false if
+// the job could be filed nowhere: it is still in the active folder.
+func (a *Archiver) file(job *Job) bool {
 	defer job.dropBody()
 	now := a.Clock.Now()
 	o := &job.Outcome
@@ -121,7 +171,17 @@ func (a *Archiver) file(job *Job) {
 		job.State.LastError = o.Err.Error()
 		job.State.AddHistory(now, o.Verdict.String()+": "+o.Err.Error())
 	}
+	return a.place(job, now)
+}
 
+// place files job as its outcome says. If that fails, the message is still
+// safe where it was (nothing is removed before its new copy is durable):
+// it is deferred, to be tried again soon. If that fails too, place reports
+// false and the job is still in the active folder.
+func (a *Archiver) place(job *Job, now time.Time) bool {
+	o := &job.Outcome
+	retry := a.policy()
+	claimed := job.Path
 	f := Filed{Job: job, Result: o.Verdict.String()}
 	switch o.Verdict {
 	case Sent:
@@ -143,10 +203,10 @@ func (a *Archiver) file(job *Job) {
 	default:
 		f.Err = a.Spool.Return(job)
 	}
+	placed := true
 	if f.Err != nil {
-		// The message is still safe where it was (nothing is removed before
-		// its new copy is durable). Put it back in the queue to be tried
-		// again; its state says whether the server already accepted it.
+		// Put it back in the queue to be tried again; its state says
+		// whether the server already accepted it.
 		a.Log.Error("filing a message failed; returning it to the queue",
 			zap.String("id", job.ID), zap.String("file", job.Name), zap.String("result", f.Result), zap.Error(f.Err))
 		if o.Verdict == Sent {
@@ -159,15 +219,20 @@ func (a *Archiver) file(job *Job) {
 			// Try again soon: a full or unwritable folder is usually fixed
 			// by an operator, not by waiting for the backoff.
 			if err := a.Spool.Defer(job, now.Add(min(retry.MinBackoff, time.Minute))); err != nil {
-				a.Log.Error("the message stays in the active folder until the next start",
+				a.Log.Error("deferring it failed too: its filing is tried again while the service runs",
 					zap.String("id", job.ID), zap.String("file", job.Name), zap.Error(err))
 			}
 		}
+		// A move that took place (into a bucket, or the ready folder) has
+		// handed the file back to the spool, even if its syncs failed: the
+		// Scanner takes it from there. Else it is still ours.
+		placed = job.Path != claimed
 	}
 	a.logFiled(f)
 	if a.OnFiled != nil {
 		a.OnFiled(f)
 	}
+	return placed
 }
 
 func (a *Archiver) logFiled(f Filed) {

@@ -1,6 +1,7 @@
 package stages
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -334,5 +335,67 @@ func TestFilesFromBeforeIdsKeepTheirState(t *testing.T) {
 	}
 	if st, err := ReadState(d, got[0].ID); err != nil || st == nil || st.Attempts != 2 {
 		t.Errorf("state under the id: %+v, %v", st, err)
+	}
+}
+
+// A message the server accepted whose filing, and the writing of its
+// state, fail (a failing disk) has its acceptance in the journal only. A
+// clean Close then keeps the journal and the file, as a crash would: the
+// next start files it as sent, without sending it again.
+func TestCloseKeepsTheJournalOfUnfiledAcceptedMessages(t *testing.T) {
+	d := inspDirs(t)
+	s, err := OpenSpool(d, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inspPlace(t, d.Queue, "accepted.eml", "Subject: x\r\n\r\nbody\r\n")
+	job := claimQueued(t, s, "accepted.eml")
+	job.Kind = KindPickup
+	job.Outcome = Outcome{Verdict: Sent, Rcpts: []RcptResult{{Addr: "a@example.org", Status: RcptDelivered}}}
+	if err := s.RecordAccepted(job); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.journal.Sync(job.journaled); err != nil {
+		t.Fatal(err)
+	}
+	s.SyncFault = func(string) error { return errors.New("injected") }
+	if _, err := s.Sent(job, false); err == nil {
+		t.Fatal("Sent succeeded with every fsync failing")
+	}
+	// The state folder cannot be written at all.
+	stateDir := filepath.Join(d.Queue, StateDir)
+	if err := os.Rename(stateDir, stateDir+".away"); err != nil {
+		t.Fatal(err)
+	}
+	inspPlace(t, d.Queue, StateDir, "not a folder")
+	job.State.Accepted = true
+	if err := s.WriteState(job.ID, &job.State); err == nil {
+		t.Fatal("WriteState succeeded with no state folder")
+	}
+	s.SyncFault = nil
+	if err := s.Close(); err == nil || !strings.Contains(err.Error(), "could not be filed") {
+		t.Fatalf("Close: %v, want an error saying a message is left unfiled", err)
+	}
+	if _, err := os.Stat(job.Path); err != nil {
+		t.Fatalf("the unfiled message is gone from the active folder: %v", err)
+	}
+	if _, err := os.Stat(s.journal.path); err != nil {
+		t.Fatalf("the journal is gone: %v", err)
+	}
+	os.Remove(stateDir)
+	if err := os.Rename(stateDir+".away", stateDir); err != nil {
+		t.Fatal(err)
+	}
+
+	s2 := openTestSpool(t, d)
+	if _, err := s2.Recover(); err != nil {
+		t.Fatal(err)
+	}
+	var got *Job
+	if _, err := s2.Scan(t.Context(), time.Now(), nil, func(j *Job) bool { got = j; return false }); err != nil && got == nil {
+		t.Fatal(err)
+	}
+	if got == nil || got.ID != job.ID || !got.State.Accepted {
+		t.Fatalf("after the next start: %+v; want %s with its acceptance", got, job.ID)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/gofrs/flock"
@@ -82,6 +83,11 @@ type Spool struct {
 	sentDir *dirSync // fsyncs of the Sent folder, shared
 	actDir  *dirSync // fsyncs of the active folder, shared
 	now     func() time.Time
+
+	mu sync.Mutex
+	// unrecorded are the ids of jobs whose acceptance by the server is in
+	// the journal only: neither filed yet nor written in their state.
+	unrecorded map[string]bool
 }
 
 // OpenSpool creates the folders if needed, registers this instance and
@@ -110,7 +116,7 @@ func OpenSpool(d Dirs, now func() time.Time) (*Spool, error) {
 	if _, err := rand.Read(rnd[:]); err != nil {
 		return nil, err
 	}
-	s := &Spool{dirs: d, id: hex.EncodeToString(rnd[:]), now: now}
+	s := &Spool{dirs: d, id: hex.EncodeToString(rnd[:]), now: now, unrecorded: map[string]bool{}}
 	s.active = filepath.Join(d.Queue, ActiveDir, s.id)
 	s.lock = flock.New(s.active + ".lock")
 	ok, err := s.lock.TryLock()
@@ -146,8 +152,21 @@ func (s *Spool) crash(point string) {
 func (s *Spool) Dirs() Dirs { return s.dirs }
 
 // Close releases this instance's registration. Files still in its active
-// folder are returned to the queue first.
+// folder are returned to the queue first. But if a message the server
+// accepted could not be filed (nor its acceptance written in its state:
+// the disk is full or failing), its acceptance is in the journal only:
+// Close then leaves the active folder and the journal as a crash would,
+// for the next start to replay, and says so in its error.
 func (s *Spool) Close() error {
+	s.mu.Lock()
+	n := len(s.unrecorded)
+	s.mu.Unlock()
+	if n > 0 {
+		s.journal.f.Close()
+		s.pool.close()
+		uerr := s.lock.Unlock()
+		return errors.Join(fmt.Errorf("spool: %d accepted messages could not be filed: left in %s with the journal, for the next start", n, s.active), uerr)
+	}
 	_, err := s.returnAll(s.active)
 	// Removals of filed messages' queue copies were not synced one by one
 	// (their acceptance is in the journal): make them durable before the
@@ -556,7 +575,19 @@ func (s *Spool) readState(id string) (*State, error) {
 // WriteState durably records the state of message id (temporary file,
 // fsync, rename, directory fsync).
 func (s *Spool) WriteState(id string, st *State) error {
-	return writeState(s.dirs.Queue, id, st, s.syncDir)
+	if err := writeState(s.dirs.Queue, id, st, s.syncDir); err != nil {
+		return err
+	}
+	s.noteRecorded(id) // the Archiver writes a state with the acceptance merged in
+	return nil
+}
+
+// noteRecorded notes that the acceptance of message id, if it had one, is
+// no longer in the journal only.
+func (s *Spool) noteRecorded(id string) {
+	s.mu.Lock()
+	delete(s.unrecorded, id)
+	s.mu.Unlock()
 }
 
 // writeState durably records the state of message id in queueDir, with
@@ -581,6 +612,9 @@ func (s *Spool) RecordAccepted(job *Job) error {
 			return err
 		}
 		job.journaled = n
+		s.mu.Lock()
+		s.unrecorded[job.ID] = true
+		s.mu.Unlock()
 		return nil
 	}
 	st := job.State
@@ -802,6 +836,7 @@ func (s *Spool) forget(job *Job, reuse bool) error {
 			return err
 		}
 	}
+	s.noteRecorded(job.ID) // filed
 	if job.journaled == 0 {
 		if err := s.actDir.Sync(); err != nil {
 			return err
