@@ -275,8 +275,8 @@ func (w *wire) params() *Params {
 // wireTLS is the TLS mode inside a seal. It is sealed as its constant and
 // read through ParseTLSMode: a seal made by another or an older producer
 // may carry it in any case, and an unknown mode makes the seal malformed
-// rather than reach the Sender as a mode it does not recognise (which it
-// would take for plain text).
+// (the file goes to Undeliverable as invalid) rather than reach the Sender,
+// which would refuse it at every attempt.
 type wireTLS TLSMode
 
 // UnmarshalJSON implements json.Unmarshaler.

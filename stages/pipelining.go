@@ -142,9 +142,7 @@ func (s *Sender) deliverPipelined(sess *session, job *Job, fail func(*Error, []R
 		if err != nil {
 			e := Classify("rcpt", err)
 			if e.Code == 0 || e.Code == 421 {
-				// The transaction ends here, before any data. (The
-				// results used to be built from rcpts, still empty in
-				// this loop, and listed the wrong recipients.)
+				// The transaction ends here, before any data.
 				if mailErr != nil {
 					return fail(e, allRcpts(job.Pending, e))
 				}

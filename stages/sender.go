@@ -668,8 +668,7 @@ func rcptResult(addr string, e *Error) RcptResult {
 // 421) at the RCPT of pending[len(before)], where before are the results
 // of the recipients before it. No data followed, so a recipient the server
 // had accepted is not delivered: it takes e, with the rest; one it refused
-// keeps its refusal. (One accepted was counted as delivered, and never sent
-// again.)
+// keeps its refusal.
 func brokenAt(pending []string, before []RcptResult, e *Error) []RcptResult {
 	out := make([]RcptResult, 0, len(pending))
 	for _, r := range before {
