@@ -581,40 +581,34 @@ func (s *Server) apply(c *conn, w io.Writer, p FaultPoint) error {
 // writeRaw writes f.Raw on w, trickled if f.Trickle is set, until it ends,
 // a write fails (the client closed) or the server is closed.
 func (s *Server) writeRaw(w io.Writer, f Fault) {
-	if f.Trickle <= 0 {
-		buf := make([]byte, 32<<10)
-		for {
-			n, err := f.Raw.Read(buf)
-			if n > 0 {
-				if _, werr := w.Write(buf[:n]); werr != nil {
-					return
-				}
-			}
-			if err != nil {
-				return
-			}
-			select {
-			case <-s.stop:
-				return
-			default:
-			}
-		}
+	buf := make([]byte, 32<<10)
+	var tick <-chan time.Time
+	if f.Trickle > 0 {
+		buf = buf[:1]
+		t := time.NewTicker(f.Trickle)
+		defer t.Stop()
+		tick = t.C
 	}
-	t := time.NewTicker(f.Trickle)
-	defer t.Stop()
-	b := make([]byte, 1)
 	for {
-		n, err := f.Raw.Read(b)
+		n, err := f.Raw.Read(buf)
 		if n > 0 {
-			if _, werr := w.Write(b); werr != nil {
+			if _, werr := w.Write(buf[:n]); werr != nil {
 				return
 			}
 		}
 		if err != nil {
 			return
 		}
+		if tick == nil {
+			select {
+			case <-s.stop:
+				return
+			default:
+			}
+			continue
+		}
 		select {
-		case <-t.C:
+		case <-tick:
 		case <-s.stop:
 			return
 		}
