@@ -65,6 +65,18 @@ type releaser struct {
 	ch   chan struct{}
 }
 
+// stallAt returns a function for Server.Fault that, at each point of step,
+// fires reached and waits for release before going on normally.
+func stallAt(step smtptest.Step, reached *signal, release *releaser) func(smtptest.FaultPoint) smtptest.Fault {
+	return func(p smtptest.FaultPoint) smtptest.Fault {
+		if p.Step == step {
+			reached.Fire()
+			release.Wait()
+		}
+		return smtptest.Fault{}
+	}
+}
+
 func newReleaser() *releaser { return &releaser{ch: make(chan struct{})} }
 
 func (r *releaser) Open() { r.once.Do(func() { close(r.ch) }) }

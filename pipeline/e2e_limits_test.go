@@ -106,13 +106,7 @@ func TestSlowHostDoesNotDelayOthers(t *testing.T) {
 	// The slow host takes every message in and then does not answer the
 	// final dot until the test releases it.
 	slow := startServer(t, "127.0.0.2", func(s *smtptest.Server) {
-		s.Fault = func(p smtptest.FaultPoint) smtptest.Fault {
-			if p.Step == smtptest.AfterDot {
-				stalled.Fire()
-				release.Wait()
-			}
-			return smtptest.Fault{}
-		}
+		s.Fault = stallAt(smtptest.AfterDot, stalled, release)
 	})
 	fast := startServer(t, "127.0.0.3")
 	env := pipelinetest.New(t, withHost("127.0.0.2", hostLimits(1)), func(c *pipeline.Config) {

@@ -172,13 +172,7 @@ func TestReloadDuringShutdownStartsNoWorkers(t *testing.T) {
 	t.Cleanup(func() { goleak.VerifyNone(t, before) })
 	atMail, release := newSignal(), newReleaser()
 	srv := startServer(t, "127.0.0.5", func(s *smtptest.Server) {
-		s.Fault = func(p smtptest.FaultPoint) smtptest.Fault {
-			if p.Step == smtptest.Mail {
-				atMail.Fire()
-				release.Wait()
-			}
-			return smtptest.Fault{}
-		}
+		s.Fault = stallAt(smtptest.Mail, atMail, release)
 	})
 	filing, unblock := newSignal(), newReleaser()
 	var blocking atomic.Bool
