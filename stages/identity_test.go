@@ -240,9 +240,8 @@ func TestSwappedSymlinkIsFiledAsANote(t *testing.T) {
 func TestNoSealedFileInSentDir(t *testing.T) {
 	d := inspDirs(t)
 	s := openTestSpool(t, d)
-	for i := range 3 {
+	for range 3 {
 		inspPlace(t, d.Queue, inspName(t), "X-SmtpQ-Sealed: v1 junk\r\nSubject: x\r\n\r\nbody\r\n")
-		_ = i
 	}
 	var jobs []*Job
 	if _, err := s.Scan(t.Context(), time.Now(), nil, func(j *Job) bool { jobs = append(jobs, j); return true }); err != nil {

@@ -94,6 +94,15 @@ func (p *Parser) settle() time.Duration {
 	return p.Settle
 }
 
+// settling reports whether a file last changed at mod may still be being
+// written at now: it changed within the settle time. A time further in the
+// future than that is no sign of a writer (a clock set wrong, a touch): it
+// does not keep the file waiting.
+func (p *Parser) settling(mod, now time.Time) bool {
+	age := now.Sub(mod)
+	return age < p.settle() && age > -p.settle()
+}
+
 // parse fills in the job, or its Outcome; it reports whether the job is ready
 // to send.
 func (p *Parser) parse(job *Job) bool {
@@ -112,9 +121,8 @@ func (p *Parser) parse(job *Job) bool {
 		if isCutShort(err) || (errors.Is(err, queuefile.ErrTampered) && !headerEnds(job.Path)) {
 			fi, _ = os.Lstat(job.Path)
 		}
-		settle := p.settle()
-		if fi != nil && now.Sub(fi.ModTime()) < settle {
-			job.Outcome = Outcome{Verdict: Park, Due: now.Add(settle)}
+		if fi != nil && p.settling(fi.ModTime(), now) {
+			job.Outcome = Outcome{Verdict: Park, Due: now.Add(p.settle())}
 			return false
 		}
 		job.Outcome = Outcome{Verdict: Permanent, Class: ClassInvalid, Err: Permanentf("parse", "%v", err)}
@@ -124,9 +132,9 @@ func (p *Parser) parse(job *Job) bool {
 		// A pickup file has no digest or size to tell a complete one from
 		// one still being written in place: it waits until it has not
 		// changed for the settle time, as a file that looks cut short does.
-		if fi, err := os.Lstat(job.Path); err == nil && now.Sub(fi.ModTime()) < p.settle() {
+		if fi, err := os.Lstat(job.Path); err == nil && p.settling(fi.ModTime(), now) {
 			job.dropBody()
-			job.Outcome = Outcome{Verdict: Park, Due: fi.ModTime().Add(p.settle())}
+			job.Outcome = Outcome{Verdict: Park, Due: now.Add(p.settle())}
 			return false
 		}
 	}
