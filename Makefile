@@ -22,8 +22,10 @@ fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 
+# go vet ./... skips testdata: the benchmark programs are vetted (and so
+# built) by name.
 vet:
-	$(GO) vet ./...
+	$(GO) vet ./... ./testdata/bench/...
 
 cross:
 	GOOS=windows GOARCH=amd64 $(GO) vet ./...

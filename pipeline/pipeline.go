@@ -226,13 +226,13 @@ func (p *Pipeline) Reload(cfg *Config) error {
 	// would ever answer them.
 	started := make(chan int, 1)
 	select {
-	case r.controls <- stages.HostControl{Op: "threads", Workers: cfg.MaxThreads, Started: started}:
+	case r.controls <- stages.HostControl{Op: stages.OpThreads, Workers: cfg.MaxThreads, Started: started}:
 		r.startWork(<-started)
 	case <-r.finished:
 		return nil
 	}
 	select {
-	case r.controls <- stages.HostControl{Op: "reload"}:
+	case r.controls <- stages.HostControl{Op: stages.OpReload}:
 	case <-r.finished:
 	}
 	return nil
@@ -284,12 +284,12 @@ func (p *Pipeline) watchControls(ctx context.Context, queueDir string, controls 
 		}
 		for _, c := range cs {
 			switch c.Op {
-			case "retry", "hold":
+			case stages.OpRetry, stages.OpHold:
 			default:
-				p.log.Warn("unknown queue control operation ignored", zap.String("op", c.Op))
+				p.log.Warn("unknown queue control operation ignored", zap.String("op", string(c.Op)))
 				continue
 			}
-			p.log.Info("queue control", zap.String("op", c.Op), zap.String("host", c.Host), zap.Bool("all", c.All), zap.String("file", c.Name))
+			p.log.Info("queue control", zap.String("op", string(c.Op)), zap.String("host", c.Host), zap.Bool("all", c.All), zap.String("file", c.Name))
 			select {
 			case controls <- stages.HostControl{Op: c.Op, Host: c.Host, All: c.All, Name: c.Name}:
 			case <-finished:
@@ -308,7 +308,7 @@ func (p *Pipeline) Retry(host string, all bool) {
 	defer p.mu.Unlock()
 	if r := p.running; r != nil {
 		select {
-		case r.controls <- stages.HostControl{Op: "retry", Host: host, All: all}:
+		case r.controls <- stages.HostControl{Op: stages.OpRetry, Host: host, All: all}:
 		case <-r.finished:
 		}
 	}

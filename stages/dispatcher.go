@@ -58,16 +58,29 @@ type Assignment struct {
 	Stop  bool // close the open session and return
 }
 
-// HostControl is an operator's instruction to a running Dispatcher. Op
-// "hold" sends the queued jobs named by Name, Host or All to the Archiver to
-// be held.
+// ControlOp names an operator's instruction to the running service: in a
+// HostControl to the Dispatcher, and in a Control file of the queue
+// commands (retry and hold only).
+type ControlOp string
+
+const (
+	// OpRetry lifts the pause of Host, or of every host with All, so that
+	// waiting mail is tried now.
+	OpRetry ControlOp = "retry"
+	// OpHold sends the queued jobs named by Name, Host or All to the
+	// Archiver to be held.
+	OpHold ControlOp = "hold"
+	// OpReload reads Limits again for every host.
+	OpReload ControlOp = "reload"
+	// OpThreads keeps Workers workers: surplus ones are stopped, idle ones
+	// at once, busy ones when they next ask for work; missing ones are
+	// counted in, and their number is sent on Started.
+	OpThreads ControlOp = "threads"
+)
+
+// HostControl is an operator's instruction to a running Dispatcher.
 type HostControl struct {
-	// Op is "retry" (lift the pause of Host, or of every host with All, so
-	// that waiting mail is tried now), "reload" (read Limits again for every
-	// host), or "threads" (keep Workers workers: surplus ones are stopped,
-	// idle ones at once, busy ones when they next ask for work; missing
-	// ones are counted in, and their number is sent on Started).
-	Op      string
+	Op      ControlOp
 	Host    string
 	All     bool
 	Name    string // for "hold": one message, by its id or its name
@@ -257,9 +270,9 @@ func (d *Dispatcher) Run(ctx context.Context, in <-chan *Job, requests <-chan *R
 			}
 		case c := <-d.Controls:
 			switch c.Op {
-			case "hold":
+			case OpHold:
 				d.hold(c, out)
-			case "threads":
+			case OpThreads:
 				d.threads(c, shutdown)
 			default:
 				d.control(c, now)
@@ -370,7 +383,7 @@ func (d *Dispatcher) threads(c HostControl, shutdown bool) {
 
 func (d *Dispatcher) control(c HostControl, now time.Time) {
 	switch c.Op {
-	case "retry":
+	case OpRetry:
 		for _, h := range d.hosts {
 			if c.All || h.name == HostKey(c.Host) {
 				h.failures, h.pauseLevel, h.halfOpen = 0, 0, false
@@ -379,7 +392,7 @@ func (d *Dispatcher) control(c HostControl, now time.Time) {
 				d.releaseRoutes(h)
 			}
 		}
-	case "reload":
+	case OpReload:
 		for _, h := range d.hosts {
 			lim := d.Limits(h.name)
 			lim.MaxConnections = max(lim.MaxConnections, 1)

@@ -307,7 +307,7 @@ func TestDispatcherRetryReleasesRouteHold(t *testing.T) {
 	if h := <-holds; h.Until.IsZero() {
 		t.Fatalf("first hold %+v, want one with an end", h)
 	}
-	controls <- stages.HostControl{Op: "retry", Host: "10.0.0.1"}
+	controls <- stages.HostControl{Op: stages.OpRetry, Host: "10.0.0.1"}
 	r.ask(&stages.Request{Worker: 0}) // a round trip: the control is handled by now
 	select {
 	case h := <-holds:
@@ -378,7 +378,7 @@ func TestDispatcherLoweredThreadsStopIdleWorkers(t *testing.T) {
 		d.Controls = controls
 	})
 	replies := r.waitingWorkers(0, 1, 2, 3)
-	controls <- stages.HostControl{Op: "threads", Workers: 1}
+	controls <- stages.HostControl{Op: stages.OpThreads, Workers: 1}
 	for i := range 4 {
 		r.in <- rigJob(i, "10.0.0.1")
 	}
@@ -406,7 +406,7 @@ func TestDispatcherRaisedThreadsAsksForNewWorkers(t *testing.T) {
 	threads := func(n int) int {
 		t.Helper()
 		started := make(chan int, 1)
-		controls <- stages.HostControl{Op: "threads", Workers: n, Started: started}
+		controls <- stages.HostControl{Op: stages.OpThreads, Workers: n, Started: started}
 		select {
 		case k := <-started:
 			return k

@@ -955,7 +955,7 @@ func Purge(ctx context.Context, d Dirs, place Place, before time.Time) (PurgeRes
 // in memory waiting for a session: the one named Name, those for Host, or
 // all with All. Messages being sent at that moment are not held.
 type Control struct {
-	Op   string `json:"op"`
+	Op   ControlOp `json:"op"`
 	Host string `json:"host,omitempty"`
 	All  bool   `json:"all,omitempty"`
 	Name string `json:"name,omitempty"`

@@ -708,7 +708,7 @@ func TestControls(t *testing.T) {
 	if cs, err := ReadControls(d.Queue); cs != nil || err != nil {
 		t.Errorf("no folder: %v, %v", cs, err)
 	}
-	want := []Control{{Op: "retry", Host: "smtp.example.com"}, {Op: "retry", All: true}, {Op: "retry", Host: "b.example"}}
+	want := []Control{{Op: OpRetry, Host: "smtp.example.com"}, {Op: OpRetry, All: true}, {Op: OpRetry, Host: "b.example"}}
 	for _, c := range want {
 		if err := WriteControl(d.Queue, c); err != nil {
 			t.Fatal(err)

@@ -915,7 +915,7 @@ func (q *queueEnv) moveOne(out io.Writer, op, name string) error {
 		if errors.As(err, &pe) && pe.Entry.Place == stages.PlaceActive {
 			// The service has it: ask it to set the message aside unless
 			// its delivery is already under way.
-			if cerr := stages.WriteControl(q.dirs.Queue, stages.Control{Op: "hold", Name: name}); cerr != nil {
+			if cerr := stages.WriteControl(q.dirs.Queue, stages.Control{Op: stages.OpHold, Name: name}); cerr != nil {
 				return fmt.Errorf("asking the service to hold %s: %w", name, cerr)
 			}
 			fmt.Fprintf(out, "%s is with the running service: asked it to hold the message unless it is being sent right now (smtpq queue status %s tells)\n", name, name)
@@ -954,7 +954,7 @@ func (q *queueEnv) moveOne(out io.Writer, op, name string) error {
 			fmt.Fprintf(q.stderr, "smtpq: warning: cannot read the host of %s (%s): no host pause lifted; use retry --host H\n", name, flatten(fmt.Sprint(env.err)))
 			return nil
 		}
-		if err := stages.WriteControl(q.dirs.Queue, stages.Control{Op: "retry", Host: env.host}); err != nil {
+		if err := stages.WriteControl(q.dirs.Queue, stages.Control{Op: stages.OpRetry, Host: env.host}); err != nil {
 			return fmt.Errorf("asking the service to lift the pause of %s: %w", env.host, err)
 		}
 		fmt.Fprintf(out, "asked the running service to lift any pause of %s\n", env.host)
@@ -996,7 +996,7 @@ func (q *queueEnv) moveAll(ctx context.Context, out io.Writer, op string, sel se
 	case "hold":
 		fmt.Fprintf(out, "held %d %s", r.Moved, what)
 		if r.Active > 0 {
-			c := stages.Control{Op: "hold", Host: sel.host, All: sel.host == ""}
+			c := stages.Control{Op: stages.OpHold, Host: sel.host, All: sel.host == ""}
 			if cerr := stages.WriteControl(q.dirs.Queue, c); cerr != nil {
 				return fmt.Errorf("asking the service to hold the messages it has: %w", cerr)
 			}
@@ -1018,7 +1018,7 @@ func (q *queueEnv) moveAll(ctx context.Context, out io.Writer, op string, sel se
 		return err
 	}
 	if op == "retry" {
-		c := stages.Control{Op: "retry", Host: sel.host, All: sel.all}
+		c := stages.Control{Op: stages.OpRetry, Host: sel.host, All: sel.all}
 		if err := stages.WriteControl(q.dirs.Queue, c); err != nil {
 			return fmt.Errorf("asking the service to lift host pauses: %w", err)
 		}

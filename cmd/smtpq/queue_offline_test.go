@@ -180,7 +180,7 @@ func TestQueueSelectByHostAndRetryControls(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []stages.Control{{Op: "retry", Host: "backup.example.com"}, {Op: "retry", All: true}, {Op: "retry", Host: "relay.example.com"}}
+	want := []stages.Control{{Op: stages.OpRetry, Host: "backup.example.com"}, {Op: stages.OpRetry, All: true}, {Op: stages.OpRetry, Host: "relay.example.com"}}
 	if len(cs) != len(want) {
 		t.Fatalf("controls %+v, want %+v", cs, want)
 	}
