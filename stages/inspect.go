@@ -956,9 +956,9 @@ func Purge(ctx context.Context, d Dirs, place Place, before time.Time) (PurgeRes
 // all with All. Messages being sent at that moment are not held.
 type Control struct {
 	Op   ControlOp `json:"op"`
-	Host string `json:"host,omitempty"`
-	All  bool   `json:"all,omitempty"`
-	Name string `json:"name,omitempty"`
+	Host string    `json:"host,omitempty"`
+	All  bool      `json:"all,omitempty"`
+	Name string    `json:"name,omitempty"`
 }
 
 // WriteControl leaves an instruction for the running service in
