@@ -56,9 +56,9 @@ test-crash:
 # the package's testdata/fuzz/ and stays as a regression case: commit it.
 FUZZTIME ?= 20s
 fuzz:
-	$(GO) test -run '^$$' -fuzz '^FuzzOpen$$' -fuzztime $(FUZZTIME) ./queuefile/
-	$(GO) test -run '^$$' -fuzz '^FuzzStrip$$' -fuzztime $(FUZZTIME) ./queuefile/
-	$(GO) test -run '^$$' -fuzz '^FuzzOpenPickup$$' -fuzztime $(FUZZTIME) ./queuefile/
+	$(GO) test -run '^$$' -fuzz '^FuzzOpen$$' -fuzztime $(FUZZTIME) ./pipeline/queuefile/
+	$(GO) test -run '^$$' -fuzz '^FuzzStrip$$' -fuzztime $(FUZZTIME) ./pipeline/queuefile/
+	$(GO) test -run '^$$' -fuzz '^FuzzOpenPickup$$' -fuzztime $(FUZZTIME) ./pipeline/queuefile/
 	$(GO) test -run '^$$' -fuzz '^FuzzXMLLog$$' -fuzztime $(FUZZTIME) ./stages/
 	$(GO) test -run '^$$' -fuzz '^FuzzSpoolNames$$' -fuzztime $(FUZZTIME) ./stages/
 	$(GO) test -run '^$$' -fuzz '^FuzzTranscript$$' -fuzztime $(FUZZTIME) ./stages/

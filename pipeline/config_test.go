@@ -6,7 +6,7 @@ import (
 	"testing"
 
 	"github.com/smtpq/smtpq/pipeline"
-	"github.com/smtpq/smtpq/queuefile"
+	"github.com/smtpq/smtpq/pipeline/queuefile"
 )
 
 // baseYAML is the smallest valid configuration.

@@ -13,8 +13,8 @@ import (
 
 	"github.com/smtpq/smtpq/pipeline"
 	"github.com/smtpq/smtpq/pipeline/pipelinetest"
+	"github.com/smtpq/smtpq/pipeline/queuefile"
 	"github.com/smtpq/smtpq/pipeline/smtptest"
-	"github.com/smtpq/smtpq/queuefile"
 )
 
 // exported lists the metric families a running smtpq serves (with a message

@@ -55,7 +55,7 @@ import (
 	"github.com/sourcegraph/conc"
 	"go.uber.org/zap"
 
-	"github.com/smtpq/smtpq/queuefile"
+	"github.com/smtpq/smtpq/pipeline/queuefile"
 	"github.com/smtpq/smtpq/stages"
 )
 

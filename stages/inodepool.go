@@ -8,7 +8,7 @@ import (
 	"strconv"
 	"sync"
 
-	"github.com/smtpq/smtpq/queuefile"
+	"github.com/smtpq/smtpq/pipeline/queuefile"
 )
 
 // inodePool keeps the queue copies of filed messages, once their content is

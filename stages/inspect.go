@@ -39,7 +39,7 @@ import (
 	"filippo.io/age"
 	"github.com/gofrs/flock"
 
-	"github.com/smtpq/smtpq/queuefile"
+	"github.com/smtpq/smtpq/pipeline/queuefile"
 )
 
 // More working folders.

@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/smtpq/smtpq/queuefile"
+	"github.com/smtpq/smtpq/pipeline/queuefile"
 )
 
 // inspDirs makes a spool's three folders in a temporary folder.

@@ -14,7 +14,7 @@ import (
 	"filippo.io/age"
 	"go.uber.org/zap"
 
-	"github.com/smtpq/smtpq/queuefile"
+	"github.com/smtpq/smtpq/pipeline/queuefile"
 )
 
 // Resolver turns sealed parameters into a Route, looking up relay profiles

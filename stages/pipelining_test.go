@@ -15,7 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/emersion/go-smtp"
-	"github.com/smtpq/smtpq/queuefile"
+	"github.com/smtpq/smtpq/pipeline/queuefile"
 )
 
 // scriptServer is a hand-written SMTP server for one connection: it offers

@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/smtpq/smtpq/queuefile"
+	"github.com/smtpq/smtpq/pipeline/queuefile"
 )
 
 // A filing in Undeliverable that failed after its link (at the folder's

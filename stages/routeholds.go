@@ -3,7 +3,7 @@ package stages
 import (
 	"time"
 
-	"github.com/smtpq/smtpq/queuefile"
+	"github.com/smtpq/smtpq/pipeline/queuefile"
 )
 
 // RouteHold tells the Scanner to leave in the queue folder, unclaimed, the

@@ -17,7 +17,7 @@ import (
 	"github.com/emersion/go-smtp"
 	"go.uber.org/zap"
 
-	"github.com/smtpq/smtpq/queuefile"
+	"github.com/smtpq/smtpq/pipeline/queuefile"
 )
 
 // DialFunc opens a network connection; net.Dialer.DialContext is one.

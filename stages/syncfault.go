@@ -4,7 +4,7 @@ import (
 	"io/fs"
 	"os"
 
-	"github.com/smtpq/smtpq/queuefile"
+	"github.com/smtpq/smtpq/pipeline/queuefile"
 )
 
 // The spool's fsyncs go through these methods, so that a test can make them

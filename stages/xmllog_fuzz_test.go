@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/smtpq/smtpq/queuefile"
+	"github.com/smtpq/smtpq/pipeline/queuefile"
 )
 
 // FuzzXMLLog feeds hostile text (server replies, addresses, transcripts) to

@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/smtpq/smtpq/queuefile"
+	"github.com/smtpq/smtpq/pipeline/queuefile"
 )
 
 // Secrets and names that must never appear in clear text in a queue file.

@@ -23,8 +23,8 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/smtpq/smtpq/pipeline/queuefile"
 	"github.com/smtpq/smtpq/pipeline/smtptest"
-	"github.com/smtpq/smtpq/queuefile"
 )
 
 var (

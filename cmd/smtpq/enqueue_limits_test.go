@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/smtpq/smtpq/queuefile"
+	"github.com/smtpq/smtpq/pipeline/queuefile"
 )
 
 // manyRecipientsMessage returns a message whose To field holds n addresses:

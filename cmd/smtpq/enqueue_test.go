@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/smtpq/smtpq/queuefile"
+	"github.com/smtpq/smtpq/pipeline/queuefile"
 )
 
 const testMsg = "From: App <app@example.com>\r\nTo: Ann <ann@example.org>, bob@example.org\r\nCc: cid@example.net\r\nBcc: hidden@example.net\r\nSubject: hello\r\n\r\nbody line\r\n.\r\nmore\r\n"

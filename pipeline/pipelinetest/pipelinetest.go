@@ -31,7 +31,7 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/smtpq/smtpq/pipeline"
-	"github.com/smtpq/smtpq/queuefile"
+	"github.com/smtpq/smtpq/pipeline/queuefile"
 	"github.com/smtpq/smtpq/stages"
 )
 

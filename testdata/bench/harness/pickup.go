@@ -13,7 +13,7 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/smtpq/smtpq/queuefile"
+	"github.com/smtpq/smtpq/pipeline/queuefile"
 )
 
 var seqRe = regexp.MustCompile(`(?m)^X-Bench-Seq: (-?\d+)\r?$`)

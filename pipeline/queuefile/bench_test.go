@@ -16,7 +16,7 @@ import (
 
 	"filippo.io/age"
 
-	"github.com/smtpq/smtpq/queuefile"
+	"github.com/smtpq/smtpq/pipeline/queuefile"
 )
 
 // benchMessage returns a message of exactly size bytes: a few header fields

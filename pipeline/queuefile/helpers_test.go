@@ -13,7 +13,7 @@ import (
 
 	"filippo.io/age"
 
-	"github.com/smtpq/smtpq/queuefile"
+	"github.com/smtpq/smtpq/pipeline/queuefile"
 )
 
 // Fixed X25519 test keys. They are constants (not generated per run) so that
@@ -206,12 +206,12 @@ type corpusFile struct {
 // corpus returns the shared test messages (read-only).
 func corpus(tb testing.TB) []corpusFile {
 	tb.Helper()
-	paths, err := filepath.Glob(filepath.Join("..", "testdata", "messages", "*.eml"))
+	paths, err := filepath.Glob(filepath.Join("..", "..", "testdata", "messages", "*.eml"))
 	if err != nil {
 		tb.Fatal(err)
 	}
 	if len(paths) == 0 {
-		tb.Fatal("no messages in ../testdata/messages")
+		tb.Fatal("no messages in ../../testdata/messages")
 	}
 	var cs []corpusFile
 	for _, p := range paths {
@@ -226,7 +226,7 @@ func corpus(tb testing.TB) []corpusFile {
 
 func corpusMessage(tb testing.TB, name string) []byte {
 	tb.Helper()
-	b, err := os.ReadFile(filepath.Join("..", "testdata", "messages", name))
+	b, err := os.ReadFile(filepath.Join("..", "..", "testdata", "messages", name))
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/smtpq/smtpq/queuefile"
+	"github.com/smtpq/smtpq/pipeline/queuefile"
 )
 
 func TestGenerateKeysModes(t *testing.T) {

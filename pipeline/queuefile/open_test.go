@@ -12,7 +12,7 @@ import (
 
 	"filippo.io/age"
 
-	"github.com/smtpq/smtpq/queuefile"
+	"github.com/smtpq/smtpq/pipeline/queuefile"
 )
 
 // sealJSON encrypts plain (the JSON inside a seal) to the test recipient and

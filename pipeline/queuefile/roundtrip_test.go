@@ -12,7 +12,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/smtpq/smtpq/queuefile"
+	"github.com/smtpq/smtpq/pipeline/queuefile"
 )
 
 // namePattern is the form of a queue file name: sortable UTC time, random.

@@ -16,7 +16,7 @@ import (
 
 	"filippo.io/age"
 
-	"github.com/smtpq/smtpq/queuefile"
+	"github.com/smtpq/smtpq/pipeline/queuefile"
 )
 
 func TestEnqueueNameSortsByClock(t *testing.T) {

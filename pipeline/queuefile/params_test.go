@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/smtpq/smtpq/queuefile"
+	"github.com/smtpq/smtpq/pipeline/queuefile"
 )
 
 func TestValidate(t *testing.T) {

@@ -5,7 +5,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/smtpq/smtpq/queuefile"
+	"github.com/smtpq/smtpq/pipeline/queuefile"
 )
 
 // TestParamsNeverFormatTheirSecrets prints Params, and values holding them

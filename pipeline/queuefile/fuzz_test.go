@@ -11,7 +11,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/smtpq/smtpq/queuefile"
+	"github.com/smtpq/smtpq/pipeline/queuefile"
 )
 
 // refStrip is a plain reference for Strip(…, IsSealedField): split into

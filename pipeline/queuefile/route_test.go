@@ -5,7 +5,7 @@ import (
 
 	"filippo.io/age"
 
-	"github.com/smtpq/smtpq/queuefile"
+	"github.com/smtpq/smtpq/pipeline/queuefile"
 )
 
 // Enqueue puts the route tag in the name; the service computes the same tag

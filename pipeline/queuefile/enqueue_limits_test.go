@@ -10,7 +10,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/smtpq/smtpq/queuefile"
+	"github.com/smtpq/smtpq/pipeline/queuefile"
 )
 
 // manyRecipients returns n distinct addresses of 18 bytes each.
