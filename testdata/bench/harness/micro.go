@@ -31,7 +31,7 @@ func microBench(ctx context.Context, o *options, rep *report) error {
 		args []string
 		raw  string // file for the output; its benchmark lines go in the table unless it is a profiling run
 	}{
-		{"./queuefile", []string{"-bench", ".", "-benchtime", "1s"}, "micro-queuefile.txt"},
+		{"./pipeline/queuefile", []string{"-bench", ".", "-benchtime", "1s"}, "micro-queuefile.txt"},
 		{"./stages", []string{"-bench", ".", "-benchtime", "1s"}, "micro-stages.txt"},
 		{"./pipeline", []string{"-bench", "BenchmarkDrain", "-benchtime", "5000x",
 			"-cpuprofile", cpuProf, "-memprofile", memProf, "-o", testBin}, "micro-pipeline.txt"},
