@@ -57,13 +57,13 @@ func benchDrain(b *testing.B, conns int) {
 	var sent, other atomic.Int64
 	done := make(chan struct{})
 	onFiled := func(f stages.Filed) {
-		if f.Result == "sent" && f.Err == nil {
+		if f.Verdict == stages.Sent && f.Err == nil {
 			if sent.Add(1) == int64(b.N) {
 				close(done)
 			}
 			return
 		}
-		if f.Result != "parked" && f.Result != "returned" {
+		if f.Verdict != stages.Park && f.Verdict != stages.Return {
 			other.Add(1)
 		}
 	}

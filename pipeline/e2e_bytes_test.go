@@ -83,8 +83,8 @@ func TestMessagesArriveByteForByte(t *testing.T) {
 			}
 			continue
 		}
-		if f.Result != "sent" {
-			t.Errorf("%s: %s (%v)", filepath.Base(s.file), f.Result, f.Job.Outcome.Err)
+		if f.Verdict != stages.Sent {
+			t.Errorf("%s: %s (%v)", filepath.Base(s.file), f.Verdict, f.Job.Outcome.Err)
 			continue
 		}
 		sent, err := os.ReadFile(filepath.Join(env.Config.SentDir, name))

@@ -195,7 +195,7 @@ func wantRetriedOut(t *testing.T, env *pipelinetest.Env, name, step, text string
 	}
 	for _, fl := range filingsOf(env, name) {
 		if e := fl.Job.Outcome.Err; e == nil || e.Step != step || !e.Temporary || !strings.Contains(e.Text, text) {
-			t.Errorf("%s: error %v, want a temporary error at %s saying %q", fl.Result, e, step, text)
+			t.Errorf("%s: error %v, want a temporary error at %s saying %q", fl.Verdict, e, step, text)
 		}
 	}
 }
@@ -365,7 +365,7 @@ func TestNoReplyIsRetried(t *testing.T) {
 				var deferredState map[string]any
 				var stateErr error
 				env.Start(pipeline.Options{Logger: logger, NoPipelining: mode.off, OnFiled: func(f stages.Filed) {
-					if f.Result == "deferred" {
+					if f.Verdict == stages.Transient {
 						mu.Lock()
 						defer mu.Unlock()
 						deferredState, stateErr = stateFile(env.Config, f.Job.ID)
@@ -519,7 +519,7 @@ func TestBlackholedHostIsPausedWithoutCountingAttempts(t *testing.T) {
 
 	var d *stages.Outcome
 	for _, f := range env.Filed() {
-		if f.Result == "deferred" && slices.Contains(names, f.Job.Name) {
+		if f.Verdict == stages.Transient && slices.Contains(names, f.Job.Name) {
 			d = &f.Job.Outcome
 			break
 		}

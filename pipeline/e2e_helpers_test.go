@@ -183,7 +183,7 @@ func results(env *pipelinetest.Env, name string) []string {
 	var out []string
 	for _, f := range env.Filed() {
 		if f.Job.Name == name {
-			out = append(out, f.Result)
+			out = append(out, f.Verdict.String())
 		}
 	}
 	return out
@@ -192,8 +192,8 @@ func results(env *pipelinetest.Env, name string) []string {
 // wantSent fails the test unless f is a successful filing in Sent.
 func wantSent(t *testing.T, f stages.Filed) {
 	t.Helper()
-	if f.Result != "sent" || f.Err != nil {
-		t.Fatalf("%s: %s (%v, filing error %v), want sent", f.Job.Name, f.Result, f.Job.Outcome.Err, f.Err)
+	if f.Verdict != stages.Sent || f.Err != nil {
+		t.Fatalf("%s: %s (%v, filing error %v), want sent", f.Job.Name, f.Verdict, f.Job.Outcome.Err, f.Err)
 	}
 }
 
@@ -202,8 +202,8 @@ func wantSent(t *testing.T, f stages.Filed) {
 func wantAllSent(t *testing.T, env *pipelinetest.Env, n int) {
 	t.Helper()
 	for name, f := range env.WaitFinal(n) {
-		if f.Result != "sent" {
-			t.Errorf("%s: %s (%v)", name, f.Result, f.Job.Outcome.Err)
+		if f.Verdict != stages.Sent {
+			t.Errorf("%s: %s (%v)", name, f.Verdict, f.Job.Outcome.Err)
 		}
 	}
 }
@@ -211,9 +211,9 @@ func wantAllSent(t *testing.T, env *pipelinetest.Env, n int) {
 // wantFailed fails the test unless f is a filing in Undeliverable of class.
 func wantFailed(t *testing.T, f stages.Filed, class stages.Class) {
 	t.Helper()
-	if f.Result != "failed" || f.Err != nil || f.Job.Outcome.Class != class {
+	if f.Verdict != stages.Permanent || f.Err != nil || f.Job.Outcome.Class != class {
 		t.Fatalf("%s: %s class %q (%v, filing error %v), want failed class %q",
-			f.Job.Name, f.Result, f.Job.Outcome.Class, f.Job.Outcome.Err, f.Err, class)
+			f.Job.Name, f.Verdict.String(), f.Job.Outcome.Class, f.Job.Outcome.Err, f.Err, class)
 	}
 }
 
@@ -221,7 +221,7 @@ func wantFailed(t *testing.T, f stages.Filed, class stages.Class) {
 func count(fs []stages.Filed, name, result string) int {
 	n := 0
 	for _, f := range fs {
-		if f.Job.Name == name && f.Result == result {
+		if f.Job.Name == name && f.Verdict.String() == result {
 			n++
 		}
 	}

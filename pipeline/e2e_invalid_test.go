@@ -141,7 +141,7 @@ func TestInvalidFilesAreFiledAndOthersLeftAlone(t *testing.T) {
 	for _, f := range env.Filed() {
 		for _, rel := range ignored {
 			if f.Job.Name == filepath.Base(rel) {
-				t.Errorf("%s was claimed: %s", rel, f.Result)
+				t.Errorf("%s was claimed: %s", rel, f.Verdict)
 			}
 		}
 	}

@@ -69,9 +69,9 @@ func TestNamesakeDroppedWhileInFlight(t *testing.T) {
 	var ids []string
 	for _, f := range env.Filed() {
 		if f.Err != nil {
-			t.Errorf("filing %s (id %s) as %s failed: %v", f.Job.Name, f.Job.ID, f.Result, f.Err)
+			t.Errorf("filing %s (id %s) as %s failed: %v", f.Job.Name, f.Job.ID, f.Verdict, f.Err)
 		}
-		if f.Result == "sent" {
+		if f.Verdict == stages.Sent {
 			ids = append(ids, f.Job.ID)
 			want := 1 // the second: sent at once
 			if strings.Contains(string(mustRead(t, f.Path)), "Subject: test 1") {

@@ -72,7 +72,7 @@ func TestFileWrittenSlowlyInPlaceIsSent(t *testing.T) {
 		})
 		if r := results(env, name); slices.Contains(r, "failed") || slices.Contains(r, "sent") {
 			f := env.WaitFiled(name)
-			t.Fatalf("%s filed as %s (%v) while still being written; filings %v", name, f.Result, f.Job.Outcome.Err, r)
+			t.Fatalf("%s filed as %s (%v) while still being written; filings %v", name, f.Verdict, f.Job.Outcome.Err, r)
 		}
 	}
 	// The producer's file is claimed (renamed) as soon as it appears; it
@@ -169,10 +169,10 @@ func TestFilesVanishingBeforeClaimLeaveNoTrace(t *testing.T) {
 	}
 	for _, f := range env.Filed() {
 		if removed[f.Job.Name] {
-			t.Errorf("%s vanished before it was claimed, yet was filed: %s", f.Job.Name, f.Result)
+			t.Errorf("%s vanished before it was claimed, yet was filed: %s", f.Job.Name, f.Verdict)
 		}
-		if f.Err != nil || f.Result == "failed" {
-			t.Errorf("%s: %s (%v, filing error %v)", f.Job.Name, f.Result, f.Job.Outcome.Err, f.Err)
+		if f.Err != nil || f.Verdict == stages.Permanent {
+			t.Errorf("%s: %s (%v, filing error %v)", f.Job.Name, f.Verdict, f.Job.Outcome.Err, f.Err)
 		}
 	}
 	if len(final) != len(kept)+1 {
@@ -256,7 +256,7 @@ func TestSymlinksFIFOsAndDirectoriesAreNeverTouched(t *testing.T) {
 
 	for _, f := range env.Filed() {
 		if _, ok := specials[f.Job.Name]; ok {
-			t.Errorf("%s (a %s) was claimed: %s", f.Job.Name, specials[f.Job.Name].kind, f.Result)
+			t.Errorf("%s (a %s) was claimed: %s", f.Job.Name, specials[f.Job.Name].kind, f.Verdict)
 		}
 	}
 	for name, s := range specials {
@@ -348,7 +348,7 @@ func TestTenThousandFilesWithLostEventsAreAllSent(t *testing.T) {
 	env.Start(pipeline.Options{Logger: logger, OnFiled: func(f stages.Filed) {
 		gated.Fire()
 		gate.Wait()
-		if f.Result == "sent" && f.Err == nil && sent.Add(1) == n+1 {
+		if f.Verdict == stages.Sent && f.Err == nil && sent.Add(1) == n+1 {
 			allSent.Fire()
 		}
 	}})
@@ -446,8 +446,8 @@ func TestTwoInstancesSendEachMessageOnce(t *testing.T) {
 		return func(f stages.Filed) {
 			mu.Lock()
 			defer mu.Unlock()
-			filed[f.Job.Name] = append(filed[f.Job.Name], who+":"+f.Result)
-			if f.Result == "sent" && f.Err == nil {
+			filed[f.Job.Name] = append(filed[f.Job.Name], who+":"+f.Verdict.String())
+			if f.Verdict == stages.Sent && f.Err == nil {
 				if sent++; sent == n {
 					done.Fire()
 				}

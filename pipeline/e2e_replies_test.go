@@ -46,7 +46,7 @@ func TestServerAuthLineKillsNoWorker(t *testing.T) {
 		wantSent(t, env.WaitFiled(name))
 	}
 	for _, f := range env.Filed() {
-		if f.Result != "deferred" {
+		if f.Verdict != stages.Transient {
 			continue
 		}
 		if e := f.Job.Outcome.Err; e == nil || !e.Temporary || e.Step != "greeting" {
@@ -95,7 +95,7 @@ func TestPanicInSenderFailsOnlyItsMessage(t *testing.T) {
 				}
 				var deferred []stages.Filed
 				for _, f := range env.Filed() {
-					if f.Result == "deferred" {
+					if f.Verdict == stages.Transient {
 						deferred = append(deferred, f)
 					}
 				}
@@ -178,7 +178,7 @@ func TestDroppedAtLaterRcptDefersEveryRecipient(t *testing.T) {
 
 				final := env.WaitFiled(name)
 				fs := filingsOf(env, name)
-				if len(fs) != 2 || fs[0].Result != "deferred" {
+				if len(fs) != 2 || fs[0].Verdict != stages.Transient {
 					t.Fatalf("filings %v, want a deferral and a final filing", results(env, name))
 				}
 				got := fs[0].Job.Outcome.Rcpts

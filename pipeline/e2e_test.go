@@ -13,6 +13,7 @@ import (
 	"github.com/smtpq/smtpq/pipeline/pipelinetest"
 	"github.com/smtpq/smtpq/pipeline/queuefile"
 	"github.com/smtpq/smtpq/pipeline/smtptest"
+	"github.com/smtpq/smtpq/stages"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -35,8 +36,8 @@ func TestSendsAndFilesInSent(t *testing.T) {
 	final := env.WaitFinal(len(names))
 	for name, msg := range names {
 		f := final[name]
-		if f.Result != "sent" {
-			t.Fatalf("%s: %s (%v)", name, f.Result, f.Job.Outcome.Err)
+		if f.Verdict != stages.Sent {
+			t.Fatalf("%s: %s (%v)", name, f.Verdict, f.Job.Outcome.Err)
 		}
 		got, err := os.ReadFile(filepath.Join(env.Config.SentDir, name))
 		if err != nil {

@@ -98,7 +98,7 @@ func (m *metrics) observe(f stages.Filed, now time.Time) {
 	if host == "" {
 		host = "-"
 	}
-	m.filed.WithLabelValues(host, f.Result, string(j.Outcome.Class)).Inc()
+	m.filed.WithLabelValues(host, f.Verdict.String(), string(j.Outcome.Class)).Inc()
 	if j.Outcome.Attempted {
 		m.attemptTime.WithLabelValues(host).Observe(j.Outcome.Duration.Seconds())
 		if !j.ReadyAt.IsZero() {

@@ -99,8 +99,8 @@ func TestMetricsAndHealth(t *testing.T) {
 	}
 	// The server already accepted it: the retry files it as sent without
 	// sending it again.
-	if f := env.WaitFiled(name); f.Result != "sent" {
-		t.Fatalf("%s: %s", name, f.Result)
+	if f := env.WaitFiled(name); f.Verdict != stages.Sent {
+		t.Fatalf("%s: %s", name, f.Verdict)
 	}
 	if n := len(srv.Messages()); n != 4 {
 		t.Errorf("server got %d messages, want 4 (no resend after the failed filing)", n)

@@ -35,10 +35,10 @@ func (p RetryPolicy) Backoff(n int) time.Duration {
 
 // Filed is reported for every job the Archiver files, for logs and metrics.
 type Filed struct {
-	Job    *Job
-	Result string // sent, deferred, failed, parked, returned
-	Path   string // where the message now is (Sent or Undeliverable), if filed there
-	Err    error  // the filing failed: the file stayed where it was
+	Job     *Job
+	Verdict Verdict // what was decided: Sent, Transient (deferred), Permanent (failed), Park, Return, Hold
+	Path    string  // where the message now is (Sent or Undeliverable), if filed there
+	Err     error   // the filing failed: the file stayed where it was
 }
 
 // Archiver files every job it receives according to its Outcome: Sent,
@@ -182,7 +182,7 @@ func (a *Archiver) place(job *Job, now time.Time) bool {
 	o := &job.Outcome
 	retry := a.policy()
 	claimed := job.Path
-	f := Filed{Job: job, Result: o.Verdict.String()}
+	f := Filed{Job: job, Verdict: o.Verdict}
 	switch o.Verdict {
 	case Sent:
 		f.Path, f.Err = a.Spool.Sent(job, a.DeleteAfterSend)
@@ -208,7 +208,7 @@ func (a *Archiver) place(job *Job, now time.Time) bool {
 		// Put it back in the queue to be tried again; its state says
 		// whether the server already accepted it.
 		a.Log.Error("filing a message failed; returning it to the queue",
-			zap.String("id", job.ID), zap.String("file", job.Name), zap.String("result", f.Result), zap.Error(f.Err))
+			zap.String("id", job.ID), zap.String("file", job.Name), zap.String("result", f.Verdict.String()), zap.Error(f.Err))
 		if o.Verdict == Sent {
 			job.State.Accepted = true
 			if err := a.Spool.WriteState(job.ID, &job.State); err != nil {
@@ -237,8 +237,8 @@ func (a *Archiver) place(job *Job, now time.Time) bool {
 
 func (a *Archiver) logFiled(f Filed) {
 	j := f.Job
-	if f.Result == "returned" || f.Result == "parked" || f.Result == "held" {
-		a.Log.Debug(f.Result, zap.String("id", j.ID), zap.String("file", j.Name), zap.String("host", j.Host()))
+	if f.Verdict == Return || f.Verdict == Park || f.Verdict == Hold {
+		a.Log.Debug(f.Verdict.String(), zap.String("id", j.ID), zap.String("file", j.Name), zap.String("host", j.Host()))
 		return
 	}
 	fields := []zap.Field{
@@ -248,7 +248,7 @@ func (a *Archiver) logFiled(f Filed) {
 	}
 	if e := j.Outcome.Err; e != nil {
 		fields = append(fields, zap.Int("code", e.Code), zap.String("error", e.Error()))
-	} else if f.Result == "sent" && j.Outcome.Attempted {
+	} else if f.Verdict == Sent && j.Outcome.Attempted {
 		fields = append(fields, zap.Int("code", 250))
 	}
 	if j.Outcome.Class != "" {
@@ -264,10 +264,10 @@ func (a *Archiver) logFiled(f Filed) {
 	}
 	switch {
 	case f.Err != nil:
-		a.Log.Error(f.Result+" (filing failed)", append(fields, zap.NamedError("filing_error", f.Err))...)
-	case f.Result == "sent":
+		a.Log.Error(f.Verdict.String()+" (filing failed)", append(fields, zap.NamedError("filing_error", f.Err))...)
+	case f.Verdict == Sent:
 		a.Log.Info("sent", fields...)
-	case f.Result == "deferred":
+	case f.Verdict == Transient:
 		a.Log.Warn("deferred", append(fields, zap.Time("next_attempt", j.State.NextAttempt))...)
 	default:
 		a.Log.Error("failed", fields...)

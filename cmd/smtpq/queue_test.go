@@ -198,14 +198,14 @@ func TestQueueCommandsWithRunningService(t *testing.T) {
 
 	e.Start(pipeline.Options{})
 	for n, want := range map[string]string{sent: "sent", failed: "failed", inline: "sent"} {
-		if f := e.WaitFiled(n); f.Result != want {
-			t.Fatalf("%s: %s (%v), want %s", n, f.Result, f.Job.Outcome.Err, want)
+		if f := e.WaitFiled(n); f.Verdict.String() != want {
+			t.Fatalf("%s: %s (%v), want %s", n, f.Verdict, f.Job.Outcome.Err, want)
 		}
 	}
 	filedAs := func(name, result string) func([]stages.Filed) bool {
 		return func(fs []stages.Filed) bool {
 			for _, f := range fs {
-				if f.Job.Name == name && f.Result == result {
+				if f.Job.Name == name && f.Verdict.String() == result {
 					return true
 				}
 			}
@@ -303,8 +303,8 @@ func TestQueueCommandsWithRunningService(t *testing.T) {
 	if out := run("release", relayed); !strings.Contains(out, "released") {
 		t.Errorf("release: %q", out)
 	}
-	if f := e.WaitFiled(relayed); f.Result != "sent" {
-		t.Fatalf("released message: %s (%v)", f.Result, f.Job.Outcome.Err)
+	if f := e.WaitFiled(relayed); f.Verdict != stages.Sent {
+		t.Fatalf("released message: %s (%v)", f.Verdict, f.Job.Outcome.Err)
 	}
 
 	// requeue: it fails again, with a new log; the old one is history.
@@ -314,7 +314,7 @@ func TestQueueCommandsWithRunningService(t *testing.T) {
 	e.WaitFor("the requeued message to fail again", func(fs []stages.Filed) bool {
 		n := 0
 		for _, f := range fs {
-			if f.Job.Name == failed && f.Result == "failed" {
+			if f.Job.Name == failed && f.Verdict == stages.Permanent {
 				n++
 			}
 		}
@@ -376,8 +376,8 @@ func TestQueueRetrySendsBeforeBackoff(t *testing.T) {
 	e.Start(pipeline.Options{})
 	name := e.Enqueue(testMail(1), plain(srv, "user1@example.org"))
 	e.WaitFor("a deferral", func(fs []stages.Filed) bool { return len(fs) > 0 })
-	if f := e.Filed()[0]; f.Result != "deferred" || f.Job.State.NextAttempt.Before(time.Now().Add(50*time.Minute)) {
-		t.Fatalf("first filing: %s, next attempt %v", f.Result, f.Job.State.NextAttempt)
+	if f := e.Filed()[0]; f.Verdict != stages.Transient || f.Job.State.NextAttempt.Before(time.Now().Add(50*time.Minute)) {
+		t.Fatalf("first filing: %s, next attempt %v", f.Verdict, f.Job.State.NextAttempt)
 	}
 	if out := e.ok("status", name); !strings.Contains(out, "deferred until") || !strings.Contains(out, "not now") {
 		t.Errorf("status: %q", out)
@@ -386,8 +386,8 @@ func TestQueueRetrySendsBeforeBackoff(t *testing.T) {
 	if !strings.Contains(out, "moved from deferred until") || !strings.Contains(out, "lift any pause of "+srv.Host()) {
 		t.Errorf("retry: %q", out)
 	}
-	if f := e.WaitFiled(name); f.Result != "sent" || f.Job.State.Attempts != 2 {
-		t.Fatalf("after retry: %s after %d attempts, want sent after 2", f.Result, f.Job.State.Attempts)
+	if f := e.WaitFiled(name); f.Verdict != stages.Sent || f.Job.State.Attempts != 2 {
+		t.Fatalf("after retry: %s after %d attempts, want sent after 2", f.Verdict, f.Job.State.Attempts)
 	}
 	if n := len(srv.Messages()); n != 1 {
 		t.Errorf("server got %d messages", n)
@@ -506,7 +506,7 @@ func TestQueueHoldRacesWithService(t *testing.T) {
 		}
 		sent := 0
 		for _, f := range e.Filed() {
-			if f.Result == "sent" && f.Err == nil {
+			if f.Verdict == stages.Sent && f.Err == nil {
 				sent++
 			}
 		}

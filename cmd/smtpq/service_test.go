@@ -466,7 +466,7 @@ func TestServiceProgramLifecycle(t *testing.T) {
 	filed := make(chan string, 1)
 	p, err := pipeline.New(env.Config, pipeline.Options{
 		Logger: log, ShutdownGrace: 2 * time.Second,
-		OnFiled: func(f stages.Filed) { filed <- f.Result },
+		OnFiled: func(f stages.Filed) { filed <- f.Verdict.String() },
 	})
 	if err != nil {
 		t.Fatal(err)

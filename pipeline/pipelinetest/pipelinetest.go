@@ -8,8 +8,8 @@
 //		env.Start(pipeline.Options{})
 //
 //		name := env.Enqueue(msg, queuefile.Params{Host: srv.Host(), Port: srv.Port(), TLS: queuefile.TLSNone})
-//		if f := env.WaitFiled(name); f.Result != "sent" {
-//			t.Fatalf("message %s: %s", name, f.Result)
+//		if f := env.WaitFiled(name); f.Verdict != stages.Sent {
+//			t.Fatalf("message %s: %s", name, f.Verdict)
 //		}
 //	}
 //
@@ -182,7 +182,7 @@ func (e *Env) record(f stages.Filed) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.filed = append(e.filed, f)
-	if f.Err == nil && (f.Result == "sent" || f.Result == "failed") {
+	if f.Err == nil && (f.Verdict == stages.Sent || f.Verdict == stages.Permanent) {
 		e.final[f.Job.Name] = f
 	}
 	close(e.changed)
