@@ -106,10 +106,10 @@ func TestAllowedHostsLimitWhereProducersSend(t *testing.T) {
 		c.AllowedHosts = []string{fmt.Sprintf("127.0.0.6:%d", allowed.Port()), "*.example.org:*"}
 	})
 	env.Start(pipeline.Options{})
-	ok := env.Enqueue(testMessage(1), plainParams(allowed, "a@example.org"))
-	refused := env.Enqueue(testMessage(2), plainParams(internal, "b@example.org"))
-	wantSent(t, env.WaitFiled(ok))
-	f := env.WaitFiled(refused)
+	ok := env.Enqueue(testMessage(1), allowed.Params("a@example.org"))
+	refused := env.Enqueue(testMessage(2), internal.Params("b@example.org"))
+	wantSent(t, env.Wait(ok))
+	f := env.Wait(refused)
 	wantFailed(t, f, stages.ClassInvalid)
 	if e := f.Job.Outcome.Err; e == nil || !strings.Contains(e.Error(), "allowed_hosts") {
 		t.Errorf("refusal %v does not name allowed_hosts", e)
@@ -123,5 +123,5 @@ func TestAllowedHostsLimitWhereProducersSend(t *testing.T) {
 	if err := env.Pipeline.Reload(&re); err != nil {
 		t.Fatal(err)
 	}
-	wantSent(t, env.WaitFiled(env.Enqueue(testMessage(3), plainParams(internal, "c@example.org"))))
+	wantSent(t, env.Wait(env.Enqueue(testMessage(3), internal.Params("c@example.org"))))
 }

@@ -41,7 +41,7 @@ func BenchmarkDrain(b *testing.B) {
 }
 
 func benchDrain(b *testing.B, conns int) {
-	srv := smtptest.NewStarted(b)
+	srv := smtptest.NewServer(b)
 	env := pipelinetest.New(b, func(c *pipeline.Config) {
 		// As the service runs it (pipeline.Defaults), but with the
 		// connection cap under test: max_threads = max_connections.

@@ -32,14 +32,14 @@ func TestRelayTLSModeInAnyCase(t *testing.T) {
 	})
 	env.Start(pipeline.Options{TLSConfig: &tls.Config{RootCAs: pool}})
 	viaRelay := queuefile.Params{Relay: "main", From: "app@example.com", To: []string{"a@example.org"}}
-	wantSent(t, env.WaitFiled(env.Enqueue(testMessage(1), viaRelay)))
+	wantSent(t, env.Wait(env.Enqueue(testMessage(1), viaRelay)))
 
 	re := *env.Config
 	re.Relays = map[string]pipeline.Relay{"main": {Host: srv.Host(), Port: srv.Port(), TLS: " StartTLS "}}
 	if err := env.Pipeline.Reload(&re); err != nil {
 		t.Fatal(err)
 	}
-	wantSent(t, env.WaitFiled(env.Enqueue(testMessage(2), viaRelay)))
+	wantSent(t, env.Wait(env.Enqueue(testMessage(2), viaRelay)))
 	msgs := srv.Messages()
 	if len(msgs) != 2 {
 		t.Fatalf("server got %d messages, want 2", len(msgs))
@@ -107,8 +107,8 @@ func TestSealedTLSModeInAnyCase(t *testing.T) {
 	}
 	capitals := sealRaw(t, env, testMessage(1), params("STARTTLS"))
 	unknown := sealRaw(t, env, testMessage(2), params("plain"))
-	wantSent(t, env.WaitFiled(capitals))
-	wantFailed(t, env.WaitFiled(unknown), stages.ClassInvalid)
+	wantSent(t, env.Wait(capitals))
+	wantFailed(t, env.Wait(unknown), stages.ClassInvalid)
 	if msgs := srv.Messages(); len(msgs) != 1 || !msgs[0].TLS {
 		t.Errorf("server got %d messages, want one, over TLS (the first went in plain text: %v)", len(msgs), len(msgs) > 0 && !msgs[0].TLS)
 	}

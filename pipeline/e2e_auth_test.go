@@ -113,7 +113,7 @@ func TestAuthAndCredentialsNeverLeak(t *testing.T) {
 	viaTLS := env.Enqueue(testMessage(1), p)
 	p.Password, p.To = queuefile.NewSecret(wrong), []string{"wrong@example.org"}
 	refused := env.Enqueue(testMessage(2), p)
-	lp := plainParams(plain, "local@example.org")
+	lp := plain.Params("local@example.org")
 	lp.Username, lp.Password = local, queuefile.NewSecret(localPass)
 	viaLoopback := env.Enqueue(testMessage(3), lp)
 
@@ -155,11 +155,11 @@ func TestImplicitTLS(t *testing.T) {
 	srv, pool := tlsServer(t, "127.0.0.2", func(s *smtptest.Server) { s.ImplicitTLS = true })
 	env := pipelinetest.New(t)
 	env.Start(pipeline.Options{TLSConfig: &tls.Config{RootCAs: pool}})
-	p := plainParams(srv, "user@example.org")
+	p := srv.Params("user@example.org")
 	p.TLS = queuefile.TLSImplicit
 	name := env.Enqueue(testMessage(1), p)
 
-	wantSent(t, env.WaitFiled(name))
+	wantSent(t, env.Wait(name))
 	if msgs := srv.Messages(); len(msgs) != 1 || !msgs[0].TLS {
 		t.Errorf("server got %+v, want one message over TLS", msgs)
 	}
@@ -177,7 +177,7 @@ func TestUntrustedCertificateIsNotUsed(t *testing.T) {
 		srv  *smtptest.Server
 		mode queuefile.TLSMode
 	}{{implicit, queuefile.TLSImplicit}, {starttls, queuefile.TLSStartTLS}} {
-		p := plainParams(c.srv, "user@example.org")
+		p := c.srv.Params("user@example.org")
 		p.TLS = c.mode
 		names = append(names, env.Enqueue(testMessage(1), p))
 	}

@@ -65,7 +65,9 @@ func TestMessagesArriveByteForByte(t *testing.T) {
 		}
 		// Explicit envelope: the message is queued exactly as it is.
 		rcpt := fmt.Sprintf("rcpt%d@example.org", i)
-		name := env.Enqueue(orig, plainParams(srv, rcpt))
+		p := srv.Params(rcpt)
+		p.From = "app@example.com"
+		name := env.Enqueue(orig, p)
 		byRcpt[rcpt] = sample{file, orig}
 		byName[name] = sample{file, orig}
 	}

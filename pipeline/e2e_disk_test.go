@@ -96,7 +96,7 @@ func TestUnwritableFilingFolderKeepsTheMessage(t *testing.T) {
 			env.Start(pipeline.Options{})
 			// A first message, so that the service is up and its health
 			// endpoint listening.
-			wantSent(t, env.WaitFiled(env.Enqueue(testMessage(0), plainParams(srv, "warmup@example.org"))))
+			wantSent(t, env.Wait(env.Enqueue(testMessage(0), srv.Params("warmup@example.org"))))
 			health := "http://" + env.Pipeline.MetricsAddr().String() + "/healthz"
 			if code, body := get(t, health); code != http.StatusOK {
 				t.Fatalf("/healthz = %d %q before anything broke", code, body)
@@ -106,7 +106,7 @@ func TestUnwritableFilingFolderKeepsTheMessage(t *testing.T) {
 				t.Errorf("/healthz with %s unwritable = %d %q, want 503 naming the spool", c.name, code, body)
 			}
 
-			name, file := sealOutside(t, env, testMessage(1), plainParams(srv, "user1@example.org"))
+			name, file := sealOutside(t, env, testMessage(1), srv.Params("user1@example.org"))
 			dropIn(t, env, name, file)
 			// Filing fails, and is tried again, and fails again: the message
 			// is kept, not lost, while the folder is broken.
@@ -124,7 +124,7 @@ func TestUnwritableFilingFolderKeepsTheMessage(t *testing.T) {
 			}
 			repair()
 
-			f := env.WaitFiled(name)
+			f := env.Wait(name)
 			if err := env.Stop(); err != nil {
 				t.Fatal(err)
 			}
@@ -204,8 +204,8 @@ func TestFilingFoldersOnAnotherFilesystem(t *testing.T) {
 	})
 	env.Start(pipeline.Options{})
 	msg := testMessage(1)
-	good := env.Enqueue(msg, plainParams(srv, "user1@example.org"))
-	bad, badFile := sealOutside(t, env, testMessage(2), plainParams(srv, "nobody@example.org"))
+	good := env.Enqueue(msg, srv.Params("user1@example.org"))
+	bad, badFile := sealOutside(t, env, testMessage(2), srv.Params("nobody@example.org"))
 	dropIn(t, env, bad, badFile)
 
 	final := env.WaitFinal(2)

@@ -242,7 +242,7 @@ func testStorageFault(t *testing.T, fault diskFault) {
 	}
 	env.Start(opts)
 	cfg := env.Config
-	wantSent(t, env.WaitFiled(env.Enqueue(testMessage(0), plainParams(srv, "warmup@example.org"))))
+	wantSent(t, env.Wait(env.Enqueue(testMessage(0), srv.Params("warmup@example.org"))))
 	health := "http://" + env.Pipeline.MetricsAddr().String() + "/healthz"
 	if code, body := get(t, health); code != http.StatusOK {
 		t.Fatalf("/healthz = %d %q before anything broke", code, body)
@@ -251,7 +251,7 @@ func testStorageFault(t *testing.T, fault diskFault) {
 	// The message is sealed and written under the queue's .tmp first, so
 	// that it can be put into a full queue (a rename takes no space).
 	msg := testMessage(1)
-	name, file := sealOutside(t, env, msg, plainParams(srv, "user1@example.org"))
+	name, file := sealOutside(t, env, msg, srv.Params("user1@example.org"))
 	staged := filepath.Join(cfg.QueueDir, queuefile.TmpDir, name)
 	if err := os.WriteFile(staged, file, 0o640); err != nil {
 		t.Fatal(err)
@@ -264,7 +264,7 @@ func testStorageFault(t *testing.T, fault diskFault) {
 		}
 	}
 	if fault.enqueueFails {
-		_, err := env.Queue.Enqueue(bytes.NewReader(testMessage(2)), plainParams(srv, "user2@example.org"))
+		_, err := env.Queue.Enqueue(bytes.NewReader(testMessage(2)), srv.Params("user2@example.org"))
 		if !errors.Is(err, syscall.ENOSPC) {
 			t.Errorf("Enqueue into a full queue: %v, want ENOSPC", err)
 		}
@@ -318,7 +318,7 @@ func testStorageFault(t *testing.T, fault diskFault) {
 	// restart: a deferred one when its retry is due, a stuck one when the
 	// Archiver next tries its filing.
 	repair()
-	f := env.WaitFiled(name)
+	f := env.Wait(name)
 	wantSent(t, f)
 	health = "http://" + env.Pipeline.MetricsAddr().String() + "/healthz"
 	if got, err := os.ReadFile(filepath.Join(cfg.SentDir, name)); err != nil || !bytes.Equal(got, msg) {

@@ -16,7 +16,7 @@ import (
 // TestXOAuth2 sends with an OAuth2 token: the server sees XOAUTH2 with the
 // user, and a wrong token ends in Undeliverable (535).
 func TestXOAuth2(t *testing.T) {
-	srv := smtptest.NewStarted(t, func(s *smtptest.Server) {
+	srv := smtptest.NewServer(t, func(s *smtptest.Server) {
 		s.Users = map[string]string{"mailer@example.com": "ya29.token-1"}
 	})
 	env := pipelinetest.New(t)
@@ -27,8 +27,8 @@ func TestXOAuth2(t *testing.T) {
 	good := env.Enqueue(testMessage(1), p)
 	p.OAuth2Token = queuefile.NewSecret("ya29.wrong")
 	bad := env.Enqueue(testMessage(2), p)
-	wantSent(t, env.WaitFiled(good))
-	f := env.WaitFiled(bad)
+	wantSent(t, env.Wait(good))
+	f := env.Wait(bad)
 	wantFailed(t, f, stages.ClassPermanent)
 	if e := f.Job.Outcome.Err; e == nil || e.Code != 535 {
 		t.Errorf("wrong token: error %v, want 535", e)
@@ -43,7 +43,7 @@ func TestXOAuth2(t *testing.T) {
 // larger than the server's advertised SIZE.
 func TestOverSizeFailsBeforeData(t *testing.T) {
 	var mails atomic.Int32
-	srv := smtptest.NewStarted(t, func(s *smtptest.Server) {
+	srv := smtptest.NewServer(t, func(s *smtptest.Server) {
 		s.MaxMessageBytes = 1000
 		s.Fault = func(p smtptest.FaultPoint) smtptest.Fault {
 			if p.Step == smtptest.Mail {
@@ -57,7 +57,7 @@ func TestOverSizeFailsBeforeData(t *testing.T) {
 	big := append([]byte("From: app@example.com\r\nTo: user@example.org\r\nSubject: big\r\n\r\n"), bytes.Repeat([]byte("0123456789abcdef\r\n"), 200)...)
 	name := env.Enqueue(big, queuefile.Params{Host: srv.Host(), Port: srv.Port(), TLS: queuefile.TLSNone,
 		From: "app@example.com", To: []string{"user@example.org"}})
-	f := env.WaitFiled(name)
+	f := env.Wait(name)
 	wantFailed(t, f, stages.ClassPermanent)
 	if e := f.Job.Outcome.Err; e == nil || e.Code != 552 || !strings.Contains(e.Text, "SIZE") {
 		t.Errorf("error %v, want 552 naming SIZE", e)
@@ -74,7 +74,7 @@ func TestOverSizeFailsBeforeData(t *testing.T) {
 // announces 8-bit data (BODY=8BITMIME) for a message with 8-bit bytes; a
 // server without SMTPUTF8 gets nothing for a non-ASCII address.
 func TestEightBitAndSMTPUTF8(t *testing.T) {
-	utf8srv := smtptest.NewStarted(t, func(s *smtptest.Server) { s.EnableSMTPUTF8 = true })
+	utf8srv := smtptest.NewServer(t, func(s *smtptest.Server) { s.EnableSMTPUTF8 = true })
 	plain := startServer(t, "127.0.0.2")
 	env := pipelinetest.New(t)
 	env.Start(pipeline.Options{})
@@ -83,8 +83,8 @@ func TestEightBitAndSMTPUTF8(t *testing.T) {
 		From: "app@example.com", To: []string{"jörg@example.org"}})
 	refused := env.Enqueue(msg, queuefile.Params{Host: plain.Host(), Port: plain.Port(), TLS: queuefile.TLSNone,
 		From: "app@example.com", To: []string{"jörg@example.org"}})
-	wantSent(t, env.WaitFiled(ok))
-	wantFailed(t, env.WaitFiled(refused), stages.ClassPermanent)
+	wantSent(t, env.Wait(ok))
+	wantFailed(t, env.Wait(refused), stages.ClassPermanent)
 	msgs := utf8srv.Messages()
 	if len(msgs) != 1 {
 		t.Fatalf("%d messages at the SMTPUTF8 server", len(msgs))

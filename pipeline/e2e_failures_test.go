@@ -38,7 +38,7 @@ func TestTransientFailureIsRetried(t *testing.T) {
 	})
 	env := pipelinetest.New(t)
 	env.Start(pipeline.Options{})
-	name := env.Enqueue(testMessage(1), plainParams(srv, "user1@example.org"))
+	name := env.Enqueue(testMessage(1), srv.Params("user1@example.org"))
 
 	wantRetriedOnce(t, env, name)
 	for _, fl := range env.Filed() {
@@ -57,14 +57,14 @@ func TestPermanentFailureFilesUndeliverable(t *testing.T) {
 	t.Parallel()
 	srv := startServer(t, "127.0.0.2", func(s *smtptest.Server) { s.Fault = smtptest.FaultAt(smtptest.Rcpt, noSuchUser) })
 	env := pipelinetest.New(t)
-	name := env.Enqueue(testMessage(1), plainParams(srv, "nobody@example.org"))
+	name := env.Enqueue(testMessage(1), srv.Params("nobody@example.org"))
 	queued, err := os.ReadFile(filepath.Join(env.Config.QueueDir, name))
 	if err != nil {
 		t.Fatal(err)
 	}
 	env.Start(pipeline.Options{})
 
-	f := env.WaitFiled(name)
+	f := env.Wait(name)
 	wantFailed(t, f, stages.ClassPermanent)
 	if want := filepath.Join(env.Config.UndeliverableDir, name); f.Path != want {
 		t.Errorf("filed at %s, want %s", f.Path, want)
@@ -153,9 +153,9 @@ func testPartialRecipientFailure(t *testing.T, noPipelining bool) {
 	})
 	env := pipelinetest.New(t)
 	env.Start(pipeline.Options{NoPipelining: noPipelining})
-	name := env.Enqueue(testMessage(1), plainParams(srv, ok, later, bad))
+	name := env.Enqueue(testMessage(1), srv.Params(ok, later, bad))
 
-	f := env.WaitFiled(name)
+	f := env.Wait(name)
 	// One recipient failed for good: the message is undeliverable, even
 	// though the last attempt (for the deferred recipient) succeeded.
 	wantFailed(t, f, stages.ClassPermanent)
@@ -192,9 +192,9 @@ func TestRetriesExhausted(t *testing.T) {
 	srv := startServer(t, "127.0.0.2", func(s *smtptest.Server) { s.Fault = smtptest.FaultAt(smtptest.Rcpt, tryLater) })
 	env := pipelinetest.New(t) // retry.max_attempts 3, zero backoff
 	env.Start(pipeline.Options{})
-	name := env.Enqueue(testMessage(1), plainParams(srv, "user1@example.org"))
+	name := env.Enqueue(testMessage(1), srv.Params("user1@example.org"))
 
-	f := env.WaitFiled(name)
+	f := env.Wait(name)
 	wantFailed(t, f, stages.ClassPermanent)
 	if got := f.Job.State.Attempts; got != 3 {
 		t.Errorf("attempts = %d, want 3", got)

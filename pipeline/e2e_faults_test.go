@@ -120,7 +120,7 @@ const faultUser, faultPassword = "mailer", "fault7Matrix9pass"
 // faultParams sends to srv without TLS, with the login if the server wants
 // one (AUTH in the clear is allowed to a loopback address).
 func faultParams(srv *smtptest.Server, withAuth bool, to ...string) queuefile.Params {
-	p := plainParams(srv, to...)
+	p := srv.Params(to...)
 	if withAuth {
 		p.Username, p.Password = faultUser, queuefile.NewSecret(faultPassword)
 	}
@@ -188,7 +188,7 @@ func TestTransientReplyAtEachStepIsRetried(t *testing.T) {
 // each time with a temporary error at step saying text.
 func wantRetriedOut(t *testing.T, env *pipelinetest.Env, name, step, text string) {
 	t.Helper()
-	f := env.WaitFiled(name)
+	f := env.Wait(name)
 	wantFailed(t, f, stages.ClassPermanent)
 	if got := results(env, name); !slices.Equal(got, []string{"deferred", "deferred", "failed"}) {
 		t.Errorf("filings = %v, want two deferrals, then failed once retries ran out", got)
@@ -252,7 +252,7 @@ func TestPermanentReplyAtEachStepIsUndeliverable(t *testing.T) {
 				t.Parallel()
 				env, srv, name := enqueueWithFault(t, st.step, smtptest.FaultAt(st.step, reply), mode.off)
 
-				f := env.WaitFiled(name)
+				f := env.Wait(name)
 				wantFailed(t, f, stages.ClassPermanent)
 				if got := results(env, name); !slices.Equal(got, []string{"failed"}) {
 					t.Errorf("filings = %v, want [failed]: a 5xx is not retried", got)
@@ -294,7 +294,7 @@ func TestTooManyRecipients552IsTransient(t *testing.T) {
 	})
 	env := pipelinetest.New(t)
 	env.Start(pipeline.Options{})
-	name := env.Enqueue(testMessage(1), plainParams(srv, first, second))
+	name := env.Enqueue(testMessage(1), srv.Params(first, second))
 
 	d, _ := wantRetriedOnce(t, env, name)
 	if e := d.Job.Outcome.Err; e == nil || !e.Temporary || e.Code != 552 || e.Step != "rcpt" {
@@ -372,7 +372,7 @@ func TestNoReplyIsRetried(t *testing.T) {
 						stateRead.Fire()
 					}
 				}})
-				name := env.Enqueue(testMessage(1), plainParams(srv, "user1@example.org"))
+				name := env.Enqueue(testMessage(1), srv.Params("user1@example.org"))
 
 				d, f := wantRetriedOnce(t, env, name)
 				e := d.Job.Outcome.Err
@@ -420,9 +420,9 @@ func TestDroppedAfterDotEveryTimeIsLoggedAsPossibleDuplicate(t *testing.T) {
 	})
 	env := pipelinetest.New(t) // three attempts
 	env.Start(pipeline.Options{})
-	name := env.Enqueue(testMessage(1), plainParams(srv, "user1@example.org"))
+	name := env.Enqueue(testMessage(1), srv.Params("user1@example.org"))
 
-	f := env.WaitFiled(name)
+	f := env.Wait(name)
 	wantFailed(t, f, stages.ClassPermanent)
 	if got := f.Job.State.Attempts; got != 3 {
 		t.Errorf("attempts = %d, want 3", got)
@@ -514,8 +514,8 @@ func TestBlackholedHostIsPausedWithoutCountingAttempts(t *testing.T) {
 	pausedAt := entry.Time
 
 	// Mail for other hosts flows meanwhile.
-	other := env.Enqueue(testMessage(100), plainParams(healthy, "other@example.org"))
-	wantSent(t, env.WaitFiled(other))
+	other := env.Enqueue(testMessage(100), healthy.Params("other@example.org"))
+	wantSent(t, env.Wait(other))
 
 	var d *stages.Outcome
 	for _, f := range env.Filed() {
@@ -615,7 +615,7 @@ func TestTLSFailuresAreNeverSent(t *testing.T) {
 			})
 			env := pipelinetest.New(t)
 			env.Start(opts)
-			p := plainParams(srv, "user1@example.org")
+			p := srv.Params("user1@example.org")
 			p.TLS = c.mode
 			name := env.Enqueue(testMessage(1), p)
 

@@ -14,7 +14,6 @@ import (
 
 	"github.com/smtpq/smtpq/pipeline"
 	"github.com/smtpq/smtpq/pipeline/pipelinetest"
-	"github.com/smtpq/smtpq/pipeline/queuefile"
 	"github.com/smtpq/smtpq/pipeline/smtptest"
 	"github.com/smtpq/smtpq/stages"
 )
@@ -24,7 +23,7 @@ import (
 // IP).
 func startServer(t *testing.T, ip string, configure ...func(*smtptest.Server)) *smtptest.Server {
 	t.Helper()
-	return smtptest.NewStarted(t, append([]func(*smtptest.Server){func(s *smtptest.Server) {
+	return smtptest.NewServer(t, append([]func(*smtptest.Server){func(s *smtptest.Server) {
 		s.Addr = ip + ":0"
 	}}, configure...)...)
 }
@@ -42,11 +41,6 @@ func hostLimits(maxConns int) pipeline.HostLimits {
 // withHost sets the limits of one host.
 func withHost(host string, l pipeline.HostLimits) func(*pipeline.Config) {
 	return func(c *pipeline.Config) { c.Hosts[host] = l }
-}
-
-// plainParams sends to srv without TLS.
-func plainParams(srv *smtptest.Server, to ...string) queuefile.Params {
-	return queuefile.Params{Host: srv.Host(), Port: srv.Port(), TLS: queuefile.TLSNone, From: "app@example.com", To: to}
 }
 
 // waitCtx is a context bounded like every other wait of a test.
@@ -233,7 +227,7 @@ func count(fs []stages.Filed, name, result string) int {
 // deferral's filing and the final one.
 func wantRetriedOnce(t *testing.T, env *pipelinetest.Env, name string) (deferral, final stages.Filed) {
 	t.Helper()
-	final = env.WaitFiled(name)
+	final = env.Wait(name)
 	wantSent(t, final)
 	if got := results(env, name); !slices.Equal(got, []string{"deferred", "sent"}) {
 		t.Fatalf("filings = %v, want [deferred sent]", got)

@@ -63,7 +63,7 @@ func TestInvalidFilesAreFiledAndOthersLeftAlone(t *testing.T) {
 	}
 
 	// A byte of the encrypted parameters changed.
-	tampered, file := sealOutside(t, env, testMessage(1), plainParams(srv, "tampered@example.org"))
+	tampered, file := sealOutside(t, env, testMessage(1), srv.Params("tampered@example.org"))
 	seal, rest := sealLines(t, file)
 	line := seal[len(seal)-2] // ciphertext of the parameters, not the age header
 	i := len(line) / 2
@@ -75,7 +75,7 @@ func TestInvalidFilesAreFiledAndOthersLeftAlone(t *testing.T) {
 	put(tampered, append(bytes.Join(seal, nil), rest...))
 
 	// A valid seal moved onto another (longer) message.
-	moved, fileA := sealOutside(t, env, testMessage(2), plainParams(srv, "moved@example.org"))
+	moved, fileA := sealOutside(t, env, testMessage(2), srv.Params("moved@example.org"))
 	sealA, _ := sealLines(t, fileA)
 	other := append(testMessage(3), "A longer message than the one sealed.\r\n"...)
 	put(moved, append(bytes.Join(sealA, nil), other...))
@@ -92,14 +92,14 @@ func TestInvalidFilesAreFiledAndOthersLeftAlone(t *testing.T) {
 	put(garbage, junk)
 
 	// Entries that are never queue files, each holding a good message.
-	_, good := sealOutside(t, env, testMessage(4), plainParams(srv, "never@example.org"))
+	_, good := sealOutside(t, env, testMessage(4), srv.Params("never@example.org"))
 	ignored := []string{".x.eml", "notes.txt", filepath.Join("sub.eml", "inner.eml")}
 	for _, rel := range ignored {
 		put(rel, good)
 	}
 
 	// And one good message, which must go through beside all that.
-	valid := env.Enqueue(testMessage(5), plainParams(srv, "valid@example.org"))
+	valid := env.Enqueue(testMessage(5), srv.Params("valid@example.org"))
 	env.Start(pipeline.Options{})
 
 	final := env.WaitFinal(4)

@@ -73,7 +73,7 @@ func TestHostAndThreadLimits(t *testing.T) {
 	// Queue everything first, so that all hosts compete from the start.
 	for i := range perHost * len(hosts) {
 		srv := servers[hosts[i%len(hosts)]]
-		env.Enqueue(testMessage(i), plainParams(srv, fmt.Sprintf("user%d@example.org", i)))
+		env.Enqueue(testMessage(i), srv.Params(fmt.Sprintf("user%d@example.org", i)))
 	}
 	env.Start(pipeline.Options{})
 
@@ -115,7 +115,7 @@ func TestSlowHostDoesNotDelayOthers(t *testing.T) {
 	})
 	var slowNames []string
 	for i := range 5 {
-		slowNames = append(slowNames, env.Enqueue(testMessage(i), plainParams(slow, fmt.Sprintf("slow%d@example.org", i))))
+		slowNames = append(slowNames, env.Enqueue(testMessage(i), slow.Params(fmt.Sprintf("slow%d@example.org", i))))
 	}
 	env.Start(pipeline.Options{})
 	t.Cleanup(release.Open) // runs before the pipeline and the servers stop
@@ -124,7 +124,7 @@ func TestSlowHostDoesNotDelayOthers(t *testing.T) {
 	// Only now queue mail for the fast host: all of it must get through
 	// while the slow host still holds its first message.
 	for i := range 20 {
-		env.Enqueue(testMessage(100+i), plainParams(fast, fmt.Sprintf("fast%d@example.org", i)))
+		env.Enqueue(testMessage(100+i), fast.Params(fmt.Sprintf("fast%d@example.org", i)))
 	}
 	if _, err := fast.WaitMessages(waitCtx(t), 20); err != nil {
 		t.Fatalf("fast host, while the slow one stalls: %v", err)
@@ -153,7 +153,7 @@ func TestRateLimit(t *testing.T) {
 	l.Rate, l.Burst = rate, 1
 	env := pipelinetest.New(t, withHost("127.0.0.2", l))
 	for i := range n {
-		env.Enqueue(testMessage(i), plainParams(srv, fmt.Sprintf("user%d@example.org", i)))
+		env.Enqueue(testMessage(i), srv.Params(fmt.Sprintf("user%d@example.org", i)))
 	}
 	start := time.Now() // the rate limiter cannot have existed before this
 	env.Start(pipeline.Options{})
@@ -185,7 +185,7 @@ func TestReusesConnections(t *testing.T) {
 	srv := startServer(t, "127.0.0.2")
 	env := pipelinetest.New(t, withHost("127.0.0.2", hostLimits(1)))
 	for i := range n {
-		env.Enqueue(testMessage(i), plainParams(srv, fmt.Sprintf("user%d@example.org", i)))
+		env.Enqueue(testMessage(i), srv.Params(fmt.Sprintf("user%d@example.org", i)))
 	}
 	env.Start(pipeline.Options{})
 	wantAllSent(t, env, n)
@@ -205,7 +205,7 @@ func TestMaxMessagesPerConnection(t *testing.T) {
 	l.MaxMessagesPerConnection = perConn
 	env := pipelinetest.New(t, withHost("127.0.0.2", l))
 	for i := range n {
-		env.Enqueue(testMessage(i), plainParams(srv, fmt.Sprintf("user%d@example.org", i)))
+		env.Enqueue(testMessage(i), srv.Params(fmt.Sprintf("user%d@example.org", i)))
 	}
 	env.Start(pipeline.Options{})
 	wantAllSent(t, env, n)

@@ -47,7 +47,7 @@ func TestNamesakeDroppedWhileInFlight(t *testing.T) {
 	}
 	drop := func(i int) {
 		t.Helper()
-		n, err := stage.Enqueue(bytes.NewReader(testMessage(i)), plainParams(srv, "user@example.org"))
+		n, err := stage.Enqueue(bytes.NewReader(testMessage(i)), srv.Params("user@example.org"))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -44,7 +44,7 @@ func TestFileWrittenSlowlyInPlaceIsSent(t *testing.T) {
 	srv := startServer(t, "127.0.0.2")
 	env := pipelinetest.New(t)
 	msg := testMessage(1)
-	name, file := sealOutside(t, env, msg, plainParams(srv, "user1@example.org"))
+	name, file := sealOutside(t, env, msg, srv.Params("user1@example.org"))
 	seal, _ := sealLines(t, file)
 	if len(seal) < 5 {
 		t.Fatalf("a seal of %d lines is too short for this test", len(seal))
@@ -71,7 +71,7 @@ func TestFileWrittenSlowlyInPlaceIsSent(t *testing.T) {
 			return count(fs, name, "parked") >= n || count(fs, name, "failed")+count(fs, name, "sent") > 0
 		})
 		if r := results(env, name); slices.Contains(r, "failed") || slices.Contains(r, "sent") {
-			f := env.WaitFiled(name)
+			f := env.Wait(name)
 			t.Fatalf("%s filed as %s (%v) while still being written; filings %v", name, f.Verdict, f.Job.Outcome.Err, r)
 		}
 	}
@@ -101,7 +101,7 @@ func TestFileWrittenSlowlyInPlaceIsSent(t *testing.T) {
 			looked(parks)
 		}
 	}
-	final := env.WaitFiled(name)
+	final := env.Wait(name)
 	wantSent(t, final)
 	if got, err := os.ReadFile(filepath.Join(env.Config.SentDir, name)); err != nil || !bytes.Equal(got, msg) {
 		t.Errorf("Sent copy: %v, equal to the message: %v", err, bytes.Equal(got, msg))
@@ -121,7 +121,7 @@ func TestFilesVanishingBeforeClaimLeaveNoTrace(t *testing.T) {
 	env := pipelinetest.New(t)
 	logger, logs := observed(t)
 	env.Start(pipeline.Options{Logger: logger})
-	_, file := sealOutside(t, env, testMessage(1), plainParams(srv, "user1@example.org"))
+	_, file := sealOutside(t, env, testMessage(1), srv.Params("user1@example.org"))
 	side := filepath.Join(env.Dir, "producer")
 	if err := os.MkdirAll(side, 0o750); err != nil {
 		t.Fatal(err)
@@ -155,8 +155,8 @@ func TestFilesVanishingBeforeClaimLeaveNoTrace(t *testing.T) {
 	t.Logf("%d files removed before the service claimed them, %d claimed first", len(removed), len(kept))
 	// Events are handled in order: once a message queued after all that is
 	// sent, every file was looked at.
-	last := env.Enqueue(testMessage(2), plainParams(srv, "last@example.org"))
-	wantSent(t, env.WaitFiled(last))
+	last := env.Enqueue(testMessage(2), srv.Params("last@example.org"))
+	wantSent(t, env.Wait(last))
 	final := env.WaitFinal(len(kept) + 1)
 	if err := env.Stop(); err != nil {
 		t.Fatal(err)
@@ -198,7 +198,7 @@ func TestSymlinksFIFOsAndDirectoriesAreNeverTouched(t *testing.T) {
 	srv := startServer(t, "127.0.0.2", func(s *smtptest.Server) { s.Fault = firstTime(smtptest.Rcpt, tryLater) })
 	env := pipelinetest.New(t)
 	queue := env.Config.QueueDir
-	_, good := sealOutside(t, env, testMessage(9), plainParams(srv, "never@example.org"))
+	_, good := sealOutside(t, env, testMessage(9), srv.Params("never@example.org"))
 	outside := filepath.Join(env.Dir, "outside")
 	if err := os.MkdirAll(outside, 0o750); err != nil {
 		t.Fatal(err)
@@ -247,7 +247,7 @@ func TestSymlinksFIFOsAndDirectoriesAreNeverTouched(t *testing.T) {
 	makeSpecials() // found by the start-up scan
 	env.Start(pipeline.Options{})
 	makeSpecials() // reported by the watcher
-	name := env.Enqueue(testMessage(1), plainParams(srv, "user1@example.org"))
+	name := env.Enqueue(testMessage(1), srv.Params("user1@example.org"))
 	wantRetriedOnce(t, env, name)
 	// A FIFO opened for reading would block the service: it would not stop.
 	if err := env.Stop(); err != nil {
@@ -353,11 +353,11 @@ func TestTenThousandFilesWithLostEventsAreAllSent(t *testing.T) {
 		}
 	}})
 	t.Cleanup(gate.Open)
-	first := env.Enqueue(testMessage(0), plainParams(srv, "first@example.org"))
+	first := env.Enqueue(testMessage(0), srv.Params("first@example.org"))
 	gated.await(t, "the first filing")
 
 	// One sealed message, copied to n names beside the queue.
-	_, file := sealOutside(t, env, testMessage(1), plainParams(srv, "user1@example.org"))
+	_, file := sealOutside(t, env, testMessage(1), srv.Params("user1@example.org"))
 	side := filepath.Join(filepath.Dir(env.Config.QueueDir), "producer")
 	if err := os.MkdirAll(side, 0o750); err != nil {
 		t.Fatal(err)
@@ -459,7 +459,7 @@ func TestTwoInstancesSendEachMessageOnce(t *testing.T) {
 	b.Start(pipeline.Options{Logger: quiet(), OnFiled: onFiled("b")})
 	names := make([]string, n)
 	for i := range names {
-		names[i] = a.Enqueue(testMessage(i), plainParams(srv, fmt.Sprintf("user%d@example.org", i)))
+		names[i] = a.Enqueue(testMessage(i), srv.Params(fmt.Sprintf("user%d@example.org", i)))
 	}
 	done.await(t, fmt.Sprintf("%d messages to be sent", n))
 	if err := a.Stop(); err != nil {

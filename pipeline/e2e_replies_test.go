@@ -39,11 +39,11 @@ func TestServerAuthLineKillsNoWorker(t *testing.T) {
 	})
 	env := pipelinetest.New(t, func(c *pipeline.Config) { c.MaxThreads = 1 })
 	env.Start(pipeline.Options{})
-	a := env.Enqueue(testMessage(1), plainParams(srv, "user1@example.org"))
-	b := env.Enqueue(testMessage(2), plainParams(srv, "user2@example.org"))
+	a := env.Enqueue(testMessage(1), srv.Params("user1@example.org"))
+	b := env.Enqueue(testMessage(2), srv.Params("user2@example.org"))
 
 	for _, name := range []string{a, b} {
-		wantSent(t, env.WaitFiled(name))
+		wantSent(t, env.Wait(name))
 	}
 	for _, f := range env.Filed() {
 		if f.Verdict != stages.Transient {
@@ -84,11 +84,11 @@ func TestPanicInSenderFailsOnlyItsMessage(t *testing.T) {
 				}
 				logger, logs := observed(t)
 				env.Start(pipeline.Options{Logger: logger, Crash: crash, NoPipelining: mode.off})
-				a := env.Enqueue(testMessage(1), plainParams(srv, "user1@example.org"))
-				b := env.Enqueue(testMessage(2), plainParams(srv, "user2@example.org"))
+				a := env.Enqueue(testMessage(1), srv.Params("user1@example.org"))
+				b := env.Enqueue(testMessage(2), srv.Params("user2@example.org"))
 
 				for _, name := range []string{a, b} {
-					wantSent(t, env.WaitFiled(name))
+					wantSent(t, env.Wait(name))
 				}
 				if !panicked.Load() {
 					t.Fatal("the injected panic never ran: the test proves nothing")
@@ -174,9 +174,9 @@ func TestDroppedAtLaterRcptDefersEveryRecipient(t *testing.T) {
 				})
 				env := pipelinetest.New(t)
 				env.Start(pipeline.Options{NoPipelining: mode.off})
-				name := env.Enqueue(testMessage(1), plainParams(srv, rcpts...))
+				name := env.Enqueue(testMessage(1), srv.Params(rcpts...))
 
-				final := env.WaitFiled(name)
+				final := env.Wait(name)
 				fs := filingsOf(env, name)
 				if len(fs) != 2 || fs[0].Verdict != stages.Transient {
 					t.Fatalf("filings %v, want a deferral and a final filing", results(env, name))
@@ -286,7 +286,7 @@ func TestHostileRepliesAreTransient(t *testing.T) {
 					cfg.Timeouts.Data = pipeline.Duration(cmdTimeout)
 				})
 				env.Start(pipeline.Options{NoPipelining: mode.off})
-				name := env.Enqueue(testMessage(1), plainParams(srv, "user1@example.org", "user2@example.org"))
+				name := env.Enqueue(testMessage(1), srv.Params("user1@example.org", "user2@example.org"))
 
 				d, _ := wantRetriedOnce(t, env, name)
 				o := d.Job.Outcome

@@ -16,11 +16,11 @@ func TestNotBefore(t *testing.T) {
 	srv := startServer(t, "127.0.0.2")
 	env := pipelinetest.New(t)
 	env.Start(pipeline.Options{})
-	p := plainParams(srv, "later@example.org")
+	p := srv.Params("later@example.org")
 	p.NotBefore = time.Now().Add(2 * time.Second)
 	name := env.Enqueue(testMessage(1), p)
 
-	f := env.WaitFiled(name)
+	f := env.Wait(name)
 	wantSent(t, f)
 	msgs := srv.Messages()
 	if len(msgs) != 1 {
@@ -42,11 +42,11 @@ func TestExpired(t *testing.T) {
 	srv := startServer(t, "127.0.0.2")
 	env := pipelinetest.New(t)
 	env.Start(pipeline.Options{})
-	p := plainParams(srv, "late@example.org")
+	p := srv.Params("late@example.org")
 	p.Expires = time.Now().Add(-time.Minute)
 	name := env.Enqueue(testMessage(1), p)
 
-	f := env.WaitFiled(name)
+	f := env.Wait(name)
 	wantFailed(t, f, stages.ClassExpired)
 	if r := results(env, name); !slices.Equal(r, []string{"failed"}) {
 		t.Errorf("filings = %v, want [failed]", r)

@@ -139,7 +139,7 @@ func TestNoPasswordAnywhereAfterPlainAndLoginAuth(t *testing.T) {
 	env.Start(pipeline.Options{Logger: logger, Dial: login.dial})
 
 	withLogin := func(srv *smtptest.Server, password string, i int) string {
-		p := plainParams(srv, fmt.Sprintf("user%d@example.org", i))
+		p := srv.Params(fmt.Sprintf("user%d@example.org", i))
 		p.Username, p.Password = user, queuefile.NewSecret(password)
 		return env.Enqueue(testMessage(i), p)
 	}

@@ -75,7 +75,7 @@ func TestShutdownLosesNothing(t *testing.T) {
 	rcpt := map[string]string{}
 	for i := range n {
 		to := fmt.Sprintf("user%d@example.org", i)
-		rcpt[env.Enqueue(testMessage(i), plainParams(srv, to))] = to
+		rcpt[env.Enqueue(testMessage(i), srv.Params(to))] = to
 	}
 	env.Start(pipeline.Options{ShutdownGrace: 300 * time.Millisecond})
 	t.Cleanup(release.Open)

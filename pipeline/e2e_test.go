@@ -23,7 +23,7 @@ func testMessage(i int) []byte {
 }
 
 func TestSendsAndFilesInSent(t *testing.T) {
-	srv := smtptest.NewStarted(t)
+	srv := smtptest.NewServer(t)
 	env := pipelinetest.New(t)
 	env.Start(pipeline.Options{})
 	names := map[string][]byte{}

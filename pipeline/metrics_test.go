@@ -32,7 +32,7 @@ func get(t *testing.T, url string) (int, string) {
 }
 
 func TestMetricsAndHealth(t *testing.T) {
-	srv := smtptest.NewStarted(t)
+	srv := smtptest.NewServer(t)
 	env := pipelinetest.New(t, func(c *pipeline.Config) { c.Metrics.Listen = "127.0.0.1:0" })
 	env.Start(pipeline.Options{})
 	for i := range 3 {
@@ -99,7 +99,7 @@ func TestMetricsAndHealth(t *testing.T) {
 	}
 	// The server already accepted it: the retry files it as sent without
 	// sending it again.
-	if f := env.WaitFiled(name); f.Verdict != stages.Sent {
+	if f := env.Wait(name); f.Verdict != stages.Sent {
 		t.Fatalf("%s: %s", name, f.Verdict)
 	}
 	if n := len(srv.Messages()); n != 4 {

@@ -20,7 +20,7 @@ import (
 // exported lists the metric families a running smtpq serves (with a message
 // sent so every family has a sample).
 func exported(t *testing.T) map[string]bool {
-	srv := smtptest.NewStarted(t)
+	srv := smtptest.NewServer(t)
 	env := pipelinetest.New(t, func(c *pipeline.Config) { c.Metrics.Listen = "127.0.0.1:0" })
 	env.Start(pipeline.Options{})
 	env.Enqueue(testMessage(1), queuefile.Params{Host: srv.Host(), Port: srv.Port(), TLS: queuefile.TLSNone,

@@ -27,7 +27,7 @@ func TestReloadAppliesLimitsAndRefusesBadConfigs(t *testing.T) {
 	// the message.
 	var mu sync.Mutex
 	inFlight, peak := 0, 0
-	srv := smtptest.NewStarted(t, func(s *smtptest.Server) {
+	srv := smtptest.NewServer(t, func(s *smtptest.Server) {
 		s.Fault = func(p smtptest.FaultPoint) smtptest.Fault {
 			mu.Lock()
 			defer mu.Unlock()
@@ -146,10 +146,10 @@ func TestReloadLowersAndRaisesMaxThreads(t *testing.T) {
 		mu.Unlock()
 		var names []string
 		for i := range n {
-			names = append(names, env.Enqueue(testMessage(first+i), plainParams(srv, fmt.Sprintf("user%d@example.org", first+i))))
+			names = append(names, env.Enqueue(testMessage(first+i), srv.Params(fmt.Sprintf("user%d@example.org", first+i))))
 		}
 		for _, name := range names {
-			wantSent(t, env.WaitFiled(name))
+			wantSent(t, env.Wait(name))
 		}
 		mu.Lock()
 		defer mu.Unlock()
@@ -185,7 +185,7 @@ func TestReloadDuringShutdownStartsNoWorkers(t *testing.T) {
 	}})
 	defer unblock.Open()
 	defer release.Open()
-	env.Enqueue(testMessage(1), plainParams(srv, "a@example.org"))
+	env.Enqueue(testMessage(1), srv.Params("a@example.org"))
 	atMail.await(t, "a session at MAIL")
 
 	blocking.Store(true)

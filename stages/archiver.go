@@ -41,6 +41,29 @@ type Filed struct {
 	Err     error   // the filing failed: the file stayed where it was
 }
 
+// String describes the filing for a test's or a log's message: the
+// verdict, where the message went, the error that decided it and a failed
+// filing's error.
+func (f Filed) String() string {
+	s := f.Verdict.String()
+	if f.Job != nil {
+		s = f.Job.Name + ": " + s
+		if f.Job.Outcome.Class != "" {
+			s += " (" + string(f.Job.Outcome.Class) + ")"
+		}
+		if e := f.Job.Outcome.Err; e != nil {
+			s += ": " + e.Error()
+		}
+	}
+	if f.Path != "" {
+		s += " -> " + f.Path
+	}
+	if f.Err != nil {
+		s += "; filing failed: " + f.Err.Error()
+	}
+	return s
+}
+
 // Archiver files every job it receives according to its Outcome: Sent,
 // Undeliverable with an XML log, the deferred folder (with its state, for a
 // retry), or back to the queue. Every write is durable before the previous

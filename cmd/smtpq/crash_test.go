@@ -246,7 +246,7 @@ func TestCrashAtEachPoint(t *testing.T) {
 		{"xml-write", true, 0, "undeliverable"},
 	} {
 		t.Run(tc.point, func(t *testing.T) {
-			srv := smtptest.NewStarted(t, func(s *smtptest.Server) {
+			srv := smtptest.NewServer(t, func(s *smtptest.Server) {
 				s.Fault = func(p smtptest.FaultPoint) smtptest.Fault {
 					if p.Step == smtptest.Rcpt && strings.HasPrefix(p.Arg, "refuse") {
 						return smtptest.Reply(550, smtp.EnhancedCode{5, 1, 1}, "no such user")
@@ -316,7 +316,7 @@ func sink(t *testing.T) (host string, port int, count func() map[string]int) {
 			return ids
 		}
 	}
-	srv := smtptest.NewStarted(t)
+	srv := smtptest.NewServer(t)
 	t.Logf("sink: smtptest (smtp-sink not installed)")
 	return srv.Host(), srv.Port(), func() map[string]int {
 		ids := map[string]int{}

@@ -39,7 +39,7 @@ show what a permanent failure looks like. It stops on SIGINT or SIGTERM.`,
 			if err := os.MkdirAll(dir, 0o750); err != nil {
 				return err
 			}
-			srv := smtptest.NewServer()
+			srv := smtptest.NewUnstartedServer()
 			srv.Addr = net.JoinHostPort(host, portStr)
 			if failTo != "" {
 				srv.Fault = func(p smtptest.FaultPoint) smtptest.Fault {

@@ -112,7 +112,7 @@ func listJSON(t *testing.T, out string) map[string]map[string]any {
 
 func TestQueueCommandsWithRunningService(t *testing.T) {
 	noLeaks(t)
-	srv := smtptest.NewStarted(t, func(s *smtptest.Server) {
+	srv := smtptest.NewServer(t, func(s *smtptest.Server) {
 		s.Fault = func(p smtptest.FaultPoint) smtptest.Fault {
 			switch {
 			case p.Step == smtptest.Rcpt && p.Arg == "later@example.org":
@@ -124,7 +124,7 @@ func TestQueueCommandsWithRunningService(t *testing.T) {
 		}
 	})
 	// A second host, with logins: reached through a relay profile.
-	authSrv := smtptest.NewStarted(t, func(s *smtptest.Server) {
+	authSrv := smtptest.NewServer(t, func(s *smtptest.Server) {
 		s.Addr = "127.0.0.2:0"
 		s.Users = map[string]string{"relay-user": relayPassword}
 	})
@@ -198,7 +198,7 @@ func TestQueueCommandsWithRunningService(t *testing.T) {
 
 	e.Start(pipeline.Options{})
 	for n, want := range map[string]string{sent: "sent", failed: "failed", inline: "sent"} {
-		if f := e.WaitFiled(n); f.Verdict.String() != want {
+		if f := e.Wait(n); f.Verdict.String() != want {
 			t.Fatalf("%s: %s (%v), want %s", n, f.Verdict, f.Job.Outcome.Err, want)
 		}
 	}
@@ -303,7 +303,7 @@ func TestQueueCommandsWithRunningService(t *testing.T) {
 	if out := run("release", relayed); !strings.Contains(out, "released") {
 		t.Errorf("release: %q", out)
 	}
-	if f := e.WaitFiled(relayed); f.Verdict != stages.Sent {
+	if f := e.Wait(relayed); f.Verdict != stages.Sent {
 		t.Fatalf("released message: %s (%v)", f.Verdict, f.Job.Outcome.Err)
 	}
 
@@ -358,7 +358,7 @@ func TestQueueRetrySendsBeforeBackoff(t *testing.T) {
 	noLeaks(t)
 	var mu sync.Mutex
 	first := true
-	srv := smtptest.NewStarted(t, func(s *smtptest.Server) {
+	srv := smtptest.NewServer(t, func(s *smtptest.Server) {
 		s.Fault = func(p smtptest.FaultPoint) smtptest.Fault {
 			mu.Lock()
 			defer mu.Unlock()
@@ -386,7 +386,7 @@ func TestQueueRetrySendsBeforeBackoff(t *testing.T) {
 	if !strings.Contains(out, "moved from deferred until") || !strings.Contains(out, "lift any pause of "+srv.Host()) {
 		t.Errorf("retry: %q", out)
 	}
-	if f := e.WaitFiled(name); f.Verdict != stages.Sent || f.Job.State.Attempts != 2 {
+	if f := e.Wait(name); f.Verdict != stages.Sent || f.Job.State.Attempts != 2 {
 		t.Fatalf("after retry: %s after %d attempts, want sent after 2", f.Verdict, f.Job.State.Attempts)
 	}
 	if n := len(srv.Messages()); n != 1 {
@@ -406,7 +406,7 @@ func TestQueueHoldRacesWithService(t *testing.T) {
 	gate := make(chan struct{})
 	var once sync.Once
 	open := func() { once.Do(func() { close(gate) }) }
-	srv := smtptest.NewStarted(t, func(s *smtptest.Server) {
+	srv := smtptest.NewServer(t, func(s *smtptest.Server) {
 		s.Fault = func(p smtptest.FaultPoint) smtptest.Fault {
 			if p.Step == smtptest.Mail {
 				select {

@@ -459,7 +459,7 @@ func TestServiceProgramLifecycle(t *testing.T) {
 	leakOpt := goleak.IgnoreCurrent()
 	t.Cleanup(func() { goleak.VerifyNone(t, leakOpt) }) // runs last: after the server closed
 
-	srv := smtptest.NewStarted(t)
+	srv := smtptest.NewServer(t)
 	env := pipelinetest.New(t)
 	core, logs := observer.New(zapcore.InfoLevel)
 	log := zap.New(zapcore.NewTee(zaptest.NewLogger(t).Core(), core))

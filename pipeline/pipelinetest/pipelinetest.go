@@ -1,17 +1,23 @@
 // Package pipelinetest runs a whole smtpq pipeline in temporary folders, for
 // tests: of smtpq itself, and of programs that enqueue mail and want to see
-// it delivered to a fake SMTP server (package smtptest).
+// it delivered to a fake SMTP server (package smtptest), as
+// net/http/httptest does for HTTP.
 //
-//	func TestSignupMail(t *testing.T) {
-//		srv := smtptest.NewStarted(t)
-//		env := pipelinetest.New(t)
-//		env.Start(pipeline.Options{})
-//
-//		name := env.Enqueue(msg, queuefile.Params{Host: srv.Host(), Port: srv.Port(), TLS: queuefile.TLSNone})
-//		if f := env.WaitFiled(name); f.Verdict != stages.Sent {
-//			t.Fatalf("message %s: %s", name, f.Verdict)
+//	func TestWelcomeMail(t *testing.T) {
+//		srv := smtptest.NewServer(t) // started now, closed when the test ends
+//		q := pipelinetest.Start(t)   // a running pipeline in temporary folders
+//		name := q.Enqueue([]byte("From: a@example.org\r\nTo: b@example.org\r\nSubject: hi\r\n\r\nhello\r\n"), srv.Params())
+//		if f := q.Wait(name); f.Verdict != stages.Sent {
+//			t.Fatalf("%s: %v", name, f)
+//		}
+//		if got := len(srv.Messages()); got != 1 {
+//			t.Fatalf("server got %d messages", got)
 //		}
 //	}
+//
+// Start takes settings (Config for the configuration, Options for a
+// clock, fault hooks and the like); New and Env.Start split the two steps
+// for a test that must do something in between.
 //
 // The configuration suits tests: short rescans and idle timeouts, retries
 // after zero backoff, three attempts. Change it in New's configure functions.
@@ -100,6 +106,34 @@ func New(t testing.TB, configure ...func(*pipeline.Config)) *Env {
 		final:   map[string]stages.Filed{},
 		changed: make(chan struct{}),
 	}
+}
+
+// A Setting changes what Start starts: see Config and Options.
+type Setting func(*pipeline.Config, *pipeline.Options)
+
+// Config returns a Setting that applies configure to the configuration.
+func Config(configure func(*pipeline.Config)) Setting {
+	return func(c *pipeline.Config, _ *pipeline.Options) { configure(c) }
+}
+
+// Options returns a Setting that runs the pipeline with opts (a clock,
+// fault hooks, an OnFiled of the test's own...).
+func Options(opts pipeline.Options) Setting {
+	return func(_ *pipeline.Config, o *pipeline.Options) { *o = opts }
+}
+
+// Start returns a pipeline running in temporary folders (New, then
+// Env.Start), changed by settings. It stops when the test ends.
+func Start(t testing.TB, settings ...Setting) *Env {
+	t.Helper()
+	var opts pipeline.Options
+	e := New(t, func(c *pipeline.Config) {
+		for _, s := range settings {
+			s(c, &opts)
+		}
+	})
+	e.Start(opts)
+	return e
 }
 
 // NewShared returns an Env for a second service instance on the folders and
@@ -228,9 +262,9 @@ func (e *Env) WaitFor(what string, cond func([]stages.Filed) bool) {
 	}
 }
 
-// WaitFiled waits until the named message is filed for good (sent or
-// failed) and returns that filing.
-func (e *Env) WaitFiled(name string) stages.Filed {
+// Wait waits until the named message is filed for good (sent or failed:
+// the Verdict says which) and returns that filing.
+func (e *Env) Wait(name string) stages.Filed {
 	e.T.Helper()
 	var f stages.Filed
 	e.WaitFor("message "+name+" to be sent or failed", func([]stages.Filed) bool {

@@ -13,14 +13,14 @@ var users = map[string]string{"alice": "wonderland", "bob": "builder"}
 func withUsers(s *Server) { s.Users = users }
 
 func TestAuthAdvertised(t *testing.T) {
-	srv := NewStarted(t, withUsers)
+	srv := NewServer(t, withUsers)
 	c := dial(t, srv.AddrString())
 	ok, mechs := c.Extension("AUTH")
 	if !ok || mechs != "PLAIN LOGIN XOAUTH2" {
 		t.Errorf("AUTH extension = %v %q, want PLAIN LOGIN XOAUTH2", ok, mechs)
 	}
 
-	plain := NewStarted(t)
+	plain := NewServer(t)
 	c = dial(t, plain.AddrString())
 	if ok, _ := c.Extension("AUTH"); ok {
 		t.Error("AUTH advertised without Users")
@@ -32,7 +32,7 @@ func TestAuthAdvertised(t *testing.T) {
 }
 
 func TestAuthPlain(t *testing.T) {
-	srv := NewStarted(t, withUsers)
+	srv := NewServer(t, withUsers)
 
 	c := dial(t, srv.AddrString())
 	wantSMTPError(t, c.Auth(sasl.NewPlainClient("", "alice", "wrong")), smtp.ErrAuthFailed)
@@ -52,7 +52,7 @@ func TestAuthPlain(t *testing.T) {
 }
 
 func TestAuthLogin(t *testing.T) {
-	srv := NewStarted(t, withUsers)
+	srv := NewServer(t, withUsers)
 	c := dial(t, srv.AddrString())
 	wantSMTPError(t, c.Auth(sasl.NewLoginClient("bob", "wrong")), smtp.ErrAuthFailed)
 	if err := c.Auth(sasl.NewLoginClient("bob", "builder")); err != nil {
@@ -67,7 +67,7 @@ func TestAuthLogin(t *testing.T) {
 }
 
 func TestAuthLoginWithoutInitialResponse(t *testing.T) {
-	srv := NewStarted(t, withUsers)
+	srv := NewServer(t, withUsers)
 	_, tp := dialRaw(t, srv.AddrString())
 	expect(t, tp, "", 220)
 	expect(t, tp, "EHLO raw.test", 250)
@@ -97,7 +97,7 @@ func (x *xoauth2Client) Next(challenge []byte) ([]byte, error) {
 }
 
 func TestAuthXOAuth2(t *testing.T) {
-	srv := NewStarted(t, withUsers)
+	srv := NewServer(t, withUsers)
 	c := dial(t, srv.AddrString())
 
 	bad := &xoauth2Client{user: "alice", token: "expired"}
@@ -124,7 +124,7 @@ func TestAuthXOAuth2(t *testing.T) {
 func TestAuthFaultSeesUserName(t *testing.T) {
 	var log pointLog
 	unavailable := Reply(454, smtp.EnhancedCode{4, 7, 0}, "Try again later")
-	srv := NewStarted(t, withUsers, func(s *Server) {
+	srv := NewServer(t, withUsers, func(s *Server) {
 		s.Fault = func(p FaultPoint) Fault {
 			if p.Step != Auth {
 				return Fault{}

@@ -8,7 +8,7 @@
 // answer with an SMTP error, drop the connection without a reply, or stall.
 //
 //	func TestDeliver(t *testing.T) {
-//		srv := smtptest.NewStarted(t, func(s *smtptest.Server) {
+//		srv := smtptest.NewServer(t, func(s *smtptest.Server) {
 //			// Refuse the first attempt at bob, accept everything else.
 //			s.Fault = func(p smtptest.FaultPoint) smtptest.Fault {
 //				if p.Step == smtptest.Rcpt && p.Arg == "bob@example.org" && p.Session == 1 {
@@ -31,7 +31,7 @@
 //		}
 //	}
 //
-// NewStarted closes the server when the test ends. Close ends stalls,
+// NewServer closes the server when the test ends. Close ends stalls,
 // closes every connection and waits for all of the server's goroutines, so
 // a test using go.uber.org/goleak stays clean.
 //

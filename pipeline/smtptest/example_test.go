@@ -11,7 +11,7 @@ import (
 )
 
 func Example() {
-	srv := smtptest.NewServer()
+	srv := smtptest.NewUnstartedServer()
 	// Refuse one recipient permanently.
 	srv.Fault = func(p smtptest.FaultPoint) smtptest.Fault {
 		if p.Step == smtptest.Rcpt && p.Arg == "nobody@example.org" {

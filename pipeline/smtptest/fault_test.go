@@ -26,7 +26,7 @@ func TestStepString(t *testing.T) {
 
 func TestFaultPointsOfANormalSession(t *testing.T) {
 	var log pointLog
-	srv := NewStarted(t, func(s *Server) {
+	srv := NewServer(t, func(s *Server) {
 		s.Users = map[string]string{"user": "secret"}
 		s.Fault = func(p FaultPoint) Fault { log.add(p); return Fault{} }
 	})
@@ -98,7 +98,7 @@ func onceAt(step Step, f Fault) func(FaultPoint) Fault {
 func TestFaultErrAtEachStep(t *testing.T) {
 	for _, tc := range faultCases {
 		t.Run(tc.step.String(), func(t *testing.T) {
-			srv := NewStarted(t, func(s *Server) {
+			srv := NewServer(t, func(s *Server) {
 				s.Users = map[string]string{"user": "secret"}
 				s.Fault = onceAt(tc.step, Fault{Err: tc.err})
 			})
@@ -120,7 +120,7 @@ func TestFaultErrAtEachStep(t *testing.T) {
 func TestFaultDropAtEachStep(t *testing.T) {
 	for _, tc := range faultCases {
 		t.Run(tc.step.String(), func(t *testing.T) {
-			srv := NewStarted(t, func(s *Server) {
+			srv := NewServer(t, func(s *Server) {
 				s.Users = map[string]string{"user": "secret"}
 				s.Fault = FaultAt(tc.step, Fault{Drop: true})
 			})
@@ -140,7 +140,7 @@ func TestFaultDropAtEachStep(t *testing.T) {
 }
 
 func TestDropAfterDotLosesMessage(t *testing.T) {
-	srv := NewStarted(t, func(s *Server) { s.Fault = FaultAt(AfterDot, Fault{Drop: true}) })
+	srv := NewServer(t, func(s *Server) { s.Fault = FaultAt(AfterDot, Fault{Drop: true}) })
 	_, tp := dialRaw(t, srv.AddrString())
 	expect(t, tp, "", 220)
 	expect(t, tp, "EHLO raw.test", 250)
@@ -183,7 +183,7 @@ func isConnReset(err error) bool {
 
 func TestRejectOneRecipient(t *testing.T) {
 	reject := Reply(550, smtp.EnhancedCode{5, 1, 1}, "No such user")
-	srv := NewStarted(t, func(s *Server) {
+	srv := NewServer(t, func(s *Server) {
 		s.Fault = func(p FaultPoint) Fault {
 			if p.Step == Rcpt && p.Arg == "bob@example.org" {
 				return reject
@@ -218,7 +218,7 @@ func TestRejectOneRecipient(t *testing.T) {
 }
 
 func TestFailFirstAttemptOnly(t *testing.T) {
-	srv := NewStarted(t, func(s *Server) {
+	srv := NewServer(t, func(s *Server) {
 		s.Fault = func(p FaultPoint) Fault {
 			if p.Step == Mail && p.Message == 1 {
 				return Reply(451, smtp.EnhancedCode{4, 7, 1}, "Greylisted")
@@ -239,7 +239,7 @@ func TestFailFirstAttemptOnly(t *testing.T) {
 
 func TestGreetingErrThenBadSequenceUntilQuit(t *testing.T) {
 	var log pointLog
-	srv := NewStarted(t, func(s *Server) {
+	srv := NewServer(t, func(s *Server) {
 		s.Fault = func(p FaultPoint) Fault {
 			log.add(p)
 			if p.Step == Greeting {
@@ -266,7 +266,7 @@ func TestGreetingErrThenBadSequenceUntilQuit(t *testing.T) {
 // TestHelloErrIsTheEHLOReply checks what go-smtp does with an error from
 // Backend.NewSession: it is the reply to EHLO, and the client may try again.
 func TestHelloErrIsTheEHLOReply(t *testing.T) {
-	srv := NewStarted(t, func(s *Server) {
+	srv := NewServer(t, func(s *Server) {
 		s.Fault = func(p FaultPoint) Fault {
 			if p.Step == Hello && p.Arg == "first.test" {
 				return Reply(550, smtp.EnhancedCode{5, 7, 1}, "Go away")
@@ -288,7 +288,7 @@ func TestHelloErrIsTheEHLOReply(t *testing.T) {
 }
 
 func TestResetErrClosesConnection(t *testing.T) {
-	srv := NewStarted(t, func(s *Server) {
+	srv := NewServer(t, func(s *Server) {
 		s.Fault = FaultAt(Reset, Reply(421, smtp.EnhancedCode{4, 3, 2}, "Shutting down"))
 	})
 	_, tp := dialRaw(t, srv.AddrString())
@@ -305,7 +305,7 @@ func TestResetErrClosesConnection(t *testing.T) {
 
 func TestStallEndsOnClose(t *testing.T) {
 	reached := make(chan struct{})
-	s := NewServer()
+	s := NewUnstartedServer()
 	s.Fault = func(p FaultPoint) Fault {
 		if p.Step == Mail {
 			close(reached)
@@ -356,7 +356,7 @@ func TestStallEndsOnClose(t *testing.T) {
 
 func TestStallThenProceed(t *testing.T) {
 	const stall = 100 * time.Millisecond
-	srv := NewStarted(t, func(s *Server) { s.Fault = FaultAt(Rcpt, Fault{Stall: stall}) })
+	srv := NewServer(t, func(s *Server) { s.Fault = FaultAt(Rcpt, Fault{Stall: stall}) })
 	c := dial(t, srv.AddrString())
 	if err := c.Mail("a@example.org", nil); err != nil {
 		t.Fatal(err)
@@ -373,7 +373,7 @@ func TestStallThenProceed(t *testing.T) {
 func TestStallThenErr(t *testing.T) {
 	f := Reply(451, smtp.EnhancedCode{4, 4, 1}, "Slow and failing")
 	f.Stall = 50 * time.Millisecond
-	srv := NewStarted(t, func(s *Server) { s.Fault = FaultAt(Mail, f) })
+	srv := NewServer(t, func(s *Server) { s.Fault = FaultAt(Mail, f) })
 	c := dial(t, srv.AddrString())
 	start := time.Now()
 	wantSMTPError(t, c.Mail("a@example.org", nil), f.Err)
@@ -383,7 +383,7 @@ func TestStallThenErr(t *testing.T) {
 }
 
 func TestGreetingStallDoesNotBlockOthers(t *testing.T) {
-	srv := NewStarted(t, func(s *Server) {
+	srv := NewServer(t, func(s *Server) {
 		s.Fault = func(p FaultPoint) Fault {
 			if p.Step == Greeting && p.Session == 1 {
 				return Fault{Stall: time.Hour}
@@ -408,7 +408,7 @@ func TestGreetingStallDoesNotBlockOthers(t *testing.T) {
 func TestBlockedFaultMakesCloseFail(t *testing.T) {
 	unblock := make(chan struct{})
 	reached := make(chan struct{})
-	s := NewServer()
+	s := NewUnstartedServer()
 	s.CloseTimeout = 100 * time.Millisecond
 	s.Fault = func(p FaultPoint) Fault {
 		if p.Step == Greeting {
@@ -447,7 +447,7 @@ func TestFaultRawAtEachStep(t *testing.T) {
 	const noise = "\x00\xff\x1bnot SMTP at all"
 	for _, tc := range faultCases {
 		t.Run(tc.step.String(), func(t *testing.T) {
-			srv := NewStarted(t, func(s *Server) {
+			srv := NewServer(t, func(s *Server) {
 				s.Users = map[string]string{"user": "secret"}
 				s.Fault = onceAt(tc.step, Fault{Raw: strings.NewReader(noise + "\r\n")})
 			})
@@ -468,7 +468,7 @@ func TestFaultRawAtEachStep(t *testing.T) {
 // An endless Raw reply goes on until the client hangs up; a trickled one
 // comes a byte at a time; and Close ends both.
 func TestFaultRawEndlessAndTrickled(t *testing.T) {
-	srv := NewStarted(t, func(s *Server) {
+	srv := NewServer(t, func(s *Server) {
 		s.Fault = func(p FaultPoint) Fault {
 			switch {
 			case p.Step == Greeting && p.Session == 1:

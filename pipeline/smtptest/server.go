@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/emersion/go-smtp"
+
+	"github.com/smtpq/smtpq/pipeline/queuefile"
 )
 
 // DefaultAddr is the address a Server listens on when Addr is empty.
@@ -178,18 +180,20 @@ type Message struct {
 	MailOptions smtp.MailOptions
 }
 
-// NewServer returns a Server that is not started yet. Set its fields, then
-// call Start.
-func NewServer() *Server {
+// NewUnstartedServer returns a Server that is not started yet, for the rare
+// test that needs more set-up than NewServer's configure functions give:
+// set its fields, then call Start, and Close it.
+func NewUnstartedServer() *Server {
 	return &Server{}
 }
 
-// NewStarted returns a started Server, after applying each configure
-// function to it. It fails the test if the server cannot start, and closes
-// the server when the test ends, failing the test if Close reports an error.
-func NewStarted(t testing.TB, configure ...func(*Server)) *Server {
+// NewServer returns a started Server, after applying each configure
+// function to it, as httptest.NewServer does. It fails the test if the
+// server cannot start, and closes the server when the test ends, failing
+// the test if Close reports an error.
+func NewServer(t testing.TB, configure ...func(*Server)) *Server {
 	t.Helper()
-	s := NewServer()
+	s := NewUnstartedServer()
 	for _, f := range configure {
 		f(s)
 	}
@@ -369,6 +373,21 @@ func (s *Server) close() error {
 		errs = append(errs, fmt.Errorf("smtptest: greetings or Fault calls still running after %v", timeout))
 	}
 	return errors.Join(errs...)
+}
+
+// Params returns send parameters for this server, for
+// queuefile.Queue.Enqueue or pipelinetest.Env.Enqueue: its host and port,
+// TLS as the server speaks it (implicit with ImplicitTLS, else none: a
+// plaintext loopback server, where smtpq also allows a login), and the
+// recipients to, if any (else they are read from the message's headers).
+// Add a Username and Password for a server with Users. The server must be
+// started.
+func (s *Server) Params(to ...string) queuefile.Params {
+	tls := queuefile.TLSNone
+	if s.ImplicitTLS {
+		tls = queuefile.TLSImplicit
+	}
+	return queuefile.Params{Host: s.Host(), Port: s.Port(), TLS: tls, To: to}
 }
 
 // Host returns the IP address the server listens on, such as "127.0.0.1",

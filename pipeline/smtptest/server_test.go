@@ -15,7 +15,7 @@ import (
 )
 
 func TestSendIsRecordedExactly(t *testing.T) {
-	srv := NewStarted(t)
+	srv := NewServer(t)
 	body := "From: alice@example.org\r\n" +
 		"Subject: dots\r\n" +
 		"\r\n" +
@@ -67,7 +67,7 @@ func TestSendIsRecordedExactly(t *testing.T) {
 }
 
 func TestDataIsNotNormalised(t *testing.T) {
-	srv := NewStarted(t)
+	srv := NewServer(t)
 	_, tp := dialRaw(t, srv.AddrString())
 	expect(t, tp, "", 220)
 	expect(t, tp, "EHLO raw.test", 250)
@@ -97,7 +97,7 @@ func TestDataIsNotNormalised(t *testing.T) {
 }
 
 func TestMessagesReturnsCopies(t *testing.T) {
-	srv := NewStarted(t)
+	srv := NewServer(t)
 	c := dial(t, srv.AddrString())
 	if err := send(c, "a@example.org", []string{"b@example.org"}, testBody); err != nil {
 		t.Fatal(err)
@@ -113,7 +113,7 @@ func TestMessagesReturnsCopies(t *testing.T) {
 
 func TestSeveralMessagesInOneSession(t *testing.T) {
 	var log pointLog
-	srv := NewStarted(t, func(s *Server) {
+	srv := NewServer(t, func(s *Server) {
 		s.Fault = func(p FaultPoint) Fault { log.add(p); return Fault{} }
 	})
 	c := dial(t, srv.AddrString())
@@ -147,7 +147,7 @@ func TestSeveralMessagesInOneSession(t *testing.T) {
 }
 
 func TestMailOptions(t *testing.T) {
-	srv := NewStarted(t, func(s *Server) { s.EnableSMTPUTF8 = true })
+	srv := NewServer(t, func(s *Server) { s.EnableSMTPUTF8 = true })
 	c := dial(t, srv.AddrString())
 	if ok, _ := c.Extension("SMTPUTF8"); !ok {
 		t.Error("SMTPUTF8 not advertised")
@@ -179,7 +179,7 @@ func TestMailOptions(t *testing.T) {
 }
 
 func TestMaxMessageBytes(t *testing.T) {
-	srv := NewStarted(t, func(s *Server) { s.MaxMessageBytes = 100 })
+	srv := NewServer(t, func(s *Server) { s.MaxMessageBytes = 100 })
 	c := dial(t, srv.AddrString())
 	if size, ok := c.MaxMessageSize(); !ok || size != 100 {
 		t.Errorf("advertised SIZE = %d, %v; want 100", size, ok)
@@ -197,7 +197,7 @@ func TestMaxMessageBytes(t *testing.T) {
 
 func TestLoopbackOnly(t *testing.T) {
 	for _, addr := range []string{"0.0.0.0:0", ":0", "192.0.2.1:0", "[::]:0", "example.com:0", "127.0.0.1"} {
-		s := NewServer()
+		s := NewUnstartedServer()
 		s.Addr = addr
 		if err := s.Start(); err == nil {
 			s.Close()
@@ -205,7 +205,7 @@ func TestLoopbackOnly(t *testing.T) {
 		}
 	}
 
-	s := NewStarted(t, func(s *Server) { s.Addr = "localhost:0" })
+	s := NewServer(t, func(s *Server) { s.Addr = "localhost:0" })
 	if s.Host() != "127.0.0.1" || s.Port() == 0 {
 		t.Errorf("Host, Port = %q, %d; want 127.0.0.1 and a port", s.Host(), s.Port())
 	}
@@ -215,7 +215,7 @@ func TestLoopbackOnly(t *testing.T) {
 }
 
 func TestOtherLoopbackAddress(t *testing.T) {
-	s := NewServer()
+	s := NewUnstartedServer()
 	s.Addr = "127.0.0.2:0"
 	if err := s.Start(); err != nil {
 		if runtime.GOOS != "linux" {
@@ -241,7 +241,7 @@ func TestOtherLoopbackAddress(t *testing.T) {
 }
 
 func TestLifecycle(t *testing.T) {
-	s := NewServer()
+	s := NewUnstartedServer()
 	if s.AddrString() != "" || s.Port() != 0 || s.Host() != "" {
 		t.Error("unstarted server reports an address")
 	}
@@ -262,7 +262,7 @@ func TestLifecycle(t *testing.T) {
 		t.Error("dial after Close succeeded")
 	}
 
-	unstarted := NewServer()
+	unstarted := NewUnstartedServer()
 	if err := unstarted.Close(); err != nil {
 		t.Errorf("Close before Start = %v", err)
 	}
@@ -271,7 +271,7 @@ func TestLifecycle(t *testing.T) {
 		t.Error("Start after Close succeeded")
 	}
 
-	implicit := NewServer()
+	implicit := NewUnstartedServer()
 	implicit.ImplicitTLS = true
 	if err := implicit.Start(); err == nil {
 		implicit.Close()
@@ -280,7 +280,7 @@ func TestLifecycle(t *testing.T) {
 }
 
 func TestWaitMessagesTimesOut(t *testing.T) {
-	srv := NewStarted(t)
+	srv := NewServer(t)
 	c := dial(t, srv.AddrString())
 	if err := send(c, "a@example.org", []string{"b@example.org"}, testBody); err != nil {
 		t.Fatal(err)
@@ -297,7 +297,7 @@ func TestWaitMessagesTimesOut(t *testing.T) {
 }
 
 func TestWaitMessagesWakesUp(t *testing.T) {
-	srv := NewStarted(t)
+	srv := NewServer(t)
 	done := make(chan error, 1)
 	go func() {
 		_, err := srv.WaitMessages(testContext(t), 2)
@@ -318,7 +318,7 @@ func TestMaxConcurrent(t *testing.T) {
 	const n = 5
 	arrived := make(chan struct{}, n)
 	release := make(chan struct{})
-	srv := NewStarted(t, func(s *Server) {
+	srv := NewServer(t, func(s *Server) {
 		s.Fault = func(p FaultPoint) Fault {
 			if p.Step != Hello {
 				return Fault{}
@@ -387,7 +387,7 @@ func TestMaxConcurrent(t *testing.T) {
 }
 
 func TestSequentialSessions(t *testing.T) {
-	srv := NewStarted(t)
+	srv := NewServer(t)
 	for i := 1; i <= 3; i++ {
 		c := dial(t, srv.AddrString())
 		if err := send(c, "a@example.org", []string{"b@example.org"}, testBody); err != nil {
@@ -414,7 +414,7 @@ func TestSequentialSessions(t *testing.T) {
 }
 
 func TestClientDisconnectEndsSession(t *testing.T) {
-	srv := NewStarted(t)
+	srv := NewServer(t)
 	c := dial(t, srv.AddrString())
 	if err := c.Hello("client.test"); err != nil {
 		t.Fatal(err)
@@ -430,7 +430,7 @@ func TestClientDisconnectEndsSession(t *testing.T) {
 
 func TestDebugTranscript(t *testing.T) {
 	var buf syncBuffer
-	srv := NewStarted(t, func(s *Server) { s.Debug = &buf })
+	srv := NewServer(t, func(s *Server) { s.Debug = &buf })
 	c := dial(t, srv.AddrString())
 	if err := c.Hello("client.test"); err != nil {
 		t.Fatal(err)
@@ -464,7 +464,7 @@ func (b *syncBuffer) String() string {
 }
 
 func TestMaxRecipients(t *testing.T) {
-	srv := NewStarted(t, func(s *Server) { s.MaxRecipients = 2 })
+	srv := NewServer(t, func(s *Server) { s.MaxRecipients = 2 })
 	c := dial(t, srv.AddrString())
 	err := send(c, "a@example.org", []string{"b@example.org", "c@example.org", "d@example.org"}, testBody)
 	wantSMTPError(t, err, &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 5, 3}, Message: "Maximum limit of 2 recipients reached"})

@@ -42,7 +42,7 @@ func TestSelfSigned(t *testing.T) {
 func TestStartTLS(t *testing.T) {
 	serverTLS, clientTLS := tlsPair(t)
 	var log pointLog
-	srv := NewStarted(t, withUsers, func(s *Server) {
+	srv := NewServer(t, withUsers, func(s *Server) {
 		s.TLSConfig = serverTLS
 		s.Fault = func(p FaultPoint) Fault { log.add(p); return Fault{} }
 	})
@@ -101,7 +101,7 @@ func TestStartTLS(t *testing.T) {
 
 func TestStartTLSUntrusted(t *testing.T) {
 	serverTLS, _ := tlsPair(t)
-	srv := NewStarted(t, func(s *Server) { s.TLSConfig = serverTLS })
+	srv := NewServer(t, func(s *Server) { s.TLSConfig = serverTLS })
 	c, err := smtp.DialStartTLS(srv.AddrString(), &tls.Config{})
 	if err != nil {
 		t.Fatal(err)
@@ -117,7 +117,7 @@ func TestStartTLSUntrusted(t *testing.T) {
 
 func TestStartTLSDisabled(t *testing.T) {
 	serverTLS, clientTLS := tlsPair(t)
-	srv := NewStarted(t, withUsers, func(s *Server) {
+	srv := NewServer(t, withUsers, func(s *Server) {
 		s.TLSConfig = serverTLS
 		s.DisableStartTLS = true
 	})
@@ -140,7 +140,7 @@ func TestStartTLSDisabled(t *testing.T) {
 
 func TestImplicitTLS(t *testing.T) {
 	serverTLS, clientTLS := tlsPair(t)
-	srv := NewStarted(t, withUsers, func(s *Server) {
+	srv := NewServer(t, withUsers, func(s *Server) {
 		s.TLSConfig = serverTLS
 		s.ImplicitTLS = true
 	})
@@ -166,7 +166,7 @@ func TestImplicitTLS(t *testing.T) {
 func TestImplicitTLSGreetingErr(t *testing.T) {
 	serverTLS, clientTLS := tlsPair(t)
 	refuse := Reply(421, smtp.EnhancedCode{4, 3, 2}, "Too busy")
-	srv := NewStarted(t, func(s *Server) {
+	srv := NewServer(t, func(s *Server) {
 		s.TLSConfig = serverTLS
 		s.ImplicitTLS = true
 		s.Fault = FaultAt(Greeting, refuse)
@@ -181,7 +181,7 @@ func TestImplicitTLSGreetingErr(t *testing.T) {
 
 func TestImplicitTLSPlaintextClientFails(t *testing.T) {
 	serverTLS, _ := tlsPair(t)
-	srv := NewStarted(t, func(s *Server) {
+	srv := NewServer(t, func(s *Server) {
 		s.TLSConfig = serverTLS
 		s.ImplicitTLS = true
 	})

@@ -29,7 +29,7 @@ type sink interface {
 type fakeSink struct{ srv *smtptest.Server }
 
 func startFakeSink(ip string) (*fakeSink, error) {
-	srv := smtptest.NewServer()
+	srv := smtptest.NewUnstartedServer()
 	srv.Addr = net.JoinHostPort(ip, "0")
 	if err := srv.Start(); err != nil {
 		return nil, err
