@@ -1,0 +1,266 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/smtpq/smtpq/pipeline/queuefile"
+	"github.com/smtpq/smtpq/stages"
+)
+
+// smtpq queue hold, release, retry: the command and what it prints.
+
+// selection is NAME, --all or --host H: exactly one.
+type selection struct {
+	name string
+	all  bool
+	host string
+}
+
+func parseSelection(cmd *cobra.Command, op string, args []string, all bool, host string, withHost bool) (selection, error) {
+	s := selection{all: all, host: stages.HostKey(host)}
+	if withHost && cmd.Flags().Changed("host") && s.host == "" {
+		return s, usagef("--host: empty host name")
+	}
+	n := 0
+	if len(args) > 0 {
+		n++
+	}
+	if all {
+		n++
+	}
+	if s.host != "" {
+		n++
+	}
+	what := "a message NAME, --all or --host H"
+	if !withHost {
+		what = "a message NAME or --all"
+	}
+	switch {
+	case n == 0:
+		return s, usagef("queue %s: give %s", op, what)
+	case n > 1:
+		return s, usagef("queue %s: give only one of %s", op, what)
+	}
+	if len(args) > 0 {
+		name, err := messageName(args[0])
+		if err != nil {
+			return s, err
+		}
+		s.name = name
+	}
+	return s, nil
+}
+
+var moveDocs = map[string][2]string{
+	"hold": {"Set messages aside: held mail is not sent until released",
+		`Move queued and deferred messages to queue_dir/.hold/, where the service never
+takes them; their delivery state (attempts, last error) is kept. A message being
+sent right now (active) cannot be held: for one NAME that is an error (exit
+status 1); with --all or --host such messages are counted as skipped. Holding a
+message that is already held does nothing. --host selects by SMTP host and
+needs the service's private key.`},
+	"release": {"Send held messages: back to the queue, now",
+		`Move held messages back to queue_dir: they are sent at once, whatever next
+attempt they had before they were held (their attempt count is kept).`},
+	"retry": {"Try deferred messages now, and lift the pause of their hosts in the running service",
+		`Move deferred messages to queue_dir so that they are tried now (attempt counts
+are unchanged), and ask the running service (through queue_dir/.control/) to
+lift the pause of the host (--host H or the message's host; every host with
+--all), so that mail it holds waiting for a paused host is tried now too.
+Messages scheduled with --not-before stay deferred until their time. Held
+messages are not retried: release them.`},
+}
+
+func newQueueMoveCmd(op string) *cobra.Command {
+	var all bool
+	var host string
+	cmd := &cobra.Command{
+		Use:   op + " NAME|--all|--host H",
+		Short: moveDocs[op][0],
+		Long:  moveDocs[op][1],
+		Args:  usageArgs(0, 1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			sel, err := parseSelection(cmd, op, args, all, host, true)
+			if err != nil {
+				return err
+			}
+			q, err := openQueueEnv(cmd)
+			if err != nil {
+				return err
+			}
+			switch {
+			case sel.host != "":
+				if err := q.loadIdentities(true); err != nil {
+					return err
+				}
+			case op == "retry" && sel.name != "":
+				// For the host whose pause to lift; moveOne says if it
+				// cannot be read.
+				q.ids, q.idErr = queuefile.LoadIdentities(q.cfg.IdentityFile...)
+			case op == "retry":
+				// To leave scheduled (not-before) messages alone.
+				_ = q.loadIdentities(false)
+			}
+			out := cmd.OutOrStdout()
+			if sel.name != "" {
+				return q.moveOne(out, op, sel.name)
+			}
+			return q.moveAll(ctxOf(cmd), out, op, sel)
+		},
+	}
+	cmd.Flags().BoolVar(&all, "all", false, "every message")
+	cmd.Flags().StringVar(&host, "host", "", "the messages for this SMTP host")
+	return cmd
+}
+
+// ctxOf is the command's context (cobra sets one in Execute).
+func ctxOf(cmd *cobra.Command) context.Context {
+	if ctx := cmd.Context(); ctx != nil {
+		return ctx
+	}
+	return context.Background()
+}
+
+func describe(e stages.SpoolEntry) string {
+	switch e.Place {
+	case stages.PlaceDeferred:
+		return "deferred until " + e.Due.UTC().Format(time.RFC3339)
+	case stages.PlaceActive:
+		return "active (instance " + e.Instance + ")"
+	}
+	return string(e.Place)
+}
+
+func (q *queueEnv) moveOne(out io.Writer, op, name string) error {
+	var pe *stages.PlaceError
+	switch op {
+	case "hold":
+		from, err := stages.HoldMessage(q.dirs, name)
+		if errors.As(err, &pe) && pe.Entry.Place == stages.PlaceHeld {
+			fmt.Fprintf(out, "%s is already held\n", name)
+			return nil
+		}
+		if errors.As(err, &pe) && pe.Entry.Place == stages.PlaceActive {
+			// The service has it: ask it to set the message aside unless
+			// its delivery is already under way.
+			if cerr := stages.WriteControl(q.dirs.Queue, stages.Control{Op: stages.OpHold, Name: name}); cerr != nil {
+				return fmt.Errorf("asking the service to hold %s: %w", name, cerr)
+			}
+			fmt.Fprintf(out, "%s is with the running service: asked it to hold the message unless it is being sent right now (smtpq queue status %s tells)\n", name, name)
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "held %s (it was %s)\n", name, describe(from))
+	case "release":
+		if _, err := stages.ReleaseMessage(q.dirs, name); err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "released %s: it is in the queue and will be sent now\n", name)
+	case "retry":
+		found, err := stages.LocateMessage(q.dirs, name)
+		if err != nil {
+			return err
+		}
+		env := q.envelopeOf(found[0])
+		if found[0].Place == stages.PlaceDeferred && env.notBefore.After(q.now) {
+			return fmt.Errorf("%s is scheduled for %s (--not-before): retry does not send it earlier", name, env.notBefore.UTC().Format(time.RFC3339))
+		}
+		from, err := stages.RetryMessage(q.dirs, name)
+		switch {
+		case err == nil:
+			fmt.Fprintf(out, "%s: moved from %s to the queue: it will be tried now\n", name, describe(from))
+		case errors.As(err, &pe) && pe.Entry.Place == stages.PlaceQueued:
+			fmt.Fprintf(out, "%s is in the queue already\n", name)
+		case errors.As(err, &pe) && pe.Entry.Place == stages.PlaceActive:
+			fmt.Fprintf(out, "%s is with the running service (instance %s): being sent or waiting for its host\n", name, pe.Entry.Instance)
+		default:
+			return err
+		}
+		if env.host == "" {
+			fmt.Fprintf(q.stderr, "smtpq: warning: cannot read the host of %s (%s): no host pause lifted; use retry --host H\n", name, flatten(fmt.Sprint(env.err)))
+			return nil
+		}
+		if err := stages.WriteControl(q.dirs.Queue, stages.Control{Op: stages.OpRetry, Host: env.host}); err != nil {
+			return fmt.Errorf("asking the service to lift the pause of %s: %w", env.host, err)
+		}
+		fmt.Fprintf(out, "asked the running service to lift any pause of %s\n", env.host)
+	}
+	return nil
+}
+
+func (q *queueEnv) moveAll(ctx context.Context, out io.Writer, op string, sel selection) error {
+	var scheduled int
+	match := func(e stages.SpoolEntry) bool {
+		if sel.host == "" && op != "retry" {
+			return true
+		}
+		env := q.envelopeOf(e)
+		if sel.host != "" && env.host != sel.host {
+			return false
+		}
+		if op == "retry" && env.notBefore.After(q.now) {
+			scheduled++
+			return false
+		}
+		return true
+	}
+	var r stages.MoveResult
+	var err error
+	switch op {
+	case "hold":
+		r, err = stages.HoldAll(ctx, q.dirs, match)
+	case "release":
+		r, err = stages.ReleaseAll(ctx, q.dirs, match)
+	case "retry":
+		r, err = stages.RetryAll(ctx, q.dirs, match)
+	}
+	what := "messages"
+	if sel.host != "" {
+		what = "messages for " + sel.host
+	}
+	switch op {
+	case "hold":
+		fmt.Fprintf(out, "held %d %s", r.Moved, what)
+		if r.Active > 0 {
+			c := stages.Control{Op: stages.OpHold, Host: sel.host, All: sel.host == ""}
+			if cerr := stages.WriteControl(q.dirs.Queue, c); cerr != nil {
+				return fmt.Errorf("asking the service to hold the messages it has: %w", cerr)
+			}
+			fmt.Fprintf(out, "; %d are with the running service: asked it to hold those not being sent right now", r.Active)
+		}
+	case "release":
+		fmt.Fprintf(out, "released %d %s to the queue", r.Moved, what)
+	case "retry":
+		fmt.Fprintf(out, "moved %d deferred %s to the queue", r.Moved, what)
+		if scheduled > 0 {
+			fmt.Fprintf(out, "; %d scheduled for later (--not-before) stay deferred", scheduled)
+		}
+	}
+	if r.Raced > 0 {
+		fmt.Fprintf(out, "; %d were taken by the service (or another command) meanwhile", r.Raced)
+	}
+	fmt.Fprintln(out)
+	if err != nil {
+		return err
+	}
+	if op == "retry" {
+		c := stages.Control{Op: stages.OpRetry, Host: sel.host, All: sel.all}
+		if err := stages.WriteControl(q.dirs.Queue, c); err != nil {
+			return fmt.Errorf("asking the service to lift host pauses: %w", err)
+		}
+		if sel.all {
+			fmt.Fprintln(out, "asked the running service to lift every host's pause")
+		} else {
+			fmt.Fprintf(out, "asked the running service to lift any pause of %s\n", sel.host)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,58 @@
+package main
+
+import (
+	"fmt"
+
+	"github.com/spf13/cobra"
+
+	"github.com/smtpq/smtpq/stages"
+)
+
+// smtpq queue purge: the command and what it prints.
+
+func newQueuePurgeCmd() *cobra.Command {
+	var state, olderThan string
+	cmd := &cobra.Command{
+		Use:   "purge --state sent|undeliverable --older-than DURATION",
+		Short: "Remove messages filed in Sent or Undeliverable longer ago than DURATION",
+		Long: `Remove the messages filed in sent_dir or undeliverable_dir (with their XML logs)
+longer ago than DURATION (90m, 36h, 30d), by the time they were filed (the file's
+modification time; in Undeliverable, its XML log's). History logs kept by requeue
+go by their own time. Prints how many were removed. Nothing else is ever purged.`,
+		Args: usageArgs(0, 0),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if state == "" || olderThan == "" {
+				return usagef("queue purge: give --state sent|undeliverable and --older-than DURATION")
+			}
+			p, err := stages.ParsePlace(state)
+			if err != nil {
+				return usagef("--state: %v", err)
+			}
+			if p != stages.PlaceSent && p != stages.PlaceUndeliverable {
+				return usagef("--state %s: purge removes only sent or undeliverable messages", p)
+			}
+			d, err := parseDuration(olderThan)
+			if err != nil {
+				return usagef("--older-than: %s is not a duration (90m, 36h, 30d)", quoteIfNeeded(olderThan))
+			}
+			if d < 0 {
+				return usagef("--older-than: negative duration %s", olderThan)
+			}
+			q, err := openQueueEnv(cmd)
+			if err != nil {
+				return err
+			}
+			r, err := stages.Purge(ctxOf(cmd), q.dirs, p, q.now.Add(-d))
+			out := cmd.OutOrStdout()
+			if p == stages.PlaceSent {
+				fmt.Fprintf(out, "purged %d messages from %s\n", r.Messages, q.dirs.Sent)
+			} else {
+				fmt.Fprintf(out, "purged %d messages and %d XML logs from %s\n", r.Messages, r.Logs, q.dirs.Undeliverable)
+			}
+			return err
+		},
+	}
+	cmd.Flags().StringVar(&state, "state", "", "sent or undeliverable")
+	cmd.Flags().StringVar(&olderThan, "older-than", "", "filed longer ago than this (90m, 36h, 30d)")
+	return cmd
+}

@@ -1,0 +1,53 @@
+package main
+
+import (
+	"fmt"
+
+	"github.com/spf13/cobra"
+
+	"github.com/smtpq/smtpq/stages"
+)
+
+// smtpq queue requeue: the command and what it prints.
+
+func newQueueRequeueCmd() *cobra.Command {
+	var all bool
+	cmd := &cobra.Command{
+		Use:   "requeue NAME|--all",
+		Short: "Put undeliverable messages back in the queue, as new",
+		Long: `Move undeliverable messages back to queue_dir, as new: no attempts, no state.
+Each one's XML log stays in undeliverable_dir as history, renamed
+<name>.<UTC time>.xml, so that a new failure can write a new <name>.xml. A
+message of the same name still in the queue is never overwritten: it is
+refused.`,
+		Args: usageArgs(0, 1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			sel, err := parseSelection(cmd, "requeue", args, all, "", false)
+			if err != nil {
+				return err
+			}
+			q, err := openQueueEnv(cmd)
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			if sel.name != "" {
+				path, err := stages.RequeueMessage(q.dirs, sel.name, q.now)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(out, "requeued %s\n", path)
+				return nil
+			}
+			r, err := stages.RequeueAll(ctxOf(cmd), q.dirs, q.now, nil)
+			fmt.Fprintf(out, "requeued %d messages", r.Moved)
+			if r.Clash > 0 {
+				fmt.Fprintf(out, "; %d not requeued: a message of the same name is in the queue", r.Clash)
+			}
+			fmt.Fprintln(out)
+			return err
+		},
+	}
+	cmd.Flags().BoolVar(&all, "all", false, "every undeliverable message")
+	return cmd
+}

@@ -1,0 +1,130 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"sort"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/smtpq/smtpq/stages"
+)
+
+// smtpq queue stats: the command and what it prints.
+
+type statCount struct {
+	Count            int       `json:"count"`
+	Oldest           time.Time `json:"oldest,omitzero"`
+	OldestAgeSeconds int64     `json:"oldest_age_seconds"`
+}
+
+func (c *statCount) add(t, now time.Time) {
+	c.Count++
+	if !t.IsZero() && (c.Oldest.IsZero() || t.Before(c.Oldest)) {
+		c.Oldest = t
+		c.OldestAgeSeconds = int64(now.Sub(t) / time.Second)
+	}
+}
+
+type queueStats struct {
+	States map[stages.Place]*statCount            `json:"states"`
+	Hosts  map[string]map[stages.Place]*statCount `json:"hosts"`
+}
+
+func newQueueStatsCmd() *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "stats [--json]",
+		Short: "Count the messages per state and per SMTP host, with the oldest of each",
+		Long: `Count the messages in each state, and per SMTP host (queued, active, deferred,
+held and undeliverable: Sent copies keep no host), with the age of the oldest
+(since enqueueing). Messages whose seal cannot be opened count under host "-".`,
+		Args: usageArgs(0, 0),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			q, err := openQueueEnv(cmd)
+			if err != nil {
+				return err
+			}
+			_ = q.loadIdentities(false)
+			st := queueStats{States: map[stages.Place]*statCount{}, Hosts: map[string]map[stages.Place]*statCount{}}
+			for _, p := range stages.Places {
+				st.States[p] = &statCount{}
+			}
+			err = stages.WalkSpool(ctxOf(cmd), q.dirs, stages.Places, func(e stages.SpoolEntry) error {
+				if e.Place == stages.PlaceSent {
+					t, _ := stages.QueuedTime(e.Name)
+					st.States[e.Place].add(t, q.now)
+					return nil
+				}
+				r := q.row(e)
+				st.States[e.Place].add(r.Queued, q.now)
+				h := r.Host
+				if h == "" {
+					h = "-"
+				}
+				if st.Hosts[h] == nil {
+					st.Hosts[h] = map[stages.Place]*statCount{}
+				}
+				c := st.Hosts[h][e.Place]
+				if c == nil {
+					c = &statCount{}
+					st.Hosts[h][e.Place] = c
+				}
+				c.add(r.Queued, q.now)
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			if asJSON {
+				return json.NewEncoder(out).Encode(st)
+			}
+			st.print(out)
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func (st *queueStats) print(w io.Writer) {
+	oldest := func(c *statCount) string {
+		if c == nil || c.Oldest.IsZero() {
+			return "-"
+		}
+		return fmtAge(time.Duration(c.OldestAgeSeconds) * time.Second)
+	}
+	fmt.Fprintf(w, "%-15s %8s %8s\n", "STATE", "COUNT", "OLDEST")
+	for _, p := range stages.Places {
+		fmt.Fprintf(w, "%-15s %8d %8s\n", p, st.States[p].Count, oldest(st.States[p]))
+	}
+	if len(st.Hosts) == 0 {
+		return
+	}
+	hosts := make([]string, 0, len(st.Hosts))
+	for h := range st.Hosts {
+		hosts = append(hosts, h)
+	}
+	sort.Strings(hosts)
+	cols := []stages.Place{stages.PlaceQueued, stages.PlaceActive, stages.PlaceDeferred, stages.PlaceHeld, stages.PlaceUndeliverable}
+	fmt.Fprintf(w, "\n%-32s %8s %8s %8s %8s %8s %8s\n", "HOST", "QUEUED", "ACTIVE", "DEFERRED", "HELD", "UNDELIV", "OLDEST")
+	for _, h := range hosts {
+		fmt.Fprintf(w, "%-32s", h)
+		var old *statCount
+		for _, p := range cols {
+			c := st.Hosts[h][p]
+			n := 0
+			if c != nil {
+				n = c.Count
+				if p != stages.PlaceUndeliverable && !c.Oldest.IsZero() && (old == nil || c.Oldest.Before(old.Oldest)) {
+					old = c
+				}
+			}
+			fmt.Fprintf(w, " %8d", n)
+		}
+		fmt.Fprintf(w, " %8s\n", oldest(old))
+	}
+}
