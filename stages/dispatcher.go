@@ -273,7 +273,9 @@ func (d *Dispatcher) Run(ctx context.Context, in <-chan *Job, requests <-chan *R
 			case OpHold:
 				d.hold(c, out)
 			case OpThreads:
-				d.threads(c, shutdown)
+				// A cancelled context is a shutdown even before its turn in
+				// this select: no worker may start that nothing would answer.
+				d.threads(c, shutdown || ctx.Err() != nil)
 			default:
 				d.control(c, now)
 			}
