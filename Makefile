@@ -60,7 +60,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzStrip$$' -fuzztime $(FUZZTIME) ./pipeline/queuefile/
 	$(GO) test -run '^$$' -fuzz '^FuzzOpenPickup$$' -fuzztime $(FUZZTIME) ./pipeline/queuefile/
 	$(GO) test -run '^$$' -fuzz '^FuzzXMLLog$$' -fuzztime $(FUZZTIME) ./stages/
-	$(GO) test -run '^$$' -fuzz '^FuzzSpoolNames$$' -fuzztime $(FUZZTIME) ./stages/
+	$(GO) test -run '^$$' -fuzz '^FuzzSpoolNames$$' -fuzztime $(FUZZTIME) ./pipeline/spool/
 	$(GO) test -run '^$$' -fuzz '^FuzzTranscript$$' -fuzztime $(FUZZTIME) ./stages/
 
 # Issue 5's benchmarks (testdata/bench/README.md): drains of bin/smtpq against

@@ -33,6 +33,7 @@ import (
 	"github.com/smtpq/smtpq/pipeline/pipelinetest"
 	"github.com/smtpq/smtpq/pipeline/queuefile"
 	"github.com/smtpq/smtpq/pipeline/smtptest"
+	"github.com/smtpq/smtpq/pipeline/spool"
 	"github.com/smtpq/smtpq/stages"
 )
 
@@ -302,7 +303,7 @@ func testStorageFault(t *testing.T, fault diskFault) {
 		if got, err := os.ReadFile(where); err != nil || !bytes.Equal(got, file) {
 			t.Errorf("%s changed while filing failed (%v)", where, err)
 		}
-		if fault.stuck && !strings.HasPrefix(where, filepath.Join(cfg.QueueDir, stages.ActiveDir)+string(filepath.Separator)) {
+		if fault.stuck && !strings.HasPrefix(where, filepath.Join(cfg.QueueDir, spool.ActiveDir)+string(filepath.Separator)) {
 			t.Errorf("%s is at %s, want the active folder", name, where)
 		}
 		if got := pipelinetest.Files(t, cfg.SentDir); len(got) != 1 {
@@ -379,9 +380,9 @@ func findQueued(t *testing.T, queueDir, name string) string {
 	t.Helper()
 	for _, rel := range filesUnder(t, queueDir) {
 		base := filepath.Base(rel)
-		_, n, ok := stages.ParseWorkName(base)
+		_, n, ok := spool.ParseWorkName(base)
 		if (base == name || ok && n == name) && !strings.HasPrefix(rel, queuefile.TmpDir+string(filepath.Separator)) &&
-			!strings.HasPrefix(rel, stages.PoolDir+string(filepath.Separator)) {
+			!strings.HasPrefix(rel, spool.PoolDir+string(filepath.Separator)) {
 			return filepath.Join(queueDir, rel)
 		}
 	}

@@ -32,6 +32,7 @@ import (
 	"github.com/smtpq/smtpq/pipeline/pipelinetest"
 	"github.com/smtpq/smtpq/pipeline/queuefile"
 	"github.com/smtpq/smtpq/pipeline/smtptest"
+	"github.com/smtpq/smtpq/pipeline/spool"
 	"github.com/smtpq/smtpq/stages"
 )
 
@@ -311,7 +312,7 @@ func TestTooManyRecipients552IsTransient(t *testing.T) {
 
 // stateFile reads the delivery state of message id as the spool keeps it.
 func stateFile(cfg *pipeline.Config, id string) (map[string]any, error) {
-	b, err := os.ReadFile(filepath.Join(cfg.QueueDir, stages.StateDir, id+".json"))
+	b, err := os.ReadFile(filepath.Join(cfg.QueueDir, spool.StateDir, id+".json"))
 	if err != nil {
 		return nil, err
 	}

@@ -31,12 +31,13 @@ import (
 	"github.com/smtpq/smtpq/pipeline/pipelinetest"
 	"github.com/smtpq/smtpq/pipeline/queuefile"
 	"github.com/smtpq/smtpq/pipeline/smtptest"
+	"github.com/smtpq/smtpq/pipeline/spool"
 	"github.com/smtpq/smtpq/stages"
 )
 
 // spoolDirs are env's folders as package stages names them.
-func spoolDirs(env *pipelinetest.Env) stages.Dirs {
-	return stages.Dirs{Queue: env.Config.QueueDir, Sent: env.Config.SentDir, Undeliverable: env.Config.UndeliverableDir}
+func spoolDirs(env *pipelinetest.Env) spool.Dirs {
+	return spool.Dirs{Queue: env.Config.QueueDir, Sent: env.Config.SentDir, Undeliverable: env.Config.UndeliverableDir}
 }
 
 func TestFileWrittenSlowlyInPlaceIsSent(t *testing.T) {
@@ -93,7 +94,7 @@ func TestFileWrittenSlowlyInPlaceIsSent(t *testing.T) {
 		}
 		// Have the service look again now, rather than when the settle
 		// time is up, as `smtpq queue retry` would.
-		if _, err := stages.RetryMessage(spoolDirs(env), name); err != nil {
+		if _, err := spool.RetryMessage(spoolDirs(env), name); err != nil {
 			t.Fatalf("after chunk %d: %v", i+1, err)
 		}
 		if i < len(chunks)-1 {

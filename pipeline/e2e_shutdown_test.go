@@ -12,6 +12,7 @@ import (
 	"github.com/smtpq/smtpq/pipeline"
 	"github.com/smtpq/smtpq/pipeline/pipelinetest"
 	"github.com/smtpq/smtpq/pipeline/smtptest"
+	"github.com/smtpq/smtpq/pipeline/spool"
 	"github.com/smtpq/smtpq/stages"
 )
 
@@ -21,7 +22,7 @@ func whereIs(t *testing.T, env *pipelinetest.Env, name string) []string {
 	var at []string
 	for _, rel := range filesUnder(t, env.Dir) {
 		base := filepath.Base(rel)
-		if _, n, ok := stages.ParseWorkName(base); ok && n == name || base == name {
+		if _, n, ok := spool.ParseWorkName(base); ok && n == name || base == name {
 			at = append(at, filepath.Dir(rel))
 		}
 	}
@@ -32,9 +33,9 @@ func whereIs(t *testing.T, env *pipelinetest.Env, name string) []string {
 // the queue (its state file is named by the message's id).
 func stateOf(t *testing.T, queueDir, name string) (*stages.State, error) {
 	t.Helper()
-	d := stages.Dirs{Queue: queueDir}
+	d := spool.Dirs{Queue: queueDir}
 	var id string
-	err := stages.WalkSpool(context.Background(), d, stages.QueuePlaces, func(e stages.SpoolEntry) error {
+	err := spool.Walk(context.Background(), d, spool.QueuePlaces, func(e spool.Entry) error {
 		if e.Name == name && e.ID != "" {
 			id = e.ID
 			return fs.SkipAll
@@ -47,7 +48,7 @@ func stateOf(t *testing.T, queueDir, name string) (*stages.State, error) {
 	if id == "" {
 		return nil, fmt.Errorf("%s: no message of that name with an id in %s", name, queueDir)
 	}
-	st, err := stages.ReadState(d, id)
+	st, err := spool.ReadState(d, id)
 	if err == nil && st == nil {
 		err = fmt.Errorf("%s (id %s) has no state file: %w", name, id, fs.ErrNotExist)
 	}
@@ -97,9 +98,9 @@ func TestShutdownLosesNothing(t *testing.T) {
 		}
 		dir := filepath.Join(env.Dir, at[0])
 		switch {
-		case dir == queue || dir == filepath.Join(queue, stages.ReadyDir):
+		case dir == queue || dir == filepath.Join(queue, spool.ReadyDir):
 			places["queue"]++
-		case filepath.Dir(dir) == filepath.Join(queue, stages.DeferredDir):
+		case filepath.Dir(dir) == filepath.Join(queue, spool.DeferredDir):
 			places["deferred"]++
 			st, err := stateOf(t, queue, name)
 			if err != nil {
@@ -123,8 +124,8 @@ func TestShutdownLosesNothing(t *testing.T) {
 	if places["deferred"] != threads {
 		t.Errorf("%d messages deferred, want the %d cut off in flight", places["deferred"], threads)
 	}
-	if left := filesUnder(t, filepath.Join(queue, stages.ActiveDir)); len(left) != 0 {
-		t.Errorf("left claimed in %s: %v", stages.ActiveDir, left)
+	if left := filesUnder(t, filepath.Join(queue, spool.ActiveDir)); len(left) != 0 {
+		t.Errorf("left claimed in %s: %v", spool.ActiveDir, left)
 	}
 
 	// Started again with a server that answers, the same spool delivers

@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/smtpq/smtpq/pipeline/queuefile"
+	"github.com/smtpq/smtpq/pipeline/spool"
 	"github.com/smtpq/smtpq/stages"
 )
 
@@ -53,7 +54,7 @@ type metrics struct {
 	panicText string    // file and panic of the last
 }
 
-func newMetrics(dirs stages.Dirs, now func() time.Time) *metrics {
+func newMetrics(dirs spool.Dirs, now func() time.Time) *metrics {
 	m := &metrics{
 		reg: prometheus.NewRegistry(),
 		filed: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -246,7 +247,7 @@ func (m *metrics) serve(ctx context.Context, ln net.Listener, now func() time.Ti
 // spoolCollector counts the spool's folders when scraped, at most every
 // spoolCountEvery (a large queue is not listed on every scrape).
 type spoolCollector struct {
-	dirs stages.Dirs
+	dirs spool.Dirs
 	now  func() time.Time
 
 	mu   sync.Mutex
@@ -293,7 +294,7 @@ func (c *spoolCollector) counts() spoolCounts {
 	}
 	sc := spoolCounts{byState: map[string]int{}}
 	count := func(dir, state string, track bool) {
-		stages.EachName(dir, func(name string) {
+		spool.EachName(dir, func(name string) {
 			if !queuefile.IsQueueName(name) {
 				return
 			}
@@ -307,13 +308,13 @@ func (c *spoolCollector) counts() spoolCounts {
 	}
 	q := c.dirs.Queue
 	count(q, "queued", true)
-	stages.EachName(filepath.Join(q, stages.ActiveDir), func(inst string) {
-		count(filepath.Join(q, stages.ActiveDir, inst), "active", true)
+	spool.EachName(filepath.Join(q, spool.ActiveDir), func(inst string) {
+		count(filepath.Join(q, spool.ActiveDir, inst), "active", true)
 	})
-	stages.EachName(filepath.Join(q, stages.DeferredDir), func(bucket string) {
-		count(filepath.Join(q, stages.DeferredDir, bucket), "deferred", true)
+	spool.EachName(filepath.Join(q, spool.DeferredDir), func(bucket string) {
+		count(filepath.Join(q, spool.DeferredDir, bucket), "deferred", true)
 	})
-	count(filepath.Join(q, stages.HoldDir), "held", true)
+	count(filepath.Join(q, spool.HoldDir), "held", true)
 	count(c.dirs.Undeliverable, "undeliverable", false)
 	sc.waiting = sc.byState["queued"] + sc.byState["active"]
 	c.at, c.last = now, sc

@@ -56,6 +56,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/smtpq/smtpq/pipeline/queuefile"
+	"github.com/smtpq/smtpq/pipeline/spool"
 	"github.com/smtpq/smtpq/stages"
 )
 
@@ -71,11 +72,11 @@ type Options struct {
 	// OnFiled is called after each message is filed (tests, metrics).
 	OnFiled func(stages.Filed)
 	// Crash, if set, is called at named points of the pipeline (see
-	// stages.Spool.Crash and stages.Sender.Crash), for crash tests.
+	// spool.Spool.Crash and stages.Sender.Crash), for crash tests.
 	Crash func(point string)
 	// SyncFault, if set, is asked before each fsync the spool makes, with
 	// the path of the file or folder; an error it returns is that fsync's
-	// failure (see stages.Spool.SyncFault). For fault tests.
+	// failure (see spool.Spool.SyncFault). For fault tests.
 	SyncFault func(path string) error
 	// TLSConfig, if set, is the base TLS configuration for connections to
 	// SMTP servers (tests use it to trust a test CA). tls.ca_file adds to it.
@@ -278,7 +279,7 @@ func (p *Pipeline) watchControls(ctx context.Context, queueDir string, controls 
 			return
 		case <-t.C:
 		}
-		cs, err := stages.ReadControls(queueDir)
+		cs, err := spool.ReadControls(queueDir)
 		if err != nil {
 			p.log.Warn("reading queue control files", zap.Error(err))
 		}
@@ -385,22 +386,22 @@ func (p *Pipeline) limits(host string) stages.Limits {
 func (p *Pipeline) Run(ctx context.Context) error {
 	live := p.live.Load()
 	cfg := live.cfg
-	spool, err := stages.OpenSpool(stages.Dirs{
+	sp, err := spool.Open(spool.Dirs{
 		Queue: cfg.QueueDir, Sent: cfg.SentDir, Undeliverable: cfg.UndeliverableDir,
 	}, p.opts.Clock.Now)
 	if err != nil {
 		return err
 	}
-	spool.Crash = p.opts.Crash
-	spool.SyncFault = p.opts.SyncFault
+	sp.Crash = p.opts.Crash
+	sp.SyncFault = p.opts.SyncFault
 	log := p.log
 	clock := p.opts.Clock
-	met := newMetrics(spool.Dirs(), clock.Now)
+	met := newMetrics(sp.Dirs(), clock.Now)
 	var metricsLn net.Listener
 	if cfg.Metrics.Listen != "" {
 		metricsLn, err = net.Listen("tcp", cfg.Metrics.Listen)
 		if err != nil {
-			spool.Close()
+			sp.Close()
 			return fmt.Errorf("metrics.listen: %w", err)
 		}
 		p.mu.Lock()
@@ -415,7 +416,7 @@ func (p *Pipeline) Run(ctx context.Context) error {
 	}
 	controls := make(chan stages.HostControl)
 	holds := make(chan stages.RouteHold, 64) // Dispatcher -> Scanner
-	scanner := &stages.Scanner{Spool: spool, Holds: holds, Interval: cfg.ScanInterval.D(), Clock: clock, Log: log.Named("scanner")}
+	scanner := &stages.Scanner{Spool: sp, Holds: holds, Interval: cfg.ScanInterval.D(), Clock: clock, Log: log.Named("scanner")}
 	parser := &stages.Parser{Identities: p.identities, Resolve: p.resolve, Pickup: pickup, Settle: cfg.Settle.D(), Clock: clock, Log: log.Named("parser")}
 	dispatcher := &stages.Dispatcher{
 		Limits: p.limits, Workers: cfg.MaxThreads, Controls: controls, Clock: clock, Log: log.Named("dispatcher"),
@@ -426,13 +427,13 @@ func (p *Pipeline) Run(ctx context.Context) error {
 		Timeouts: stages.Timeouts{
 			Connect: cfg.Timeouts.Connect.D(), Command: cfg.Timeouts.Command.D(), Data: cfg.Timeouts.Data.D(),
 		},
-		Accepted:     spool.RecordAccepted,
+		Accepted:     sp.RecordAccepted,
 		Crash:        p.opts.Crash,
 		NoPipelining: p.opts.NoPipelining,
 		Panicked:     func(file, text string) { met.panicked(clock.Now(), file, text) },
 	}
 	archiver := &stages.Archiver{
-		Spool: spool, DeleteAfterSend: cfg.DeleteAfterSend, Clock: clock, Log: log.Named(ArchiverLogger),
+		Spool: sp, DeleteAfterSend: cfg.DeleteAfterSend, Clock: clock, Log: log.Named(ArchiverLogger),
 		OnFiled: func(f stages.Filed) {
 			met.observe(f, clock.Now())
 			if p.opts.OnFiled != nil {
@@ -525,7 +526,7 @@ func (p *Pipeline) Run(ctx context.Context) error {
 	p.running, p.metricsAddr = nil, nil
 	p.mu.Unlock()
 
-	err = spool.Close()
+	err = sp.Close()
 	if err != nil {
 		log.Error("closing the spool", zap.Error(err))
 	}

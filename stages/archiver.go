@@ -3,7 +3,6 @@ package stages
 import (
 	"math/rand/v2"
 	"strconv"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -162,7 +161,7 @@ func (a *Archiver) file(job *Job) bool {
 	for _, r := range o.Rcpts {
 		switch r.Status {
 		case RcptDelivered:
-			job.State.Done = appendUnique(job.State.Done, r.Addr)
+			job.State.AddDone(r.Addr)
 		case RcptFailed:
 			job.State.Failed = append(job.State.Failed, r)
 		}
@@ -204,16 +203,15 @@ func (a *Archiver) file(job *Job) bool {
 func (a *Archiver) place(job *Job, now time.Time) bool {
 	o := &job.Outcome
 	retry := a.policy()
-	claimed := job.Path
 	f := Filed{Job: job, Verdict: o.Verdict}
 	switch o.Verdict {
 	case Sent:
-		f.Path, f.Err = a.Spool.Sent(job, a.DeleteAfterSend)
+		f.Path, f.Err = a.Spool.FileSent(job, a.DeleteAfterSend)
 	case Permanent:
 		var log []byte
 		log, f.Err = BuildXMLLog(job, now)
 		if f.Err == nil {
-			f.Path, f.Err = a.Spool.Undeliverable(job, log)
+			f.Path, f.Err = a.Spool.FileUndeliverable(job, log)
 		}
 	case Transient:
 		f.Err = a.Spool.Defer(job, now.Add(retry.Backoff(job.State.Attempts)))
@@ -249,7 +247,7 @@ func (a *Archiver) place(job *Job, now time.Time) bool {
 		// A move that took place (into a bucket, or the ready folder) has
 		// handed the file back to the spool, even if its syncs failed: the
 		// Scanner takes it from there. Else it is still ours.
-		placed = job.Path != claimed
+		placed = job.Msg.Released()
 	}
 	a.logFiled(f)
 	if a.OnFiled != nil {
@@ -295,13 +293,4 @@ func (a *Archiver) logFiled(f Filed) {
 	default:
 		a.Log.Error("failed", fields...)
 	}
-}
-
-func appendUnique(list []string, s string) []string {
-	for _, x := range list {
-		if strings.EqualFold(x, s) {
-			return list
-		}
-	}
-	return append(list, s)
 }

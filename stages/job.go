@@ -1,25 +1,9 @@
-// Package stages holds the five stages of smtpq's pipeline and the values
-// that travel between them:
-//
-//	Scanner -> Parser -> Dispatcher -> Sender -> Archiver
-//
-// Each stage is a type whose Run method reads one typed channel and writes
-// another; the stage that writes a channel closes it (where several stages
-// write one channel, the pipeline closes it once they have all returned). A
-// *Job is owned by exactly one stage at a time: passing it on a channel hands
-// it over. Failures are values (an Outcome on the Job) that travel to the
-// Archiver, so every claimed file ends filed somewhere, never dropped.
-//
-// The Sender pulls work instead of being pushed: each Sender worker sends the
-// Dispatcher a Request carrying the route of its open SMTP session and the
-// health of the host it last talked to, and the Dispatcher, which owns all
-// per-host state (queues, connection counts, rate limiters, circuit breakers),
-// answers with the next job for that session, or tells it to close the
-// session or stop. See package pipeline for how the stages are wired.
 package stages
 
 import (
 	"fmt"
+	"io"
+	"strings"
 	"sync/atomic"
 	"time"
 	"unicode/utf8"
@@ -108,6 +92,17 @@ func (s *State) FileName() string {
 	return s.Name
 }
 
+// AddDone records a recipient the server accepted, once: it is never sent
+// to again. Addresses are compared without regard to case.
+func (s *State) AddDone(addr string) {
+	for _, x := range s.Done {
+		if strings.EqualFold(x, addr) {
+			return
+		}
+	}
+	s.Done = append(s.Done, addr)
+}
+
 // AttemptNote is one line of a message's history.
 type AttemptNote struct {
 	At     time.Time `json:"at"`
@@ -127,9 +122,9 @@ func (s *State) AddHistory(at time.Time, result string) {
 
 // Job is one claimed queue file on its way through the pipeline.
 type Job struct {
-	ID    string // the service's own id for the message (see IDLen): keys its state, journal line and working files
-	Name  string // the producer's file name (any bytes): the name it is filed under in Sent or Undeliverable
-	Path  string // where the file is now (the claimer's active folder), named <id>_<name> or <id>.eml
+	ID    string  // the storage's own id for the message: keys its state and working files
+	Name  string  // the producer's file name (any bytes): the name it is filed under in Sent or Undeliverable
+	Msg   Message // the storage's handle on the message, from claim to filing
 	State State
 
 	// Set by the Parser.
@@ -146,14 +141,30 @@ type Job struct {
 	// Set by whichever stage decides the job's fate.
 	Outcome Outcome
 
-	stateFile bool   // a state file was read or written for it: remove it when filed
-	journaled uint64 // the server's acceptance is line journaled of the spool's journal (0: not)
-
 	// body is the message as sent (without the sealed header), read once by
 	// the Parser, for the Sender and the Sent copy; nil: read it from Path.
 	body    []byte
 	budget  *memBudget // where body's bytes were counted
 	counted int64      // how many
+}
+
+// WriteMessage writes the message as it is sent, without the sealed header
+// (or the pickup envelope): from memory if the Parser kept it, else read
+// anew from the storage. The Sender sends it; the storage files it in Sent.
+func (j *Job) WriteMessage(w io.Writer) error {
+	if j.body != nil {
+		_, err := w.Write(j.body)
+		return err
+	}
+	src, err := j.Msg.Open()
+	if err != nil {
+		return fmt.Errorf("reopening the queue file: %w", err)
+	}
+	defer src.Close()
+	if j.Kind == KindPickup {
+		return queuefile.StripPickup(w, src)
+	}
+	return queuefile.StripSealed(w, src)
 }
 
 // dropBody lets go of the message held in memory.

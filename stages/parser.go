@@ -118,8 +118,8 @@ func (p *Parser) parse(job *Job) bool {
 	}
 	if err := p.open(job); err != nil {
 		var fi os.FileInfo
-		if isCutShort(err) || (errors.Is(err, queuefile.ErrTampered) && !headerEnds(job.Path)) {
-			fi, _ = os.Lstat(job.Path)
+		if isCutShort(err) || (errors.Is(err, queuefile.ErrTampered) && !headerEnds(job.Msg)) {
+			fi, _ = job.Msg.Stat()
 		}
 		if fi != nil && p.settling(fi.ModTime(), now) {
 			job.Outcome = Outcome{Verdict: Park, Due: now.Add(p.settle())}
@@ -132,7 +132,7 @@ func (p *Parser) parse(job *Job) bool {
 		// A pickup file has no digest or size to tell a complete one from
 		// one still being written in place: it waits until it has not
 		// changed for the settle time, as a file that looks cut short does.
-		if fi, err := os.Lstat(job.Path); err == nil && p.settling(fi.ModTime(), now) {
+		if fi, err := job.Msg.Stat(); err == nil && p.settling(fi.ModTime(), now) {
 			job.dropBody()
 			job.Outcome = Outcome{Verdict: Park, Due: now.Add(p.settle())}
 			return false
@@ -180,11 +180,11 @@ func isCutShort(err error) bool {
 		errors.Is(err, io.ErrUnexpectedEOF)
 }
 
-// headerEnds reports whether the file at path has the empty line that ends
-// a header section: a file without one is not complete yet, whatever its
+// headerEnds reports whether the message has the empty line that ends a
+// header section: a file without one is not complete yet, whatever its
 // seal says.
-func headerEnds(path string) bool {
-	f, err := os.Open(path)
+func headerEnds(m Message) bool {
+	f, err := m.Open()
 	if err != nil {
 		return false
 	}
@@ -208,14 +208,14 @@ func headerEnds(path string) bool {
 }
 
 func (p *Parser) open(job *Job) error {
-	fi, err := os.Lstat(job.Path)
+	fi, err := job.Msg.Stat()
 	if err != nil {
 		return err
 	}
 	if !fi.Mode().IsRegular() {
 		return fmt.Errorf("not a regular file (%s)", fi.Mode().Type())
 	}
-	f, err := queuefile.OpenFile(job.Path, os.O_RDONLY, 0)
+	f, err := job.Msg.Open()
 	if err != nil {
 		return err
 	}
@@ -241,7 +241,7 @@ func (p *Parser) open(job *Job) error {
 		}
 	}
 	if errors.Is(err, queuefile.ErrNoSeal) && p.Pickup != nil {
-		return p.openPickup(job, f)
+		return p.openPickup(job)
 	}
 	if err != nil {
 		return err
@@ -263,10 +263,13 @@ func (p *Parser) open(job *Job) error {
 	return nil
 }
 
-func (p *Parser) openPickup(job *Job, f *os.File) error {
-	if _, err := f.Seek(0, io.SeekStart); err != nil {
+// openPickup reads the message again as a pickup file.
+func (p *Parser) openPickup(job *Job) error {
+	f, err := job.Msg.Open()
+	if err != nil {
 		return err
 	}
+	defer f.Close()
 	det := &eightBitDetector{}
 	pk, err := queuefile.OpenPickup(io.TeeReader(f, det))
 	if errors.Is(err, queuefile.ErrNotPickup) {

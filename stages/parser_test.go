@@ -2,12 +2,15 @@ package stages
 
 import (
 	"bytes"
+	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"filippo.io/age"
 	"go.uber.org/zap"
 
 	"github.com/smtpq/smtpq/pipeline/queuefile"
@@ -33,7 +36,7 @@ func TestParserKeepsSmallMessagesInMemory(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		job := &Job{Name: name, Path: filepath.Join(q.Dir, name), State: State{Queued: time.Now()}}
+		job := &Job{Name: name, Msg: fileMsg(filepath.Join(q.Dir, name)), State: State{Queued: time.Now()}}
 		if !p.parse(job) {
 			t.Fatalf("parse %s: %+v", name, job.Outcome)
 		}
@@ -41,7 +44,7 @@ func TestParserKeepsSmallMessagesInMemory(t *testing.T) {
 		if _, err := writeData(&sent, job); err != nil {
 			t.Fatal(err)
 		}
-		if err := writeMessage(&filed, job); err != nil {
+		if err := job.WriteMessage(&filed); err != nil {
 			t.Fatal(err)
 		}
 		if sent.String() != body || filed.String() != body {
@@ -70,7 +73,7 @@ func TestParserKeepsSmallMessagesInMemory(t *testing.T) {
 	// A file whose seal does not open keeps nothing.
 	bad := filepath.Join(q.Dir, "20261127T120000.000000000Z-broken00.eml")
 	os.WriteFile(bad, []byte("X-SmtpQ-Sealed: v1 AAAA\r\n\r\nbody\r\n"), 0o640)
-	job := &Job{Name: filepath.Base(bad), Path: bad, State: State{Queued: time.Now()}}
+	job := &Job{Name: filepath.Base(bad), Msg: fileMsg(bad), State: State{Queued: time.Now()}}
 	if p.parse(job) || job.body != nil || job.budget != nil {
 		t.Fatalf("a broken file: parsed %v, body kept %v", job.Outcome, job.body != nil)
 	}
@@ -90,7 +93,7 @@ func TestParserSettlesPickupFiles(t *testing.T) {
 		Settle: time.Minute, Clock: SystemClock{}, Log: zap.NewNop(),
 	}
 	os.Chtimes(path, now.Add(-10*time.Second), now.Add(-10*time.Second))
-	job := &Job{Name: "pickup.eml", Path: path}
+	job := &Job{Name: "pickup.eml", Msg: fileMsg(path)}
 	if p.parse(job) || job.Outcome.Verdict != Park || job.Outcome.Due.Before(now.Add(time.Minute)) {
 		t.Fatalf("a pickup file changed 10s ago: outcome %+v; want parked for the settle time", job.Outcome)
 	}
@@ -98,9 +101,28 @@ func TestParserSettlesPickupFiles(t *testing.T) {
 	// set wrong, a touch): no writer is at work, it goes.
 	for _, mod := range []time.Time{now.Add(-2 * time.Minute), now.Add(365 * 24 * time.Hour)} {
 		os.Chtimes(path, mod, mod)
-		job = &Job{Name: "pickup.eml", Path: path}
+		job = &Job{Name: "pickup.eml", Msg: fileMsg(path)}
 		if !p.parse(job) || job.Kind != KindPickup || len(job.Pending) != 1 {
 			t.Fatalf("a pickup file last changed at %v: outcome %+v, pending %v; want it ready", mod, job.Outcome, job.Pending)
 		}
 	}
+}
+
+// fileMsg is a Message read from a file, as the directory spool's are.
+type fileMsg string
+
+func (m fileMsg) Stat() (fs.FileInfo, error)   { return os.Lstat(string(m)) }
+func (m fileMsg) Open() (io.ReadCloser, error) { return os.Open(string(m)) }
+func (m fileMsg) Released() bool               { return false }
+
+// keyedQueue makes a key pair in memory and a queue folder sealing to it;
+// it returns the queue and the service's identity.
+func keyedQueue(t *testing.T) (*queuefile.Queue, []age.Identity) {
+	t.Helper()
+	id, err := age.GenerateX25519Identity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := &queuefile.Queue{Dir: t.TempDir(), Recipients: []age.Recipient{id.Recipient()}}
+	return q, []age.Identity{id}
 }

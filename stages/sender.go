@@ -551,7 +551,7 @@ func (s *Sender) crash(point string) {
 // returns how many bytes it wrote.
 func writeData(w io.Writer, job *Job) (int64, error) {
 	cw := &queuefile.CountWriter{W: w}
-	err := writeMessage(cw, job)
+	err := job.WriteMessage(cw)
 	return cw.N, err
 }
 

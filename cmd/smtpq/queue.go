@@ -14,11 +14,12 @@ import (
 
 	"github.com/smtpq/smtpq/pipeline"
 	"github.com/smtpq/smtpq/pipeline/queuefile"
+	"github.com/smtpq/smtpq/pipeline/spool"
 	"github.com/smtpq/smtpq/stages"
 )
 
 // The queue commands work on the spool's folders directly, beside the
-// running service (see stages/inspect.go for how they stay out of its way).
+// running service (see pipeline/spool/admin.go for how they stay out of its way).
 // They must run as the service's user: they move the service's files, and
 // they open seals with its private key.
 
@@ -50,7 +51,7 @@ not-before time), held (set aside with "hold"), undeliverable, sent.`,
 // queueEnv is what every queue command works with.
 type queueEnv struct {
 	cfg    *pipeline.Config
-	dirs   stages.Dirs
+	dirs   spool.Dirs
 	now    time.Time
 	stderr io.Writer
 
@@ -66,7 +67,7 @@ func openQueueEnv(cmd *cobra.Command) (*queueEnv, error) {
 	}
 	return &queueEnv{
 		cfg:    cfg,
-		dirs:   stages.Dirs{Queue: cfg.QueueDir, Sent: cfg.SentDir, Undeliverable: cfg.UndeliverableDir},
+		dirs:   spool.Dirs{Queue: cfg.QueueDir, Sent: cfg.SentDir, Undeliverable: cfg.UndeliverableDir},
 		now:    time.Now(),
 		stderr: cmd.ErrOrStderr(),
 	}, nil
@@ -111,11 +112,11 @@ type envelope struct {
 
 // envelopeOf opens the seal of a message (its header only). Sent copies
 // have no seal.
-func (q *queueEnv) envelopeOf(e stages.SpoolEntry) envelope {
-	if e.Place == stages.PlaceSent {
+func (q *queueEnv) envelopeOf(e spool.Entry) envelope {
+	if e.Place == spool.PlaceSent {
 		return envelope{err: errors.New("copies in Sent keep no envelope")}
 	}
-	p, kind, err := stages.PeekParams(e.Path, q.ids)
+	p, kind, err := spool.PeekParams(e.Path, q.ids)
 	if err != nil {
 		if q.idErr != nil && kind == stages.KindSealed && !errors.Is(err, queuefile.ErrNoSeal) {
 			err = errors.New("no private key")
@@ -203,7 +204,7 @@ type queueRow struct {
 
 // row gathers what is known of a message: its envelope, its state file (or
 // for Undeliverable its XML log) and its file.
-func (q *queueEnv) row(e stages.SpoolEntry) *queueRow {
+func (q *queueEnv) row(e spool.Entry) *queueRow {
 	r := &queueRow{ID: e.ID, Name: e.Name, State: string(e.Place), Path: e.Path, Instance: e.Instance}
 	fi, statErr := os.Lstat(e.Path)
 	if statErr == nil {
@@ -211,12 +212,12 @@ func (q *queueEnv) row(e stages.SpoolEntry) *queueRow {
 	}
 	r.env = q.envelopeOf(e)
 	switch e.Place {
-	case stages.PlaceSent:
+	case spool.PlaceSent:
 		if statErr == nil {
 			r.Filed = fi.ModTime()
 		}
-	case stages.PlaceUndeliverable:
-		if l, err := stages.ReadXMLLog(stages.XMLLogPath(e.Path)); err == nil {
+	case spool.PlaceUndeliverable:
+		if l, err := spool.ReadXMLLog(spool.XMLLogPath(e.Path)); err == nil {
 			r.log = l
 			r.Attempts = l.Attempts
 			r.LastError = failureText(l.Failure)
@@ -235,20 +236,20 @@ func (q *queueEnv) row(e stages.SpoolEntry) *queueRow {
 			}
 		}
 	default:
-		if st, err := stages.ReadState(q.dirs, e.ID); err == nil && st != nil {
+		if st, err := spool.ReadState(q.dirs, e.ID); err == nil && st != nil {
 			r.state = st
 			r.Attempts, r.LastError = st.Attempts, st.LastError
 			r.Queued = st.Queued
-			if e.Place == stages.PlaceDeferred {
+			if e.Place == spool.PlaceDeferred {
 				r.NextAttempt = st.NextAttempt
 			}
 		}
-		if e.Place == stages.PlaceDeferred && r.NextAttempt.IsZero() {
+		if e.Place == spool.PlaceDeferred && r.NextAttempt.IsZero() {
 			r.NextAttempt = e.Due
 		}
 	}
 	if r.Queued.IsZero() {
-		if t, ok := stages.QueuedTime(e.Name); ok {
+		if t, ok := spool.QueuedTime(e.Name); ok {
 			r.Queued = t
 		} else if statErr == nil {
 			r.Queued = fi.ModTime()
@@ -268,7 +269,7 @@ func (q *queueEnv) row(e stages.SpoolEntry) *queueRow {
 	if r.env.known && r.env.size > 0 {
 		r.Size = r.env.size
 	}
-	if r.env.err != nil && e.Place != stages.PlaceSent {
+	if r.env.err != nil && e.Place != spool.PlaceSent {
 		r.EnvelopeError = oneLine(r.env.err).Error()
 	}
 	return r

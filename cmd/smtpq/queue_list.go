@@ -10,22 +10,23 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/smtpq/smtpq/pipeline/spool"
 	"github.com/smtpq/smtpq/stages"
 )
 
 // smtpq queue list: the command and what it prints.
 
 // parseStates reads --state: a comma-separated list of states, or "all".
-func parseStates(s string) ([]stages.Place, error) {
+func parseStates(s string) ([]spool.Place, error) {
 	if s == "" {
-		return stages.QueuePlaces, nil
+		return spool.QueuePlaces, nil
 	}
 	if strings.EqualFold(strings.TrimSpace(s), "all") {
-		return stages.Places, nil
+		return spool.Places, nil
 	}
-	var out []stages.Place
+	var out []spool.Place
 	for _, part := range strings.Split(s, ",") {
-		p, err := stages.ParsePlace(part)
+		p, err := spool.ParsePlace(part)
 		if err != nil {
 			return nil, usagef("--state: %v", err)
 		}
@@ -76,7 +77,7 @@ host, sender and recipients show as "-".`,
 				fmt.Fprintf(out, listFormat, "NAME", "STATE", "HOST", "SENDER", "RCPTS", "SIZE", "AGE", "TRIES", "NEXT", "LAST-ERROR")
 			}
 			want := stages.HostKey(host)
-			return stages.WalkSpool(ctxOf(cmd), q.dirs, places, func(e stages.SpoolEntry) error {
+			return spool.Walk(ctxOf(cmd), q.dirs, places, func(e spool.Entry) error {
 				r := q.row(e)
 				if want != "" && r.Host != want {
 					return nil
@@ -117,11 +118,11 @@ func (r *queueRow) line(now time.Time) string {
 		age = fmtAge(now.Sub(r.Queued))
 	}
 	tries, next := "-", "-"
-	if r.State != string(stages.PlaceSent) {
+	if r.State != string(spool.PlaceSent) {
 		tries = strconv.Itoa(r.Attempts)
 	}
 	nextAt := r.NextAttempt
-	if nextAt.IsZero() && r.State == string(stages.PlaceQueued) && r.NotBefore.After(now) {
+	if nextAt.IsZero() && r.State == string(spool.PlaceQueued) && r.NotBefore.After(now) {
 		nextAt = r.NotBefore // scheduled: the service will park it until then
 	}
 	if !nextAt.IsZero() {

@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/smtpq/smtpq/pipeline/queuefile"
+	"github.com/smtpq/smtpq/pipeline/spool"
 	"github.com/smtpq/smtpq/stages"
 )
 
@@ -127,29 +128,29 @@ func ctxOf(cmd *cobra.Command) context.Context {
 	return context.Background()
 }
 
-func describe(e stages.SpoolEntry) string {
+func describe(e spool.Entry) string {
 	switch e.Place {
-	case stages.PlaceDeferred:
+	case spool.PlaceDeferred:
 		return "deferred until " + e.Due.UTC().Format(time.RFC3339)
-	case stages.PlaceActive:
+	case spool.PlaceActive:
 		return "active (instance " + e.Instance + ")"
 	}
 	return string(e.Place)
 }
 
 func (q *queueEnv) moveOne(out io.Writer, op, name string) error {
-	var pe *stages.PlaceError
+	var pe *spool.PlaceError
 	switch op {
 	case "hold":
-		from, err := stages.HoldMessage(q.dirs, name)
-		if errors.As(err, &pe) && pe.Entry.Place == stages.PlaceHeld {
+		from, err := spool.HoldMessage(q.dirs, name)
+		if errors.As(err, &pe) && pe.Entry.Place == spool.PlaceHeld {
 			fmt.Fprintf(out, "%s is already held\n", name)
 			return nil
 		}
-		if errors.As(err, &pe) && pe.Entry.Place == stages.PlaceActive {
+		if errors.As(err, &pe) && pe.Entry.Place == spool.PlaceActive {
 			// The service has it: ask it to set the message aside unless
 			// its delivery is already under way.
-			if cerr := stages.WriteControl(q.dirs.Queue, stages.Control{Op: stages.OpHold, Name: name}); cerr != nil {
+			if cerr := spool.WriteControl(q.dirs.Queue, spool.Control{Op: stages.OpHold, Name: name}); cerr != nil {
 				return fmt.Errorf("asking the service to hold %s: %w", name, cerr)
 			}
 			fmt.Fprintf(out, "%s is with the running service: asked it to hold the message unless it is being sent right now (smtpq queue status %s tells)\n", name, name)
@@ -160,26 +161,26 @@ func (q *queueEnv) moveOne(out io.Writer, op, name string) error {
 		}
 		fmt.Fprintf(out, "held %s (it was %s)\n", name, describe(from))
 	case "release":
-		if _, err := stages.ReleaseMessage(q.dirs, name); err != nil {
+		if _, err := spool.ReleaseMessage(q.dirs, name); err != nil {
 			return err
 		}
 		fmt.Fprintf(out, "released %s: it is in the queue and will be sent now\n", name)
 	case "retry":
-		found, err := stages.LocateMessage(q.dirs, name)
+		found, err := spool.LocateMessage(q.dirs, name)
 		if err != nil {
 			return err
 		}
 		env := q.envelopeOf(found[0])
-		if found[0].Place == stages.PlaceDeferred && env.notBefore.After(q.now) {
+		if found[0].Place == spool.PlaceDeferred && env.notBefore.After(q.now) {
 			return fmt.Errorf("%s is scheduled for %s (--not-before): retry does not send it earlier", name, env.notBefore.UTC().Format(time.RFC3339))
 		}
-		from, err := stages.RetryMessage(q.dirs, name)
+		from, err := spool.RetryMessage(q.dirs, name)
 		switch {
 		case err == nil:
 			fmt.Fprintf(out, "%s: moved from %s to the queue: it will be tried now\n", name, describe(from))
-		case errors.As(err, &pe) && pe.Entry.Place == stages.PlaceQueued:
+		case errors.As(err, &pe) && pe.Entry.Place == spool.PlaceQueued:
 			fmt.Fprintf(out, "%s is in the queue already\n", name)
-		case errors.As(err, &pe) && pe.Entry.Place == stages.PlaceActive:
+		case errors.As(err, &pe) && pe.Entry.Place == spool.PlaceActive:
 			fmt.Fprintf(out, "%s is with the running service (instance %s): being sent or waiting for its host\n", name, pe.Entry.Instance)
 		default:
 			return err
@@ -188,7 +189,7 @@ func (q *queueEnv) moveOne(out io.Writer, op, name string) error {
 			fmt.Fprintf(q.stderr, "smtpq: warning: cannot read the host of %s (%s): no host pause lifted; use retry --host H\n", name, flatten(fmt.Sprint(env.err)))
 			return nil
 		}
-		if err := stages.WriteControl(q.dirs.Queue, stages.Control{Op: stages.OpRetry, Host: env.host}); err != nil {
+		if err := spool.WriteControl(q.dirs.Queue, spool.Control{Op: stages.OpRetry, Host: env.host}); err != nil {
 			return fmt.Errorf("asking the service to lift the pause of %s: %w", env.host, err)
 		}
 		fmt.Fprintf(out, "asked the running service to lift any pause of %s\n", env.host)
@@ -198,7 +199,7 @@ func (q *queueEnv) moveOne(out io.Writer, op, name string) error {
 
 func (q *queueEnv) moveAll(ctx context.Context, out io.Writer, op string, sel selection) error {
 	var scheduled int
-	match := func(e stages.SpoolEntry) bool {
+	match := func(e spool.Entry) bool {
 		if sel.host == "" && op != "retry" {
 			return true
 		}
@@ -212,15 +213,15 @@ func (q *queueEnv) moveAll(ctx context.Context, out io.Writer, op string, sel se
 		}
 		return true
 	}
-	var r stages.MoveResult
+	var r spool.MoveResult
 	var err error
 	switch op {
 	case "hold":
-		r, err = stages.HoldAll(ctx, q.dirs, match)
+		r, err = spool.HoldAll(ctx, q.dirs, match)
 	case "release":
-		r, err = stages.ReleaseAll(ctx, q.dirs, match)
+		r, err = spool.ReleaseAll(ctx, q.dirs, match)
 	case "retry":
-		r, err = stages.RetryAll(ctx, q.dirs, match)
+		r, err = spool.RetryAll(ctx, q.dirs, match)
 	}
 	what := "messages"
 	if sel.host != "" {
@@ -230,8 +231,8 @@ func (q *queueEnv) moveAll(ctx context.Context, out io.Writer, op string, sel se
 	case "hold":
 		fmt.Fprintf(out, "held %d %s", r.Moved, what)
 		if r.Active > 0 {
-			c := stages.Control{Op: stages.OpHold, Host: sel.host, All: sel.host == ""}
-			if cerr := stages.WriteControl(q.dirs.Queue, c); cerr != nil {
+			c := spool.Control{Op: stages.OpHold, Host: sel.host, All: sel.host == ""}
+			if cerr := spool.WriteControl(q.dirs.Queue, c); cerr != nil {
 				return fmt.Errorf("asking the service to hold the messages it has: %w", cerr)
 			}
 			fmt.Fprintf(out, "; %d are with the running service: asked it to hold those not being sent right now", r.Active)
@@ -252,8 +253,8 @@ func (q *queueEnv) moveAll(ctx context.Context, out io.Writer, op string, sel se
 		return err
 	}
 	if op == "retry" {
-		c := stages.Control{Op: stages.OpRetry, Host: sel.host, All: sel.all}
-		if err := stages.WriteControl(q.dirs.Queue, c); err != nil {
+		c := spool.Control{Op: stages.OpRetry, Host: sel.host, All: sel.all}
+		if err := spool.WriteControl(q.dirs.Queue, c); err != nil {
 			return fmt.Errorf("asking the service to lift host pauses: %w", err)
 		}
 		if sel.all {

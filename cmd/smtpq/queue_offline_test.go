@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/smtpq/smtpq/pipeline/spool"
 	"github.com/smtpq/smtpq/stages"
 )
 
@@ -28,20 +29,20 @@ func (e *testEnv) enqueueCLI(args ...string) string {
 	return filepath.Base(strings.TrimSpace(out))
 }
 
-func (e *testEnv) dirs() stages.Dirs {
-	return stages.Dirs{Queue: e.queue, Sent: filepath.Join(e.dir, "sent"), Undeliverable: filepath.Join(e.dir, "undeliverable")}
+func (e *testEnv) dirs() spool.Dirs {
+	return spool.Dirs{Queue: e.queue, Sent: filepath.Join(e.dir, "sent"), Undeliverable: filepath.Join(e.dir, "undeliverable")}
 }
 
 // deferNow claims the named queued file with a spool and defers it.
 func (e *testEnv) deferNow(name string, due time.Time, lastError string) {
 	e.t.Helper()
-	s, err := stages.OpenSpool(e.dirs(), nil)
+	s, err := spool.Open(e.dirs(), nil)
 	if err != nil {
 		e.t.Fatal(err)
 	}
 	defer s.Close()
 	dir, file := e.dirs().Queue, name
-	if found, err := stages.LocateMessage(e.dirs(), name); err == nil && found[0].Place == stages.PlaceQueued {
+	if found, err := spool.LocateMessage(e.dirs(), name); err == nil && found[0].Place == spool.PlaceQueued {
 		dir, file = filepath.Dir(found[0].Path), filepath.Base(found[0].Path) // in .ready, by id
 	}
 	job, err := s.ScanOne(dir, file)
@@ -176,11 +177,11 @@ func TestQueueSelectByHostAndRetryControls(t *testing.T) {
 	if out := q.ok("retry", mainMsgs[1]); !strings.Contains(out, "in the queue already") || !strings.Contains(out, "relay.example.com") {
 		t.Errorf("retry of a queued message: %q", out)
 	}
-	cs, err := stages.ReadControls(e.queue)
+	cs, err := spool.ReadControls(e.queue)
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []stages.Control{{Op: stages.OpRetry, Host: "backup.example.com"}, {Op: stages.OpRetry, All: true}, {Op: stages.OpRetry, Host: "relay.example.com"}}
+	want := []spool.Control{{Op: stages.OpRetry, Host: "backup.example.com"}, {Op: stages.OpRetry, All: true}, {Op: stages.OpRetry, Host: "relay.example.com"}}
 	if len(cs) != len(want) {
 		t.Fatalf("controls %+v, want %+v", cs, want)
 	}
@@ -195,7 +196,7 @@ func TestQueueSelectByHostAndRetryControls(t *testing.T) {
 	if err := os.MkdirAll(und, 0o750); err != nil {
 		t.Fatal(err)
 	}
-	found, err := stages.LocateMessage(e.dirs(), mainMsgs[1])
+	found, err := spool.LocateMessage(e.dirs(), mainMsgs[1])
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,9 +3,8 @@ package main
 import (
 	"fmt"
 
+	"github.com/smtpq/smtpq/pipeline/spool"
 	"github.com/spf13/cobra"
-
-	"github.com/smtpq/smtpq/stages"
 )
 
 // smtpq queue purge: the command and what it prints.
@@ -24,11 +23,11 @@ go by their own time. Prints how many were removed. Nothing else is ever purged.
 			if state == "" || olderThan == "" {
 				return usagef("queue purge: give --state sent|undeliverable and --older-than DURATION")
 			}
-			p, err := stages.ParsePlace(state)
+			p, err := spool.ParsePlace(state)
 			if err != nil {
 				return usagef("--state: %v", err)
 			}
-			if p != stages.PlaceSent && p != stages.PlaceUndeliverable {
+			if p != spool.PlaceSent && p != spool.PlaceUndeliverable {
 				return usagef("--state %s: purge removes only sent or undeliverable messages", p)
 			}
 			d, err := parseDuration(olderThan)
@@ -42,9 +41,9 @@ go by their own time. Prints how many were removed. Nothing else is ever purged.
 			if err != nil {
 				return err
 			}
-			r, err := stages.Purge(ctxOf(cmd), q.dirs, p, q.now.Add(-d))
+			r, err := spool.Purge(ctxOf(cmd), q.dirs, p, q.now.Add(-d))
 			out := cmd.OutOrStdout()
-			if p == stages.PlaceSent {
+			if p == spool.PlaceSent {
 				fmt.Fprintf(out, "purged %d messages from %s\n", r.Messages, q.dirs.Sent)
 			} else {
 				fmt.Fprintf(out, "purged %d messages and %d XML logs from %s\n", r.Messages, r.Logs, q.dirs.Undeliverable)

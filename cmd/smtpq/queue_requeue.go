@@ -3,9 +3,8 @@ package main
 import (
 	"fmt"
 
+	"github.com/smtpq/smtpq/pipeline/spool"
 	"github.com/spf13/cobra"
-
-	"github.com/smtpq/smtpq/stages"
 )
 
 // smtpq queue requeue: the command and what it prints.
@@ -32,14 +31,14 @@ refused.`,
 			}
 			out := cmd.OutOrStdout()
 			if sel.name != "" {
-				path, err := stages.RequeueMessage(q.dirs, sel.name, q.now)
+				path, err := spool.RequeueMessage(q.dirs, sel.name, q.now)
 				if err != nil {
 					return err
 				}
 				fmt.Fprintf(out, "requeued %s\n", path)
 				return nil
 			}
-			r, err := stages.RequeueAll(ctxOf(cmd), q.dirs, q.now, nil)
+			r, err := spool.RequeueAll(ctxOf(cmd), q.dirs, q.now, nil)
 			fmt.Fprintf(out, "requeued %d messages", r.Moved)
 			if r.Clash > 0 {
 				fmt.Fprintf(out, "; %d not requeued: a message of the same name is in the queue", r.Clash)

@@ -7,9 +7,8 @@ import (
 	"sort"
 	"time"
 
+	"github.com/smtpq/smtpq/pipeline/spool"
 	"github.com/spf13/cobra"
-
-	"github.com/smtpq/smtpq/stages"
 )
 
 // smtpq queue stats: the command and what it prints.
@@ -29,8 +28,8 @@ func (c *statCount) add(t, now time.Time) {
 }
 
 type queueStats struct {
-	States map[stages.Place]*statCount            `json:"states"`
-	Hosts  map[string]map[stages.Place]*statCount `json:"hosts"`
+	States map[spool.Place]*statCount            `json:"states"`
+	Hosts  map[string]map[spool.Place]*statCount `json:"hosts"`
 }
 
 func newQueueStatsCmd() *cobra.Command {
@@ -48,13 +47,13 @@ held and undeliverable: Sent copies keep no host), with the age of the oldest
 				return err
 			}
 			_ = q.loadIdentities(false)
-			st := queueStats{States: map[stages.Place]*statCount{}, Hosts: map[string]map[stages.Place]*statCount{}}
-			for _, p := range stages.Places {
+			st := queueStats{States: map[spool.Place]*statCount{}, Hosts: map[string]map[spool.Place]*statCount{}}
+			for _, p := range spool.Places {
 				st.States[p] = &statCount{}
 			}
-			err = stages.WalkSpool(ctxOf(cmd), q.dirs, stages.Places, func(e stages.SpoolEntry) error {
-				if e.Place == stages.PlaceSent {
-					t, _ := stages.QueuedTime(e.Name)
+			err = spool.Walk(ctxOf(cmd), q.dirs, spool.Places, func(e spool.Entry) error {
+				if e.Place == spool.PlaceSent {
+					t, _ := spool.QueuedTime(e.Name)
 					st.States[e.Place].add(t, q.now)
 					return nil
 				}
@@ -65,7 +64,7 @@ held and undeliverable: Sent copies keep no host), with the age of the oldest
 					h = "-"
 				}
 				if st.Hosts[h] == nil {
-					st.Hosts[h] = map[stages.Place]*statCount{}
+					st.Hosts[h] = map[spool.Place]*statCount{}
 				}
 				c := st.Hosts[h][e.Place]
 				if c == nil {
@@ -98,7 +97,7 @@ func (st *queueStats) print(w io.Writer) {
 		return fmtAge(time.Duration(c.OldestAgeSeconds) * time.Second)
 	}
 	fmt.Fprintf(w, "%-15s %8s %8s\n", "STATE", "COUNT", "OLDEST")
-	for _, p := range stages.Places {
+	for _, p := range spool.Places {
 		fmt.Fprintf(w, "%-15s %8d %8s\n", p, st.States[p].Count, oldest(st.States[p]))
 	}
 	if len(st.Hosts) == 0 {
@@ -109,7 +108,7 @@ func (st *queueStats) print(w io.Writer) {
 		hosts = append(hosts, h)
 	}
 	sort.Strings(hosts)
-	cols := []stages.Place{stages.PlaceQueued, stages.PlaceActive, stages.PlaceDeferred, stages.PlaceHeld, stages.PlaceUndeliverable}
+	cols := []spool.Place{spool.PlaceQueued, spool.PlaceActive, spool.PlaceDeferred, spool.PlaceHeld, spool.PlaceUndeliverable}
 	fmt.Fprintf(w, "\n%-32s %8s %8s %8s %8s %8s %8s\n", "HOST", "QUEUED", "ACTIVE", "DEFERRED", "HELD", "UNDELIV", "OLDEST")
 	for _, h := range hosts {
 		fmt.Fprintf(w, "%-32s", h)
@@ -119,7 +118,7 @@ func (st *queueStats) print(w io.Writer) {
 			n := 0
 			if c != nil {
 				n = c.Count
-				if p != stages.PlaceUndeliverable && !c.Oldest.IsZero() && (old == nil || c.Oldest.Before(old.Oldest)) {
+				if p != spool.PlaceUndeliverable && !c.Oldest.IsZero() && (old == nil || c.Oldest.Before(old.Oldest)) {
 					old = c
 				}
 			}

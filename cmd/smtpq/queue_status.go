@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/smtpq/smtpq/pipeline/queuefile"
+	"github.com/smtpq/smtpq/pipeline/spool"
 	"github.com/smtpq/smtpq/stages"
 )
 
@@ -66,8 +67,8 @@ password or token.`,
 				return err
 			}
 			_ = q.loadIdentities(false)
-			found, err := stages.LocateMessage(q.dirs, name)
-			if errors.Is(err, stages.ErrMessageNotFound) {
+			found, err := spool.LocateMessage(q.dirs, name)
+			if errors.Is(err, spool.ErrMessageNotFound) {
 				hint := "purged?"
 				if q.cfg.DeleteAfterSend {
 					hint = "sent with delete_after_send, or purged?"
@@ -96,19 +97,19 @@ password or token.`,
 	return cmd
 }
 
-func (q *queueEnv) status(e stages.SpoolEntry) *queueStatus {
+func (q *queueEnv) status(e spool.Entry) *queueStatus {
 	s := &queueStatus{queueRow: q.row(e)}
 	env := s.env
 	s.RecipientList, s.User, s.Expires = env.rcpts, env.user, env.expires
 	if st := s.state; st != nil {
 		s.Done, s.History = st.Done, st.History
-		if e.Place == stages.PlaceHeld && !st.NextAttempt.IsZero() {
+		if e.Place == spool.PlaceHeld && !st.NextAttempt.IsZero() {
 			s.Note = "was deferred until " + st.NextAttempt.UTC().Format(time.RFC3339) + "; release sends it at once"
 		}
 	}
-	if e.Place == stages.PlaceUndeliverable {
+	if e.Place == spool.PlaceUndeliverable {
 		if s.log != nil {
-			s.Log = stages.XMLLogPath(e.Path)
+			s.Log = spool.XMLLogPath(e.Path)
 			for _, h := range s.log.History {
 				t, _ := time.Parse(time.RFC3339, h.At)
 				s.History = append(s.History, stages.AttemptNote{At: t, Result: h.Result})
@@ -116,7 +117,7 @@ func (q *queueEnv) status(e stages.SpoolEntry) *queueStatus {
 		}
 		s.Note = "requeue puts it back in the queue"
 	}
-	if e.Place == stages.PlaceDeferred && s.Attempts == 0 && !env.notBefore.IsZero() && env.notBefore.After(q.now) {
+	if e.Place == spool.PlaceDeferred && s.Attempts == 0 && !env.notBefore.IsZero() && env.notBefore.After(q.now) {
 		s.Note = "scheduled: not before " + env.notBefore.UTC().Format(time.RFC3339)
 	}
 	return s
@@ -132,18 +133,18 @@ func (s *queueStatus) print(w io.Writer, now time.Time) {
 		return t.UTC().Format(time.RFC3339) + " (" + rel + ")"
 	}
 	var head string
-	switch stages.Place(s.State) {
-	case stages.PlaceQueued:
+	switch spool.Place(s.State) {
+	case spool.PlaceQueued:
 		head = "queued, waiting for the service to take it"
-	case stages.PlaceActive:
+	case spool.PlaceActive:
 		head = "active: being sent, or waiting for its host, by the service instance " + s.Instance
-	case stages.PlaceDeferred:
+	case spool.PlaceDeferred:
 		head = "deferred until " + at(s.NextAttempt)
-	case stages.PlaceHeld:
+	case spool.PlaceHeld:
 		head = "held (release sends it)"
-	case stages.PlaceSent:
+	case spool.PlaceSent:
 		head = "sent: " + s.Path
-	case stages.PlaceUndeliverable:
+	case spool.PlaceUndeliverable:
 		head = "undeliverable: " + s.Path
 	}
 	fmt.Fprintf(w, "%s: %s\n", sanitize(s.Name), sanitize(head))
@@ -153,11 +154,11 @@ func (s *queueStatus) print(w io.Writer, now time.Time) {
 		}
 	}
 	field("id", s.ID)
-	if s.State != string(stages.PlaceSent) && s.State != string(stages.PlaceUndeliverable) {
+	if s.State != string(spool.PlaceSent) && s.State != string(spool.PlaceUndeliverable) {
 		field("path", s.Path)
 	}
 	field("note", s.Note)
-	if s.State == string(stages.PlaceUndeliverable) {
+	if s.State == string(spool.PlaceUndeliverable) {
 		field("failure", s.LastError)
 		field("log", s.Log)
 	}
@@ -167,7 +168,7 @@ func (s *queueStatus) print(w io.Writer, now time.Time) {
 			h = fmt.Sprintf("%s port %d", h, s.Port)
 		}
 		field("host", h)
-	} else if s.State != string(stages.PlaceSent) {
+	} else if s.State != string(spool.PlaceSent) {
 		field("host", "- ("+s.EnvelopeError+")")
 	}
 	if s.User != "" {
@@ -199,10 +200,10 @@ func (s *queueStatus) print(w io.Writer, now time.Time) {
 	if !s.Expires.IsZero() {
 		field("expires", at(s.Expires))
 	}
-	if s.State != string(stages.PlaceSent) {
+	if s.State != string(spool.PlaceSent) {
 		field("attempts", strconv.Itoa(s.Attempts))
 	}
-	if s.State != string(stages.PlaceUndeliverable) {
+	if s.State != string(spool.PlaceUndeliverable) {
 		field("last error", s.LastError)
 	}
 	hist := s.History

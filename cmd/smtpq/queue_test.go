@@ -21,6 +21,7 @@ import (
 	"github.com/smtpq/smtpq/pipeline/pipelinetest"
 	"github.com/smtpq/smtpq/pipeline/queuefile"
 	"github.com/smtpq/smtpq/pipeline/smtptest"
+	"github.com/smtpq/smtpq/pipeline/spool"
 	"github.com/smtpq/smtpq/stages"
 )
 
@@ -189,7 +190,7 @@ func TestQueueCommandsWithRunningService(t *testing.T) {
 	if out := run("hold", relayed); !strings.Contains(out, "held "+relayed) {
 		t.Errorf("hold: %q", out)
 	}
-	if out := run("hold", filepath.Join(e.Config.QueueDir, stages.HoldDir, relayed)); !strings.Contains(out, "already held") {
+	if out := run("hold", filepath.Join(e.Config.QueueDir, spool.HoldDir, relayed)); !strings.Contains(out, "already held") {
 		t.Errorf("hold twice (by path): %q", out)
 	}
 	if l := listLines(t, run("list", "--state", "held")); len(l) != 1 || l[relayed] == nil {
@@ -459,12 +460,12 @@ func TestQueueHoldRacesWithService(t *testing.T) {
 	where := map[string]string{}
 	var active string
 	for _, name := range names {
-		loc, err := stages.LocateMessage(e.Dirs(), name)
-		if err != nil || len(loc) != 1 || (loc[0].Place != stages.PlaceHeld && loc[0].Place != stages.PlaceActive) {
+		loc, err := spool.LocateMessage(e.Dirs(), name)
+		if err != nil || len(loc) != 1 || (loc[0].Place != spool.PlaceHeld && loc[0].Place != spool.PlaceActive) {
 			t.Fatalf("%s is at %+v (%v), want held or active", name, loc, err)
 		}
 		where[name] = string(loc[0].Place)
-		if loc[0].Place == stages.PlaceActive {
+		if loc[0].Place == spool.PlaceActive {
 			active = name
 		}
 	}
@@ -486,7 +487,7 @@ func TestQueueHoldRacesWithService(t *testing.T) {
 			t.Errorf("hold of an active message: exit %d, %q %q", code, out, errOut)
 		case strings.Contains(out, "with the running service"):
 		case strings.Contains(out, "is already held"):
-			if loc, err := stages.LocateMessage(e.Dirs(), active); err != nil || len(loc) != 1 || loc[0].Place != stages.PlaceHeld {
+			if loc, err := spool.LocateMessage(e.Dirs(), active); err != nil || len(loc) != 1 || loc[0].Place != spool.PlaceHeld {
 				t.Errorf("hold said %q but %s is at %+v (%v)", out, active, loc, err)
 			}
 		default:
@@ -544,7 +545,7 @@ func TestQueueHoldRacesWithService(t *testing.T) {
 	if len(ids) != n {
 		t.Errorf("the server got %d distinct messages, want %d", len(ids), n)
 	}
-	for _, dir := range []string{e.Config.QueueDir, filepath.Join(e.Config.QueueDir, stages.HoldDir)} {
+	for _, dir := range []string{e.Config.QueueDir, filepath.Join(e.Config.QueueDir, spool.HoldDir)} {
 		if left := pipelinetest.Files(t, dir); len(left) != 0 {
 			t.Errorf("left in %s: %v", dir, left)
 		}
@@ -552,6 +553,6 @@ func TestQueueHoldRacesWithService(t *testing.T) {
 }
 
 // Dirs returns the spool's folders.
-func (e *queueEnvT) Dirs() stages.Dirs {
-	return stages.Dirs{Queue: e.Config.QueueDir, Sent: e.Config.SentDir, Undeliverable: e.Config.UndeliverableDir}
+func (e *queueEnvT) Dirs() spool.Dirs {
+	return spool.Dirs{Queue: e.Config.QueueDir, Sent: e.Config.SentDir, Undeliverable: e.Config.UndeliverableDir}
 }

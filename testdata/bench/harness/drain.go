@@ -14,7 +14,7 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/smtpq/smtpq/stages"
+	"github.com/smtpq/smtpq/pipeline/spool"
 )
 
 // drainResult is one drain of n messages.
@@ -117,7 +117,7 @@ func waitDrained(ctx context.Context, svc *proc, d spoolDirs, sk sink, n int, ti
 	for {
 		if sk.count() >= n {
 			left := countNames(d.queue, nil)
-			stages.EachName(filepath.Join(d.queue, ".active"), func(inst string) {
+			spool.EachName(filepath.Join(d.queue, ".active"), func(inst string) {
 				left += countNames(filepath.Join(d.queue, ".active", inst), nil)
 			})
 			if left == 0 {

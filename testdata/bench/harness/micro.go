@@ -33,6 +33,7 @@ func microBench(ctx context.Context, o *options, rep *report) error {
 	}{
 		{"./pipeline/queuefile", []string{"-bench", ".", "-benchtime", "1s"}, "micro-queuefile.txt"},
 		{"./stages", []string{"-bench", ".", "-benchtime", "1s"}, "micro-stages.txt"},
+		{"./pipeline/spool", []string{"-bench", ".", "-benchtime", "1s"}, "micro-spool.txt"},
 		{"./pipeline", []string{"-bench", "BenchmarkDrain", "-benchtime", "5000x",
 			"-cpuprofile", cpuProf, "-memprofile", memProf, "-o", testBin}, "micro-pipeline.txt"},
 		// Blocking (channel waits, select, locks) in a run of its own: every

@@ -24,7 +24,7 @@ import (
 	"filippo.io/age"
 
 	"github.com/smtpq/smtpq/pipeline/queuefile"
-	"github.com/smtpq/smtpq/stages"
+	"github.com/smtpq/smtpq/pipeline/spool"
 )
 
 // keys are the service's key pair, made once per run.
@@ -190,7 +190,7 @@ func fillQueue(ctx context.Context, dir string, k *keys, batches []batch) error 
 // countNames counts the queue-file names in dir that match (nil: all).
 func countNames(dir string, match func(string) bool) int {
 	n := 0
-	stages.EachName(dir, func(name string) {
+	spool.EachName(dir, func(name string) {
 		if queuefile.IsQueueName(name) && (match == nil || match(name)) {
 			n++
 		}
@@ -202,7 +202,7 @@ func countNames(dir string, match func(string) bool) int {
 // dir: when the last one was linked into Sent.
 func lastChange(dir string, match func(string) bool) time.Time {
 	var last time.Time
-	stages.EachName(dir, func(name string) {
+	spool.EachName(dir, func(name string) {
 		if !queuefile.IsQueueName(name) || (match != nil && !match(name)) {
 			return
 		}

@@ -1,4 +1,4 @@
-package stages
+package spool
 
 import (
 	"os"
@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/smtpq/smtpq/stages"
 )
 
 // A job the server accepted is not filed, and its queue copy not removed,
@@ -14,23 +16,23 @@ import (
 func TestFilingWaitsForTheJournal(t *testing.T) {
 	root := t.TempDir()
 	d := Dirs{Queue: filepath.Join(root, "q"), Sent: filepath.Join(root, "sent"), Undeliverable: filepath.Join(root, "bad")}
-	sp, err := OpenSpool(d, nil)
+	sp, err := Open(d, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer sp.Close()
 
-	job := &Job{ID: newID(time.Now()), Name: "20261127T120000.000000000Z-journal1.eml", Kind: KindPickup}
+	job := &stages.Job{ID: newID(time.Now()), Name: "20261127T120000.000000000Z-journal1.eml", Kind: stages.KindPickup, Msg: &file{}}
 	w, _ := workName(job.ID, job.Name)
-	job.Path = filepath.Join(sp.active, w)
-	if err := os.WriteFile(job.Path, []byte("Subject: x\r\n\r\nbody\r\n"), 0o640); err != nil {
+	handle(job).path = filepath.Join(sp.active, w)
+	if err := os.WriteFile(handle(job).path, []byte("Subject: x\r\n\r\nbody\r\n"), 0o640); err != nil {
 		t.Fatal(err)
 	}
-	job.Outcome = Outcome{Verdict: Sent, Rcpts: []RcptResult{{Addr: "a@example.org", Status: RcptDelivered}}}
+	job.Outcome = stages.Outcome{Verdict: stages.Sent, Rcpts: []stages.RcptResult{{Addr: "a@example.org", Status: stages.RcptDelivered}}}
 	if err := sp.RecordAccepted(job); err != nil {
 		t.Fatal(err)
 	}
-	if job.journaled == 0 {
+	if handle(job).journaled == 0 {
 		t.Fatal("RecordAccepted did not note the journal line")
 	}
 	line, err := os.ReadFile(sp.journal.path)
@@ -41,14 +43,14 @@ func TestFilingWaitsForTheJournal(t *testing.T) {
 
 	// The journal's file fails from now on: its sync cannot succeed.
 	sp.journal.f.Close()
-	if _, err := sp.Sent(job, false); err == nil || !strings.Contains(err.Error(), "recording the server's acceptance") {
+	if _, err := sp.FileSent(job, false); err == nil || !strings.Contains(err.Error(), "recording the server's acceptance") {
 		t.Fatalf("Sent with the journal failing: %v, want an error about the record", err)
 	}
-	if _, err := os.Stat(job.Path); err != nil {
+	if _, err := os.Stat(handle(job).path); err != nil {
 		t.Fatalf("the queue copy is gone after a failed filing: %v", err)
 	}
 	if n := countEntries(t, d.Sent); n != 0 {
-		t.Fatalf("%d entries in Sent after a failed filing, want none", n)
+		t.Fatalf("%d entries in stages.Sent after a failed filing, want none", n)
 	}
 }
 

@@ -1,4 +1,4 @@
-package stages
+package spool
 
 import (
 	"fmt"
@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/smtpq/smtpq/stages"
 )
 
 // FuzzSpoolNames drops files with any names a file system allows (up to 255
@@ -20,8 +22,8 @@ func FuzzSpoolNames(f *testing.F) {
 	f.Add([]byte("a b.eml\x00x\nall y.eml\x00"+strings.Repeat("n", 300)), []byte{2, 2, 0, 1, 3})
 	f.Add([]byte("\xff\xfe.eml\x00.hidden.eml\x00no-ext\x00\xff\xfe.eml"), []byte{1, 0, 2})
 	f.Fuzz(func(t *testing.T, names []byte, plan []byte) {
-		d := inspDirs(t)
-		s, err := OpenSpool(d, nil)
+		d := testDirs(t)
+		s, err := Open(d, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -36,21 +38,21 @@ func FuzzSpoolNames(f *testing.F) {
 			step++
 			return b % 4
 		}
-		var inFlight []*Job
+		var inFlight []*stages.Job
 		// settle files whatever is in flight as the fake server decides:
 		// 0 sent, 1 undeliverable, 2 deferred (due at once), 3 returned.
 		settle := func(final bool) {
 			for _, j := range inFlight {
-				j.Kind = KindPickup
+				j.Kind = stages.KindPickup
 				what := decide()
 				if final && what >= 2 {
 					what %= 2
 				}
 				switch what {
 				case 0:
-					_, err = s.Sent(j, false)
+					_, err = s.FileSent(j, false)
 				case 1:
-					_, err = s.Undeliverable(j, []byte("<smtpqLog/>"))
+					_, err = s.FileUndeliverable(j, []byte("<smtpqLog/>"))
 				case 2:
 					err = s.Defer(j, time.Now().Add(-time.Second))
 				case 3:
@@ -63,7 +65,7 @@ func FuzzSpoolNames(f *testing.F) {
 			inFlight = inFlight[:0]
 		}
 		claim := func() {
-			_, err := s.Scan(t.Context(), time.Now(), nil, func(j *Job) bool {
+			_, err := s.Scan(t.Context(), time.Now(), nil, func(j *stages.Job) bool {
 				inFlight = append(inFlight, j)
 				return true
 			})

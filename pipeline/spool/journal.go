@@ -1,4 +1,4 @@
-package stages
+package spool
 
 import (
 	"bufio"
@@ -9,6 +9,8 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+
+	"github.com/smtpq/smtpq/stages"
 )
 
 // journal is an instance's append-only record of the server's acceptances:
@@ -108,10 +110,10 @@ type journalEntry struct {
 }
 
 // journalLine is the journal's record of a job the server accepted.
-func journalLine(job *Job) string {
-	e := journalEntry{File: filepath.Base(job.Path), All: job.Outcome.Verdict == Sent}
+func journalLine(job *stages.Job) string {
+	e := journalEntry{File: filepath.Base(handle(job).path), All: job.Outcome.Verdict == stages.Sent}
 	for _, r := range job.Outcome.Rcpts {
-		if r.Status == RcptDelivered {
+		if r.Status == stages.RcptDelivered {
 			e.Rcpts = append(e.Rcpts, r.Addr)
 		}
 	}
@@ -147,10 +149,10 @@ func (s *Spool) replayJournal(path, dir string) error {
 		}
 		st, err := s.readState(id)
 		if err != nil || st == nil {
-			st = &State{}
+			st = &stages.State{}
 		}
 		for _, a := range e.Rcpts {
-			st.Done = appendUnique(st.Done, a)
+			st.AddDone(a)
 		}
 		st.Accepted = st.Accepted || e.All
 		if err := s.WriteState(id, st); err != nil {

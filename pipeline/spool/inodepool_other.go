@@ -1,6 +1,6 @@
 //go:build !linux
 
-package stages
+package spool
 
 import (
 	"errors"

@@ -1,4 +1,4 @@
-package stages
+package spool
 
 import (
 	"errors"
@@ -42,7 +42,7 @@ type inodePool struct {
 	mu   sync.Mutex
 	free []pooled
 	seq  int
-	off  bool // the file systems refuse: queue and Sent apart, or no RENAME_NOREPLACE
+	off  bool // the file systems refuse: queue and stages.Sent apart, or no RENAME_NOREPLACE
 }
 
 type pooled struct {

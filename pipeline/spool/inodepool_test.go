@@ -1,6 +1,6 @@
 //go:build linux
 
-package stages
+package spool
 
 import (
 	"fmt"
@@ -9,19 +9,20 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/smtpq/smtpq/stages"
 )
 
 // sendOne claims a queued pickup-style message and files it as sent, its
 // body given as if the Parser had kept it.
-func sendOne(t *testing.T, s *Spool, d Dirs, body string, mode os.FileMode) (*Job, string) {
+func sendOne(t *testing.T, s *Spool, d Dirs, body string, mode os.FileMode) (*stages.Job, string) {
 	t.Helper()
-	name := inspName(t)
-	p := inspPlace(t, d.Queue, name, "X-SmtpQ-Sealed: v1 junk\r\n"+body)
+	name := testName(t)
+	p := placeFile(t, d.Queue, name, "X-SmtpQ-Sealed: v1 junk\r\n"+body)
 	os.Chmod(p, mode)
-	job := inspClaim(t, s, name)
-	job.body = []byte(body)
-	job.journaled = 0
-	path, err := s.Sent(job, false)
+	job := claimTest(t, s, name)
+	handle(job).journaled = 0
+	path, err := s.FileSent(job, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -41,8 +42,8 @@ func inode(t *testing.T, path string) uint64 {
 // content is exactly the new message (nothing left of a longer old one), the
 // mode is 0640 whatever the queue file had, and the pool is gone at Close.
 func TestInodePoolReusesFiledCopies(t *testing.T) {
-	d := inspDirs(t)
-	s, err := OpenSpool(d, nil)
+	d := testDirs(t)
+	s, err := Open(d, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,22 +55,22 @@ func TestInodePoolReusesFiledCopies(t *testing.T) {
 	pooledIno := inode(t, filepath.Join(s.pool.dir, s.pool.free[0].name))
 	_, sent := sendOne(t, s, d, "Subject: 2\r\n\r\nshort\r\n", 0o640)
 	if got := inode(t, sent); got != pooledIno {
-		t.Fatalf("the second Sent copy is inode %d, want the pooled %d", got, pooledIno)
+		t.Fatalf("the second stages.Sent copy is inode %d, want the pooled %d", got, pooledIno)
 	}
 	b, err := os.ReadFile(sent)
 	if err != nil || string(b) != "Subject: 2\r\n\r\nshort\r\n" {
-		t.Fatalf("the reused Sent copy holds %q (%v)", b, err)
+		t.Fatalf("the reused stages.Sent copy holds %q (%v)", b, err)
 	}
 	fi, _ := os.Stat(sent)
 	if fi.Mode().Perm() != 0o640 {
-		t.Fatalf("reused Sent copy has mode %v, want 0640", fi.Mode().Perm())
+		t.Fatalf("reused stages.Sent copy has mode %v, want 0640", fi.Mode().Perm())
 	}
 	// The first one's queue copy had mode 0644: its reuse is made 0640.
 	_, third := sendOne(t, s, d, "Subject: 3\r\n\r\nthree\r\n", 0o640)
 	if fi, _ := os.Stat(third); fi.Mode().Perm() != 0o640 {
 		t.Fatalf("a 0644 queue copy reused with mode %v, want 0640", fi.Mode().Perm())
 	}
-	if _, err := os.Stat(first.Path); !os.IsNotExist(err) {
+	if _, err := os.Stat(handle(first).path); !os.IsNotExist(err) {
 		t.Fatalf("the queue copy is still in the active folder: %v", err)
 	}
 	dir := s.pool.dir
@@ -85,7 +86,7 @@ func TestInodePoolReusesFiledCopies(t *testing.T) {
 // inode there) is never pooled: rewriting it would change that copy.
 func TestInodePoolSkipsLinkedFiles(t *testing.T) {
 	d, s, job := spoolWithClaimed(t, "X-SmtpQ-Sealed: v1 junk\r\nSubject: x\r\n\r\nbody\r\n")
-	path, err := s.Undeliverable(job, []byte("<log/>"))
+	path, err := s.FileUndeliverable(job, []byte("<log/>"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -93,14 +94,13 @@ func TestInodePoolSkipsLinkedFiles(t *testing.T) {
 		t.Fatalf("the pool took a file that is filed in Undeliverable (%d pooled)", len(s.pool.free))
 	}
 	other := filepath.Join(t.TempDir(), "other-link")
-	name2 := inspName(t)
-	p2 := inspPlace(t, d.Queue, name2, "X-SmtpQ-Sealed: v1 junk\r\nSubject: y\r\n\r\nbody\r\n")
+	name2 := testName(t)
+	p2 := placeFile(t, d.Queue, name2, "X-SmtpQ-Sealed: v1 junk\r\nSubject: y\r\n\r\nbody\r\n")
 	if err := os.Link(p2, other); err != nil {
 		t.Fatal(err)
 	}
-	job2 := inspClaim(t, s, name2)
-	job2.body = []byte("Subject: y\r\n\r\nbody\r\n")
-	if _, err := s.Sent(job2, false); err != nil {
+	job2 := claimTest(t, s, name2)
+	if _, err := s.FileSent(job2, false); err != nil {
 		t.Fatal(err)
 	}
 	if len(s.pool.free) != 0 {
@@ -114,15 +114,15 @@ func TestInodePoolSkipsLinkedFiles(t *testing.T) {
 // The pool is bounded, and a dead instance's pool is removed by the next
 // start.
 func TestInodePoolBoundedAndRecovered(t *testing.T) {
-	d := inspDirs(t)
-	s, err := OpenSpool(d, nil)
+	d := testDirs(t)
+	s, err := Open(d, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for i := range poolMax + 10 {
-		name := inspName(t)
-		inspPlace(t, d.Queue, name, fmt.Sprintf("X-SmtpQ-Sealed: v1 junk\r\nSubject: %d\r\n\r\nbody\r\n", i))
-		job := inspClaim(t, s, name)
+		name := testName(t)
+		placeFile(t, d.Queue, name, fmt.Sprintf("X-SmtpQ-Sealed: v1 junk\r\nSubject: %d\r\n\r\nbody\r\n", i))
+		job := claimTest(t, s, name)
 		if err := s.forget(job, true); err != nil {
 			t.Fatal(err)
 		}
@@ -134,7 +134,7 @@ func TestInodePoolBoundedAndRecovered(t *testing.T) {
 	// Crash: the instance's lock goes with the process, its files stay.
 	deadPool := s.pool.dir
 	s.lock.Unlock()
-	s2, err := OpenSpool(d, nil)
+	s2, err := Open(d, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -152,16 +152,16 @@ func TestInodePoolBoundedAndRecovered(t *testing.T) {
 func TestInodePoolOffAcrossFileSystems(t *testing.T) {
 	shm, err := os.MkdirTemp("/dev/shm", "smtpq-sent-")
 	if err != nil {
-		t.Skipf("no tmpfs at /dev/shm to put Sent on another file system: %v", err)
+		t.Skipf("no tmpfs at /dev/shm to put stages.Sent on another file system: %v", err)
 	}
 	defer os.RemoveAll(shm)
 	var a, b syscall.Statfs_t
-	d := inspDirs(t)
+	d := testDirs(t)
 	d.Sent = shm
 	if syscall.Statfs(d.Queue, &a) != nil || syscall.Statfs(shm, &b) != nil || a.Type == b.Type {
 		t.Skip("/dev/shm is the same kind of file system as the temporary folder")
 	}
-	s, err := OpenSpool(d, nil)
+	s, err := Open(d, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -171,7 +171,7 @@ func TestInodePoolOffAcrossFileSystems(t *testing.T) {
 		if b, err := os.ReadFile(sent); err != nil || !strings.Contains(string(b), fmt.Sprintf("Subject: %d", i)) {
 			t.Fatalf("Sent copy %d: %q, %v", i, b, err)
 		}
-		if _, err := os.Stat(job.Path); !os.IsNotExist(err) {
+		if _, err := os.Stat(handle(job).path); !os.IsNotExist(err) {
 			t.Fatalf("queue copy %d left behind: %v", i, err)
 		}
 	}

@@ -1,4 +1,4 @@
-package stages
+package spool
 
 import (
 	"os"
@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/smtpq/smtpq/pipeline/queuefile"
+	"github.com/smtpq/smtpq/stages"
 )
 
 // A filing in Undeliverable that failed after its link (at the folder's
@@ -17,12 +18,12 @@ func TestUndeliverableFinishesAnEarlierFiling(t *testing.T) {
 	name := job.Name
 	// What the earlier filing left: its log, and the message linked.
 	logName := strings.TrimSuffix(name, queuefile.Ext) + ".xml"
-	inspPlace(t, d.Undeliverable, logName, "<smtpqLog/>")
-	if err := os.Link(job.Path, filepath.Join(d.Undeliverable, name)); err != nil {
+	placeFile(t, d.Undeliverable, logName, "<smtpqLog/>")
+	if err := os.Link(handle(job).path, filepath.Join(d.Undeliverable, name)); err != nil {
 		t.Fatal(err)
 	}
 
-	path, err := s.Undeliverable(job, []byte("<smtpqLog>second</smtpqLog>"))
+	path, err := s.FileUndeliverable(job, []byte("<smtpqLog>second</smtpqLog>"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -32,7 +33,7 @@ func TestUndeliverableFinishesAnEarlierFiling(t *testing.T) {
 	if got := pipelineFiles(t, d.Undeliverable); !slices.Equal(got, []string{name, logName}) {
 		t.Errorf("Undeliverable holds %v, want the message and its log once", got)
 	}
-	if _, err := os.Lstat(job.Path); !os.IsNotExist(err) {
+	if _, err := os.Lstat(handle(job).path); !os.IsNotExist(err) {
 		t.Errorf("the queue copy is still there: %v", err)
 	}
 }
@@ -43,12 +44,11 @@ func TestSentRecognisesASuffixedCopy(t *testing.T) {
 	body := "Subject: x\r\n\r\nbody\r\n"
 	d, s, job := spoolWithClaimed(t, "X-SmtpQ-Sealed: v1 junk\r\n"+body)
 	name := job.Name
-	job.body = []byte(body)
 	job.State.Accepted = true
-	inspPlace(t, d.Sent, name, "another message of that name\r\n")
-	inspPlace(t, d.Sent, suffixed(name, 1), body)
+	placeFile(t, d.Sent, name, "another message of that name\r\n")
+	placeFile(t, d.Sent, suffixed(name, 1), body)
 
-	path, err := s.Sent(job, false)
+	path, err := s.FileSent(job, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,24 +60,24 @@ func TestSentRecognisesASuffixedCopy(t *testing.T) {
 	if got := pipelineFiles(t, d.Sent); !slices.Equal(got, want) {
 		t.Errorf("Sent holds %v, want the two copies that were there", got)
 	}
-	if _, err := os.Lstat(job.Path); !os.IsNotExist(err) {
+	if _, err := os.Lstat(handle(job).path); !os.IsNotExist(err) {
 		t.Errorf("the queue copy is still there: %v", err)
 	}
 }
 
 // spoolWithClaimed opens a spool in temporary folders (closed at the end of
 // the test) and claims a queue file with content.
-func spoolWithClaimed(t *testing.T, content string) (Dirs, *Spool, *Job) {
+func spoolWithClaimed(t *testing.T, content string) (Dirs, *Spool, *stages.Job) {
 	t.Helper()
-	d := inspDirs(t)
-	s, err := OpenSpool(d, nil)
+	d := testDirs(t)
+	s, err := Open(d, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
-	name := inspName(t)
-	inspPlace(t, d.Queue, name, content)
-	return d, s, inspClaim(t, s, name)
+	name := testName(t)
+	placeFile(t, d.Queue, name, content)
+	return d, s, claimTest(t, s, name)
 }
 
 // pipelineFiles lists the regular files directly in dir, sorted.

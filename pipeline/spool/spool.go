@@ -1,4 +1,4 @@
-package stages
+package spool
 
 import (
 	"context"
@@ -18,6 +18,7 @@ import (
 	"github.com/gofrs/flock"
 
 	"github.com/smtpq/smtpq/pipeline/queuefile"
+	"github.com/smtpq/smtpq/stages"
 )
 
 // Folders inside queue_dir that hold smtpq's working state. Their names start
@@ -80,7 +81,7 @@ type Spool struct {
 	lock    *flock.Flock
 	journal *journal // the server's acceptances, for crash recovery
 	pool    *inodePool
-	sentDir *dirSync // fsyncs of the Sent folder, shared
+	sentDir *dirSync // fsyncs of the stages.Sent folder, shared
 	actDir  *dirSync // fsyncs of the active folder, shared
 	now     func() time.Time
 
@@ -90,9 +91,9 @@ type Spool struct {
 	unrecorded map[string]bool
 }
 
-// OpenSpool creates the folders if needed, registers this instance and
+// Open creates the folders if needed, registers this instance and
 // returns its spool. Close releases it.
-func OpenSpool(d Dirs, now func() time.Time) (*Spool, error) {
+func Open(d Dirs, now func() time.Time) (*Spool, error) {
 	if now == nil {
 		now = time.Now
 	}
@@ -141,6 +142,42 @@ func OpenSpool(d Dirs, now func() time.Time) (*Spool, error) {
 	s.sentDir.sync = s.syncDir
 	return s, nil
 }
+
+// file is the spool's handle on a claimed message (stages.Message): where
+// its file is now, and what the spool must do when it is filed.
+type file struct {
+	path      string // where the file is now: the claimer's active folder, named <id>_<name> or <id>.eml, until it is moved
+	stateFile bool   // a state file was read or written for it: remove it when filed
+	journaled uint64 // the server's acceptance is line journaled of the journal (0: not)
+	released  bool   // moved out of the active folder: the spool has it back
+}
+
+// Stat describes the file, not what a symbolic link points to.
+func (f *file) Stat() (fs.FileInfo, error) { return os.Lstat(f.path) }
+
+// Open opens the file without blocking on a FIFO or a device.
+func (f *file) Open() (io.ReadCloser, error) { return queuefile.OpenFile(f.path, os.O_RDONLY, 0) }
+
+func (f *file) Released() bool { return f.released }
+
+// moved notes that the file was moved out of the active folder, to path.
+func (f *file) moved(path string) { f.path, f.released = path, true }
+
+// handle returns the spool's handle on a job it gave out.
+func handle(job *stages.Job) *file { return job.Msg.(*file) }
+
+// WatchDirs returns the queue folder, where producers drop files, and the
+// ready folder, where the service and the queue commands put messages that
+// have an id and are to be sent now.
+func (s *Spool) WatchDirs() []string {
+	return []string{s.dirs.Queue, filepath.Join(s.dirs.Queue, ReadyDir)}
+}
+
+var (
+	_ stages.Source  = (*Spool)(nil)
+	_ stages.Sink    = (*Spool)(nil)
+	_ stages.Message = (*file)(nil)
+)
 
 func (s *Spool) crash(point string) {
 	if s.Crash != nil {
@@ -360,7 +397,7 @@ const scanBatch = 256
 // It returns the due time of the earliest bucket still in the future (zero if
 // none), so the caller knows when to look again. Files of the queue folder
 // that skip (if set) reports true for are left there.
-func (s *Spool) Scan(ctx context.Context, now time.Time, skip func(name string) bool, fn func(*Job) bool) (time.Time, error) {
+func (s *Spool) Scan(ctx context.Context, now time.Time, skip func(name string) bool, fn func(*stages.Job) bool) (time.Time, error) {
 	if err := s.scanDir(ctx, s.dirs.Queue, skip, fn); err != nil {
 		return time.Time{}, err
 	}
@@ -411,7 +448,7 @@ var errStop = errors.New("stop")
 
 // scanDir claims every eligible entry of dir but those skip (if set)
 // reports true for.
-func (s *Spool) scanDir(ctx context.Context, dir string, skip func(name string) bool, fn func(*Job) bool) error {
+func (s *Spool) scanDir(ctx context.Context, dir string, skip func(name string) bool, fn func(*stages.Job) bool) error {
 	// One file that cannot be renamed (on Windows: open in another program)
 	// must not stop the scan: it is reported at the end.
 	var firstErr error
@@ -440,7 +477,7 @@ func (s *Spool) scanDir(ctx context.Context, dir string, skip func(name string) 
 	return firstErr
 }
 
-func (s *Spool) scanDeferred(ctx context.Context, now time.Time, fn func(*Job) bool) (time.Time, error) {
+func (s *Spool) scanDeferred(ctx context.Context, now time.Time, fn func(*stages.Job) bool) (time.Time, error) {
 	root := filepath.Join(s.dirs.Queue, DeferredDir)
 	ents, err := os.ReadDir(root) // one entry per due second: small
 	if err != nil {
@@ -468,7 +505,7 @@ func (s *Spool) scanDeferred(ctx context.Context, now time.Time, fn func(*Job) b
 }
 
 // ScanOne claims one named file in dir, one of WatchDirs, if it is there.
-func (s *Spool) ScanOne(dir, name string) (*Job, error) {
+func (s *Spool) ScanOne(dir, name string) (*stages.Job, error) {
 	if !queuefile.IsQueueName(name) {
 		return nil, nil
 	}
@@ -483,7 +520,7 @@ func (s *Spool) ScanOne(dir, name string) (*Job, error) {
 // loses a race returns (nil, nil): someone else has the file. A file of
 // queue_dir (a producer's) gets a new id; a file of the working folders
 // keeps the id its name carries.
-func (s *Spool) claim(dir, name string) (*Job, error) {
+func (s *Spool) claim(dir, name string) (*stages.Job, error) {
 	if dir != s.dirs.Queue {
 		if id, pname, ok := ParseWorkName(name); ok {
 			return s.claimWorking(dir, name, id, pname)
@@ -498,23 +535,24 @@ func (s *Spool) claim(dir, name string) (*Job, error) {
 // claimNew claims a file that has no id yet and gives it one. With legacy
 // (a file a version before ids left in a working folder), its state is
 // read from where that version kept it.
-func (s *Spool) claimNew(dir, name string, legacy bool) (*Job, error) {
-	job := &Job{Name: name}
+func (s *Spool) claimNew(dir, name string, legacy bool) (*stages.Job, error) {
+	job := &stages.Job{Name: name, Msg: &file{}}
 	if legacy {
 		s.loadState(job, name)
 	}
 	if job.State.Queued.IsZero() {
 		job.State.Queued = queuedTime(name, s.now())
 	}
-	id, dst, wrote, err := giveID(s.dirs.Queue, filepath.Join(dir, name), name, s.active, &job.State, job.stateFile, s.syncDir)
+	h := job.Msg.(*file)
+	id, dst, wrote, err := giveID(s.dirs.Queue, filepath.Join(dir, name), name, s.active, &job.State, h.stateFile, s.syncDir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("spool: claiming %q: %w", name, err)
 	}
-	job.ID, job.Path = id, dst
-	job.stateFile = job.stateFile || wrote
+	job.ID, h.path = id, dst
+	h.stateFile = h.stateFile || wrote
 	if legacy {
 		os.Remove(s.statePath(name))
 	}
@@ -524,7 +562,7 @@ func (s *Spool) claimNew(dir, name string, legacy bool) (*Job, error) {
 
 // claimWorking claims dir/w, a working file of message id; pname is the
 // producer's name if w carries it.
-func (s *Spool) claimWorking(dir, w, id, pname string) (*Job, error) {
+func (s *Spool) claimWorking(dir, w, id, pname string) (*stages.Job, error) {
 	dst := filepath.Join(s.active, w)
 	if err := moveNoReplace(filepath.Join(dir, w), dst); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
@@ -533,7 +571,7 @@ func (s *Spool) claimWorking(dir, w, id, pname string) (*Job, error) {
 		return nil, fmt.Errorf("spool: claiming %s: %w", w, err)
 	}
 	s.crash("claimed")
-	job := &Job{ID: id, Name: pname, Path: dst}
+	job := &stages.Job{ID: id, Name: pname, Msg: &file{path: dst}}
 	s.loadState(job, id)
 	if job.Name == "" {
 		job.Name = job.State.FileName()
@@ -548,16 +586,16 @@ func (s *Spool) claimWorking(dir, w, id, pname string) (*Job, error) {
 }
 
 // loadState reads the state kept under key into job, if there is one.
-func (s *Spool) loadState(job *Job, key string) {
+func (s *Spool) loadState(job *stages.Job, key string) {
 	st, err := s.readState(key)
 	if err != nil {
 		// A damaged state file must not lose the message: start afresh and
 		// say so in its history.
 		job.State.AddHistory(s.now(), "state file unreadable, reset: "+err.Error())
-		job.stateFile = true
+		handle(job).stateFile = true
 	} else if st != nil {
 		job.State = *st
-		job.stateFile = true
+		handle(job).stateFile = true
 	}
 }
 
@@ -568,17 +606,17 @@ func statePath(queueDir, id string) string {
 	return filepath.Join(queueDir, StateDir, id+".json")
 }
 
-func (s *Spool) readState(id string) (*State, error) {
+func (s *Spool) readState(id string) (*stages.State, error) {
 	return ReadState(s.dirs, id)
 }
 
 // WriteState durably records the state of message id (temporary file,
 // fsync, rename, directory fsync).
-func (s *Spool) WriteState(id string, st *State) error {
+func (s *Spool) WriteState(id string, st *stages.State) error {
 	if err := writeState(s.dirs.Queue, id, st, s.syncDir); err != nil {
 		return err
 	}
-	s.noteRecorded(id) // the Archiver writes a state with the acceptance merged in
+	s.noteRecorded(id) // the stages.Archiver writes a state with the acceptance merged in
 	return nil
 }
 
@@ -592,7 +630,7 @@ func (s *Spool) noteRecorded(id string) {
 
 // writeState durably records the state of message id in queueDir, with
 // syncDir for the folder.
-func writeState(queueDir, id string, st *State, syncDir func(string) error) error {
+func writeState(queueDir, id string, st *stages.State, syncDir func(string) error) error {
 	b, err := json.MarshalIndent(st, "", "  ")
 	if err != nil {
 		return err
@@ -605,13 +643,13 @@ func writeState(queueDir, id string, st *State, syncDir func(string) error) erro
 // as sent. After a crash the message is then filed, not sent again. The note
 // is durable before the job is filed (see recorded), not necessarily when
 // RecordAccepted returns: the session goes on meanwhile.
-func (s *Spool) RecordAccepted(job *Job) error {
+func (s *Spool) RecordAccepted(job *stages.Job) error {
 	if s.journal != nil {
 		n, err := s.journal.Append(journalLine(job))
 		if err != nil {
 			return err
 		}
-		job.journaled = n
+		handle(job).journaled = n
 		s.mu.Lock()
 		s.unrecorded[job.ID] = true
 		s.mu.Unlock()
@@ -620,22 +658,22 @@ func (s *Spool) RecordAccepted(job *Job) error {
 	st := job.State
 	st.Done = append([]string(nil), st.Done...)
 	for _, r := range job.Outcome.Rcpts {
-		if r.Status == RcptDelivered {
-			st.Done = appendUnique(st.Done, r.Addr)
+		if r.Status == stages.RcptDelivered {
+			st.AddDone(r.Addr)
 		}
 	}
-	st.Accepted = job.Outcome.Verdict == Sent
-	job.stateFile = true
+	st.Accepted = job.Outcome.Verdict == stages.Sent
+	handle(job).stateFile = true
 	return s.WriteState(job.ID, &st)
 }
 
 // recorded returns once the server's acceptance of job, if it had one, is
 // durable (RecordAccepted): every filing method calls it first.
-func (s *Spool) recorded(job *Job) error {
-	if job.journaled == 0 {
+func (s *Spool) recorded(job *stages.Job) error {
+	if handle(job).journaled == 0 {
 		return nil
 	}
-	if err := s.syncJournal(job.journaled); err != nil {
+	if err := s.syncJournal(handle(job).journaled); err != nil {
 		return fmt.Errorf("recording the server's acceptance: %w", err)
 	}
 	return nil
@@ -652,7 +690,7 @@ func (s *Spool) removeState(name string) error {
 // Sent files a delivered job: a copy without the sealed header in Sent (none
 // with deleteCopy), then removes the queue's copy and its state. The Sent copy
 // is durable before anything is removed.
-func (s *Spool) Sent(job *Job, deleteCopy bool) (string, error) {
+func (s *Spool) FileSent(job *stages.Job, deleteCopy bool) (string, error) {
 	if err := s.recorded(job); err != nil {
 		return "", err
 	}
@@ -672,7 +710,7 @@ func (s *Spool) Sent(job *Job, deleteCopy bool) (string, error) {
 		tmp := filepath.Join(s.dirs.Sent, queuefile.TmpDir, s.id+"-"+job.ID+queuefile.Ext)
 		if err := s.writeStripped(tmp, job); err != nil {
 			os.Remove(tmp)
-			return "", fmt.Errorf("writing Sent copy: %w", err)
+			return "", fmt.Errorf("writing stages.Sent copy: %w", err)
 		}
 		s.crash("archive-write")
 		if n := s.filedSent(job, tmp); n != "" {
@@ -703,7 +741,7 @@ var errNoUnnamed = errors.New("unnamed files not supported")
 // sentUnnamed writes the Sent copy into a file from the inode pool, or else
 // an unnamed one, and gives it the name job.Name, or name-1, name-2... on a
 // clash. It returns the name used.
-func (s *Spool) sentUnnamed(job *Job) (string, error) {
+func (s *Spool) sentUnnamed(job *stages.Job) (string, error) {
 	f, pooled := s.pool.take()
 	if f == nil {
 		var err error
@@ -713,7 +751,7 @@ func (s *Spool) sentUnnamed(job *Job) (string, error) {
 	}
 	defer f.Close()
 	cw := &queuefile.CountWriter{W: f}
-	err := writeMessage(cw, job)
+	err := job.WriteMessage(cw)
 	if err == nil && pooled != "" {
 		err = f.Truncate(cw.N) // what is left of the old content
 	}
@@ -724,7 +762,7 @@ func (s *Spool) sentUnnamed(job *Job) (string, error) {
 		if pooled != "" {
 			s.pool.drop(pooled)
 		}
-		return "", fmt.Errorf("writing Sent copy: %w", err)
+		return "", fmt.Errorf("writing stages.Sent copy: %w", err)
 	}
 	s.crash("archive-write")
 	for i := 0; i < 1000; i++ {
@@ -759,7 +797,7 @@ func (s *Spool) sentUnnamed(job *Job) (string, error) {
 // a crash was filed in Sent already, or "": a copy with the content of tmp
 // under its name or, if that name was taken when it was filed, name-1,
 // name-2...
-func (s *Spool) filedSent(job *Job, tmp string) string {
+func (s *Spool) filedSent(job *stages.Job, tmp string) string {
 	if !job.State.Accepted {
 		return ""
 	}
@@ -791,12 +829,12 @@ func sameFile(a, b string) bool {
 	return err1 == nil && err2 == nil && string(ba) == string(bb)
 }
 
-func (s *Spool) writeStripped(tmp string, job *Job) error {
+func (s *Spool) writeStripped(tmp string, job *stages.Job) error {
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o640)
 	if err != nil {
 		return err
 	}
-	err = writeMessage(f, job)
+	err = job.WriteMessage(f)
 	if err == nil {
 		err = s.syncFile(f)
 	}
@@ -806,43 +844,24 @@ func (s *Spool) writeStripped(tmp string, job *Job) error {
 	return err
 }
 
-// writeMessage writes the message as it is sent, without the sealed header
-// (or the pickup envelope), from memory if the Parser kept it: for the
-// Sender and for the Sent copy.
-func writeMessage(w io.Writer, job *Job) error {
-	if job.body != nil {
-		_, err := w.Write(job.body)
-		return err
-	}
-	src, err := queuefile.OpenFile(job.Path, os.O_RDONLY, 0)
-	if err != nil {
-		return fmt.Errorf("reopening the queue file: %w", err)
-	}
-	defer src.Close()
-	if job.Kind == KindPickup {
-		return queuefile.StripPickup(w, src)
-	}
-	return queuefile.StripSealed(w, src)
-}
-
 // forget removes a filed job's queue copy (into the inode pool, for reuse,
 // if reuse and the pool takes it) and state. The removal of the queue copy
 // is synced before the state goes, unless the journal records the server's
 // acceptance: a copy that comes back after a crash is then filed as sent
 // again (recognised, not duplicated), and Close syncs the folder.
-func (s *Spool) forget(job *Job, reuse bool) error {
-	if !reuse || !s.pool.put(job.Path) {
-		if err := os.Remove(job.Path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+func (s *Spool) forget(job *stages.Job, reuse bool) error {
+	if !reuse || !s.pool.put(handle(job).path) {
+		if err := os.Remove(handle(job).path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return err
 		}
 	}
 	s.noteRecorded(job.ID) // filed
-	if job.journaled == 0 {
+	if handle(job).journaled == 0 {
 		if err := s.actDir.Sync(); err != nil {
 			return err
 		}
 	}
-	if !job.stateFile {
+	if !handle(job).stateFile {
 		return nil // none was read or written for it (an orphan is removed at start-up)
 	}
 	return s.removeState(job.ID)
@@ -851,11 +870,11 @@ func (s *Spool) forget(job *Job, reuse bool) error {
 // Undeliverable files a failed job: its XML log and then the original file
 // (sealed header and all) in Undeliverable, then removes the queue's copy
 // and state. It returns the path of the filed message.
-func (s *Spool) Undeliverable(job *Job, xmlLog []byte) (string, error) {
+func (s *Spool) FileUndeliverable(job *stages.Job, xmlLog []byte) (string, error) {
 	if err := s.recorded(job); err != nil {
 		return "", err
 	}
-	if dst := filepath.Join(s.dirs.Undeliverable, job.Name); sameInode(job.Path, dst) {
+	if dst := filepath.Join(s.dirs.Undeliverable, job.Name); sameInode(handle(job).path, dst) {
 		// An earlier filing of this very file got as far as its link and
 		// failed at the folder's sync (its log came first): finish that
 		// filing rather than file a second copy under name-1.
@@ -885,10 +904,10 @@ func (s *Spool) Undeliverable(job *Job, xmlLog []byte) (string, error) {
 	// another special file) after the listing is neither linked nor
 	// followed: a note stands in for it.
 	var write func(tmp string) error
-	if fi, err := os.Lstat(job.Path); err == nil && !fi.Mode().IsRegular() {
-		write = func(tmp string) error { return writeFileSynced(tmp, specialFileNote(job.Name, job.Path, fi)) }
-	} else if err := os.Link(job.Path, dst); err != nil {
-		write = func(tmp string) error { return copyFileSynced(job.Path, tmp) }
+	if fi, err := os.Lstat(handle(job).path); err == nil && !fi.Mode().IsRegular() {
+		write = func(tmp string) error { return writeFileSynced(tmp, specialFileNote(job.Name, handle(job).path, fi)) }
+	} else if err := os.Link(handle(job).path, dst); err != nil {
+		write = func(tmp string) error { return copyFileSynced(handle(job).path, tmp) }
 	}
 	if write != nil {
 		tmp := filepath.Join(s.dirs.Undeliverable, queuefile.TmpDir, s.id+"-"+job.ID+queuefile.Ext)
@@ -950,7 +969,7 @@ func (s *Spool) freeName(dir, name string) (string, error) {
 
 // Defer moves a job to the deferred bucket for due, with its state written
 // first.
-func (s *Spool) Defer(job *Job, due time.Time) error {
+func (s *Spool) Defer(job *stages.Job, due time.Time) error {
 	job.State.NextAttempt = due
 	if err := s.WriteState(job.ID, &job.State); err != nil {
 		return fmt.Errorf("writing state: %w", err)
@@ -964,12 +983,12 @@ func (s *Spool) Defer(job *Job, due time.Time) error {
 // (The due time is in the bucket's name.) The move is not synced either: if
 // a crash undoes it, the file is back in the active folder and returns to
 // the queue at start-up, which is where a parked message is headed anyway.
-func (s *Spool) Park(job *Job, due time.Time) error {
+func (s *Spool) Park(job *stages.Job, due time.Time) error {
 	job.State.NextAttempt = due
 	return s.moveToBucket(job, due, false)
 }
 
-func (s *Spool) moveToBucket(job *Job, due time.Time, durable bool) error {
+func (s *Spool) moveToBucket(job *stages.Job, due time.Time, durable bool) error {
 	if err := s.recorded(job); err != nil {
 		return err
 	}
@@ -981,15 +1000,15 @@ func (s *Spool) moveToBucket(job *Job, due time.Time, durable bool) error {
 		if err = os.MkdirAll(bucket, 0o750); err != nil {
 			return err
 		}
-		dst := filepath.Join(bucket, filepath.Base(job.Path))
-		err = moveNoReplace(job.Path, dst)
+		dst := filepath.Join(bucket, filepath.Base(handle(job).path))
+		err = moveNoReplace(handle(job).path, dst)
 		if err == nil {
-			job.Path = dst
+			handle(job).moved(dst)
 		}
 		if !errors.Is(err, fs.ErrNotExist) {
 			break
 		}
-		if _, serr := os.Lstat(job.Path); serr != nil {
+		if _, serr := os.Lstat(handle(job).path); serr != nil {
 			break // the job's own file is gone: report that
 		}
 	}
@@ -1010,7 +1029,7 @@ func (s *Spool) moveToBucket(job *Job, due time.Time, durable bool) error {
 }
 
 // Hold moves a job to the hold folder, with its state written first.
-func (s *Spool) Hold(job *Job) error {
+func (s *Spool) Hold(job *stages.Job) error {
 	if err := s.recorded(job); err != nil {
 		return err
 	}
@@ -1018,11 +1037,11 @@ func (s *Spool) Hold(job *Job) error {
 		return fmt.Errorf("writing state: %w", err)
 	}
 	dir := filepath.Join(s.dirs.Queue, HoldDir)
-	dst := filepath.Join(dir, filepath.Base(job.Path))
-	if err := moveNoReplace(job.Path, dst); err != nil {
+	dst := filepath.Join(dir, filepath.Base(handle(job).path))
+	if err := moveNoReplace(handle(job).path, dst); err != nil {
 		return err
 	}
-	job.Path = dst
+	handle(job).moved(dst)
 	if err := s.syncDir(dir); err != nil {
 		return err
 	}
@@ -1031,15 +1050,15 @@ func (s *Spool) Hold(job *Job) error {
 
 // Return puts a job back, unsent, in the ready folder with its id; its
 // state file, if any, stays.
-func (s *Spool) Return(job *Job) error {
+func (s *Spool) Return(job *stages.Job) error {
 	if err := s.recorded(job); err != nil {
 		return err
 	}
-	dst, err := s.returnFile(filepath.Dir(job.Path), filepath.Base(job.Path))
+	dst, err := s.returnFile(filepath.Dir(handle(job).path), filepath.Base(handle(job).path))
 	if err != nil {
 		return err
 	}
-	job.Path = dst
+	handle(job).moved(dst)
 	return s.syncDir(filepath.Dir(dst))
 }
 

@@ -1,4 +1,4 @@
-package stages
+package spool
 
 import (
 	"crypto/rand"
@@ -14,6 +14,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/smtpq/smtpq/pipeline/queuefile"
+	"github.com/smtpq/smtpq/stages"
 )
 
 // Message identity.
@@ -110,7 +111,7 @@ func workName(id, name string) (string, bool) {
 // before ids kept under the name), and removed again if the move fails.
 // wrote says whether it was written. A move that fails because src is gone
 // (someone else took it) returns an error matching fs.ErrNotExist.
-func giveID(queueDir, src, name, dstDir string, st *State, keep bool, syncDir func(string) error) (id, dst string, wrote bool, err error) {
+func giveID(queueDir, src, name, dstDir string, st *stages.State, keep bool, syncDir func(string) error) (id, dst string, wrote bool, err error) {
 	for range 3 {
 		id = newID(time.Now())
 		w, carried := workName(id, name)

@@ -1,4 +1,4 @@
-package stages
+package spool
 
 import (
 	"errors"
@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/smtpq/smtpq/stages"
 )
 
 // These tests are issue 10's cases about producers' file names: each failed
@@ -16,7 +18,7 @@ import (
 // openTestSpool opens a spool in d, closed at the end of the test.
 func openTestSpool(t *testing.T, d Dirs) *Spool {
 	t.Helper()
-	s, err := OpenSpool(d, nil)
+	s, err := Open(d, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -25,7 +27,7 @@ func openTestSpool(t *testing.T, d Dirs) *Spool {
 }
 
 // claimQueued claims name from queue_dir.
-func claimQueued(t *testing.T, s *Spool, name string) *Job {
+func claimQueued(t *testing.T, s *Spool, name string) *stages.Job {
 	t.Helper()
 	job, err := s.ScanOne(s.dirs.Queue, name)
 	if err != nil || job == nil {
@@ -41,28 +43,28 @@ func claimQueued(t *testing.T, s *Spool, name string) *Job {
 // an SMTP transaction is another message. Claiming it must not replace the
 // one in flight, whose deferral then still finds its file.
 func TestNewFileWithTheNameOfOneInFlight(t *testing.T) {
-	d := inspDirs(t)
+	d := testDirs(t)
 	s := openTestSpool(t, d)
-	inspPlace(t, d.Queue, "report.eml", "A")
+	placeFile(t, d.Queue, "report.eml", "A")
 	a := claimQueued(t, s, "report.eml")
-	inspPlace(t, d.Queue, "report.eml", "B")
+	placeFile(t, d.Queue, "report.eml", "B")
 	b := claimQueued(t, s, "report.eml")
-	if a.ID == b.ID || a.Path == b.Path {
-		t.Fatalf("two messages named report.eml share id %q / path %q", a.ID, a.Path)
+	if a.ID == b.ID || handle(a).path == handle(b).path {
+		t.Fatalf("two messages named report.eml share id %q / path %q", a.ID, handle(a).path)
 	}
 	if err := s.Defer(a, time.Now().Add(time.Hour)); err != nil {
 		t.Fatalf("deferring the message in flight after a namesake arrived: %v", err)
 	}
-	if got, _ := os.ReadFile(a.Path); string(got) != "A" {
+	if got, _ := os.ReadFile(handle(a).path); string(got) != "A" {
 		t.Errorf("deferred message holds %q, want A", got)
 	}
-	if got, _ := os.ReadFile(b.Path); string(got) != "B" {
+	if got, _ := os.ReadFile(handle(b).path); string(got) != "B" {
 		t.Errorf("the newer message holds %q, want B", got)
 	}
 	if err := s.Return(b); err != nil {
 		t.Fatal(err)
 	}
-	if got := inspWalkAll(t, d, QueuePlaces...)["report.eml"]; len(got) != 2 {
+	if got := walkAll(t, d, QueuePlaces...)["report.eml"]; len(got) != 2 {
 		t.Errorf("messages named report.eml in the queue: %+v, want 2", got)
 	}
 }
@@ -70,15 +72,15 @@ func TestNewFileWithTheNameOfOneInFlight(t *testing.T) {
 // A new daily.eml does not inherit the state of an older daily.eml that is
 // deferred: not its attempts, not its recipients done, not its acceptance.
 func TestStateIsNotInheritedByName(t *testing.T) {
-	d := inspDirs(t)
+	d := testDirs(t)
 	s := openTestSpool(t, d)
-	inspPlace(t, d.Queue, "daily.eml", "old")
+	placeFile(t, d.Queue, "daily.eml", "old")
 	old := claimQueued(t, s, "daily.eml")
 	old.State.Attempts, old.State.Done, old.State.Accepted = 3, []string{"a@example.org"}, true
 	if err := s.Defer(old, time.Now().Add(time.Hour)); err != nil {
 		t.Fatal(err)
 	}
-	inspPlace(t, d.Queue, "daily.eml", "new")
+	placeFile(t, d.Queue, "daily.eml", "new")
 	fresh := claimQueued(t, s, "daily.eml")
 	if fresh.State.Attempts != 0 || fresh.State.Accepted || len(fresh.State.Done) != 0 {
 		t.Fatalf("the new daily.eml inherited state %+v", fresh.State)
@@ -104,21 +106,21 @@ func crashSpool(t *testing.T, s *Spool) {
 // name with a newline cannot write a line for another message. After a
 // crash, the accepted message is filed, the other one is sent.
 func TestJournalLinesCannotBeForgedByNames(t *testing.T) {
-	d := inspDirs(t)
-	s, err := OpenSpool(d, nil)
+	d := testDirs(t)
+	s, err := Open(d, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	victim := "victim.eml"
 	names := []string{"my report.eml", "evil.eml\n" + victim + " all x@example.org\nz.eml", victim}
-	jobs := map[string]*Job{}
+	jobs := map[string]*stages.Job{}
 	for _, n := range names {
-		inspPlace(t, d.Queue, n, "body of "+n)
+		placeFile(t, d.Queue, n, "body of "+n)
 		jobs[n] = claimQueued(t, s, n)
 	}
 	for _, n := range names[:2] {
 		j := jobs[n]
-		j.Outcome = Outcome{Verdict: Sent, Rcpts: []RcptResult{{Addr: "a@example.org", Status: RcptDelivered}}}
+		j.Outcome = stages.Outcome{Verdict: stages.Sent, Rcpts: []stages.RcptResult{{Addr: "a@example.org", Status: stages.RcptDelivered}}}
 		if err := s.RecordAccepted(j); err != nil {
 			t.Fatal(err)
 		}
@@ -129,8 +131,8 @@ func TestJournalLinesCannotBeForgedByNames(t *testing.T) {
 	if n, err := s2.Recover(); err != nil || n != 3 {
 		t.Fatalf("recovered %d files (%v), want 3", n, err)
 	}
-	got := map[string]*Job{}
-	if _, err := s2.Scan(t.Context(), time.Now(), nil, func(j *Job) bool { got[j.Name] = j; return true }); err != nil {
+	got := map[string]*stages.Job{}
+	if _, err := s2.Scan(t.Context(), time.Now(), nil, func(j *stages.Job) bool { got[j.Name] = j; return true }); err != nil {
 		t.Fatal(err)
 	}
 	for _, n := range names {
@@ -149,7 +151,7 @@ func TestJournalLinesCannotBeForgedByNames(t *testing.T) {
 // deferred, claimed again, and filed under that very name (a clash in Sent
 // takes -1, cut to fit).
 func TestLongAndOddNamesAreFiled(t *testing.T) {
-	d := inspDirs(t)
+	d := testDirs(t)
 	s := openTestSpool(t, d)
 	long := strings.Repeat("l", 255-len(".eml")) + ".eml"
 	odd := "r\xe9sum\xc3\xa9 \t\"x\" \x01\n" + strings.Repeat("\xe2\x82\xac", 78) + ".eml" // 255 bytes with a cut euro at -1
@@ -157,20 +159,20 @@ func TestLongAndOddNamesAreFiled(t *testing.T) {
 		odd = odd[len(odd)-255:]
 	}
 	for _, n := range []string{long, long, odd, odd} {
-		inspPlace(t, d.Queue, n, "Subject: x\r\n\r\nbody\r\n")
+		placeFile(t, d.Queue, n, "Subject: x\r\n\r\nbody\r\n")
 		j := claimQueued(t, s, n)
 		if err := s.Defer(j, time.Now().Add(-time.Second)); err != nil {
 			t.Fatalf("deferring %q: %v", n, err)
 		}
-		var again *Job
-		if _, err := s.Scan(t.Context(), time.Now(), nil, func(j *Job) bool { again = j; return false }); err != nil && again == nil {
+		var again *stages.Job
+		if _, err := s.Scan(t.Context(), time.Now(), nil, func(j *stages.Job) bool { again = j; return false }); err != nil && again == nil {
 			t.Fatal(err)
 		}
 		if again == nil || again.ID != j.ID || again.Name != n {
 			t.Fatalf("claimed again: %+v, want id %s named %q", again, j.ID, n)
 		}
-		again.Kind = KindPickup
-		path, err := s.Sent(again, false)
+		again.Kind = stages.KindPickup
+		path, err := s.FileSent(again, false)
 		if err != nil {
 			t.Fatalf("filing %q in Sent: %v", n, err)
 		}
@@ -190,9 +192,9 @@ func TestLongAndOddNamesAreFiled(t *testing.T) {
 		t.Errorf("Sent %q lacks the producers' names", sent)
 	}
 	for _, n := range []string{long, odd} {
-		inspPlace(t, d.Queue, n, "bad")
+		placeFile(t, d.Queue, n, "bad")
 		j := claimQueued(t, s, n)
-		if _, err := s.Undeliverable(j, []byte("<smtpqLog/>")); err != nil {
+		if _, err := s.FileUndeliverable(j, []byte("<smtpqLog/>")); err != nil {
 			t.Errorf("filing %q in Undeliverable: %v", n, err)
 		}
 	}
@@ -209,13 +211,13 @@ func TestSwappedSymlinkIsFiledAsANote(t *testing.T) {
 	if err := os.WriteFile(target, []byte("SECRET CONTENT"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Remove(job.Path); err != nil {
+	if err := os.Remove(handle(job).path); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Symlink(target, job.Path); err != nil {
+	if err := os.Symlink(target, handle(job).path); err != nil {
 		t.Fatal(err)
 	}
-	path, err := s.Undeliverable(job, []byte("<smtpqLog/>"))
+	path, err := s.FileUndeliverable(job, []byte("<smtpqLog/>"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -227,7 +229,7 @@ func TestSwappedSymlinkIsFiledAsANote(t *testing.T) {
 	if strings.Contains(string(b), "SECRET") || !strings.Contains(string(b), "symbolic link") {
 		t.Errorf("filed note: %q", b)
 	}
-	if _, err := os.Lstat(job.Path); !os.IsNotExist(err) {
+	if _, err := os.Lstat(handle(job).path); !os.IsNotExist(err) {
 		t.Errorf("the link is still in the active folder: %v", err)
 	}
 	if got := pipelineFiles(t, d.Undeliverable); len(got) != 2 {
@@ -238,26 +240,24 @@ func TestSwappedSymlinkIsFiledAsANote(t *testing.T) {
 // No file that carries a seal is ever in sent_dir, even while the inode
 // pool holds filed queue copies.
 func TestNoSealedFileInSentDir(t *testing.T) {
-	d := inspDirs(t)
+	d := testDirs(t)
 	s := openTestSpool(t, d)
 	for range 3 {
-		inspPlace(t, d.Queue, inspName(t), "X-SmtpQ-Sealed: v1 junk\r\nSubject: x\r\n\r\nbody\r\n")
+		placeFile(t, d.Queue, testName(t), "X-SmtpQ-Sealed: v1 junk\r\nSubject: x\r\n\r\nbody\r\n")
 	}
-	var jobs []*Job
-	if _, err := s.Scan(t.Context(), time.Now(), nil, func(j *Job) bool { jobs = append(jobs, j); return true }); err != nil {
+	var jobs []*stages.Job
+	if _, err := s.Scan(t.Context(), time.Now(), nil, func(j *stages.Job) bool { jobs = append(jobs, j); return true }); err != nil {
 		t.Fatal(err)
 	}
 	for _, j := range jobs {
-		j.body = []byte("Subject: x\r\n\r\nbody\r\n")
-		if _, err := s.Sent(j, false); err != nil {
+		if _, err := s.FileSent(j, false); err != nil {
 			t.Fatal(err)
 		}
 	}
 	for _, del := range []bool{false, true} {
-		inspPlace(t, d.Queue, "last.eml", "X-SmtpQ-Sealed: v1 junk\r\nSubject: x\r\n\r\nbody\r\n")
+		placeFile(t, d.Queue, "last.eml", "X-SmtpQ-Sealed: v1 junk\r\nSubject: x\r\n\r\nbody\r\n")
 		j := claimQueued(t, s, "last.eml")
-		j.body = []byte("Subject: x\r\n\r\nbody\r\n")
-		if _, err := s.Sent(j, del); err != nil {
+		if _, err := s.FileSent(j, del); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -280,7 +280,7 @@ func TestNoSealedFileInSentDir(t *testing.T) {
 // folder: the pool waits until poolSyncBatch files wait, then one sync
 // covers them all.
 func TestPoolReuseWaitsForTheActiveFolderSync(t *testing.T) {
-	d := inspDirs(t)
+	d := testDirs(t)
 	s := openTestSpool(t, d)
 	if s.pool.off {
 		t.Skip("no inode pool on this system")
@@ -289,14 +289,13 @@ func TestPoolReuseWaitsForTheActiveFolderSync(t *testing.T) {
 	s.actDir.sync = func(dir string) error { syncs++; return nil }
 	for i := range poolSyncBatch {
 		n := fmt.Sprintf("a%d.eml", i)
-		inspPlace(t, d.Queue, n, "X-SmtpQ-Sealed: v1 junk\r\n\r\nbody\r\n")
+		placeFile(t, d.Queue, n, "X-SmtpQ-Sealed: v1 junk\r\n\r\nbody\r\n")
 		a := claimQueued(t, s, n)
-		a.body = []byte("Subject: a\r\n\r\nbody\r\n")
-		a.Outcome = Outcome{Verdict: Sent}
+		a.Outcome = stages.Outcome{Verdict: stages.Sent}
 		if err := s.RecordAccepted(a); err != nil { // journaled: no folder sync on filing
 			t.Fatal(err)
 		}
-		if _, err := s.Sent(a, false); err != nil {
+		if _, err := s.FileSent(a, false); err != nil {
 			t.Fatal(err)
 		}
 		if len(s.pool.free) != i+1 || syncs != 0 {
@@ -316,14 +315,14 @@ func TestPoolReuseWaitsForTheActiveFolderSync(t *testing.T) {
 // its state under its name. Claimed, it gets an id and keeps its state,
 // which moves to the id.
 func TestFilesFromBeforeIdsKeepTheirState(t *testing.T) {
-	d := inspDirs(t)
-	name := inspName(t)
+	d := testDirs(t)
+	name := testName(t)
 	bucket := filepath.Join(d.Queue, DeferredDir, time.Now().Add(-time.Minute).UTC().Format(bucketLayout))
-	inspPlace(t, bucket, name, "old")
-	inspPlace(t, filepath.Join(d.Queue, StateDir), name+".json", `{"attempts":2,"last_error":"451 later"}`)
+	placeFile(t, bucket, name, "old")
+	placeFile(t, filepath.Join(d.Queue, StateDir), name+".json", `{"attempts":2,"last_error":"451 later"}`)
 	s := openTestSpool(t, d)
-	var got []*Job
-	if _, err := s.Scan(t.Context(), time.Now(), nil, func(j *Job) bool { got = append(got, j); return true }); err != nil {
+	var got []*stages.Job
+	if _, err := s.Scan(t.Context(), time.Now(), nil, func(j *stages.Job) bool { got = append(got, j); return true }); err != nil {
 		t.Fatal(err)
 	}
 	if len(got) != 1 || got[0].Name != name || !IsID(got[0].ID) || got[0].State.Attempts != 2 {
@@ -342,23 +341,23 @@ func TestFilesFromBeforeIdsKeepTheirState(t *testing.T) {
 // clean Close then keeps the journal and the file, as a crash would: the
 // next start files it as sent, without sending it again.
 func TestCloseKeepsTheJournalOfUnfiledAcceptedMessages(t *testing.T) {
-	d := inspDirs(t)
-	s, err := OpenSpool(d, nil)
+	d := testDirs(t)
+	s, err := Open(d, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	inspPlace(t, d.Queue, "accepted.eml", "Subject: x\r\n\r\nbody\r\n")
+	placeFile(t, d.Queue, "accepted.eml", "Subject: x\r\n\r\nbody\r\n")
 	job := claimQueued(t, s, "accepted.eml")
-	job.Kind = KindPickup
-	job.Outcome = Outcome{Verdict: Sent, Rcpts: []RcptResult{{Addr: "a@example.org", Status: RcptDelivered}}}
+	job.Kind = stages.KindPickup
+	job.Outcome = stages.Outcome{Verdict: stages.Sent, Rcpts: []stages.RcptResult{{Addr: "a@example.org", Status: stages.RcptDelivered}}}
 	if err := s.RecordAccepted(job); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.journal.Sync(job.journaled); err != nil {
+	if err := s.journal.Sync(handle(job).journaled); err != nil {
 		t.Fatal(err)
 	}
 	s.SyncFault = func(string) error { return errors.New("injected") }
-	if _, err := s.Sent(job, false); err == nil {
+	if _, err := s.FileSent(job, false); err == nil {
 		t.Fatal("Sent succeeded with every fsync failing")
 	}
 	// The state folder cannot be written at all.
@@ -366,7 +365,7 @@ func TestCloseKeepsTheJournalOfUnfiledAcceptedMessages(t *testing.T) {
 	if err := os.Rename(stateDir, stateDir+".away"); err != nil {
 		t.Fatal(err)
 	}
-	inspPlace(t, d.Queue, StateDir, "not a folder")
+	placeFile(t, d.Queue, StateDir, "not a folder")
 	job.State.Accepted = true
 	if err := s.WriteState(job.ID, &job.State); err == nil {
 		t.Fatal("WriteState succeeded with no state folder")
@@ -375,7 +374,7 @@ func TestCloseKeepsTheJournalOfUnfiledAcceptedMessages(t *testing.T) {
 	if err := s.Close(); err == nil || !strings.Contains(err.Error(), "could not be filed") {
 		t.Fatalf("Close: %v, want an error saying a message is left unfiled", err)
 	}
-	if _, err := os.Stat(job.Path); err != nil {
+	if _, err := os.Stat(handle(job).path); err != nil {
 		t.Fatalf("the unfiled message is gone from the active folder: %v", err)
 	}
 	if _, err := os.Stat(s.journal.path); err != nil {
@@ -390,8 +389,8 @@ func TestCloseKeepsTheJournalOfUnfiledAcceptedMessages(t *testing.T) {
 	if _, err := s2.Recover(); err != nil {
 		t.Fatal(err)
 	}
-	var got *Job
-	if _, err := s2.Scan(t.Context(), time.Now(), nil, func(j *Job) bool { got = j; return false }); err != nil && got == nil {
+	var got *stages.Job
+	if _, err := s2.Scan(t.Context(), time.Now(), nil, func(j *stages.Job) bool { got = j; return false }); err != nil && got == nil {
 		t.Fatal(err)
 	}
 	if got == nil || got.ID != job.ID || !got.State.Accepted {

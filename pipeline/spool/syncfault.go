@@ -1,4 +1,4 @@
-package stages
+package spool
 
 import (
 	"io/fs"

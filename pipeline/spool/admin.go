@@ -1,4 +1,4 @@
-package stages
+package spool
 
 // Queue inspection and control from outside the running service: the
 // spool side of the "smtpq queue" commands.
@@ -40,6 +40,7 @@ import (
 	"github.com/gofrs/flock"
 
 	"github.com/smtpq/smtpq/pipeline/queuefile"
+	"github.com/smtpq/smtpq/stages"
 )
 
 // More working folders.
@@ -95,10 +96,10 @@ var (
 	ErrAmbiguous = errors.New("several messages have that name: give the id of one")
 )
 
-// SpoolEntry is one message found in the spool.
-type SpoolEntry struct {
+// Entry is one message found in the spool.
+type Entry struct {
 	ID       string    // the service's id for the message ("" in queue_dir, before a claim, and for filed copies)
-	Name     string    // the producer's file name (in Sent and Undeliverable, maybe with a -N suffix)
+	Name     string    // the producer's file name (in stages.Sent and Undeliverable, maybe with a -N suffix)
 	Place    Place     // where it is
 	Path     string    // full path of the file now
 	Instance string    // PlaceActive: the instance that claimed it
@@ -109,7 +110,7 @@ type SpoolEntry struct {
 // Entry tells where it is.
 type PlaceError struct {
 	Op    string // hold, release, retry, requeue
-	Entry SpoolEntry
+	Entry Entry
 }
 
 func (e *PlaceError) Error() string {
@@ -143,19 +144,19 @@ func (e *PlaceError) Error() string {
 	return fmt.Sprintf("%s is %s: cannot %s it", n, e.Entry.Place, e.Op)
 }
 
-// WalkSpool calls fn with every message in the given places (every place
+// Walk calls fn with every message in the given places (every place
 // if none is given), place by place; within a folder the order is the
 // folder's. Folders are read in batches, so memory does not depend on how
-// many files they hold. Files that move while WalkSpool runs may be seen
-// twice or not at all. If fn returns fs.SkipAll, WalkSpool stops and returns
+// many files they hold. Files that move while Walk runs may be seen
+// twice or not at all. If fn returns fs.SkipAll, Walk stops and returns
 // nil; another error stops it and is returned.
-func WalkSpool(ctx context.Context, d Dirs, places []Place, fn func(SpoolEntry) error) error {
-	return walkSpool(ctx, d, places, true, fn)
+func Walk(ctx context.Context, d Dirs, places []Place, fn func(Entry) error) error {
+	return walk(ctx, d, places, true, fn)
 }
 
-// walkSpool is WalkSpool; withQueueDir false leaves queue_dir itself out
+// walk is Walk; withQueueDir false leaves queue_dir itself out
 // (its files have no id yet), walking only the working folders.
-func walkSpool(ctx context.Context, d Dirs, places []Place, withQueueDir bool, fn func(SpoolEntry) error) error {
+func walk(ctx context.Context, d Dirs, places []Place, withQueueDir bool, fn func(Entry) error) error {
 	if len(places) == 0 {
 		places = Places
 	}
@@ -166,28 +167,28 @@ func walkSpool(ctx context.Context, d Dirs, places []Place, withQueueDir bool, f
 			switch p {
 			case PlaceQueued:
 				if withQueueDir {
-					err = inspWalkDir(ctx, q, "", SpoolEntry{Place: p}, fn)
+					err = walkDir(ctx, q, "", Entry{Place: p}, fn)
 				}
 				if err == nil {
-					err = inspWalkDir(ctx, filepath.Join(q, ReadyDir), q, SpoolEntry{Place: p}, fn)
+					err = walkDir(ctx, filepath.Join(q, ReadyDir), q, Entry{Place: p}, fn)
 				}
 			case PlaceHeld:
-				err = inspWalkDir(ctx, filepath.Join(q, HoldDir), q, SpoolEntry{Place: p}, fn)
+				err = walkDir(ctx, filepath.Join(q, HoldDir), q, Entry{Place: p}, fn)
 			case PlaceSent:
-				err = inspWalkDir(ctx, d.Sent, "", SpoolEntry{Place: p}, fn)
+				err = walkDir(ctx, d.Sent, "", Entry{Place: p}, fn)
 			case PlaceUndeliverable:
-				err = inspWalkDir(ctx, d.Undeliverable, "", SpoolEntry{Place: p}, fn)
+				err = walkDir(ctx, d.Undeliverable, "", Entry{Place: p}, fn)
 			case PlaceActive:
-				err = inspEachSubdir(filepath.Join(q, ActiveDir), func(name, dir string) error {
-					return inspWalkDir(ctx, dir, q, SpoolEntry{Place: p, Instance: name}, fn)
+				err = eachSubdir(filepath.Join(q, ActiveDir), func(name, dir string) error {
+					return walkDir(ctx, dir, q, Entry{Place: p, Instance: name}, fn)
 				})
 			case PlaceDeferred:
-				err = inspEachSubdir(filepath.Join(q, DeferredDir), func(name, dir string) error {
+				err = eachSubdir(filepath.Join(q, DeferredDir), func(name, dir string) error {
 					due, perr := time.Parse(bucketLayout, name)
 					if perr != nil {
 						return nil // not a bucket: the scanner ignores it too
 					}
-					return inspWalkDir(ctx, dir, q, SpoolEntry{Place: p, Due: due}, fn)
+					return walkDir(ctx, dir, q, Entry{Place: p, Due: due}, fn)
 				})
 			default:
 				err = fmt.Errorf("unknown place %q", p)
@@ -204,12 +205,12 @@ func walkSpool(ctx context.Context, d Dirs, places []Place, withQueueDir bool, f
 	return err
 }
 
-// inspWalkDir calls fn for each queue file (a regular file with a queue
+// walkDir calls fn for each queue file (a regular file with a queue
 // name) in dir, reading dir in batches. A missing dir holds nothing. For a
 // working folder of queueDir ("" for queue_dir, Sent and Undeliverable) a
 // file's name carries the message's id, and its name or else its state
 // does.
-func inspWalkDir(ctx context.Context, dir, queueDir string, tmpl SpoolEntry, fn func(SpoolEntry) error) error {
+func walkDir(ctx context.Context, dir, queueDir string, tmpl Entry, fn func(Entry) error) error {
 	return eachQueueFile(ctx, dir, func(name string) error {
 		en := tmpl
 		en.Name, en.Path = name, filepath.Join(dir, name)
@@ -239,9 +240,9 @@ func workEntry(queueDir, w string) (id, name string) {
 	return id, name
 }
 
-// inspEachSubdir calls fn for each subfolder of root (instances in .active,
+// eachSubdir calls fn for each subfolder of root (instances in .active,
 // buckets in .deferred: few entries, read at once).
-func inspEachSubdir(root string, fn func(name, dir string) error) error {
+func eachSubdir(root string, fn func(name, dir string) error) error {
 	ents, err := os.ReadDir(root)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
@@ -271,12 +272,12 @@ func inspEachSubdir(root string, fn func(name, dir string) error) error {
 //
 // A name is found in queue_dir at once; everywhere else the working folders
 // are listed (in batches), since their files are named by id.
-func LocateMessage(d Dirs, key string) ([]SpoolEntry, error) {
+func LocateMessage(d Dirs, key string) ([]Entry, error) {
 	if !queuefile.IsQueueName(key) && !IsID(key) {
 		return nil, fmt.Errorf("%q: %w", key, ErrNotQueueName)
 	}
 	for range 4 {
-		found, err := inspLocateOnce(d, key)
+		found, err := locateOnce(d, key)
 		if err != nil || len(found) > 0 {
 			return found, err
 		}
@@ -284,8 +285,8 @@ func LocateMessage(d Dirs, key string) ([]SpoolEntry, error) {
 	return nil, fmt.Errorf("%q: %w", key, ErrMessageNotFound)
 }
 
-func inspLocateOnce(d Dirs, key string) ([]SpoolEntry, error) {
-	found, err := inspLocateLive(d, key)
+func locateOnce(d Dirs, key string) ([]Entry, error) {
+	found, err := locateLive(d, key)
 	if err != nil {
 		return nil, err
 	}
@@ -299,28 +300,28 @@ func inspLocateOnce(d Dirs, key string) ([]SpoolEntry, error) {
 	for i := 0; i < 1000; i++ {
 		n := suffixed(name, i)
 		p := filepath.Join(d.Sent, n)
-		if !inspIsFile(p) {
+		if !isFile(p) {
 			break
 		}
-		found = append(found, SpoolEntry{Name: n, Place: PlaceSent, Path: p})
+		found = append(found, Entry{Name: n, Place: PlaceSent, Path: p})
 	}
-	if p := filepath.Join(d.Undeliverable, name); inspIsFile(p) {
-		found = append(found, SpoolEntry{Name: name, Place: PlaceUndeliverable, Path: p})
+	if p := filepath.Join(d.Undeliverable, name); isFile(p) {
+		found = append(found, Entry{Name: name, Place: PlaceUndeliverable, Path: p})
 	}
 	return found, nil
 }
 
-// inspLocateLive finds the messages still in queue_dir that key names (by
+// locateLive finds the messages still in queue_dir that key names (by
 // id, working file name or name).
-func inspLocateLive(d Dirs, key string) ([]SpoolEntry, error) {
-	var found []SpoolEntry
+func locateLive(d Dirs, key string) ([]Entry, error) {
+	var found []Entry
 	if queuefile.IsQueueName(key) {
-		if p := filepath.Join(d.Queue, key); inspIsFile(p) {
-			found = append(found, SpoolEntry{Name: key, Place: PlaceQueued, Path: p})
+		if p := filepath.Join(d.Queue, key); isFile(p) {
+			found = append(found, Entry{Name: key, Place: PlaceQueued, Path: p})
 		}
 	}
 	seen := map[string]bool{}
-	err := walkSpool(context.Background(), d, QueuePlaces, false, func(e SpoolEntry) error {
+	err := walk(context.Background(), d, QueuePlaces, false, func(e Entry) error {
 		if e.ID == key || e.Name == key || filepath.Base(e.Path) == key {
 			if e.ID != "" && seen[e.ID] {
 				return nil // moved while we listed: seen already
@@ -333,21 +334,21 @@ func inspLocateLive(d Dirs, key string) ([]SpoolEntry, error) {
 		}
 		return nil
 	})
-	if len(found) > 1 && found[0].ID == "" && found[0].Place == PlaceQueued && !inspIsFile(found[0].Path) {
+	if len(found) > 1 && found[0].ID == "" && found[0].Place == PlaceQueued && !isFile(found[0].Path) {
 		// Claimed while we listed: it is the one found under its id.
 		found = found[1:]
 	}
 	return found, err
 }
 
-func inspIsFile(p string) bool {
+func isFile(p string) bool {
 	fi, err := os.Lstat(p)
 	return err == nil && fi.Mode().IsRegular()
 }
 
 // ReadState returns the delivery state of message id, or nil if it has
 // none.
-func ReadState(d Dirs, id string) (*State, error) {
+func ReadState(d Dirs, id string) (*stages.State, error) {
 	if id == "" || strings.ContainsAny(id, `/\`) {
 		return nil, nil
 	}
@@ -358,7 +359,7 @@ func ReadState(d Dirs, id string) (*State, error) {
 	if err != nil {
 		return nil, err
 	}
-	var st State
+	var st stages.State
 	if err := json.Unmarshal(b, &st); err != nil {
 		return nil, fmt.Errorf("state of %s: %w", id, err)
 	}
@@ -371,13 +372,13 @@ func ReadState(d Dirs, id string) (*State, error) {
 func QueuedTime(name string) (t time.Time, ok bool) { return queuefile.NameTime(name) }
 
 // ReadXMLLog reads an XML log written by the Archiver.
-func ReadXMLLog(path string) (*XMLLog, error) {
+func ReadXMLLog(path string) (*stages.XMLLog, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	var l XMLLog
+	var l stages.XMLLog
 	if err := xml.NewDecoder(io.LimitReader(f, 64<<20)).Decode(&l); err != nil {
 		return nil, fmt.Errorf("XML log %s: %w", path, err)
 	}
@@ -398,39 +399,39 @@ const maxPeekHeader = queuefile.MaxHeaderSection + queuefile.MaxFieldSize
 // For a file without a seal it tries the pickup-folder convention and
 // returns the envelope in Params.From and Params.To with KindPickup. The
 // Params hold credentials (as queuefile.Secret): show none of them.
-func PeekParams(path string, ids []age.Identity) (*queuefile.Params, Kind, error) {
-	hdr, err := inspReadHeader(path)
+func PeekParams(path string, ids []age.Identity) (*queuefile.Params, stages.Kind, error) {
+	hdr, err := readHeader(path)
 	if err != nil {
-		return nil, KindSealed, err
+		return nil, stages.KindSealed, err
 	}
 	res, err := queuefile.Strip(io.Discard, bytes.NewReader(hdr), queuefile.IsSealedField)
 	if err != nil {
-		return nil, KindSealed, err
+		return nil, stages.KindSealed, err
 	}
 	switch len(res.Removed) {
 	case 0:
 		pk, perr := queuefile.OpenPickup(bytes.NewReader(hdr))
 		if errors.Is(perr, queuefile.ErrNotPickup) {
-			return nil, KindSealed, queuefile.ErrNoSeal
+			return nil, stages.KindSealed, queuefile.ErrNoSeal
 		}
 		if perr != nil {
-			return nil, KindPickup, fmt.Errorf("pickup file: %w", perr)
+			return nil, stages.KindPickup, fmt.Errorf("pickup file: %w", perr)
 		}
-		return &queuefile.Params{From: pk.From, To: pk.To}, KindPickup, nil
+		return &queuefile.Params{From: pk.From, To: pk.To}, stages.KindPickup, nil
 	case 1:
 	default:
-		return nil, KindSealed, queuefile.ErrDuplicateSeal
+		return nil, stages.KindSealed, queuefile.ErrDuplicateSeal
 	}
 	if len(ids) == 0 {
-		return nil, KindSealed, errors.New("no identity to open the seal with")
+		return nil, stages.KindSealed, errors.New("no identity to open the seal with")
 	}
 	p, err := queuefile.OpenSeal(res.Removed[0].Value(), ids...)
-	return p, KindSealed, err
+	return p, stages.KindSealed, err
 }
 
-// inspReadHeader returns the header section of a file, up to and with the
+// readHeader returns the header section of a file, up to and with the
 // empty line that ends it, at most maxPeekHeader bytes.
-func inspReadHeader(path string) ([]byte, error) {
+func readHeader(path string) ([]byte, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
@@ -492,51 +493,51 @@ func (r *MoveResult) count(err error, raced bool) error {
 // service never takes it; its state file (attempts, last error) stays. It
 // returns where the message was. A message being sent, already held or
 // already filed is left alone with a *PlaceError.
-func HoldMessage(d Dirs, name string) (SpoolEntry, error) {
-	return inspMoveOne(d, name, "hold", []Place{PlaceQueued, PlaceDeferred}, filepath.Join(d.Queue, HoldDir))
+func HoldMessage(d Dirs, name string) (Entry, error) {
+	return moveOne(d, name, "hold", []Place{PlaceQueued, PlaceDeferred}, filepath.Join(d.Queue, HoldDir))
 }
 
 // HoldAll moves every queued and deferred message that match selects (all
 // if nil) to .hold/. Messages being sent cannot be held: they are counted in
 // Active.
-func HoldAll(ctx context.Context, d Dirs, match func(SpoolEntry) bool) (MoveResult, error) {
-	return inspMoveAll(ctx, d, []Place{PlaceQueued, PlaceDeferred}, filepath.Join(d.Queue, HoldDir), match, true)
+func HoldAll(ctx context.Context, d Dirs, match func(Entry) bool) (MoveResult, error) {
+	return moveAll(ctx, d, []Place{PlaceQueued, PlaceDeferred}, filepath.Join(d.Queue, HoldDir), match, true)
 }
 
 // ReleaseMessage moves a held message to the ready folder (.ready/), to be
 // sent now, whatever next attempt its state had (attempts are unchanged).
-func ReleaseMessage(d Dirs, name string) (SpoolEntry, error) {
-	return inspMoveOne(d, name, "release", []Place{PlaceHeld}, filepath.Join(d.Queue, ReadyDir))
+func ReleaseMessage(d Dirs, name string) (Entry, error) {
+	return moveOne(d, name, "release", []Place{PlaceHeld}, filepath.Join(d.Queue, ReadyDir))
 }
 
 // ReleaseAll moves every held message that match selects (all if nil) to
 // the ready folder.
-func ReleaseAll(ctx context.Context, d Dirs, match func(SpoolEntry) bool) (MoveResult, error) {
-	return inspMoveAll(ctx, d, []Place{PlaceHeld}, filepath.Join(d.Queue, ReadyDir), match, false)
+func ReleaseAll(ctx context.Context, d Dirs, match func(Entry) bool) (MoveResult, error) {
+	return moveAll(ctx, d, []Place{PlaceHeld}, filepath.Join(d.Queue, ReadyDir), match, false)
 }
 
 // RetryMessage moves a deferred message to the ready folder, to be tried
 // now (attempts are unchanged).
-func RetryMessage(d Dirs, name string) (SpoolEntry, error) {
-	return inspMoveOne(d, name, "retry", []Place{PlaceDeferred}, filepath.Join(d.Queue, ReadyDir))
+func RetryMessage(d Dirs, name string) (Entry, error) {
+	return moveOne(d, name, "retry", []Place{PlaceDeferred}, filepath.Join(d.Queue, ReadyDir))
 }
 
 // RetryAll moves every deferred message that match selects (all if nil) to
 // the ready folder.
-func RetryAll(ctx context.Context, d Dirs, match func(SpoolEntry) bool) (MoveResult, error) {
-	return inspMoveAll(ctx, d, []Place{PlaceDeferred}, filepath.Join(d.Queue, ReadyDir), match, false)
+func RetryAll(ctx context.Context, d Dirs, match func(Entry) bool) (MoveResult, error) {
+	return moveAll(ctx, d, []Place{PlaceDeferred}, filepath.Join(d.Queue, ReadyDir), match, false)
 }
 
-// inspMove moves the message e to dstDir under its working name. A message
+// moveEntry moves the message e to dstDir under its working name. A message
 // without an id (in queue_dir, or left by a version before ids) is given
 // one (giveID).
-func inspMove(d Dirs, e SpoolEntry, dstDir string) error {
+func moveEntry(d Dirs, e Entry, dstDir string) error {
 	if e.ID != "" {
-		return inspRename(e.Path, filepath.Join(dstDir, filepath.Base(e.Path)))
+		return renameSynced(e.Path, filepath.Join(dstDir, filepath.Base(e.Path)))
 	}
 	// A file from before ids, outside queue_dir, has its state under its
 	// name: it moves to the id.
-	var st State
+	var st stages.State
 	var legacy bool
 	if e.Place != PlaceQueued {
 		if old, _ := ReadState(d, e.Name); old != nil {
@@ -553,59 +554,59 @@ func inspMove(d Dirs, e SpoolEntry, dstDir string) error {
 	return err
 }
 
-// inspMoveOne moves the named message, if it is in one of the places from,
+// moveOne moves the named message, if it is in one of the places from,
 // into dstDir by rename. A rename that fails because the file is gone lost a
 // race (the service claimed it, or another command moved it): the message
 // is looked for again.
-func inspMoveOne(d Dirs, name, op string, from []Place, dstDir string) (SpoolEntry, error) {
+func moveOne(d Dirs, name, op string, from []Place, dstDir string) (Entry, error) {
 	if err := os.MkdirAll(dstDir, 0o750); err != nil {
-		return SpoolEntry{}, err
+		return Entry{}, err
 	}
 	for range 10 {
 		found, err := LocateMessage(d, name)
 		if err != nil {
-			return SpoolEntry{}, err
+			return Entry{}, err
 		}
-		if err := inspOneLive(name, found); err != nil {
-			return SpoolEntry{}, err
+		if err := oneLive(name, found); err != nil {
+			return Entry{}, err
 		}
 		e := found[0]
 		if !slices.Contains(from, e.Place) {
 			return e, &PlaceError{Op: op, Entry: e}
 		}
-		err = inspMove(d, e, dstDir)
+		err = moveEntry(d, e, dstDir)
 		if errors.Is(err, fs.ErrNotExist) {
 			continue
 		}
 		if err != nil {
 			return e, err
 		}
-		return e, inspSyncDirs(dstDir, filepath.Dir(e.Path))
+		return e, syncDirs(dstDir, filepath.Dir(e.Path))
 	}
-	return SpoolEntry{}, fmt.Errorf("%s kept moving while trying to %s it; try again", name, op)
+	return Entry{}, fmt.Errorf("%s kept moving while trying to %s it; try again", name, op)
 }
 
-// inspMoveAll moves every message of the places from that match selects
+// moveAll moves every message of the places from that match selects
 // into dstDir. With countActive, messages in .active that match are counted
 // as Active.
-func inspMoveAll(ctx context.Context, d Dirs, from []Place, dstDir string, match func(SpoolEntry) bool, countActive bool) (MoveResult, error) {
+func moveAll(ctx context.Context, d Dirs, from []Place, dstDir string, match func(Entry) bool, countActive bool) (MoveResult, error) {
 	var r MoveResult
 	if err := os.MkdirAll(dstDir, 0o750); err != nil {
 		return r, err
 	}
 	touched := map[string]bool{}
-	err := WalkSpool(ctx, d, from, func(e SpoolEntry) error {
+	err := Walk(ctx, d, from, func(e Entry) error {
 		if match != nil && !match(e) {
 			return nil
 		}
-		err := inspMove(d, e, dstDir)
+		err := moveEntry(d, e, dstDir)
 		if err == nil {
 			touched[filepath.Dir(e.Path)] = true
 		}
 		return r.count(err, errors.Is(err, fs.ErrNotExist))
 	})
 	if err == nil && countActive {
-		err = WalkSpool(ctx, d, []Place{PlaceActive}, func(e SpoolEntry) error {
+		err = Walk(ctx, d, []Place{PlaceActive}, func(e Entry) error {
 			if match == nil || match(e) {
 				r.Active++
 			}
@@ -618,14 +619,14 @@ func inspMoveAll(ctx context.Context, d Dirs, from []Place, dstDir string, match
 	}
 	errs := append([]error{err}, r.clashes...)
 	if r.Moved > 0 {
-		errs = append(errs, inspSyncDirs(dirs...))
+		errs = append(errs, syncDirs(dirs...))
 	}
 	return r, errors.Join(errs...)
 }
 
-// inspOneLive checks that key names at most one message still in the
+// oneLive checks that key names at most one message still in the
 // queue (found is LocateMessage's answer).
-func inspOneLive(key string, found []SpoolEntry) error {
+func oneLive(key string, found []Entry) error {
 	var ids []string
 	for _, e := range found {
 		if slices.Contains(QueuePlaces, e.Place) {
@@ -642,10 +643,10 @@ func inspOneLive(key string, found []SpoolEntry) error {
 	return nil
 }
 
-// inspRename renames src to dst unless dst exists (ErrNameClash; but if
+// renameSynced renames src to dst unless dst exists (ErrNameClash; but if
 // src is gone too, someone moved it there: fs.ErrNotExist). The rename
 // never replaces a file (moveNoReplace).
-func inspRename(src, dst string) error {
+func renameSynced(src, dst string) error {
 	err := moveNoReplace(src, dst)
 	if errors.Is(err, fs.ErrExist) {
 		if _, serr := os.Lstat(src); errors.Is(serr, fs.ErrNotExist) {
@@ -656,7 +657,7 @@ func inspRename(src, dst string) error {
 	return err
 }
 
-func inspSyncDirs(dirs ...string) error {
+func syncDirs(dirs ...string) error {
 	var errs []error
 	for _, dir := range dirs {
 		if err := queuefile.SyncDir(dir); err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -686,7 +687,7 @@ func RequeueMessage(d Dirs, name string, now time.Time) (string, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	unlock, err := inspLockRequeue(ctx, d)
+	unlock, err := lockRequeue(ctx, d)
 	if err != nil {
 		return "", err
 	}
@@ -694,7 +695,7 @@ func RequeueMessage(d Dirs, name string, now time.Time) (string, error) {
 	return requeueLocked(d, name, now)
 }
 
-func inspLockRequeue(ctx context.Context, d Dirs) (func(), error) {
+func lockRequeue(ctx context.Context, d Dirs) (func(), error) {
 	if err := os.MkdirAll(d.Undeliverable, 0o750); err != nil {
 		return nil, err
 	}
@@ -711,7 +712,7 @@ func inspLockRequeue(ctx context.Context, d Dirs) (func(), error) {
 
 func requeueLocked(d Dirs, name string, now time.Time) (string, error) {
 	src := filepath.Join(d.Undeliverable, name)
-	if !inspIsFile(src) {
+	if !isFile(src) {
 		found, err := LocateMessage(d, name)
 		if err != nil {
 			return "", err
@@ -720,19 +721,19 @@ func requeueLocked(d Dirs, name string, now time.Time) (string, error) {
 	}
 	// It comes back as a new arrival (it gets a new id when claimed), so
 	// only a file of the same name waiting in queue_dir is in the way.
-	if p := filepath.Join(d.Queue, name); inspIsFile(p) {
+	if p := filepath.Join(d.Queue, name); isFile(p) {
 		return "", fmt.Errorf("%s is also queued (%s): %w; not requeued", name, p, ErrNameClash)
 	}
-	if err := inspArchiveLog(d, name, now); err != nil {
+	if err := archiveLog(d, name, now); err != nil {
 		return "", err
 	}
 	dst := filepath.Join(d.Queue, name)
-	err := inspRename(src, dst)
+	err := renameSynced(src, dst)
 	if errors.Is(err, syscall.EXDEV) {
 		// Another filesystem: a synced copy linked into the queue, then the
 		// original removed. (Until it is, a quick new failure of the message
 		// is filed beside it with a -1 suffix.)
-		if err := inspPublish(src, dst, filepath.Join(d.Queue, queuefile.TmpDir)); err != nil {
+		if err := publishCopy(src, dst, filepath.Join(d.Queue, queuefile.TmpDir)); err != nil {
 			return "", err
 		}
 		if err := os.Remove(src); err != nil {
@@ -741,15 +742,15 @@ func requeueLocked(d Dirs, name string, now time.Time) (string, error) {
 	} else if err != nil {
 		return "", err
 	}
-	return dst, inspSyncDirs(d.Queue, d.Undeliverable)
+	return dst, syncDirs(d.Queue, d.Undeliverable)
 }
 
-// inspArchiveLog renames undeliverable_dir/<base>.xml, if there is one, to
+// archiveLog renames undeliverable_dir/<base>.xml, if there is one, to
 // <base>.<now>.xml (with -N added if that exists too).
-func inspArchiveLog(d Dirs, name string, now time.Time) error {
+func archiveLog(d Dirs, name string, now time.Time) error {
 	base := strings.TrimSuffix(name, queuefile.Ext)
 	src := filepath.Join(d.Undeliverable, base+".xml")
-	if !inspIsFile(src) {
+	if !isFile(src) {
 		return nil
 	}
 	stamp := base + "." + now.UTC().Format(bucketLayout)
@@ -770,10 +771,10 @@ func inspArchiveLog(d Dirs, name string, now time.Time) error {
 	return fmt.Errorf("no free name for the old XML log of %s", name)
 }
 
-// inspPublish makes src visible at dst (in queue_dir) without replacing
+// publishCopy makes src visible at dst (in queue_dir) without replacing
 // anything there: a hard link when both are on one filesystem, else a
 // synced copy in tmpDir linked into place. src stays.
-func inspPublish(src, dst, tmpDir string) error {
+func publishCopy(src, dst, tmpDir string) error {
 	err := os.Link(src, dst)
 	if errors.Is(err, fs.ErrExist) {
 		return fmt.Errorf("%s: %w", dst, ErrNameClash)
@@ -807,16 +808,16 @@ func inspPublish(src, dst, tmpDir string) error {
 // RequeueAll requeues every undeliverable message that match selects (all
 // if nil), as RequeueMessage does, holding the requeue lock throughout.
 // Clashes are counted, not fatal.
-func RequeueAll(ctx context.Context, d Dirs, now time.Time, match func(SpoolEntry) bool) (MoveResult, error) {
+func RequeueAll(ctx context.Context, d Dirs, now time.Time, match func(Entry) bool) (MoveResult, error) {
 	var r MoveResult
 	lctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	unlock, err := inspLockRequeue(lctx, d)
+	unlock, err := lockRequeue(lctx, d)
 	if err != nil {
 		return r, err
 	}
 	defer unlock()
-	err = WalkSpool(ctx, d, []Place{PlaceUndeliverable}, func(e SpoolEntry) error {
+	err = Walk(ctx, d, []Place{PlaceUndeliverable}, func(e Entry) error {
 		if match != nil && !match(e) {
 			return nil
 		}
@@ -917,7 +918,7 @@ func Purge(ctx context.Context, d Dirs, place Place, before time.Time) (PurgeRes
 					}
 				}
 			case place == PlaceUndeliverable && strings.HasSuffix(name, ".xml"):
-				if inspIsFile(strings.TrimSuffix(p, ".xml") + queuefile.Ext) {
+				if isFile(strings.TrimSuffix(p, ".xml") + queuefile.Ext) {
 					continue // goes with its message
 				}
 				t, ok := modTime(p)
@@ -955,10 +956,10 @@ func Purge(ctx context.Context, d Dirs, place Place, before time.Time) (PurgeRes
 // in memory waiting for a session: the one named Name, those for Host, or
 // all with All. Messages being sent at that moment are not held.
 type Control struct {
-	Op   ControlOp `json:"op"`
-	Host string    `json:"host,omitempty"`
-	All  bool      `json:"all,omitempty"`
-	Name string    `json:"name,omitempty"`
+	Op   stages.ControlOp `json:"op"`
+	Host string           `json:"host,omitempty"`
+	All  bool             `json:"all,omitempty"`
+	Name string           `json:"name,omitempty"`
 }
 
 // WriteControl leaves an instruction for the running service in
