@@ -1,4 +1,4 @@
-package stages
+package smtpclient
 
 import (
 	"fmt"
@@ -115,13 +115,13 @@ func (r *replyLimiter) fill() {
 	}
 }
 
-// maxErrorText bounds a server's text kept in an error or a recipient's
+// MaxErrorText bounds a server's text kept in an error or a recipient's
 // result: it goes to logs, state files and XML logs.
-const maxErrorText = 2048
+const MaxErrorText = 2048
 
-// clip returns s cut to at most about n bytes, at a character boundary,
+// Clip returns s cut to at most about n bytes, at a character boundary,
 // saying how much was cut.
-func clip(s string, n int) string {
+func Clip(s string, n int) string {
 	if len(s) <= n {
 		return s
 	}
@@ -130,14 +130,4 @@ func clip(s string, n int) string {
 		i--
 	}
 	return fmt.Sprintf("%s [%d bytes cut]", s[:i], len(s)-i)
-}
-
-// boundOutcome clips the texts of o that came from the server.
-func boundOutcome(o *Outcome) {
-	if o.Err != nil {
-		o.Err.Text = clip(o.Err.Text, maxErrorText)
-	}
-	for i := range o.Rcpts {
-		o.Rcpts[i].Text = clip(o.Rcpts[i].Text, maxErrorText)
-	}
 }

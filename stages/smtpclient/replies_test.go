@@ -1,4 +1,4 @@
-package stages
+package smtpclient
 
 import (
 	"bufio"
@@ -53,7 +53,7 @@ func wantBounded(t *testing.T, e *Error, transcript, step, limit string) {
 	if e == nil || !e.Temporary || e.Step != step || !strings.Contains(e.Text, limit) {
 		t.Fatalf("error %v, want a temporary failure at %s saying %q", e, step, limit)
 	}
-	if len(e.Text) > maxErrorText+64 {
+	if len(e.Text) > MaxErrorText+64 {
 		t.Errorf("error text of %d bytes", len(e.Text))
 	}
 	if len(transcript) > maxTranscript+64 {
@@ -93,15 +93,15 @@ func TestRepliesAreBounded(t *testing.T) {
 				tc.serve(c, bufio.NewReader(c))
 				return nil
 			})
-			host, port, _ := net.SplitHostPort(addr)
-			p, _ := strconv.Atoi(port)
-			sess, e := newPipeSender().open(context.Background(), Route{Host: host, Port: p, TLS: tc.tls})
+			cfg := testConfig(addr)
+			cfg.TLS = tc.tls
+			sess, e := Dial(context.Background(), cfg)
 			if e == nil {
-				sess.close(false)
+				sess.Close(false)
 			}
 			var tr string
 			if sess != nil {
-				tr = sess.tr.String()
+				tr = sess.Transcript()
 			}
 			wantBounded(t, e, tr, tc.step, tc.limit)
 			<-got
@@ -110,8 +110,7 @@ func TestRepliesAreBounded(t *testing.T) {
 }
 
 // The replies to a pipelined group are bounded one by one: a RCPT reply
-// that never ends fails the transaction, for every recipient, and breaks
-// the session.
+// that never ends fails the transaction there, and breaks the session.
 func TestPipelinedReplyIsBounded(t *testing.T) {
 	defer goleak.VerifyNone(t)
 	for _, tc := range []struct{ name, flood, limit string }{
@@ -133,22 +132,19 @@ func TestPipelinedReplyIsBounded(t *testing.T) {
 				})
 				return nil
 			})
-			s := newPipeSender()
-			sess := pipeSession(t, s, addr)
-			job := pipeJob("a@example.org", "b@example.org", "c@example.org")
-			if broken := s.deliver(context.Background(), sess, job); !broken {
+			sess := pipeSession(t, testConfig(addr))
+			tx := sess.Send(testMessage("a@example.org", "b@example.org", "c@example.org"))
+			if !tx.Broken {
 				t.Error("the session was kept after a reply over the bound")
 			}
-			sess.close(false)
-			o := job.Outcome
-			wantBounded(t, o.Err, sess.tr.String(), "rcpt", tc.limit)
-			if o.Verdict != Transient || len(o.Rcpts) != 3 {
-				t.Fatalf("outcome %v with recipients %+v, want transient for all three", o.Verdict, o.Rcpts)
+			sess.Close(false)
+			wantAccepted(t, "MAIL", tx.Mail)
+			if len(tx.Rcpt) != 2 || tx.Rcpt[0] != nil {
+				t.Fatalf("RCPT replies %v, want the first accepted, the second over the bound, no more", tx.Rcpt)
 			}
-			for i, r := range o.Rcpts {
-				if r.Addr != job.Pending[i] || r.Status != RcptTransient || len(r.Text) > maxErrorText+64 {
-					t.Errorf("recipient %d: %+v, want %s deferred", i, r, job.Pending[i])
-				}
+			wantBounded(t, tx.Rcpt[1], sess.Transcript(), "rcpt", tc.limit)
+			if tx.Data != nil || tx.Dot != nil || tx.DataAccepted {
+				t.Errorf("transaction %+v went on after the session broke", tx)
 			}
 			<-got
 		})
@@ -220,10 +216,10 @@ func (c *readConn) SetReadDeadline(time.Time) error  { return nil }
 func (c *readConn) SetWriteDeadline(time.Time) error { return nil }
 
 func TestClip(t *testing.T) {
-	if got := clip("short", 10); got != "short" {
+	if got := Clip("short", 10); got != "short" {
 		t.Fatal(got)
 	}
-	got := clip(strings.Repeat("é", 10), 5) // 20 bytes; byte 5 is inside a rune
+	got := Clip(strings.Repeat("é", 10), 5) // 20 bytes; byte 5 is inside a rune
 	if got != "éé [16 bytes cut]" {
 		t.Fatalf("%q", got)
 	}
@@ -258,9 +254,9 @@ func TestStalledDataTimesOut(t *testing.T) {
 				})
 				return nil
 			})
-			s := newPipeSender()
-			s.Timeouts.Data = 500 * time.Millisecond
-			s.Dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			cfg := testConfig(addr)
+			cfg.Timeouts.Data = 500 * time.Millisecond
+			cfg.Dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
 				var d net.Dialer
 				c, err := d.DialContext(ctx, network, addr)
 				if err == nil {
@@ -268,35 +264,34 @@ func TestStalledDataTimesOut(t *testing.T) {
 				}
 				return c, err
 			}
-			host, port, _ := net.SplitHostPort(addr)
-			p, _ := strconv.Atoi(port)
-			sess, e := s.open(context.Background(), Route{Host: host, Port: p, TLS: queuefile.TLSNone})
+			sess, e := Dial(context.Background(), cfg)
 			if e != nil {
 				t.Fatal(e)
 			}
-			if (sess.pipe != nil) != pipelined {
-				t.Fatalf("pipelined session: %v", sess.pipe != nil)
+			if sess.Pipelined() != pipelined {
+				t.Fatalf("pipelined session: %v", sess.Pipelined())
 			}
-			job := pipeJob("a@example.org")
-			job.body = bytes.Repeat([]byte("0123456789abcdef0123456789abcdef0123456789abcdef012345678\r\n"), 64<<10) // 3.75 MiB
-			job.Size = int64(len(job.body))
-			done := make(chan bool, 1)
-			go func() { done <- s.deliver(context.Background(), sess, job) }()
+			env, msg := testMessage("a@example.org")
+			msg = memMessage(bytes.Repeat([]byte("0123456789abcdef0123456789abcdef0123456789abcdef012345678\r\n"), 64<<10)) // 3.75 MiB
+			env.Size = int64(len(msg.Bytes))
+			done := make(chan *Transaction, 1)
+			go func() { done <- sess.Send(env, msg) }()
+			var tx *Transaction
 			select {
-			case broken := <-done:
-				if !broken {
+			case tx = <-done:
+				if !tx.Broken {
 					t.Error("the session was kept after the data timed out")
 				}
 			case <-time.After(10 * time.Second):
 				t.Error("still sending the data 10s after the data timeout (500ms)")
-				sess.close(false) // fails the blocked write
-				<-done
+				sess.Close(false) // fails the blocked write
+				tx = <-done
 			}
 			close(release)
-			sess.close(false)
+			sess.Close(false)
 			<-got
-			if e := job.Outcome.Err; e == nil || !e.Temporary || e.Step != "data" || !strings.Contains(e.Text, "timeout") {
-				t.Fatalf("error %v, want a temporary timeout at data", e)
+			if e := tx.Dot; e == nil || !e.Temporary || e.Step != "data" || !strings.Contains(e.Text, "timeout") || !tx.NoReply {
+				t.Fatalf("error %v (no reply: %v), want a temporary timeout at data, without a reply", e, tx.NoReply)
 			}
 		})
 	}

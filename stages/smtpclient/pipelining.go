@@ -1,4 +1,4 @@
-package stages
+package smtpclient
 
 import (
 	"bufio"
@@ -19,7 +19,7 @@ import (
 // transaction here goes in two: MAIL, every RCPT and DATA in one write, their
 // replies read in order, then the message and its final dot. The session is
 // still opened by go-smtp (greeting, EHLO, AUTH; STARTTLS is ours, see
-// Sender.startTLS, so that the TLS connection is too); once it is, the
+// Config.startTLS, so that the TLS connection is too); once it is, the
 // server says nothing until spoken to, so the transactions can run on the
 // connection underneath with a reader and writer of their own.
 
@@ -66,7 +66,7 @@ func (p *pipe) reply(class int) (string, error) {
 // split off as go-smtp does, so that Classify reads both alike.
 func smtpError(code int, msg string) *smtp.SMTPError {
 	// A reply may be up to MaxReply long; what is kept of it is less.
-	msg = clip(msg, maxErrorText)
+	msg = Clip(msg, MaxErrorText)
 	e := &smtp.SMTPError{Code: code, Message: msg, EnhancedCode: smtp.NoEnhancedCode}
 	first, rest, ok := strings.Cut(msg, " ")
 	if !ok {
@@ -89,138 +89,110 @@ func smtpError(code int, msg string) *smtp.SMTPError {
 	return e
 }
 
-// deliverPipelined is deliver for a server that offers PIPELINING. It
-// decides exactly as deliver does, from the same replies.
-func (s *Sender) deliverPipelined(sess *session, job *Job, fail func(*Error, []RcptResult) bool) (broken bool) {
-	c, p := sess.c, sess.pipe
-	for _, a := range append([]string{job.Sender}, job.Pending...) {
+// sendPipelined is Send for a server that offers PIPELINING: the same
+// transaction, its commands sent together, its replies read in order.
+func (s *Session) sendPipelined(env Envelope, msg Message) *Transaction {
+	c, p := s.c, s.pipe
+	tx := &Transaction{}
+	for _, a := range append([]string{env.From}, env.To...) {
 		if strings.ContainsAny(a, "\r\n") {
-			e := Permanentf("mail", "an envelope address contains a line break")
-			return fail(e, allRcpts(job.Pending, e))
+			tx.Mail = Permanentf("mail", "an envelope address contains a line break")
+			return s.end(tx, tx.Mail)
 		}
 	}
 	var mail strings.Builder
-	fmt.Fprintf(&mail, "MAIL FROM:<%s>", job.Sender)
+	fmt.Fprintf(&mail, "MAIL FROM:<%s>", env.From)
 	if ok, _ := c.Extension("8BITMIME"); ok {
 		mail.WriteString(" BODY=8BITMIME")
 	}
-	if ok, _ := c.Extension("SIZE"); ok && job.Size != 0 {
-		fmt.Fprintf(&mail, " SIZE=%d", job.Size)
+	if ok, _ := c.Extension("SIZE"); ok && env.Size != 0 {
+		fmt.Fprintf(&mail, " SIZE=%d", env.Size)
 	}
-	if job.UTF8 {
+	if env.UTF8 {
 		mail.WriteString(" SMTPUTF8")
 	}
-	cmdTimeout := orDefault(s.Timeouts.Command, 5*time.Minute)
-	dataTimeout := orDefault(s.Timeouts.Data, 10*time.Minute)
+	cmdTimeout := orDefault(s.cfg.Timeouts.Command, 5*time.Minute)
+	dataTimeout := orDefault(s.cfg.Timeouts.Data, 10*time.Minute)
 	p.conn.SetDeadline(time.Now().Add(cmdTimeout))
 	defer p.conn.SetDeadline(time.Time{})
 	w := p.text.W
 	w.WriteString(mail.String() + "\r\n")
-	for _, to := range job.Pending {
+	for _, to := range env.To {
 		w.WriteString("RCPT TO:<" + to + ">\r\n")
 	}
 	w.WriteString("DATA\r\n")
 	if err := w.Flush(); err != nil {
-		e := Classify("mail", err)
-		return fail(e, allRcpts(job.Pending, e))
+		tx.Mail = Classify("mail", err)
+		return s.end(tx, tx.Mail)
 	}
 
 	// The replies, in order. An I/O error or a 421 ends the session: the
 	// rest of the replies will not come.
-	_, mailErr := p.reply(2)
-	if mailErr != nil {
-		e := Classify("mail", mailErr)
-		if e.Code == 0 || e.Code == 421 {
-			return fail(e, allRcpts(job.Pending, e))
+	if _, err := p.reply(2); err != nil {
+		tx.Mail = Classify("mail", err)
+		if tx.Mail.EndsSession() {
+			tx.Broken = true
+			return tx
 		}
 	} else {
-		s.crash("after-mail")
+		s.afterMail()
 	}
-	var rcptErrs []error
-	for range job.Pending {
-		_, err := p.reply(2)
-		if err != nil {
-			e := Classify("rcpt", err)
-			if e.Code == 0 || e.Code == 421 {
-				// The transaction ends here, before any data.
-				if mailErr != nil {
-					return fail(e, allRcpts(job.Pending, e))
-				}
-				return fail(e, brokenAt(job.Pending, rcptResults(job.Pending, rcptErrs), e))
-			}
+	for range env.To {
+		if _, err := p.reply(2); tx.rcpt(err) {
+			return tx // the transaction ends here, before any data
 		}
-		rcptErrs = append(rcptErrs, err)
 	}
-	_, dataErr := p.reply(3)
-	if dataErr != nil {
-		if e := Classify("data", dataErr); e.Code == 0 || e.Code == 421 {
-			if mailErr != nil {
-				e = Classify("mail", mailErr)
-			}
-			return fail(e, allRcpts(job.Pending, e))
+	accepted := tx.accepted()
+	if _, err := p.reply(3); err != nil {
+		tx.Data = Classify("data", err)
+		if tx.Data.EndsSession() {
+			tx.Broken = true
+			return tx
 		}
-	} else if mailErr != nil || len(job.Pending) == 0 || allFailed(rcptErrs) {
+	} else if tx.Mail != nil || accepted == 0 {
 		// DATA accepted although the transaction has no recipient (a
 		// server may): end it at once with an empty message (RFC 2920,
-		// 3.1); its reply does not matter.
+		// 3.1); its reply does not matter, unless it ends the session.
 		w.WriteString(".\r\n")
-		if err := w.Flush(); err != nil {
-			dataErr = err
-		} else if _, err := p.reply(2); err != nil {
-			if e := Classify("data", err); e.Code == 0 || e.Code == 421 {
-				dataErr = err
+		err := w.Flush()
+		if err == nil {
+			if _, err = p.reply(2); err != nil && !Classify("data", err).EndsSession() {
+				err = nil
 			}
 		}
-		if dataErr != nil {
-			e := Classify("data", dataErr)
-			return fail(e, allRcpts(job.Pending, e))
+		if err != nil {
+			tx.Dot = Classify("data", err)
+			tx.Broken = true
+			return tx
+		}
+		if tx.Mail == nil {
+			return tx // the empty message ended the transaction
 		}
 	}
-	if mailErr != nil {
-		e := Classify("mail", mailErr)
-		if fail(e, allRcpts(job.Pending, e)) {
-			return true
-		}
-		return c.Reset() != nil
-	}
-	rcpts := rcptResults(job.Pending, rcptErrs)
-	var accepted []int
-	for i, r := range rcpts {
-		if r.Status == RcptDelivered {
-			accepted = append(accepted, i)
-		}
-	}
-	if len(accepted) == 0 {
-		job.Outcome = outcomeFromRcpts(rcpts)
-		if dataErr == nil {
-			return false // the empty message ended the transaction
-		}
-		return c.Reset() != nil
-	}
-	if dataErr != nil {
-		return dataRefused(c, rcpts, accepted, dataErr, fail)
+	if tx.Mail != nil || accepted == 0 || tx.Data != nil {
+		return s.reset(tx)
 	}
 
-	sess.tr.muted = true
+	s.tr.muted = true
 	p.conn.SetDeadline(time.Now().Add(dataTimeout))
 	var n int64
 	var err error
-	if job.body != nil {
-		n, err = int64(len(job.body)), writeDotted(p.text.W, job.body)
+	if msg.Bytes != nil {
+		n, err = int64(len(msg.Bytes)), writeDotted(p.text.W, msg.Bytes)
 	} else {
 		dw := p.text.DotWriter()
-		n, err = writeData(dw, job)
+		n, err = msg.Write(dw)
 		if err == nil {
 			err = dw.Close()
 		}
 	}
-	var msg string
+	var text string
 	if err == nil {
-		msg, err = p.reply(2)
+		text, err = p.reply(2)
 	}
-	sess.tr.muted = false
-	sess.tr.note(fmt.Sprintf("C: [message data: %d bytes]", n))
-	return s.finish(sess, job, rcpts, accepted, msg, err, fail)
+	s.tr.muted = false
+	s.tr.note(fmt.Sprintf("C: [message data: %d bytes]", n))
+	return s.finish(tx, text, err)
 }
 
 // writeDotted writes msg as message data, dot-stuffed and ended with the
@@ -256,27 +228,4 @@ func writeDotted(w *bufio.Writer, msg []byte) error {
 	}
 	w.WriteString(".\r\n")
 	return w.Flush()
-}
-
-// rcptResults are the results of the first len(errs) recipients of
-// pending from the replies to their RCPTs (errs[i] nil: accepted).
-func rcptResults(pending []string, errs []error) []RcptResult {
-	out := make([]RcptResult, len(errs))
-	for i, err := range errs {
-		if err != nil {
-			out[i] = rcptResult(pending[i], Classify("rcpt", err))
-		} else {
-			out[i] = RcptResult{Addr: pending[i], Status: RcptDelivered}
-		}
-	}
-	return out
-}
-
-func allFailed(errs []error) bool {
-	for _, err := range errs {
-		if err == nil {
-			return false
-		}
-	}
-	return true
 }

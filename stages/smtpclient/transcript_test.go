@@ -1,4 +1,4 @@
-package stages
+package smtpclient
 
 import (
 	"encoding/base64"

@@ -1,9 +1,10 @@
-package stages
+package smtpclient
 
 import (
 	"bufio"
 	"bytes"
 	"context"
+	"io"
 	"math/rand/v2"
 	"net"
 	"net/textproto"
@@ -12,9 +13,8 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/zap"
-
 	"github.com/emersion/go-smtp"
+
 	"github.com/smtpq/smtpq/pipeline/queuefile"
 )
 
@@ -126,31 +126,46 @@ func oneConnServer(t *testing.T, serve func(c net.Conn) []string) (addr string, 
 	return ln.Addr().String(), ch
 }
 
-func pipeJob(to ...string) *Job {
-	body := []byte("Subject: hi\r\n\r\nhello\r\n")
-	return &Job{
-		Name: "20261127T120000.000000000Z-pipe0000.eml", Kind: KindSealed,
-		Sender: "from@example.com", Pending: to, Size: int64(len(body)), body: body,
-	}
+// testConfig is a session's configuration for the server at addr, in
+// plain text.
+func testConfig(addr string) Config {
+	host, _, _ := net.SplitHostPort(addr)
+	return Config{Addr: addr, Host: host, TLS: queuefile.TLSNone, HELO: "client.example",
+		Timeouts: Timeouts{Command: 5 * time.Second, Data: 5 * time.Second}}
 }
 
-func pipeSession(t *testing.T, s *Sender, addr string) *session {
+// testMessage is a small message held in memory, and its envelope.
+func testMessage(to ...string) (Envelope, Message) {
+	body := []byte("Subject: hi\r\n\r\nhello\r\n")
+	return Envelope{From: "from@example.com", To: to, Size: int64(len(body))}, memMessage(body)
+}
+
+// memMessage is the message b, held in memory.
+func memMessage(b []byte) Message {
+	return Message{Bytes: b, Write: func(w io.Writer) (int64, error) {
+		n, err := w.Write(b)
+		return int64(n), err
+	}}
+}
+
+func pipeSession(t *testing.T, cfg Config) *Session {
 	t.Helper()
-	host, port, _ := net.SplitHostPort(addr)
-	p, _ := strconv.Atoi(port)
-	sess, e := s.open(context.Background(), Route{Host: host, Port: p, TLS: queuefile.TLSNone})
+	sess, e := Dial(context.Background(), cfg)
 	if e != nil {
 		t.Fatal(e)
 	}
-	if sess.pipe == nil {
+	if !sess.Pipelined() {
 		t.Fatal("a server offering PIPELINING got an unpipelined session")
 	}
 	return sess
 }
 
-func newPipeSender() *Sender {
-	return &Sender{HELO: "client.example", Clock: SystemClock{}, Log: zap.NewNop(),
-		Timeouts: Timeouts{Command: 5 * time.Second, Data: 5 * time.Second}}
+// wantAccepted checks that the reply to a command was an acceptance.
+func wantAccepted(t *testing.T, what string, e *Error) {
+	t.Helper()
+	if e != nil {
+		t.Fatalf("%s: %v, want accepted", what, e)
+	}
 }
 
 // MAIL, every RCPT and DATA go out before any reply: the script server
@@ -159,26 +174,24 @@ func TestPipelinedTransaction(t *testing.T) {
 	addr, got := scriptServer(t, map[string]string{
 		"RCPT bad@example.org": "550 5.1.1 no such user",
 	})
-	s := newPipeSender()
-	sess := pipeSession(t, s, addr)
-	job := pipeJob("a@example.org", "bad@example.org", "b@example.org")
-	if broken := s.deliver(context.Background(), sess, job); broken {
-		t.Fatalf("session broken: %+v", job.Outcome)
+	mails := 0
+	cfg := testConfig(addr)
+	cfg.AfterMail = func() { mails++ }
+	sess := pipeSession(t, cfg)
+	tx := sess.Send(testMessage("a@example.org", "bad@example.org", "b@example.org"))
+	if tx.Broken || !tx.DataAccepted || tx.NoReply || mails != 1 {
+		t.Fatalf("transaction %+v, AfterMail called %d times; want the data accepted, the session kept, one call", tx, mails)
 	}
-	o := job.Outcome
-	status := map[string]RcptStatus{}
-	for _, r := range o.Rcpts {
-		status[r.Addr] = r.Status
+	wantAccepted(t, "MAIL", tx.Mail)
+	wantAccepted(t, "DATA", tx.Data)
+	wantAccepted(t, "the data", tx.Dot)
+	if len(tx.Rcpt) != 3 || tx.Rcpt[0] != nil || tx.Rcpt[2] != nil {
+		t.Fatalf("RCPT replies %v, want a and b accepted, bad refused", tx.Rcpt)
 	}
-	if status["a@example.org"] != RcptDelivered || status["b@example.org"] != RcptDelivered || status["bad@example.org"] != RcptFailed {
-		t.Fatalf("recipients %+v, want a and b delivered, bad failed", o.Rcpts)
+	if r := tx.Rcpt[1]; r == nil || r.Code != 550 || r.Enhanced != "5.1.1" || r.Text != "no such user" || r.Step != "rcpt" || r.Temporary {
+		t.Fatalf("the refused recipient: %+v, want 550 5.1.1 no such user at rcpt", r)
 	}
-	for _, r := range o.Rcpts {
-		if r.Addr == "bad@example.org" && (r.Code != 550 || r.Enhanced != "5.1.1" || r.Text != "no such user") {
-			t.Fatalf("the refused recipient: %+v, want 550 5.1.1 no such user", r)
-		}
-	}
-	sess.close(true)
+	sess.Close(true)
 	lines := <-got
 	want := []string{
 		"EHLO client.example",
@@ -189,7 +202,7 @@ func TestPipelinedTransaction(t *testing.T) {
 	if strings.Join(lines, "\n") != strings.Join(want, "\n") {
 		t.Fatalf("the server read:\n%s\nwant:\n%s", strings.Join(lines, "\n"), strings.Join(want, "\n"))
 	}
-	tr := sess.tr.String()
+	tr := sess.Transcript()
 	if !strings.Contains(tr, "C: RCPT TO:<bad@example.org>") || !strings.Contains(tr, "S: 550 5.1.1 no such user") ||
 		!strings.Contains(tr, "C: [message data: 22 bytes]") || strings.Contains(tr, "hello") {
 		t.Fatalf("transcript:\n%s", tr)
@@ -204,34 +217,42 @@ func TestPipelinedRefusals(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
 		replies map[string]string
-		step    string
+		refused func(*Transaction) *Error // the refusal that matters
 		code    int
+		reset   bool // the transaction was left open: RSET
 	}{
-		{"all recipients refused, DATA accepted", map[string]string{"RCPT a@example.org": "550 5.1.1 no"}, "rcpt", 550},
-		{"all recipients refused, DATA refused", map[string]string{"RCPT a@example.org": "550 5.1.1 no", "DATA": "554 5.5.1 no valid recipients"}, "rcpt", 550},
-		{"sender refused", map[string]string{"MAIL": "553 5.1.8 bad sender", "RCPT a@example.org": "503 5.5.1 need MAIL", "DATA": "503 5.5.1 need RCPT"}, "mail", 553},
-		{"data refused", map[string]string{"DATA": "451 4.3.0 try later"}, "data", 451},
+		{"all recipients refused, DATA accepted", map[string]string{"RCPT a@example.org": "550 5.1.1 no"},
+			func(tx *Transaction) *Error { return tx.Rcpt[0] }, 550, false},
+		{"all recipients refused, DATA refused", map[string]string{"RCPT a@example.org": "550 5.1.1 no", "DATA": "554 5.5.1 no valid recipients"},
+			func(tx *Transaction) *Error { return tx.Rcpt[0] }, 550, true},
+		{"sender refused", map[string]string{"MAIL": "553 5.1.8 bad sender", "RCPT a@example.org": "503 5.5.1 need MAIL", "DATA": "503 5.5.1 need RCPT"},
+			func(tx *Transaction) *Error { return tx.Mail }, 553, true},
+		{"data refused", map[string]string{"DATA": "451 4.3.0 try later"},
+			func(tx *Transaction) *Error { return tx.Data }, 451, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			addr, got := scriptServer(t, tc.replies)
-			s := newPipeSender()
-			sess := pipeSession(t, s, addr)
-			job := pipeJob("a@example.org")
-			if broken := s.deliver(context.Background(), sess, job); broken {
-				t.Fatalf("session broken by a refusal: %+v", job.Outcome)
+			sess := pipeSession(t, testConfig(addr))
+			tx := sess.Send(testMessage("a@example.org"))
+			if tx.Broken || tx.DataAccepted {
+				t.Fatalf("transaction %+v: want the session kept, no data accepted", tx)
 			}
-			o := job.Outcome
-			if len(o.Rcpts) != 1 || o.Rcpts[0].Code != tc.code || o.Rcpts[0].Status == RcptDelivered {
-				t.Fatalf("recipient %+v, want refused with %d", o.Rcpts, tc.code)
+			if len(tx.Rcpt) != 1 {
+				t.Fatalf("%d RCPT replies, want 1", len(tx.Rcpt))
 			}
-			if o.Err != nil && o.Err.Step != tc.step {
-				t.Fatalf("error at step %q, want %q", o.Err.Step, tc.step)
+			if e := tc.refused(tx); e == nil || e.Code != tc.code {
+				t.Fatalf("refusal %v, want %d", e, tc.code)
 			}
-			sess.close(true)
+			sess.Close(true)
+			reset := false
 			for _, l := range <-got {
 				if strings.HasPrefix(l, "[data") && l != "[data 0 bytes]" {
 					t.Fatalf("message data sent with no recipient accepted: %s", l)
 				}
+				reset = reset || l == "RSET"
+			}
+			if reset != tc.reset {
+				t.Errorf("RSET sent: %v, want %v", reset, tc.reset)
 			}
 		})
 	}
@@ -314,10 +335,9 @@ func TestStartTLSWithoutEHLO(t *testing.T) {
 			c.Write([]byte("502 5.5.1 what\r\n"))
 		}
 	})
-	host, port, _ := net.SplitHostPort(addr)
-	p, _ := strconv.Atoi(port)
-	s := newPipeSender()
-	_, e := s.open(context.Background(), Route{Host: host, Port: p, TLS: queuefile.TLSStartTLS})
+	cfg := testConfig(addr)
+	cfg.TLS = queuefile.TLSStartTLS
+	_, e := Dial(context.Background(), cfg)
 	if e == nil || e.Step != "starttls" || !e.Temporary {
 		t.Fatalf("open: %v, want a temporary starttls failure", e)
 	}

@@ -1,4 +1,4 @@
-package stages
+package smtpclient
 
 import (
 	"bytes"
@@ -143,6 +143,10 @@ func (t *transcript) reset() {
 }
 
 func (t *transcript) String() string { return t.buf.String() }
+
+// Redact returns s printable and without the secrets, or their base64 as
+// an AUTH exchange would carry them: as the transcript records a line.
+func Redact(s string, secrets ...string) string { return newTranscript(secrets...).scrub(s) }
 
 // printable replaces control characters and invalid UTF-8, which a hostile
 // server may send, so that the transcript stays valid text (and XML).
