@@ -37,6 +37,7 @@ import (
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 
+	"github.com/smtpq/smtpq/cmd/smtpq/internal/cli"
 	"github.com/smtpq/smtpq/pipeline"
 )
 
@@ -85,7 +86,7 @@ func parseStartType(s string) (startType, error) {
 	case startAuto, startManual, startDisabled:
 		return st, nil
 	}
-	return "", usagef("--start-type %s: want auto, manual or disabled", quoteIfNeeded(s))
+	return "", cli.Usagef("--start-type %s: want auto, manual or disabled", cli.QuoteIfNeeded(s))
 }
 
 // serviceNameRE is what every manager accepts as a service name, a file
@@ -94,7 +95,7 @@ var serviceNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
 
 func checkServiceName(name string) error {
 	if !serviceNameRE.MatchString(name) {
-		return usagef("--name %s: want 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit", quoteIfNeeded(name))
+		return cli.Usagef("--name %s: want 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit", cli.QuoteIfNeeded(name))
 	}
 	return nil
 }
@@ -109,12 +110,12 @@ func checkServiceUser(user, goos string) error {
 	if goos == "windows" {
 		// DOMAIN\user, .\user, user@domain, NT AUTHORITY\LocalService.
 		if strings.ContainsAny(user, "\"%") || strings.IndexFunc(user, unicode.IsControl) >= 0 {
-			return usagef("--user %s: not a Windows account name", quoteIfNeeded(user))
+			return cli.Usagef("--user %s: not a Windows account name", cli.QuoteIfNeeded(user))
 		}
 		return nil
 	}
 	if !unixUserRE.MatchString(user) {
-		return usagef("--user %s: not a user name", quoteIfNeeded(user))
+		return cli.Usagef("--user %s: not a user name", cli.QuoteIfNeeded(user))
 	}
 	return nil
 }
@@ -147,7 +148,7 @@ func unsafePathChar(path, goos string) (rune, bool) {
 // checkServicePath refuses a path the service definition cannot carry.
 func checkServicePath(what, path, goos string) error {
 	if r, bad := unsafePathChar(path, goos); bad {
-		return fmt.Errorf("%s %s contains %q, which a service definition cannot carry safely; use a path without it (a symbolic link will do)", what, quoteIfNeeded(path), r)
+		return fmt.Errorf("%s %s contains %q, which a service definition cannot carry safely; use a path without it (a symbolic link will do)", what, cli.QuoteIfNeeded(path), r)
 	}
 	return nil
 }
@@ -272,7 +273,7 @@ func newServiceCmd() *cobra.Command {
 		Args:  cobra.ArbitraryArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if len(args) > 0 {
-				return usagef("unknown subcommand %s for %s (see %s --help)", quoteIfNeeded(args[0]), cmd.CommandPath(), cmd.CommandPath())
+				return cli.Usagef("unknown subcommand %s for %s (see %s --help)", cli.QuoteIfNeeded(args[0]), cmd.CommandPath(), cmd.CommandPath())
 			}
 			return cmd.Help()
 		},
@@ -758,9 +759,9 @@ func (m *serviceManager) status() error {
 	fmt.Fprint(m.out, st.report(m.name, m.platform))
 	switch {
 	case !st.Installed:
-		return withCode(exitStatusNotInstalled, fmt.Errorf("service %s is not installed", m.name))
+		return cli.WithCode(exitStatusNotInstalled, fmt.Errorf("service %s is not installed", m.name))
 	case !st.Running:
-		return withCode(exitStatusStopped, fmt.Errorf("service %s is installed but not running (%s)", m.name, st.stateWord()))
+		return cli.WithCode(exitStatusStopped, fmt.Errorf("service %s is installed but not running (%s)", m.name, st.stateWord()))
 	}
 	return nil
 }
@@ -811,7 +812,7 @@ func (st *serviceState) report(name, platform string) string {
 		if _, err := pipeline.LoadConfig(cfgPath); errors.Is(err, fs.ErrPermission) {
 			fmt.Fprintf(&b, "config:     %s (not readable by this user)\n", cfgPath)
 		} else if err != nil {
-			fmt.Fprintf(&b, "config:     %s (does not load: %s)\n", cfgPath, flatten(err.Error()))
+			fmt.Fprintf(&b, "config:     %s (does not load: %s)\n", cfgPath, cli.Flatten(err.Error()))
 		} else {
 			fmt.Fprintf(&b, "config:     %s\n", cfgPath)
 		}
@@ -895,7 +896,7 @@ func (m *serviceManager) inspectByKardianos(st *serviceState) (*serviceState, er
 	case err != nil && !known:
 		return nil, fmt.Errorf("asking %s about service %s: %w", m.platform, m.name, err)
 	case err != nil:
-		st.State = flatten(err.Error())
+		st.State = cli.Flatten(err.Error())
 	case status == service.StatusRunning:
 		st.Running = true
 	}
@@ -914,7 +915,7 @@ func (m *serviceManager) inspectByKardianos(st *serviceState) (*serviceState, er
 func checkServiceCanStart(cfg *pipeline.Config, user string) error {
 	if user == "" || isCurrentUser(user) {
 		if _, err := pipeline.New(cfg, pipeline.Options{}); err != nil {
-			return fmt.Errorf("refusing to install: the service could not start with %s: %w", cfg.Path, oneLine(err))
+			return fmt.Errorf("refusing to install: the service could not start with %s: %w", cfg.Path, cli.OneLine(err))
 		}
 		return nil
 	}

@@ -20,6 +20,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+
+	"github.com/smtpq/smtpq/cmd/smtpq/internal/cli"
 )
 
 // definitionPath is the file that defines the service on platform; empty
@@ -413,7 +415,7 @@ func runInitScript(out io.Writer, name, action string) error {
 	cmd.Stderr = &stderr
 	detach(cmd)
 	if err := cmd.Run(); err != nil {
-		if msg := flatten(stderr.String()); msg != "" {
+		if msg := cli.Flatten(stderr.String()); msg != "" {
 			return fmt.Errorf("%s %s: %s", script, action, msg)
 		}
 		return fmt.Errorf("%s %s: %w", script, action, err)
@@ -695,7 +697,7 @@ func toolOutput(name string, args ...string) (string, error) {
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
-	msg := flatten(stderr.String())
+	msg := cli.Flatten(stderr.String())
 	if err == nil && name == "launchctl" && msg != "" && !strings.Contains(msg, "Operation now in progress") {
 		err = errors.New("failed")
 	}
