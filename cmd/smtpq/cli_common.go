@@ -10,74 +10,24 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/smtpq/smtpq/cmd/smtpq/internal/cli"
 	"github.com/smtpq/smtpq/pipeline"
 	"github.com/smtpq/smtpq/pipeline/queuefile"
 )
-
-// usagef returns a usage error (exit status 2 outside the sendmail command).
-func usagef(format string, a ...any) error {
-	return usageError{fmt.Errorf(format, a...)}
-}
 
 // usageArgs is cobra.RangeArgs, but its errors are usage errors.
 func usageArgs(minArgs, maxArgs int) cobra.PositionalArgs {
 	return func(cmd *cobra.Command, args []string) error {
 		switch {
 		case len(args) < minArgs:
-			return usagef("%s: want at least %d argument(s), got %d", cmd.CommandPath(), minArgs, len(args))
+			return cli.Usagef("%s: want at least %d argument(s), got %d", cmd.CommandPath(), minArgs, len(args))
 		case len(args) > maxArgs && maxArgs == 0:
-			return usagef("%s: unexpected argument %s", cmd.CommandPath(), quoteIfNeeded(args[0]))
+			return cli.Usagef("%s: unexpected argument %s", cmd.CommandPath(), cli.QuoteIfNeeded(args[0]))
 		case len(args) > maxArgs:
-			return usagef("%s: want at most %d argument(s), got %d", cmd.CommandPath(), maxArgs, len(args))
+			return cli.Usagef("%s: want at most %d argument(s), got %d", cmd.CommandPath(), maxArgs, len(args))
 		}
 		return nil
 	}
-}
-
-// oneLineError keeps an error to one line of text (the CLI prints exactly one
-// line per error) while errors.Is and errors.As still see the original.
-type oneLineError struct{ err error }
-
-func (e oneLineError) Error() string { return flatten(e.err.Error()) }
-func (e oneLineError) Unwrap() error { return e.err }
-
-// oneLine wraps err so that its text is a single line.
-func oneLine(err error) error {
-	if err == nil || !strings.ContainsAny(err.Error(), "\r\n") {
-		return err
-	}
-	return oneLineError{err}
-}
-
-// flatten joins the lines of a multi-line message: after a line ending in a
-// colon (a heading such as yaml's "unmarshal errors:") with a space, else
-// with "; " (errors.Join).
-func flatten(s string) string {
-	var b strings.Builder
-	for _, line := range strings.FieldsFunc(s, func(r rune) bool { return r == '\n' || r == '\r' }) {
-		line = strings.TrimSpace(line)
-		if line == "" {
-			continue
-		}
-		if b.Len() > 0 {
-			if strings.HasSuffix(b.String(), ":") {
-				b.WriteString(" ")
-			} else {
-				b.WriteString("; ")
-			}
-		}
-		b.WriteString(line)
-	}
-	return strings.ReplaceAll(b.String(), "unmarshal errors: ", "")
-}
-
-// quoteIfNeeded returns s as is when it is a plain token, else quoted, so that
-// a value typed by a user cannot break the one-line error format.
-func quoteIfNeeded(s string) string {
-	if s == "" || strconv.Quote(s) != `"`+s+`"` || strings.ContainsAny(s, " \t\"'") {
-		return strconv.Quote(s)
-	}
-	return s
 }
 
 // configFlag returns the configuration file named by --config, else
@@ -91,7 +41,7 @@ func configFlag(cmd *cobra.Command) string {
 func loadConfig(path string) (*pipeline.Config, error) {
 	cfg, err := pipeline.LoadConfig(path)
 	if err != nil {
-		return nil, oneLine(err)
+		return nil, cli.OneLine(err)
 	}
 	return cfg, nil
 }
@@ -117,7 +67,7 @@ func parseWhen(s string, now time.Time) (time.Time, error) {
 	}
 	d, err := parseDuration(s)
 	if err != nil {
-		return time.Time{}, fmt.Errorf("%s is neither an RFC 3339 time (2006-01-02T15:04:05Z07:00) nor a duration (90m, 36h, 2d)", quoteIfNeeded(s))
+		return time.Time{}, fmt.Errorf("%s is neither an RFC 3339 time (2006-01-02T15:04:05Z07:00) nor a duration (90m, 36h, 2d)", cli.QuoteIfNeeded(s))
 	}
 	if d < 0 {
 		return time.Time{}, fmt.Errorf("negative duration %s", s)

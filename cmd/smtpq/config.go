@@ -4,6 +4,8 @@ import (
 	"fmt"
 
 	"github.com/spf13/cobra"
+
+	"github.com/smtpq/smtpq/cmd/smtpq/internal/cli"
 )
 
 func newConfigCmd() *cobra.Command {
@@ -13,7 +15,7 @@ func newConfigCmd() *cobra.Command {
 		Args:  cobra.ArbitraryArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if len(args) > 0 {
-				return usagef("unknown subcommand %s for %s (see %s --help)", quoteIfNeeded(args[0]), cmd.CommandPath(), cmd.CommandPath())
+				return cli.Usagef("unknown subcommand %s for %s (see %s --help)", cli.QuoteIfNeeded(args[0]), cmd.CommandPath(), cmd.CommandPath())
 			}
 			return cmd.Help()
 		},

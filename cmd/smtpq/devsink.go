@@ -12,6 +12,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/smtpq/smtpq/cmd/smtpq/internal/cli"
 	"github.com/smtpq/smtpq/pipeline/smtptest"
 )
 
@@ -31,10 +32,10 @@ show what a permanent failure looks like. It stops on SIGINT or SIGTERM.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			host, portStr, err := net.SplitHostPort(listen)
 			if err != nil {
-				return usagef("--listen %s: %v", listen, err)
+				return cli.Usagef("--listen %s: %v", listen, err)
 			}
 			if _, err := strconv.Atoi(portStr); err != nil {
-				return usagef("--listen %s: bad port", listen)
+				return cli.Usagef("--listen %s: bad port", listen)
 			}
 			if err := os.MkdirAll(dir, 0o750); err != nil {
 				return err

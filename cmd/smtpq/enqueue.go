@@ -14,6 +14,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/smtpq/smtpq/cmd/smtpq/internal/cli"
 	"github.com/smtpq/smtpq/pipeline"
 	"github.com/smtpq/smtpq/pipeline/queuefile"
 )
@@ -76,42 +77,42 @@ func runEnqueue(cmd *cobra.Command, f *enqueueFlags, args []string) error {
 
 	// Command-line checks that need nothing else: usage errors.
 	if f.relay != "" && f.host != "" {
-		return usagef("--relay and --host: choose one")
+		return cli.Usagef("--relay and --host: choose one")
 	}
 	if changed("relay") && f.relay == "" {
-		return usagef("--relay: empty profile name")
+		return cli.Usagef("--relay: empty profile name")
 	}
 	if changed("host") && f.host == "" {
-		return usagef("--host: empty host name")
+		return cli.Usagef("--host: empty host name")
 	}
 	if f.host == "" {
 		for _, name := range []string{"port", "tls", "user", "password-file", "oauth2-token-file"} {
 			if changed(name) {
-				return usagef("--%s needs --host (a relay profile brings its own)", name)
+				return cli.Usagef("--%s needs --host (a relay profile brings its own)", name)
 			}
 		}
 	}
 	if changed("port") && (f.port < 1 || f.port > 65535) {
-		return usagef("--port %d out of range 1-65535", f.port)
+		return cli.Usagef("--port %d out of range 1-65535", f.port)
 	}
 	tlsMode, err := queuefile.ParseTLSMode(f.tls)
 	if err != nil {
-		return usagef("--tls: %v", err)
+		return cli.Usagef("--tls: %v", err)
 	}
 	if changed("tls") && tlsMode == queuefile.TLSDefault {
-		return usagef("--tls: empty mode (allowed: implicit, starttls, none)")
+		return cli.Usagef("--tls: empty mode (allowed: implicit, starttls, none)")
 	}
 	if f.passwordFile != "" && f.tokenFile != "" {
-		return usagef("--password-file and --oauth2-token-file: choose one")
+		return cli.Usagef("--password-file and --oauth2-token-file: choose one")
 	}
 	if f.passwordFile != "" && f.user == "" {
-		return usagef("--password-file needs --user")
+		return cli.Usagef("--password-file needs --user")
 	}
 	if f.tokenFile != "" && f.user == "" {
-		return usagef("--oauth2-token-file needs --user")
+		return cli.Usagef("--oauth2-token-file needs --user")
 	}
 	if changed("from") && f.from == "" {
-		return usagef("--from: empty address (the null sender is not supported)")
+		return cli.Usagef("--from: empty address (the null sender is not supported)")
 	}
 	p := queuefile.Params{
 		Host: f.host, Port: f.port, TLS: tlsMode, Username: f.user, HELO: f.helo,
@@ -122,23 +123,23 @@ func runEnqueue(cmd *cobra.Command, f *enqueueFlags, args []string) error {
 	}
 	if f.notBefore != "" {
 		if p.NotBefore, err = parseWhen(f.notBefore, now); err != nil {
-			return usagef("--not-before: %v", err)
+			return cli.Usagef("--not-before: %v", err)
 		}
 	}
 	if f.expires != "" {
 		if p.Expires, err = parseWhen(f.expires, now); err != nil {
-			return usagef("--expires: %v", err)
+			return cli.Usagef("--expires: %v", err)
 		}
 		if !p.Expires.After(now) {
-			return usagef("--expires %s is in the past", f.expires)
+			return cli.Usagef("--expires %s is in the past", f.expires)
 		}
 	}
 	if !p.NotBefore.IsZero() && !p.Expires.IsZero() && !p.Expires.After(p.NotBefore) {
-		return usagef("--expires %s is not after --not-before %s", f.expires, f.notBefore)
+		return cli.Usagef("--expires %s is not after --not-before %s", f.expires, f.notBefore)
 	}
 	for _, to := range p.To {
 		if err := queuefile.CheckAddress(to); err != nil {
-			return usagef("--to: %v", err)
+			return cli.Usagef("--to: %v", err)
 		}
 	}
 	// The rest of Params.Validate (host syntax, HELO, sender, times) with a
@@ -152,7 +153,7 @@ func runEnqueue(cmd *cobra.Command, f *enqueueFlags, args []string) error {
 		probe.To = []string{"probe@example.invalid"}
 	}
 	if err := probe.Validate(); err != nil {
-		return usagef("%v", err)
+		return cli.Usagef("%v", err)
 	}
 
 	cfg, err := loadConfig(configFlag(cmd))
@@ -203,7 +204,7 @@ func runEnqueue(cmd *cobra.Command, f *enqueueFlags, args []string) error {
 	defer closeMsg()
 	name, err := q.Enqueue(msg, p)
 	if err != nil {
-		return oneLine(err)
+		return cli.OneLine(err)
 	}
 	fmt.Fprintln(cmd.OutOrStdout(), filepath.Join(q.Dir, name))
 	return nil
@@ -214,7 +215,7 @@ func runEnqueue(cmd *cobra.Command, f *enqueueFlags, args []string) error {
 func pickRelay(cfg *pipeline.Config, name string) (string, error) {
 	if name == "" {
 		if cfg.DefaultRelay == "" {
-			return "", usagef("no SMTP server: give --relay or --host, or set default_relay in %s", cfg.Path)
+			return "", cli.Usagef("no SMTP server: give --relay or --host, or set default_relay in %s", cfg.Path)
 		}
 		return cfg.DefaultRelay, nil
 	}
@@ -228,7 +229,7 @@ func pickRelay(cfg *pipeline.Config, name string) (string, error) {
 		if len(names) > 0 {
 			known = "configured: " + strings.Join(names, ", ")
 		}
-		return "", usagef("unknown relay profile %s (%s)", quoteIfNeeded(name), known)
+		return "", cli.Usagef("unknown relay profile %s (%s)", cli.QuoteIfNeeded(name), known)
 	}
 	return name, nil
 }
@@ -243,7 +244,7 @@ func producerQueue(cfg *pipeline.Config) (*queuefile.Queue, error) {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil, fmt.Errorf("%v (create the keys with smtpq keygen)", err)
 		}
-		return nil, oneLine(err)
+		return nil, cli.OneLine(err)
 	}
 	return &queuefile.Queue{Dir: cfg.QueueDir, Recipients: rs}, nil
 }

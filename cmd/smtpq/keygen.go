@@ -6,6 +6,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/smtpq/smtpq/cmd/smtpq/internal/cli"
 	"github.com/smtpq/smtpq/pipeline/queuefile"
 )
 
@@ -35,7 +36,7 @@ the old one after it until the queue has drained) and run keygen again.`,
 			}
 			rcpt, err := queuefile.GenerateKeys(cfg.IdentityFile[0], cfg.RecipientFile)
 			if err != nil {
-				return oneLine(fmt.Errorf("keygen: %w", err))
+				return cli.OneLine(fmt.Errorf("keygen: %w", err))
 			}
 			out := cmd.OutOrStdout()
 			fmt.Fprintf(out, "identity (private key, keep secret): %s\n", cfg.IdentityFile[0])

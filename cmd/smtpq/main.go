@@ -12,27 +12,12 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
+
+	"github.com/smtpq/smtpq/cmd/smtpq/internal/cli"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "dev"
-
-// exitError carries a process exit status with an error.
-type exitError struct {
-	code int
-	err  error
-}
-
-func (e *exitError) Error() string { return e.err.Error() }
-func (e *exitError) Unwrap() error { return e.err }
-
-// withCode attaches an exit status to err.
-func withCode(code int, err error) error {
-	if err == nil {
-		return nil
-	}
-	return &exitError{code: code, err: err}
-}
 
 // Exit statuses. Usage errors are 2, everything else that fails is 1, except
 // the sendmail command, which follows sysexits.h.
@@ -58,10 +43,10 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	if err == nil {
 		return 0
 	}
-	fmt.Fprintf(stderr, "smtpq: %s\n", flatten(err.Error()))
-	var ee *exitError
+	fmt.Fprintf(stderr, "smtpq: %s\n", cli.Flatten(err.Error()))
+	var ee *cli.ExitError
 	if errors.As(err, &ee) {
-		return ee.code
+		return ee.Code
 	}
 	if isUsageError(err) {
 		return exitUsage
@@ -69,16 +54,11 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	return exitFailure
 }
 
-// usageError marks errors in the command line itself.
-type usageError struct{ err error }
-
-func (e usageError) Error() string { return e.err.Error() }
-func (e usageError) Unwrap() error { return e.err }
-
+// isUsageError reports whether err is about the command line itself: marked
+// by cli.Usage or cli.Usagef, or one of cobra's.
 func isUsageError(err error) bool {
-	var u usageError
 	// cobra's own complaints about the command line are plain errors.
-	return errors.As(err, &u) || strings.HasPrefix(err.Error(), "unknown command ") ||
+	return cli.IsUsage(err) || strings.HasPrefix(err.Error(), "unknown command ") ||
 		strings.HasPrefix(err.Error(), "accepts ") || strings.HasPrefix(err.Error(), "requires ")
 }
 
@@ -93,7 +73,7 @@ func newRootCmd(stdin io.Reader, stdout, stderr io.Writer) *cobra.Command {
 	root.SetIn(stdin)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return cli.Usage(err) })
 	root.PersistentFlags().String("config", "", "configuration file (default: $SMTPQ_CONFIG, else /etc/smtpq/smtpq.yaml)")
 	for _, c := range commands {
 		root.AddCommand(c())

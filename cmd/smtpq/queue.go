@@ -12,6 +12,7 @@ import (
 	"filippo.io/age"
 	"github.com/spf13/cobra"
 
+	"github.com/smtpq/smtpq/cmd/smtpq/internal/cli"
 	"github.com/smtpq/smtpq/pipeline"
 	"github.com/smtpq/smtpq/pipeline/queuefile"
 	"github.com/smtpq/smtpq/pipeline/spool"
@@ -37,7 +38,7 @@ not-before time), held (set aside with "hold"), undeliverable, sent.`,
 		Args: cobra.ArbitraryArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if len(args) > 0 {
-				return usagef("unknown subcommand %s for %s (see %s --help)", quoteIfNeeded(args[0]), cmd.CommandPath(), cmd.CommandPath())
+				return cli.Usagef("unknown subcommand %s for %s (see %s --help)", cli.QuoteIfNeeded(args[0]), cmd.CommandPath(), cmd.CommandPath())
 			}
 			return cmd.Help()
 		},
@@ -80,7 +81,7 @@ func (q *queueEnv) loadIdentities(hostRequired bool) error {
 	q.ids, q.idErr = queuefile.LoadIdentities(q.cfg.IdentityFile...)
 	if q.idErr != nil {
 		if hostRequired {
-			return fmt.Errorf("--host needs the service's private key to read each message's host, and %v (run as the service's user)", oneLine(q.idErr))
+			return fmt.Errorf("--host needs the service's private key to read each message's host, and %v (run as the service's user)", cli.OneLine(q.idErr))
 		}
 		q.warn()
 	}
@@ -90,7 +91,7 @@ func (q *queueEnv) loadIdentities(hostRequired bool) error {
 func (q *queueEnv) warn() {
 	if q.idErr != nil && !q.warned {
 		q.warned = true
-		fmt.Fprintf(q.stderr, "smtpq: warning: cannot open the seals (%s): host, sender and recipients are shown as \"-\"; run as the service's user\n", flatten(q.idErr.Error()))
+		fmt.Fprintf(q.stderr, "smtpq: warning: cannot open the seals (%s): host, sender and recipients are shown as \"-\"; run as the service's user\n", cli.Flatten(q.idErr.Error()))
 	}
 }
 
@@ -270,7 +271,7 @@ func (q *queueEnv) row(e spool.Entry) *queueRow {
 		r.Size = r.env.size
 	}
 	if r.env.err != nil && e.Place != spool.PlaceSent {
-		r.EnvelopeError = oneLine(r.env.err).Error()
+		r.EnvelopeError = cli.OneLine(r.env.err).Error()
 	}
 	return r
 }

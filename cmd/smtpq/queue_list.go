@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/smtpq/smtpq/cmd/smtpq/internal/cli"
 	"github.com/smtpq/smtpq/pipeline/spool"
 	"github.com/smtpq/smtpq/stages"
 )
@@ -28,7 +29,7 @@ func parseStates(s string) ([]spool.Place, error) {
 	for _, part := range strings.Split(s, ",") {
 		p, err := spool.ParsePlace(part)
 		if err != nil {
-			return nil, usagef("--state: %v", err)
+			return nil, cli.Usagef("--state: %v", err)
 		}
 		if !slices.Contains(out, p) {
 			out = append(out, p)
@@ -62,7 +63,7 @@ host, sender and recipients show as "-".`,
 				return err
 			}
 			if cmd.Flags().Changed("host") && stages.HostKey(host) == "" {
-				return usagef("--host: empty host name")
+				return cli.Usagef("--host: empty host name")
 			}
 			q, err := openQueueEnv(cmd)
 			if err != nil {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/smtpq/smtpq/cmd/smtpq/internal/cli"
 	"github.com/smtpq/smtpq/pipeline/queuefile"
 	"github.com/smtpq/smtpq/pipeline/spool"
 	"github.com/smtpq/smtpq/stages"
@@ -26,7 +27,7 @@ type selection struct {
 func parseSelection(cmd *cobra.Command, op string, args []string, all bool, host string, withHost bool) (selection, error) {
 	s := selection{all: all, host: stages.HostKey(host)}
 	if withHost && cmd.Flags().Changed("host") && s.host == "" {
-		return s, usagef("--host: empty host name")
+		return s, cli.Usagef("--host: empty host name")
 	}
 	n := 0
 	if len(args) > 0 {
@@ -44,9 +45,9 @@ func parseSelection(cmd *cobra.Command, op string, args []string, all bool, host
 	}
 	switch {
 	case n == 0:
-		return s, usagef("queue %s: give %s", op, what)
+		return s, cli.Usagef("queue %s: give %s", op, what)
 	case n > 1:
-		return s, usagef("queue %s: give only one of %s", op, what)
+		return s, cli.Usagef("queue %s: give only one of %s", op, what)
 	}
 	if len(args) > 0 {
 		name, err := messageName(args[0])
@@ -186,7 +187,7 @@ func (q *queueEnv) moveOne(out io.Writer, op, name string) error {
 			return err
 		}
 		if env.host == "" {
-			fmt.Fprintf(q.stderr, "smtpq: warning: cannot read the host of %s (%s): no host pause lifted; use retry --host H\n", name, flatten(fmt.Sprint(env.err)))
+			fmt.Fprintf(q.stderr, "smtpq: warning: cannot read the host of %s (%s): no host pause lifted; use retry --host H\n", name, cli.Flatten(fmt.Sprint(env.err)))
 			return nil
 		}
 		if err := spool.WriteControl(q.dirs.Queue, spool.Control{Op: stages.OpRetry, Host: env.host}); err != nil {

@@ -5,6 +5,8 @@ import (
 
 	"github.com/smtpq/smtpq/pipeline/spool"
 	"github.com/spf13/cobra"
+
+	"github.com/smtpq/smtpq/cmd/smtpq/internal/cli"
 )
 
 // smtpq queue purge: the command and what it prints.
@@ -21,21 +23,21 @@ go by their own time. Prints how many were removed. Nothing else is ever purged.
 		Args: usageArgs(0, 0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if state == "" || olderThan == "" {
-				return usagef("queue purge: give --state sent|undeliverable and --older-than DURATION")
+				return cli.Usagef("queue purge: give --state sent|undeliverable and --older-than DURATION")
 			}
 			p, err := spool.ParsePlace(state)
 			if err != nil {
-				return usagef("--state: %v", err)
+				return cli.Usagef("--state: %v", err)
 			}
 			if p != spool.PlaceSent && p != spool.PlaceUndeliverable {
-				return usagef("--state %s: purge removes only sent or undeliverable messages", p)
+				return cli.Usagef("--state %s: purge removes only sent or undeliverable messages", p)
 			}
 			d, err := parseDuration(olderThan)
 			if err != nil {
-				return usagef("--older-than: %s is not a duration (90m, 36h, 30d)", quoteIfNeeded(olderThan))
+				return cli.Usagef("--older-than: %s is not a duration (90m, 36h, 30d)", cli.QuoteIfNeeded(olderThan))
 			}
 			if d < 0 {
-				return usagef("--older-than: negative duration %s", olderThan)
+				return cli.Usagef("--older-than: negative duration %s", olderThan)
 			}
 			q, err := openQueueEnv(cmd)
 			if err != nil {

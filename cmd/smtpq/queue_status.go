@@ -12,6 +12,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/smtpq/smtpq/cmd/smtpq/internal/cli"
 	"github.com/smtpq/smtpq/pipeline/queuefile"
 	"github.com/smtpq/smtpq/pipeline/spool"
 	"github.com/smtpq/smtpq/stages"
@@ -27,7 +28,7 @@ func messageName(arg string) (string, error) {
 		name = strings.TrimSuffix(name, ".xml") + queuefile.Ext
 	}
 	if !queuefile.IsQueueName(name) {
-		return "", usagef("%s is not a message name (want <time>-<random>.eml as enqueue printed it, or its path)", quoteIfNeeded(arg))
+		return "", cli.Usagef("%s is not a message name (want <time>-<random>.eml as enqueue printed it, or its path)", cli.QuoteIfNeeded(arg))
 	}
 	return name, nil
 }

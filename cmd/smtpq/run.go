@@ -17,6 +17,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/smtpq/smtpq/cmd/smtpq/internal/service"
 	"github.com/smtpq/smtpq/pipeline"
 	"github.com/smtpq/smtpq/pipeline/queuefile"
 )
@@ -54,7 +55,7 @@ With --init, missing folders and keys are created first (as on the first
 				return err
 			}
 			defer closeLog()
-			p, err := pipeline.New(cfg, serviceOptions(crashOptions(pipeline.Options{Logger: log})))
+			p, err := pipeline.New(cfg, service.PipelineOptions(crashOptions(pipeline.Options{Logger: log})))
 			if err != nil {
 				return err
 			}
@@ -63,8 +64,8 @@ With --init, missing folders and keys are created first (as on the first
 				defer stopReload()
 				return p.Run(ctx)
 			}
-			if underServiceManager() {
-				return runUnderServiceManager(serve, log) // see service.go
+			if service.UnderManager() {
+				return service.RunUnderManager(serve, log)
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()

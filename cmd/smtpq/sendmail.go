@@ -12,6 +12,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/smtpq/smtpq/cmd/smtpq/internal/cli"
 	"github.com/smtpq/smtpq/pipeline"
 	"github.com/smtpq/smtpq/pipeline/queuefile"
 )
@@ -72,9 +73,9 @@ func newSendmailCmd() *cobra.Command {
 		Args:               cobra.ArbitraryArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			err := runSendmail(cmd, args)
-			var ee *exitError
+			var ee *cli.ExitError
 			if errors.As(err, &ee) {
-				return withCode(ee.code, fmt.Errorf("sendmail: %w", ee.err))
+				return cli.WithCode(ee.Code, fmt.Errorf("sendmail: %w", ee.Err))
 			}
 			return err
 		},
@@ -100,7 +101,7 @@ const sendmailValueOpts = "BCFLNORVXbfhopr"
 func parseSendmailArgs(args []string) (*sendmailOpts, error) {
 	o := &sendmailOpts{}
 	var rcptArgs []string
-	usage := func(format string, a ...any) error { return withCode(exUsage, fmt.Errorf(format, a...)) }
+	usage := func(format string, a ...any) error { return cli.WithCode(exUsage, fmt.Errorf(format, a...)) }
 	for i := 0; i < len(args); i++ {
 		a := args[i]
 		switch {
@@ -125,7 +126,7 @@ func parseSendmailArgs(args []string) (*sendmailOpts, error) {
 			}
 			continue
 		case strings.HasPrefix(a, "--"):
-			return nil, usage("unknown option %s", quoteIfNeeded(a))
+			return nil, usage("unknown option %s", cli.QuoteIfNeeded(a))
 		case a == "-":
 			return nil, usage("unexpected argument \"-\" (the message is always read from standard input)")
 		case !strings.HasPrefix(a, "-"):
@@ -162,7 +163,7 @@ func parseSendmailArgs(args []string) (*sendmailOpts, error) {
 				return nil, usage("option -q (queue run) is not supported: the smtpq service runs the queue")
 			default:
 				if c < 0x21 || c > 0x7e {
-					return nil, usage("unknown option in %s", quoteIfNeeded(a))
+					return nil, usage("unknown option in %s", cli.QuoteIfNeeded(a))
 				}
 				return nil, usage("unknown option -%c", c)
 			}
@@ -171,7 +172,7 @@ func parseSendmailArgs(args []string) (*sendmailOpts, error) {
 	for _, a := range rcptArgs {
 		list, err := parseRecipientArg(a)
 		if err != nil {
-			return nil, withCode(exDataErr, err)
+			return nil, cli.WithCode(exDataErr, err)
 		}
 		o.rcpts = appendUnique(o.rcpts, list...)
 	}
@@ -189,23 +190,23 @@ func (o *sendmailOpts) setValue(c byte, v string) error {
 			addr = strings.TrimSpace(addr[1 : len(addr)-1])
 		}
 		if addr == "" {
-			return withCode(exUsage, fmt.Errorf("-%c: the null sender <> is not supported", c))
+			return cli.WithCode(exUsage, fmt.Errorf("-%c: the null sender <> is not supported", c))
 		}
 		if err := queuefile.CheckAddress(addr); err != nil {
-			return withCode(exDataErr, fmt.Errorf("sender: %w", err))
+			return cli.WithCode(exDataErr, fmt.Errorf("sender: %w", err))
 		}
 		o.from = addr
 	case 'F':
 		if strings.ContainsAny(v, "\r\n\x00") {
-			return withCode(exUsage, errors.New("-F: the full name contains a line break or NUL character"))
+			return cli.WithCode(exUsage, errors.New("-F: the full name contains a line break or NUL character"))
 		}
 		if len(v) > 256 {
-			return withCode(exUsage, errors.New("-F: the full name is longer than 256 bytes"))
+			return cli.WithCode(exUsage, errors.New("-F: the full name is longer than 256 bytes"))
 		}
 		o.fullName, o.hasName = strings.TrimSpace(v), true
 	case 'b':
 		if v != "m" {
-			return withCode(exUsage, fmt.Errorf("mode -b%s is not supported: smtpq sendmail only queues a message (-bm)", v))
+			return cli.WithCode(exUsage, fmt.Errorf("mode -b%s is not supported: smtpq sendmail only queues a message (-bm)", v))
 		}
 	case 'o':
 		// Old-style -oX options: -oi is IgnoreDots; the rest (-odi, -oem,
@@ -234,7 +235,7 @@ func parseRecipientArg(a string) ([]string, error) {
 	}
 	if list, err := parseAddressList(a); err == nil {
 		if len(list) == 0 {
-			return nil, fmt.Errorf("recipient %s: no address", quoteIfNeeded(a))
+			return nil, fmt.Errorf("recipient %s: no address", cli.QuoteIfNeeded(a))
 		}
 		for _, addr := range list {
 			if err := queuefile.CheckAddress(addr); err != nil {
@@ -260,18 +261,18 @@ func runSendmail(cmd *cobra.Command, args []string) error {
 		return err
 	}
 	if !o.extract && len(o.rcpts) == 0 {
-		return withCode(exUsage, errors.New("no recipients: give addresses or -t"))
+		return cli.WithCode(exUsage, errors.New("no recipients: give addresses or -t"))
 	}
 	cfg, err := loadConfig(pipeline.ConfigPath(o.config))
 	if err != nil {
-		return withCode(exConfig, err)
+		return cli.WithCode(exConfig, err)
 	}
 	if cfg.DefaultRelay == "" {
-		return withCode(exConfig, fmt.Errorf("no default_relay in %s: sendmail sends through the default relay profile", cfg.Path))
+		return cli.WithCode(exConfig, fmt.Errorf("no default_relay in %s: sendmail sends through the default relay profile", cfg.Path))
 	}
 	q, err := producerQueue(cfg)
 	if err != nil {
-		return withCode(exConfig, err)
+		return cli.WithCode(exConfig, err)
 	}
 
 	in := &messageReader{r: bufio.NewReaderSize(cmd.InOrStdin(), 32<<10), ignoreDots: o.ignoreDots, bol: true}
@@ -279,32 +280,32 @@ func runSendmail(cmd *cobra.Command, args []string) error {
 	hdr, complete, err := readHeader(br)
 	if err != nil {
 		if in.err != nil {
-			return withCode(exIOErr, fmt.Errorf("reading the message: %w", in.err))
+			return cli.WithCode(exIOErr, fmt.Errorf("reading the message: %w", in.err))
 		}
-		return withCode(exDataErr, err)
+		return cli.WithCode(exDataErr, err)
 	}
 	m, err := prepareMessage(hdr, complete, o)
 	if err != nil {
-		return withCode(exDataErr, err)
+		return cli.WithCode(exDataErr, err)
 	}
 	p := queuefile.Params{Relay: cfg.DefaultRelay, From: m.from, To: m.to}
 	if err := p.Validate(); err != nil {
-		return withCode(exDataErr, err)
+		return cli.WithCode(exDataErr, err)
 	}
 	name, err := q.Enqueue(io.MultiReader(bytes.NewReader(m.header), br), p)
 	if err != nil {
-		err = oneLine(err)
+		err = cli.OneLine(err)
 		switch {
 		case in.err != nil:
-			return withCode(exIOErr, fmt.Errorf("reading the message: %w", in.err))
+			return cli.WithCode(exIOErr, fmt.Errorf("reading the message: %w", in.err))
 		case errors.Is(err, queuefile.ErrDuplicateSeal), errors.Is(err, queuefile.ErrNoRecipients),
 			errors.Is(err, queuefile.ErrNoSeparator), errors.Is(err, queuefile.ErrFieldTooLong),
 			errors.Is(err, queuefile.ErrSealTooLarge), errors.Is(err, queuefile.ErrNotUTF8):
-			return withCode(exDataErr, err)
+			return cli.WithCode(exDataErr, err)
 		case errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT):
-			return withCode(exTempFail, err)
+			return cli.WithCode(exTempFail, err)
 		default:
-			return withCode(exCantCreat, err)
+			return cli.WithCode(exCantCreat, err)
 		}
 	}
 	if o.verbose {

@@ -1,6 +1,6 @@
 //go:build windows
 
-package main
+package service
 
 import (
 	"errors"
@@ -9,7 +9,7 @@ import (
 	"os/user"
 	"strings"
 
-	"github.com/kardianos/service"
+	kardianos "github.com/kardianos/service"
 	"golang.org/x/sys/windows"
 	"golang.org/x/sys/windows/svc"
 	"golang.org/x/sys/windows/svc/mgr"
@@ -72,11 +72,11 @@ func inspectWindows(name string) (*serviceState, error) {
 	}
 	switch cfg.StartType {
 	case mgr.StartAutomatic:
-		st.StartType = string(startAuto)
+		st.StartType = string(StartAuto)
 	case mgr.StartManual:
-		st.StartType = string(startManual)
+		st.StartType = string(StartManual)
 	case mgr.StartDisabled:
-		st.StartType = string(startDisabled)
+		st.StartType = string(StartDisabled)
 	}
 	q, err := s.Query()
 	if err != nil {
@@ -100,8 +100,8 @@ func inspectWindows(name string) (*serviceState, error) {
 // stopSelf asks the service control manager to stop this service, which
 // calls Stop, when the pipeline stopped by itself: a Windows service's Run
 // returns only on a control request.
-func stopSelf(s service.Service) {
-	if service.Interactive() {
+func stopSelf(s kardianos.Service) {
+	if kardianos.Interactive() {
 		return
 	}
 	go func() { _ = s.Stop() }() // returns when the SCM has stopped the service, i.e. never in this process
@@ -109,8 +109,8 @@ func stopSelf(s service.Service) {
 
 // reportToSystemLog writes err to the Application event log: a Windows
 // service has no stderr to read.
-func reportToSystemLog(s service.Service, err error) {
-	if service.Interactive() {
+func reportToSystemLog(s kardianos.Service, err error) {
+	if kardianos.Interactive() {
 		return
 	}
 	if l, lerr := s.SystemLogger(nil); lerr == nil {

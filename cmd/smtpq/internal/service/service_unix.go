@@ -1,6 +1,6 @@
 //go:build !windows
 
-package main
+package service
 
 import (
 	"fmt"
@@ -10,7 +10,7 @@ import (
 	"strconv"
 	"syscall"
 
-	"github.com/kardianos/service"
+	kardianos "github.com/kardianos/service"
 
 	"github.com/smtpq/smtpq/pipeline"
 )
@@ -65,11 +65,11 @@ func inspectWindows(string) (*serviceState, error) {
 
 // stopSelf ends the service when the pipeline stopped by itself. Outside
 // Windows there is nothing to do: waitForStop returns when it stops.
-func stopSelf(service.Service) {}
+func stopSelf(kardianos.Service) {}
 
 // reportToSystemLog: outside Windows the service manager keeps what smtpq
 // writes on stderr (the journal, the init script's log file).
-func reportToSystemLog(service.Service, error) {}
+func reportToSystemLog(kardianos.Service, error) {}
 
 // windowsHint adds the Windows remedy to an error; nothing to add here.
 func windowsHint(err error) error { return err }

@@ -1,11 +1,11 @@
-package main
+package service
 
 // The parts of "smtpq service" that depend on the init system: where each
 // keeps its definition and logs, the SysV init script smtpq installs in
 // place of kardianos' own, the upstart override and OpenRC conf.d files that
 // carry the start type, and reading the command line back from an installed
 // definition. Everything here compiles on every platform (it is chosen by
-// service.Platform() at run time), so that it is tested everywhere.
+// kardianos.Platform() at run time), so that it is tested everywhere.
 
 import (
 	"bytes"
@@ -20,6 +20,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+
+	"github.com/smtpq/smtpq/cmd/smtpq/internal/cli"
 )
 
 // definitionPath is the file that defines the service on platform; empty
@@ -58,9 +60,9 @@ func logsOf(platform, name string) string {
 }
 
 // startTypeMeaning says in a few words what a start type does on platform.
-func startTypeMeaning(st startType, platform string) string {
+func startTypeMeaning(st StartType, platform string) string {
 	switch st {
-	case startAuto:
+	case StartAuto:
 		switch platform {
 		case platformSystemd:
 			return "enabled: starts at boot"
@@ -70,7 +72,7 @@ func startTypeMeaning(st startType, platform string) string {
 			return "Automatic: starts at boot"
 		}
 		return "starts at boot"
-	case startManual:
+	case StartManual:
 		if platform == platformWindows {
 			return "Manual: starts only on demand"
 		}
@@ -114,7 +116,7 @@ type sysvParams struct {
 	Args        []string
 	Env         map[string]string
 	User        string // empty: root
-	Start       startType
+	Start       StartType
 	PIDFile     string
 	LogFile     string
 	StopSeconds int
@@ -137,7 +139,7 @@ type sysvParams struct {
 // no "{{", so kardianos' template engine leaves it as it is.
 func sysvScript(p sysvParams) string {
 	defaultStart, chkconfig := "2 3 4 5", "2345"
-	if p.Start != startAuto {
+	if p.Start != StartAuto {
 		defaultStart, chkconfig = "", "-"
 	}
 	cmd := strings.Join(append([]string{p.Exe}, p.Args...), " ")
@@ -317,16 +319,16 @@ esac
 // sysvStartType reads the start type back: disabled from the script's
 // marker, else auto if an S link starts it in a multi-user runlevel.
 func sysvStartType(name, script string) string {
-	if markedStartType(script) == string(startDisabled) {
-		return string(startDisabled)
+	if markedStartType(script) == string(StartDisabled) {
+		return string(StartDisabled)
 	}
 	links, _ := rcLinks(name, "S")
 	for _, l := range links {
 		if strings.ContainsAny(filepath.Base(filepath.Dir(l)), "2345") {
-			return string(startAuto)
+			return string(StartAuto)
 		}
 	}
-	return string(startManual)
+	return string(StartManual)
 }
 
 // rcLinks lists the links in /etc/rc?.d that run the init script of name
@@ -413,7 +415,7 @@ func runInitScript(out io.Writer, name, action string) error {
 	cmd.Stderr = &stderr
 	detach(cmd)
 	if err := cmd.Run(); err != nil {
-		if msg := flatten(stderr.String()); msg != "" {
+		if msg := cli.Flatten(stderr.String()); msg != "" {
 			return fmt.Errorf("%s %s: %s", script, action, msg)
 		}
 		return fmt.Errorf("%s %s: %w", script, action, err)
@@ -435,10 +437,10 @@ func upstartOverride(spec installSpec) string {
 	fmt.Fprintf(&b, "%s%s\n", startTypeMarker, spec.start)
 	fmt.Fprintf(&b, "kill timeout %d\n", scriptStopSeconds)
 	fmt.Fprintf(&b, "env %s=%s\n", serviceEnv, spec.name)
-	if spec.start != startAuto {
+	if spec.start != StartAuto {
 		b.WriteString("manual\n")
 	}
-	if spec.start == startDisabled {
+	if spec.start == StartDisabled {
 		fmt.Fprintf(&b, "pre-start script\n\techo \"%s is disabled (installed with --start-type disabled); reinstall it with --start-type manual or auto to start it\" >&2\n\texit 1\nend script\n", spec.name)
 	}
 	return b.String()
@@ -455,7 +457,7 @@ func openRCConf(spec installSpec) string {
 	if spec.user != "" {
 		fmt.Fprintf(&b, "command_user=\"%s\"\n", spec.user)
 	}
-	if spec.start == startDisabled {
+	if spec.start == StartDisabled {
 		fmt.Fprintf(&b, "start_pre() {\n\teerror \"%s is disabled (installed with --start-type disabled); reinstall it with --start-type manual or auto to start it\"\n\treturn 1\n}\n", spec.name)
 	}
 	return b.String()
@@ -478,12 +480,12 @@ func writeDefinition(path, text string, mode os.FileMode) error {
 // ---- systemd ----
 
 func inspectSystemd(name, unit string, st *serviceState) (*serviceState, error) {
-	st.StartType = string(startManual)
+	st.StartType = string(StartManual)
 	if _, err := os.Lstat("/etc/systemd/system/multi-user.target.wants/" + name + ".service"); err == nil {
-		st.StartType = string(startAuto)
+		st.StartType = string(StartAuto)
 	}
 	if regexp.MustCompile(`(?m)^RefuseManualStart=(yes|true|1)\s*$`).MatchString(unit) {
-		st.StartType = string(startDisabled)
+		st.StartType = string(StartDisabled)
 	}
 	out, err := toolOutput("systemctl", "is-active", name+".service")
 	state := strings.TrimSpace(out)
@@ -695,7 +697,7 @@ func toolOutput(name string, args ...string) (string, error) {
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
-	msg := flatten(stderr.String())
+	msg := cli.Flatten(stderr.String())
 	if err == nil && name == "launchctl" && msg != "" && !strings.Contains(msg, "Operation now in progress") {
 		err = errors.New("failed")
 	}
