@@ -15,6 +15,7 @@ build:
 
 # Runs the service in the foreground on the development config: on first run
 # it creates the spool folders and keys under .dev/ and prints where they are.
+# Ctrl-C stops the service and the sink, and the script exits 0.
 run: build
 	testdata/dev/run.sh
 

@@ -6,10 +6,13 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"runtime/debug"
 	"runtime/pprof"
+	"sort"
+	"strings"
 	"syscall"
 	"time"
 
@@ -32,9 +35,25 @@ results. SIGINT or SIGTERM stops taking work, lets sessions in progress finish
 (up to 30s), returns the rest to the queue and exits 0.
 
 With --init, missing folders and keys are created first (as on the first
-"make run"), and their locations printed.`,
+"make run"), their locations printed, and a command that enqueues a test
+message from standard input (for a POSIX shell; it works from any folder).
+
+Exit status: 0 after a stop by SIGINT or SIGTERM, also one that arrives while
+the service is still starting; 1 if it cannot start (configuration, keys,
+folders); 2 for a mistake in the command line.`,
 		Args: usageArgs(0, 0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			// SIGINT and SIGTERM are taken from the start, so that one that
+			// arrives during start-up (Ctrl-C right after "make run") stops
+			// the service as cleanly, with status 0, instead of killing it.
+			// A service manager's stop request is handled by internal/service.
+			managed := service.UnderManager()
+			ctx := context.Background()
+			if !managed {
+				var stop context.CancelFunc
+				ctx, stop = signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+				defer stop()
+			}
 			cfg, err := loadConfig(configFlag(cmd))
 			if err != nil {
 				return err
@@ -64,11 +83,9 @@ With --init, missing folders and keys are created first (as on the first
 				defer stopReload()
 				return p.Run(ctx)
 			}
-			if service.UnderManager() {
+			if managed {
 				return service.RunUnderManager(serve, log)
 			}
-			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-			defer stop()
 			return serve(ctx)
 		},
 	}
@@ -134,9 +151,55 @@ func initSpool(cmd *cobra.Command, cfg *pipeline.Config) error {
 		r := cfg.Relays[cfg.DefaultRelay]
 		fmt.Fprintf(out, "default relay: %s (%s:%d)\n", cfg.DefaultRelay, r.Host, r.Port)
 	}
-	fmt.Fprintf(out, "enqueue a test message: %s enqueue --config %s --to you@example.org testdata/messages/plain-crlf.eml\n",
-		filepath.Base(os.Args[0]), cfg.Path)
+	fmt.Fprintf(out, "enqueue a test message: %s\n", exampleEnqueue(cfg))
 	return nil
+}
+
+// exampleEnqueue is the test command that --init prints: a POSIX shell
+// command line that works from any folder (no file of the checkout), with
+// the message on standard input.
+func exampleEnqueue(cfg *pipeline.Config) string {
+	var server string
+	switch {
+	case cfg.DefaultRelay != "":
+	case len(cfg.Relays) > 0:
+		names := make([]string, 0, len(cfg.Relays))
+		for n := range cfg.Relays {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		server = " --relay " + shellQuote(names[0])
+	default:
+		server = " --host smtp.example.com"
+	}
+	return fmt.Sprintf(`printf 'From: you@example.org\r\nTo: you@example.org\r\nSubject: hello from smtpq\r\n\r\nhello\r\n' | %s enqueue --config %s%s -`,
+		shellQuote(selfCommand()), shellQuote(cfg.Path), server)
+}
+
+// selfCommand is how a shell in any folder runs this executable: the name
+// it was started by if that was found through PATH, else an absolute path
+// ("make run" starts bin/smtpq, relative to the checkout).
+func selfCommand() string {
+	arg0 := os.Args[0]
+	if !strings.ContainsAny(arg0, `/\`) {
+		if _, err := exec.LookPath(arg0); err == nil {
+			return arg0
+		}
+	} else if abs, err := filepath.Abs(arg0); err == nil {
+		return abs
+	}
+	if exe, err := os.Executable(); err == nil {
+		return exe
+	}
+	return arg0
+}
+
+// shellQuote quotes s for a POSIX shell if it needs it.
+func shellQuote(s string) string {
+	if s != "" && strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789@%+=:,./_-") == "" {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
 // newLogger builds the service's logger from the log section: level,
