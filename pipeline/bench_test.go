@@ -63,7 +63,7 @@ func benchDrain(b *testing.B, conns int) {
 			}
 			return
 		}
-		if f.Verdict != stages.Park && f.Verdict != stages.Return {
+		if f.Verdict != stages.Parked && f.Verdict != stages.Returned {
 			other.Add(1)
 		}
 	}

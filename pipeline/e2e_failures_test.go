@@ -42,7 +42,7 @@ func TestTransientFailureIsRetried(t *testing.T) {
 
 	wantRetriedOnce(t, env, name)
 	for _, fl := range env.Filed() {
-		if fl.Verdict == stages.Transient {
+		if fl.Verdict == stages.Deferred {
 			if e := fl.Job.Outcome.Err; e == nil || e.Code != 451 || e.Enhanced != "4.2.1" {
 				t.Errorf("deferral error = %v, want the server's 451 4.2.1", e)
 			}

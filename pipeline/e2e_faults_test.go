@@ -366,7 +366,7 @@ func TestNoReplyIsRetried(t *testing.T) {
 				var deferredState map[string]any
 				var stateErr error
 				env.Start(pipeline.Options{Logger: logger, NoPipelining: mode.off, OnFiled: func(f stages.Filed) {
-					if f.Verdict == stages.Transient {
+					if f.Verdict == stages.Deferred {
 						mu.Lock()
 						defer mu.Unlock()
 						deferredState, stateErr = stateFile(env.Config, f.Job.ID)
@@ -520,7 +520,7 @@ func TestBlackholedHostIsPausedWithoutCountingAttempts(t *testing.T) {
 
 	var d *stages.Outcome
 	for _, f := range env.Filed() {
-		if f.Verdict == stages.Transient && slices.Contains(names, f.Job.Name) {
+		if f.Verdict == stages.Deferred && slices.Contains(names, f.Job.Name) {
 			d = &f.Job.Outcome
 			break
 		}

@@ -205,7 +205,7 @@ func wantAllSent(t *testing.T, env *pipelinetest.Env, n int) {
 // wantFailed fails the test unless f is a filing in Undeliverable of class.
 func wantFailed(t *testing.T, f stages.Filed, class stages.Class) {
 	t.Helper()
-	if f.Verdict != stages.Permanent || f.Err != nil || f.Job.Outcome.Class != class {
+	if f.Verdict != stages.Failed || f.Err != nil || f.Job.Outcome.Class != class {
 		t.Fatalf("%s: %s class %q (%v, filing error %v), want failed class %q",
 			f.Job.Name, f.Verdict.String(), f.Job.Outcome.Class, f.Job.Outcome.Err, f.Err, class)
 	}

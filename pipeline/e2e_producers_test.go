@@ -172,7 +172,7 @@ func TestFilesVanishingBeforeClaimLeaveNoTrace(t *testing.T) {
 		if removed[f.Job.Name] {
 			t.Errorf("%s vanished before it was claimed, yet was filed: %s", f.Job.Name, f.Verdict)
 		}
-		if f.Err != nil || f.Verdict == stages.Permanent {
+		if f.Err != nil || f.Verdict == stages.Failed {
 			t.Errorf("%s: %s (%v, filing error %v)", f.Job.Name, f.Verdict, f.Job.Outcome.Err, f.Err)
 		}
 	}

@@ -46,7 +46,7 @@ func TestServerAuthLineKillsNoWorker(t *testing.T) {
 		wantSent(t, env.Wait(name))
 	}
 	for _, f := range env.Filed() {
-		if f.Verdict != stages.Transient {
+		if f.Verdict != stages.Deferred {
 			continue
 		}
 		if e := f.Job.Outcome.Err; e == nil || !e.Temporary || e.Step != "greeting" {
@@ -95,7 +95,7 @@ func TestPanicInSenderFailsOnlyItsMessage(t *testing.T) {
 				}
 				var deferred []stages.Filed
 				for _, f := range env.Filed() {
-					if f.Verdict == stages.Transient {
+					if f.Verdict == stages.Deferred {
 						deferred = append(deferred, f)
 					}
 				}
@@ -178,7 +178,7 @@ func TestDroppedAtLaterRcptDefersEveryRecipient(t *testing.T) {
 
 				final := env.Wait(name)
 				fs := filingsOf(env, name)
-				if len(fs) != 2 || fs[0].Verdict != stages.Transient {
+				if len(fs) != 2 || fs[0].Verdict != stages.Deferred {
 					t.Fatalf("filings %v, want a deferral and a final filing", results(env, name))
 				}
 				got := fs[0].Job.Outcome.Rcpts
@@ -186,7 +186,7 @@ func TestDroppedAtLaterRcptDefersEveryRecipient(t *testing.T) {
 					t.Fatalf("deferral lists %+v, want the %d recipients", got, len(rcpts))
 				}
 				for i, r := range got {
-					want := stages.RcptTransient
+					want := stages.RcptDeferred
 					if i == 0 && refuseFirst {
 						want = stages.RcptFailed
 					}
@@ -300,7 +300,7 @@ func TestHostileRepliesAreTransient(t *testing.T) {
 					t.Errorf("transcript of %d bytes", n)
 				}
 				for _, r := range o.Rcpts {
-					if r.Status != stages.RcptTransient || len(r.Text) > 4096 {
+					if r.Status != stages.RcptDeferred || len(r.Text) > 4096 {
 						t.Errorf("recipient %+v, want deferred with a bounded text", r)
 					}
 				}

@@ -35,7 +35,7 @@ func (p RetryPolicy) Backoff(n int) time.Duration {
 // Filed is reported for every job the Archiver files, for logs and metrics.
 type Filed struct {
 	Job     *Job
-	Verdict Verdict // what was decided: Sent, Transient (deferred), Permanent (failed), Park, Return, Hold
+	Verdict Verdict // what was decided: Sent, Deferred (deferred), Failed (failed), Parked, Returned, Held
 	Path    string  // where the message now is (Sent or Undeliverable), if filed there
 	Err     error   // the filing failed: the file stayed where it was
 }
@@ -167,17 +167,17 @@ func (a *Archiver) file(job *Job) bool {
 		}
 	}
 	retry := a.policy()
-	if o.Verdict == Transient {
+	if o.Verdict == Deferred {
 		if o.Err == nil {
 			o.Err = Temporaryf("local", "transient failure")
 		}
 		age := now.Sub(job.State.Queued)
 		switch {
 		case retry.MaxAge > 0 && age >= retry.MaxAge:
-			o.Verdict, o.Class = Permanent, ClassExpired
+			o.Verdict, o.Class = Failed, ClassExpired
 			o.Err.Text += "; given up: queued " + age.Round(time.Second).String() + " ago (retry.max_age)"
 		case job.State.Attempts >= retry.MaxAttempts:
-			o.Verdict, o.Class = Permanent, ClassPermanent
+			o.Verdict, o.Class = Failed, ClassPermanent
 			o.Err.Text += "; given up after " + strconv.Itoa(job.State.Attempts) + " attempts (retry.max_attempts)"
 		}
 	}
@@ -186,7 +186,7 @@ func (a *Archiver) file(job *Job) bool {
 		// good in an earlier attempt: as when that happens within one
 		// attempt, the message is undeliverable (its log lists who got it).
 		first := job.State.Failed[0]
-		o.Verdict, o.Class = Permanent, ClassPermanent
+		o.Verdict, o.Class = Failed, ClassPermanent
 		o.Err = &Error{Step: "rcpt", Code: first.Code, Enhanced: first.Enhanced, Text: first.Text}
 	}
 	if o.Attempted && o.Err != nil {
@@ -207,19 +207,19 @@ func (a *Archiver) place(job *Job, now time.Time) bool {
 	switch o.Verdict {
 	case Sent:
 		f.Path, f.Err = a.Spool.FileSent(job, a.DeleteAfterSend)
-	case Permanent:
+	case Failed:
 		var log []byte
 		log, f.Err = BuildXMLLog(job, now)
 		if f.Err == nil {
 			f.Path, f.Err = a.Spool.FileUndeliverable(job, log)
 		}
-	case Transient:
+	case Deferred:
 		f.Err = a.Spool.Defer(job, now.Add(retry.Backoff(job.State.Attempts)))
-	case Park:
+	case Parked:
 		f.Err = a.Spool.Park(job, o.Due)
-	case Return:
+	case Returned:
 		f.Err = a.Spool.Return(job)
-	case Hold:
+	case Held:
 		f.Err = a.Spool.Hold(job)
 	default:
 		f.Err = a.Spool.Return(job)
@@ -236,7 +236,7 @@ func (a *Archiver) place(job *Job, now time.Time) bool {
 				a.Log.Error("recording the acceptance", zap.String("id", job.ID), zap.String("file", job.Name), zap.Error(err))
 			}
 		}
-		if o.Verdict != Return {
+		if o.Verdict != Returned {
 			// Try again soon: a full or unwritable folder is usually fixed
 			// by an operator, not by waiting for the backoff.
 			if err := a.Spool.Defer(job, now.Add(min(retry.MinBackoff, time.Minute))); err != nil {
@@ -258,7 +258,7 @@ func (a *Archiver) place(job *Job, now time.Time) bool {
 
 func (a *Archiver) logFiled(f Filed) {
 	j := f.Job
-	if f.Verdict == Return || f.Verdict == Park || f.Verdict == Hold {
+	if f.Verdict == Returned || f.Verdict == Parked || f.Verdict == Held {
 		a.Log.Debug(f.Verdict.String(), zap.String("id", j.ID), zap.String("file", j.Name), zap.String("host", j.Host()))
 		return
 	}
@@ -288,7 +288,7 @@ func (a *Archiver) logFiled(f Filed) {
 		a.Log.Error(f.Verdict.String()+" (filing failed)", append(fields, zap.NamedError("filing_error", f.Err))...)
 	case f.Verdict == Sent:
 		a.Log.Info("sent", fields...)
-	case f.Verdict == Transient:
+	case f.Verdict == Deferred:
 		a.Log.Warn("deferred", append(fields, zap.Time("next_attempt", j.State.NextAttempt))...)
 	default:
 		a.Log.Error("failed", fields...)

@@ -195,7 +195,7 @@ type workerState struct {
 
 // Run dispatches until in is closed and every worker has been told to stop.
 // When ctx is done it stops assigning: queued jobs and jobs still arriving go
-// to out as Return (back to the queue), and each worker is told to stop when
+// to out as Returned (back to the queue), and each worker is told to stop when
 // it next asks. Parked jobs also go to out. Run does not close out.
 func (d *Dispatcher) Run(ctx context.Context, in <-chan *Job, requests <-chan *Request, out chan<- *Job) {
 	if d.Holds != nil {
@@ -261,7 +261,7 @@ func (d *Dispatcher) Run(ctx context.Context, in <-chan *Job, requests <-chan *R
 				continue
 			}
 			if shutdown {
-				job.Outcome = Outcome{Verdict: Return}
+				job.Outcome = Outcome{Verdict: Returned}
 				out <- job
 				continue
 			}
@@ -295,7 +295,7 @@ func (d *Dispatcher) Run(ctx context.Context, in <-chan *Job, requests <-chan *R
 			done = nil
 			shutdown = true
 			if held != nil {
-				held.Outcome = Outcome{Verdict: Return}
+				held.Outcome = Outcome{Verdict: Returned}
 				out <- held
 				held = nil
 			}
@@ -303,7 +303,7 @@ func (d *Dispatcher) Run(ctx context.Context, in <-chan *Job, requests <-chan *R
 				for _, q := range h.routes {
 					for q.len() > 0 {
 						j := q.pop()
-						j.Outcome = Outcome{Verdict: Return}
+						j.Outcome = Outcome{Verdict: Returned}
 						out <- j
 					}
 				}
@@ -326,7 +326,7 @@ func (d *Dispatcher) hold(c HostControl, out chan<- *Job) {
 			kept := q.jobs[:q.head]
 			for _, j := range q.jobs[q.head:] {
 				if c.All || c.Name == "" || j.Name == c.Name || j.ID == c.Name {
-					j.Outcome = Outcome{Verdict: Hold}
+					j.Outcome = Outcome{Verdict: Held}
 					out <- j
 					h.n--
 					d.total--
@@ -459,7 +459,7 @@ func (d *Dispatcher) admit(job *Job, now time.Time, out chan<- *Job) bool {
 		if d.slotTime(h, now) <= keepBackFor {
 			return false
 		}
-		job.Outcome = Outcome{Verdict: Park, Due: now.Add(d.parkDelay(h, now))}
+		job.Outcome = Outcome{Verdict: Parked, Due: now.Add(d.parkDelay(h, now))}
 		d.holdRoutes(h, job, now)
 		out <- job
 		return true
@@ -713,7 +713,7 @@ func (d *Dispatcher) assign(w *workerState, j *Job, now time.Time) {
 func (d *Dispatcher) requeue(jobs []*Job, shutdown bool, out chan<- *Job) {
 	if shutdown {
 		for _, j := range jobs {
-			j.Outcome = Outcome{Verdict: Return}
+			j.Outcome = Outcome{Verdict: Returned}
 			out <- j
 		}
 		return

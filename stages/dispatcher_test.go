@@ -154,10 +154,10 @@ func TestDispatcherBatches(t *testing.T) {
 		}
 	}
 	r.stop(2)
-	// Whatever was still queued at shutdown went back, as Return.
+	// Whatever was still queued at shutdown went back, as Returned.
 	returned := 0
 	for len(r.out) > 0 {
-		if j := <-r.out; j.Outcome.Verdict == stages.Return {
+		if j := <-r.out; j.Outcome.Verdict == stages.Returned {
 			returned++
 		}
 	}
@@ -273,7 +273,7 @@ func TestDispatcherParksRateLimitedSurplusAndHoldsItsTags(t *testing.T) {
 		t.Fatalf("%d jobs out after 18 for a host at 1/s, want the 17th and 18th parked", len(r.out))
 	}
 	j := <-r.out
-	if j.Outcome.Verdict != stages.Park || j.Outcome.Due.Before(time.Now()) {
+	if j.Outcome.Verdict != stages.Parked || j.Outcome.Due.Before(time.Now()) {
 		t.Fatalf("17th job: %v due %v, want parked for later", j.Outcome.Verdict, j.Outcome.Due)
 	}
 	if len(holds) != 1 {

@@ -6,39 +6,40 @@ import (
 	"github.com/smtpq/smtpq/stages/smtpclient"
 )
 
-// Verdict is what the Archiver is asked to do with a job.
+// Verdict is what the Archiver is asked to do with a job. Each prints as its
+// name in lower case, the word the logs, metrics and queue commands use.
 type Verdict int
 
 const (
 	// Sent: every pending recipient was accepted. File in Sent.
 	Sent Verdict = iota + 1
-	// Transient: retry later (counts as an attempt), unless retries or age
+	// Deferred: retry later (counts as an attempt), unless retries or age
 	// are exhausted.
-	Transient
-	// Permanent: give up now. Undeliverable with an XML log.
-	Permanent
-	// Park: not attempted (a saturated or paused host, a not-before time in
+	Deferred
+	// Failed: give up now. Undeliverable with an XML log.
+	Failed
+	// Parked: not attempted (a saturated or paused host, a not-before time in
 	// the future); back to the deferred folder until Due, attempts unchanged.
-	Park
-	// Return: not attempted (shutdown); back to the queue as it was.
-	Return
-	// Hold: not attempted (the operator held it); to the hold folder.
-	Hold
+	Parked
+	// Returned: not attempted (shutdown); back to the queue as it was.
+	Returned
+	// Held: not attempted (the operator held it); to the hold folder.
+	Held
 )
 
 func (v Verdict) String() string {
 	switch v {
 	case Sent:
 		return "sent"
-	case Transient:
+	case Deferred:
 		return "deferred"
-	case Permanent:
+	case Failed:
 		return "failed"
-	case Park:
+	case Parked:
 		return "parked"
-	case Return:
+	case Returned:
 		return "returned"
-	case Hold:
+	case Held:
 		return "held"
 	}
 	return "none"
@@ -56,10 +57,10 @@ const (
 // Outcome is the fate of a job as decided by a stage.
 type Outcome struct {
 	Verdict    Verdict
-	Class      Class         // for Permanent
-	Err        *Error        // the failure, for Transient and Permanent
+	Class      Class         // for Failed
+	Err        *Error        // the failure, for Deferred and Failed
 	Rcpts      []RcptResult  // per-recipient results of the last attempt
-	Due        time.Time     // for Park: when to look again
+	Due        time.Time     // for Parked: when to look again
 	Attempted  bool          // an SMTP transaction was started (counts as an attempt)
 	Transcript string        // redacted SMTP transcript of the attempt
 	Duration   time.Duration // of the attempt
@@ -70,7 +71,7 @@ type RcptStatus string
 
 const (
 	RcptDelivered RcptStatus = "delivered"
-	RcptTransient RcptStatus = "deferred"
+	RcptDeferred  RcptStatus = "deferred"
 	RcptFailed    RcptStatus = "failed"
 )
 

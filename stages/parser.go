@@ -71,7 +71,7 @@ func (p *Parser) memBudget() *memBudget {
 func (p *Parser) Run(ctx context.Context, in <-chan *Job, out chan<- *Job, fail chan<- *Job) {
 	for job := range in {
 		if ctx.Err() != nil {
-			job.Outcome = Outcome{Verdict: Return}
+			job.Outcome = Outcome{Verdict: Returned}
 			fail <- job
 			continue
 		}
@@ -80,7 +80,7 @@ func (p *Parser) Run(ctx context.Context, in <-chan *Job, out chan<- *Job, fail 
 			case out <- job:
 				continue
 			case <-ctx.Done():
-				job.Outcome = Outcome{Verdict: Return}
+				job.Outcome = Outcome{Verdict: Returned}
 			}
 		}
 		fail <- job
@@ -122,10 +122,10 @@ func (p *Parser) parse(job *Job) bool {
 			fi, _ = job.Msg.Stat()
 		}
 		if fi != nil && p.settling(fi.ModTime(), now) {
-			job.Outcome = Outcome{Verdict: Park, Due: now.Add(p.settle())}
+			job.Outcome = Outcome{Verdict: Parked, Due: now.Add(p.settle())}
 			return false
 		}
-		job.Outcome = Outcome{Verdict: Permanent, Class: ClassInvalid, Err: Permanentf("parse", "%v", err)}
+		job.Outcome = Outcome{Verdict: Failed, Class: ClassInvalid, Err: Permanentf("parse", "%v", err)}
 		return false
 	}
 	if job.Kind == KindPickup && job.State.Attempts == 0 {
@@ -134,18 +134,18 @@ func (p *Parser) parse(job *Job) bool {
 		// changed for the settle time, as a file that looks cut short does.
 		if fi, err := job.Msg.Stat(); err == nil && p.settling(fi.ModTime(), now) {
 			job.dropBody()
-			job.Outcome = Outcome{Verdict: Park, Due: now.Add(p.settle())}
+			job.Outcome = Outcome{Verdict: Parked, Due: now.Add(p.settle())}
 			return false
 		}
 	}
 	if job.Params != nil {
 		if exp := job.Params.Expires; !exp.IsZero() && now.After(exp) {
-			job.Outcome = Outcome{Verdict: Permanent, Class: ClassExpired,
+			job.Outcome = Outcome{Verdict: Failed, Class: ClassExpired,
 				Err: Permanentf("parse", "expired at %s before it could be sent", exp.UTC().Format(time.RFC3339))}
 			return false
 		}
 		if nb := job.Params.NotBefore; !nb.IsZero() && now.Before(nb) {
-			job.Outcome = Outcome{Verdict: Park, Due: nb}
+			job.Outcome = Outcome{Verdict: Parked, Due: nb}
 			return false
 		}
 	}
@@ -158,7 +158,7 @@ func (p *Parser) parse(job *Job) bool {
 			// Given up on in an earlier attempt whose filing failed: log
 			// the server's refusal, not just that nobody is left.
 			first := job.State.Failed[0]
-			job.Outcome = Outcome{Verdict: Permanent, Class: ClassPermanent,
+			job.Outcome = Outcome{Verdict: Failed, Class: ClassPermanent,
 				Err: &Error{Step: "rcpt", Code: first.Code, Enhanced: first.Enhanced, Text: first.Text}}
 		} else {
 			job.Outcome = Outcome{Verdict: Sent}

@@ -94,7 +94,7 @@ func TestParserSettlesPickupFiles(t *testing.T) {
 	}
 	os.Chtimes(path, now.Add(-10*time.Second), now.Add(-10*time.Second))
 	job := &Job{Name: "pickup.eml", Msg: fileMsg(path)}
-	if p.parse(job) || job.Outcome.Verdict != Park || job.Outcome.Due.Before(now.Add(time.Minute)) {
+	if p.parse(job) || job.Outcome.Verdict != Parked || job.Outcome.Due.Before(now.Add(time.Minute)) {
 		t.Fatalf("a pickup file changed 10s ago: outcome %+v; want parked for the settle time", job.Outcome)
 	}
 	// Unchanged for longer than Settle, or changed "in a year" (a clock

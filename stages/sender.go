@@ -151,7 +151,7 @@ func (s *Sender) attempt(ctx, hard context.Context, cur **session, limit int, jo
 		}
 		e := Temporaryf("local", "internal error while sending (a bug; the message will be tried again): %s", text)
 		job.Outcome = Outcome{
-			Verdict: Transient, Err: e, Attempted: true, Rcpts: allRcpts(job.Pending, e), Transcript: transcript,
+			Verdict: Deferred, Err: e, Attempted: true, Rcpts: allRcpts(job.Pending, e), Transcript: transcript,
 		}
 		report, ok = nil, false
 	}()
@@ -201,7 +201,7 @@ func (s *Sender) closeSession(sess *session, quit bool) {
 func (s *Sender) one(ctx, hard context.Context, cur **session, limit int, job *Job) (*HostReport, bool) {
 	var report *HostReport
 	if ctx.Err() != nil {
-		job.Outcome = Outcome{Verdict: Return}
+		job.Outcome = Outcome{Verdict: Returned}
 		return nil, true
 	}
 	job.Outcome = Outcome{}
@@ -316,7 +316,7 @@ func (s *Sender) deliver(sess *session, job *Job) (broken bool) {
 //     take the failure of DATA or of the message data, if any, else they
 //     are delivered.
 //
-// The verdict follows the error that decided (Permanent unless it is
+// The verdict follows the error that decided (Failed unless it is
 // temporary), or, where the recipients' own replies decided, them (see
 // outcomeFromRcpts).
 func decide(pending []string, tx *smtpclient.Transaction) Outcome {
@@ -358,9 +358,9 @@ func decide(pending []string, tx *smtpclient.Transaction) Outcome {
 // failed is the outcome of an attempt that failed with e, with the
 // recipients' results rcpts.
 func failed(e *Error, rcpts []RcptResult) Outcome {
-	o := Outcome{Verdict: Transient, Err: e, Attempted: true, Rcpts: rcpts}
+	o := Outcome{Verdict: Deferred, Err: e, Attempted: true, Rcpts: rcpts}
 	if !e.Temporary {
-		o.Verdict, o.Class = Permanent, ClassPermanent
+		o.Verdict, o.Class = Failed, ClassPermanent
 	}
 	return o
 }
@@ -372,7 +372,7 @@ func (s *Sender) crash(point string) {
 }
 
 func rcptResult(addr string, e *Error) RcptResult {
-	st := RcptTransient
+	st := RcptDeferred
 	if !e.Temporary {
 		st = RcptFailed
 	}
@@ -414,7 +414,7 @@ func outcomeFromRcpts(rcpts []RcptResult) Outcome {
 	var firstFail, firstTemp *RcptResult
 	for i := range rcpts {
 		switch rcpts[i].Status {
-		case RcptTransient:
+		case RcptDeferred:
 			if firstTemp == nil {
 				firstTemp = &rcpts[i]
 			}
@@ -426,10 +426,10 @@ func outcomeFromRcpts(rcpts []RcptResult) Outcome {
 	}
 	switch {
 	case firstTemp != nil:
-		o.Verdict = Transient
+		o.Verdict = Deferred
 		o.Err = &Error{Temporary: true, Step: "rcpt", Code: firstTemp.Code, Enhanced: firstTemp.Enhanced, Text: firstTemp.Text}
 	case firstFail != nil:
-		o.Verdict, o.Class = Permanent, ClassPermanent
+		o.Verdict, o.Class = Failed, ClassPermanent
 		o.Err = &Error{Step: "rcpt", Code: firstFail.Code, Enhanced: firstFail.Enhanced, Text: firstFail.Text}
 	}
 	return o

@@ -54,10 +54,10 @@ func TestPanicWhileOpeningFailsTheJob(t *testing.T) {
 		t.Error("the connection was left open")
 	}
 	o := job.Outcome
-	if o.Verdict != Transient || !o.Attempted || o.Err == nil || o.Err.Step != "local" || !strings.Contains(o.Err.Text, "odd bytes from the server") {
+	if o.Verdict != Deferred || !o.Attempted || o.Err == nil || o.Err.Step != "local" || !strings.Contains(o.Err.Text, "odd bytes from the server") {
 		t.Fatalf("outcome %+v (%v), want a transient local failure naming the panic", o, o.Err)
 	}
-	if len(o.Rcpts) != 2 || o.Rcpts[0].Status != RcptTransient || o.Rcpts[1].Addr != "b@example.org" {
+	if len(o.Rcpts) != 2 || o.Rcpts[0].Status != RcptDeferred || o.Rcpts[1].Addr != "b@example.org" {
 		t.Errorf("recipients %+v, want both deferred", o.Rcpts)
 	}
 	if strings.Contains(o.Err.Text, "s3cret-pw") {

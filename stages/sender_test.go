@@ -53,35 +53,35 @@ func TestDecide(t *testing.T) {
 		{"sent", smtpclient.Transaction{Rcpt: []*Error{nil, nil, nil}, DataAccepted: true},
 			want{Sent, "", 0, "delivered 250, delivered 250, delivered 250"}},
 		{"one refused, the data accepted", smtpclient.Transaction{Rcpt: []*Error{nil, reply("rcpt", 550), nil}, DataAccepted: true},
-			want{Permanent, "rcpt", 550, "delivered 250, failed 550, delivered 250"}},
+			want{Failed, "rcpt", 550, "delivered 250, failed 550, delivered 250"}},
 		{"one deferred", smtpclient.Transaction{Rcpt: []*Error{nil, reply("rcpt", 451), reply("rcpt", 550)}, DataAccepted: true},
-			want{Transient, "rcpt", 451, "delivered 250, deferred 451, failed 550"}},
+			want{Deferred, "rcpt", 451, "delivered 250, deferred 451, failed 550"}},
 		{"MAIL refused", smtpclient.Transaction{Mail: reply("mail", 553)},
-			want{Permanent, "mail", 553, "failed 553, failed 553, failed 553"}},
+			want{Failed, "mail", 553, "failed 553, failed 553, failed 553"}},
 		{"MAIL without a reply", smtpclient.Transaction{Mail: noReply("mail"), Broken: true},
-			want{Transient, "mail", 0, "deferred 0, deferred 0, deferred 0"}},
+			want{Deferred, "mail", 0, "deferred 0, deferred 0, deferred 0"}},
 		{"MAIL refused, RCPTs answered (pipelined)", smtpclient.Transaction{Mail: reply("mail", 553), Rcpt: []*Error{reply("rcpt", 503), reply("rcpt", 503), reply("rcpt", 503)}, Data: reply("data", 503)},
-			want{Permanent, "mail", 553, "failed 553, failed 553, failed 553"}},
+			want{Failed, "mail", 553, "failed 553, failed 553, failed 553"}},
 		{"MAIL refused, then no reply (pipelined)", smtpclient.Transaction{Mail: reply("mail", 553), Rcpt: []*Error{reply("rcpt", 503), noReply("rcpt")}, Broken: true},
-			want{Permanent, "mail", 553, "failed 553, failed 553, failed 553"}},
+			want{Failed, "mail", 553, "failed 553, failed 553, failed 553"}},
 		{"every RCPT refused", smtpclient.Transaction{Rcpt: []*Error{reply("rcpt", 550), reply("rcpt", 550), reply("rcpt", 551)}},
-			want{Permanent, "rcpt", 550, "failed 550, failed 550, failed 551"}},
+			want{Failed, "rcpt", 550, "failed 550, failed 550, failed 551"}},
 		{"every RCPT refused, DATA refused (pipelined)", smtpclient.Transaction{Rcpt: []*Error{reply("rcpt", 550), reply("rcpt", 550), reply("rcpt", 550)}, Data: reply("data", 554)},
-			want{Permanent, "rcpt", 550, "failed 550, failed 550, failed 550"}},
+			want{Failed, "rcpt", 550, "failed 550, failed 550, failed 550"}},
 		{"every RCPT refused, DATA without a reply (pipelined)", smtpclient.Transaction{Rcpt: []*Error{reply("rcpt", 550), reply("rcpt", 550), reply("rcpt", 550)}, Data: noReply("data"), Broken: true},
-			want{Permanent, "rcpt", 550, "failed 550, failed 550, failed 550"}},
+			want{Failed, "rcpt", 550, "failed 550, failed 550, failed 550"}},
 		{"no reply at the second RCPT", smtpclient.Transaction{Rcpt: []*Error{nil, noReply("rcpt")}, Broken: true},
-			want{Transient, "rcpt", 0, "deferred 0, deferred 0, deferred 0"}},
+			want{Deferred, "rcpt", 0, "deferred 0, deferred 0, deferred 0"}},
 		{"421 at the third RCPT after a refusal", smtpclient.Transaction{Rcpt: []*Error{reply("rcpt", 550), nil, reply("rcpt", 421)}, Broken: true},
-			want{Transient, "rcpt", 421, "failed 550, deferred 421, deferred 421"}},
+			want{Deferred, "rcpt", 421, "failed 550, deferred 421, deferred 421"}},
 		{"DATA refused", smtpclient.Transaction{Rcpt: []*Error{nil, reply("rcpt", 550), nil}, Data: reply("data", 451)},
-			want{Transient, "data", 451, "deferred 451, failed 550, deferred 451"}},
+			want{Deferred, "data", 451, "deferred 451, failed 550, deferred 451"}},
 		{"DATA without a reply", smtpclient.Transaction{Rcpt: []*Error{nil, reply("rcpt", 550), nil}, Data: noReply("data"), Broken: true},
-			want{Transient, "data", 0, "deferred 0, failed 550, deferred 0"}},
+			want{Deferred, "data", 0, "deferred 0, failed 550, deferred 0"}},
 		{"the data refused", smtpclient.Transaction{Rcpt: []*Error{nil, nil, reply("rcpt", 550)}, Dot: reply("data", 554)},
-			want{Permanent, "data", 554, "failed 554, failed 554, failed 550"}},
+			want{Failed, "data", 554, "failed 554, failed 554, failed 550"}},
 		{"no reply to the data", smtpclient.Transaction{Rcpt: []*Error{nil, nil, nil}, Dot: noReply("data"), NoReply: true, Broken: true},
-			want{Transient, "data", 0, "deferred 0, deferred 0, deferred 0"}},
+			want{Deferred, "data", 0, "deferred 0, deferred 0, deferred 0"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			o := decide(pending, &tc.tx)
@@ -101,7 +101,7 @@ func TestDecide(t *testing.T) {
 			case tc.want.step != "" && (o.Err == nil || o.Err.Step != tc.want.step || o.Err.Code != tc.want.code):
 				t.Fatalf("error %v, want %d at %s", o.Err, tc.want.code, tc.want.step)
 			}
-			if (o.Verdict == Permanent) != (o.Class == ClassPermanent) {
+			if (o.Verdict == Failed) != (o.Class == ClassPermanent) {
 				t.Fatalf("verdict %v with class %q", o.Verdict, o.Class)
 			}
 		})
@@ -179,7 +179,7 @@ func TestDeliverBothWays(t *testing.T) {
 			if broken := s.deliver(sess, job); broken {
 				t.Fatal("session broken by a refused sender")
 			}
-			if o := job.Outcome; o.Verdict != Permanent || o.Err == nil || o.Err.Step != "mail" || o.Err.Code != 553 || len(points) != 0 || recorded != 0 {
+			if o := job.Outcome; o.Verdict != Failed || o.Err == nil || o.Err.Step != "mail" || o.Err.Code != 553 || len(points) != 0 || recorded != 0 {
 				t.Fatalf("outcome %+v, crash points %q, recorded %d; want 553 at mail, neither", o, points, recorded)
 			}
 		})

@@ -107,7 +107,7 @@ func BuildXMLLog(job *Job, failedAt time.Time) ([]byte, error) {
 		add(RcptResult{Addr: a, Status: RcptDelivered, Code: 250})
 	}
 	for _, r := range o.Rcpts {
-		if r.Status == RcptTransient {
+		if r.Status == RcptDeferred {
 			// Given up: a recipient still deferred has failed.
 			r.Status = RcptFailed
 		}

@@ -26,7 +26,7 @@ func FuzzXMLLog(f *testing.F) {
 			Params: &queuefile.Params{To: []string{rcpt, "other@example.org"}},
 			State:  State{Queued: time.Unix(0, 0), Attempts: 2, History: []AttemptNote{{At: time.Unix(1, 0), Result: text}}},
 			Outcome: Outcome{
-				Verdict: Permanent, Class: ClassPermanent,
+				Verdict: Failed, Class: ClassPermanent,
 				Err:        &Error{Code: 550, Enhanced: "5.1.1", Step: "rcpt", Text: text},
 				Rcpts:      []RcptResult{{Addr: rcpt, Status: RcptFailed, Code: 550, Text: text}},
 				Transcript: transcript,

@@ -315,7 +315,7 @@ func TestQueueCommandsWithRunningService(t *testing.T) {
 	e.WaitFor("the requeued message to fail again", func(fs []stages.Filed) bool {
 		n := 0
 		for _, f := range fs {
-			if f.Job.Name == failed && f.Verdict == stages.Permanent {
+			if f.Job.Name == failed && f.Verdict == stages.Failed {
 				n++
 			}
 		}
@@ -377,7 +377,7 @@ func TestQueueRetrySendsBeforeBackoff(t *testing.T) {
 	e.Start(pipeline.Options{})
 	name := e.Enqueue(testMail(1), plain(srv, "user1@example.org"))
 	e.WaitFor("a deferral", func(fs []stages.Filed) bool { return len(fs) > 0 })
-	if f := e.Filed()[0]; f.Verdict != stages.Transient || f.Job.State.NextAttempt.Before(time.Now().Add(50*time.Minute)) {
+	if f := e.Filed()[0]; f.Verdict != stages.Deferred || f.Job.State.NextAttempt.Before(time.Now().Add(50*time.Minute)) {
 		t.Fatalf("first filing: %s, next attempt %v", f.Verdict, f.Job.State.NextAttempt)
 	}
 	if out := e.ok("status", name); !strings.Contains(out, "deferred until") || !strings.Contains(out, "not now") {

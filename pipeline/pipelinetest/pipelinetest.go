@@ -216,7 +216,7 @@ func (e *Env) record(f stages.Filed) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.filed = append(e.filed, f)
-	if f.Err == nil && (f.Verdict == stages.Sent || f.Verdict == stages.Permanent) {
+	if f.Err == nil && (f.Verdict == stages.Sent || f.Verdict == stages.Failed) {
 		e.final[f.Job.Name] = f
 	}
 	close(e.changed)

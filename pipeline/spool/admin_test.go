@@ -806,7 +806,7 @@ func TestReadXMLLogRoundTrip(t *testing.T) {
 	job := &stages.Job{Name: "x.eml", Sender: "a@example.com", Params: &queuefile.Params{To: []string{"b@example.org"}},
 		Route: stages.Route{Host: "smtp.example.com", Port: 25, TLS: queuefile.TLSStartTLS}}
 	job.State.Attempts = 3
-	job.Outcome = stages.Outcome{Verdict: stages.Permanent, Class: stages.ClassPermanent, Err: &stages.Error{Code: 550, Enhanced: "5.1.1", Step: "rcpt", Text: "no such user"}, Transcript: "a\nb"}
+	job.Outcome = stages.Outcome{Verdict: stages.Failed, Class: stages.ClassPermanent, Err: &stages.Error{Code: 550, Enhanced: "5.1.1", Step: "rcpt", Text: "no such user"}, Transcript: "a\nb"}
 	b, err := stages.BuildXMLLog(job, time.Now())
 	if err != nil {
 		t.Fatal(err)
