@@ -39,6 +39,12 @@ type Queue struct {
 	Recipients []age.Recipient // the service's public key(s)
 	// Now returns the current time; nil means time.Now. Tests inject a clock.
 	Now func() time.Time
+	// Publish, if set, takes each sealed message instead of Dir: the queue
+	// file's name and bytes, as they would be written, for a queue that is
+	// a stream (pipeline/spool/stream.Publish). It returns the name
+	// Enqueue returns, once the message is stored durably. Dir still holds
+	// the temporary file of the message being sealed.
+	Publish func(name string, sealed []byte) (string, error)
 }
 
 // Enqueue seals p into msg and puts the result into the queue. It returns the
@@ -144,6 +150,13 @@ func (q *Queue) Enqueue(msg io.Reader, p Params) (name string, err error) {
 	}
 	if len(seal) > MaxFieldSize {
 		return "", fmt.Errorf("enqueue: %w", sealTooLarge(&p, len(seal), false))
+	}
+	if q.Publish != nil {
+		b, err := sealedBytes(seal, body, cw.N)
+		if err != nil {
+			return "", fmt.Errorf("enqueue: %w", err)
+		}
+		return q.Publish(name, b)
 	}
 	tmpPath := filepath.Join(tmpDir, name)
 	if err := writeQueueFile(tmpPath, seal, body); err != nil {
@@ -270,6 +283,21 @@ func MakeTmpDir(queueDir string) error {
 		return err
 	}
 	return os.Chmod(tmp, fi.Mode().Perm()|fi.Mode()&os.ModeSetgid)
+}
+
+// sealedBytes returns the queue file's bytes: the seal, then the n bytes of
+// body.
+func sealedBytes(seal []byte, body *os.File, n int64) ([]byte, error) {
+	b := make([]byte, len(seal), int64(len(seal))+n)
+	copy(b, seal)
+	if _, err := body.Seek(0, io.SeekStart); err != nil {
+		return nil, err
+	}
+	w := bytes.NewBuffer(b)
+	if _, err := io.Copy(w, body); err != nil {
+		return nil, err
+	}
+	return w.Bytes(), nil
 }
 
 func writeQueueFile(path string, seal []byte, body *os.File) error {

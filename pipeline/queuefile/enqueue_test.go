@@ -436,3 +436,45 @@ func TestEnqueueSealsTheTLSConstant(t *testing.T) {
 		t.Errorf("Enqueue changed the caller's Params: TLS %q", p.TLS)
 	}
 }
+
+// With Publish set, Enqueue hands over the bytes it would have written (the
+// same seal and message, opened alike) and returns the name Publish gives;
+// nothing is left in the queue folder.
+func TestEnqueuePublish(t *testing.T) {
+	msg := corpusMessage(t, "plain-lf.eml")
+	var gotName string
+	var got []byte
+	q := newQueue(t)
+	q.Publish = func(name string, sealed []byte) (string, error) {
+		gotName, got = name, sealed
+		return "id0123456789abcd", nil
+	}
+	name, err := q.Enqueue(bytes.NewReader(msg), testParams("dave@example.com"))
+	if err != nil || name != "id0123456789abcd" {
+		t.Fatalf("Enqueue with Publish: %q, %v", name, err)
+	}
+	if !queuefile.IsQueueName(gotName) {
+		t.Errorf("published under %q, not a queue file name", gotName)
+	}
+	var body bytes.Buffer
+	p, err := queuefile.OpenTo(&body, bytes.NewReader(got), mustIdentity(t, testIdentity))
+	if err != nil {
+		t.Fatalf("the published bytes do not open: %v", err)
+	}
+	if !bytes.Equal(body.Bytes(), msg) || p.Host != testHost || p.Size != int64(len(msg)) {
+		t.Errorf("published message: host %q size %d, body equal %v", p.Host, p.Size, bytes.Equal(body.Bytes(), msg))
+	}
+	ents, _ := os.ReadDir(q.Dir)
+	for _, e := range ents {
+		if e.Name() != queuefile.TmpDir {
+			t.Errorf("left in the queue folder: %s", e.Name())
+		}
+	}
+	if tmp, _ := os.ReadDir(filepath.Join(q.Dir, queuefile.TmpDir)); len(tmp) != 0 {
+		t.Errorf("left in .tmp: %d files", len(tmp))
+	}
+	q.Publish = func(string, []byte) (string, error) { return "", errors.New("stream unavailable") }
+	if _, err := q.Enqueue(bytes.NewReader(msg), testParams("dave@example.com")); err == nil || !strings.Contains(err.Error(), "stream unavailable") {
+		t.Errorf("a failed publish: %v", err)
+	}
+}
