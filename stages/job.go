@@ -148,6 +148,22 @@ type Job struct {
 	counted int64      // how many
 }
 
+// AcceptedState returns the job's state with the server's acceptance of its
+// data merged in, for the storage to record before the job is filed: the
+// recipients the server accepted are done, and if none is left the message
+// counts as sent (Accepted). The job's own State is left as it is.
+func (j *Job) AcceptedState() State {
+	st := j.State
+	st.Done = append([]string(nil), st.Done...)
+	for _, r := range j.Outcome.Rcpts {
+		if r.Status == RcptDelivered {
+			st.AddDone(r.Addr)
+		}
+	}
+	st.Accepted = j.Outcome.Verdict == Sent
+	return st
+}
+
 // WriteMessage writes the message as it is sent, without the sealed header
 // (or the pickup envelope): from memory if the Parser kept it, else read
 // anew from the storage. The Sender sends it; the storage files it in Sent.

@@ -22,7 +22,7 @@ func TestFilingWaitsForTheJournal(t *testing.T) {
 	}
 	defer sp.Close()
 
-	job := &stages.Job{ID: newID(time.Now()), Name: "20261127T120000.000000000Z-journal1.eml", Kind: stages.KindPickup, Msg: &file{}}
+	job := &stages.Job{ID: NewID(time.Now()), Name: "20261127T120000.000000000Z-journal1.eml", Kind: stages.KindPickup, Msg: &file{}}
 	w, _ := workName(job.ID, job.Name)
 	handle(job).path = filepath.Join(sp.active, w)
 	if err := os.WriteFile(handle(job).path, []byte("Subject: x\r\n\r\nbody\r\n"), 0o640); err != nil {

@@ -49,10 +49,10 @@ const maxNameBytes = 255
 
 var idEncoding = base32.NewEncoding("0123456789abcdefghijklmnopqrstuv").WithPadding(base32.NoPadding)
 
-// newID returns a new message id: the time in microseconds (56 bits, so
+// NewID returns a new message id: the time in microseconds (56 bits, so
 // that ids sort by claim time) and 24 random bits. The claim's rename never
 // replaces a file, so even two ids drawn alike cannot merge two messages.
-func newID(now time.Time) string {
+func NewID(now time.Time) string {
 	var b [10]byte
 	var t [8]byte
 	binary.BigEndian.PutUint64(t[:], uint64(now.UnixMicro()))
@@ -113,7 +113,7 @@ func workName(id, name string) (string, bool) {
 // (someone else took it) returns an error matching fs.ErrNotExist.
 func giveID(queueDir, src, name, dstDir string, st *stages.State, keep bool, syncDir func(string) error) (id, dst string, wrote bool, err error) {
 	for range 3 {
-		id = newID(time.Now())
+		id = NewID(time.Now())
 		w, carried := workName(id, name)
 		dst = filepath.Join(dstDir, w)
 		wrote = !carried || keep

@@ -655,14 +655,7 @@ func (s *Spool) RecordAccepted(job *stages.Job) error {
 		s.mu.Unlock()
 		return nil
 	}
-	st := job.State
-	st.Done = append([]string(nil), st.Done...)
-	for _, r := range job.Outcome.Rcpts {
-		if r.Status == stages.RcptDelivered {
-			st.AddDone(r.Addr)
-		}
-	}
-	st.Accepted = job.Outcome.Verdict == stages.Sent
+	st := job.AcceptedState()
 	handle(job).stateFile = true
 	return s.WriteState(job.ID, &st)
 }

@@ -1,0 +1,351 @@
+package stream_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/goleak"
+
+	"github.com/smtpq/smtpq/pipeline/natstest"
+	"github.com/smtpq/smtpq/pipeline/spool/stream"
+	"github.com/smtpq/smtpq/stages"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// connect returns a JetStream context on the servers at urls, closed when
+// the test ends.
+func connect(t *testing.T, urls ...string) jetstream.JetStream {
+	t.Helper()
+	nc, err := nats.Connect(strings.Join(urls, ","), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return js
+}
+
+// node opens a node's spool on the stream with its own folders.
+func node(t *testing.T, js jetstream.JetStream, cfg stream.Config) *stream.Spool {
+	t.Helper()
+	dir := t.TempDir()
+	if cfg.Sent == "" {
+		cfg.Sent, cfg.Undeliverable = filepath.Join(dir, "sent"), filepath.Join(dir, "undeliverable")
+	}
+	if cfg.Poll == 0 {
+		cfg.Poll = 100 * time.Millisecond
+	}
+	s, err := stream.Open(t.Context(), js, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// fetch claims up to n jobs, waiting at most a few seconds for them.
+func fetch(t *testing.T, s *stream.Spool, n int) []*stages.Job {
+	t.Helper()
+	var jobs []*stages.Job
+	deadline := time.Now().Add(5 * time.Second)
+	for len(jobs) < n && time.Now().Before(deadline) {
+		_, err := s.Scan(t.Context(), time.Now(), nil, func(j *stages.Job) bool {
+			jobs = append(jobs, j)
+			if len(jobs) == n {
+				return false
+			}
+			return true
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	return jobs
+}
+
+func publish(t *testing.T, js jetstream.JetStream, name, body string) string {
+	t.Helper()
+	id, err := stream.Publish(t.Context(), js, "", name, []byte(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+func read(t *testing.T, job *stages.Job) string {
+	t.Helper()
+	r, err := job.Msg.Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	b, err := io.ReadAll(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// A published message is claimed with its id, name and bytes; filed as sent,
+// its copy is in the node's Sent folder and the stream holds nothing more.
+func TestPublishClaimFileSent(t *testing.T) {
+	js := connect(t, natstest.NewServer(t).URL())
+	s := node(t, js, stream.Config{})
+	body := "From: a@example.org\r\nTo: b@example.org\r\nSubject: hi\r\n\r\nhello\r\n"
+	id := publish(t, js, "welcome.eml", body)
+	jobs := fetch(t, s, 1)
+	if len(jobs) != 1 {
+		t.Fatalf("claimed %d jobs, want 1", len(jobs))
+	}
+	job := jobs[0]
+	if job.ID != id || job.Name != "welcome.eml" || read(t, job) != body {
+		t.Fatalf("claimed id %q name %q, want %q welcome.eml and the published bytes", job.ID, job.Name, id)
+	}
+	if fi, err := job.Msg.Stat(); err != nil || fi.Size() != int64(len(body)) || !fi.Mode().IsRegular() {
+		t.Fatalf("stat: %v, %v", fi, err)
+	}
+	path, err := s.FileSent(job, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(path); err != nil || string(b) != body || filepath.Base(path) != "welcome.eml" {
+		t.Fatalf("Sent copy %s: %q, %v", path, b, err)
+	}
+	if !job.Msg.Released() {
+		t.Error("filed, but the handle says the node still holds it")
+	}
+	waitEmpty(t, js)
+}
+
+// waitEmpty waits until the stream's queue holds no message.
+func waitEmpty(t *testing.T, js jetstream.JetStream) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		str, err := js.Stream(t.Context(), stream.DefaultStream)
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := str.Info(t.Context(), jetstream.WithSubjectFilter(stream.DefaultStream+".q.>"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var n uint64
+		for _, c := range info.State.Subjects {
+			n += c
+		}
+		if n == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the stream still holds %d messages to send", n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// A producer's name that is not one plain file name is not used as one: the
+// copy is filed under the message's id.
+func TestOddNamesAreFiledByID(t *testing.T) {
+	js := connect(t, natstest.NewServer(t).URL())
+	s := node(t, js, stream.Config{})
+	for _, name := range []string{"../../etc/passwd", "a/b.eml", ".hidden.eml", "", strings.Repeat("x", 300)} {
+		id := publish(t, js, name, "Subject: x\r\n\r\nbody\r\n")
+		jobs := fetch(t, s, 1)
+		if len(jobs) != 1 {
+			t.Fatalf("%q: claimed %d", name, len(jobs))
+		}
+		path, err := s.FileSent(jobs[0], false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if filepath.Dir(path) == "" || filepath.Base(path) != id+".eml" {
+			t.Errorf("%q filed as %s, want %s.eml in the Sent folder", name, path, id)
+		}
+	}
+}
+
+// A deferred message comes back after its delay, with its state (attempts,
+// recipients done); a returned one comes back at once.
+func TestDeferAndReturn(t *testing.T) {
+	js := connect(t, natstest.NewServer(t).URL())
+	s := node(t, js, stream.Config{})
+	publish(t, js, "later.eml", "Subject: x\r\n\r\nbody\r\n")
+	job := fetch(t, s, 1)[0]
+	job.State.Attempts = 2
+	job.State.AddDone("a@example.org")
+	start := time.Now()
+	if err := s.Defer(job, start.Add(700*time.Millisecond)); err != nil {
+		t.Fatal(err)
+	}
+	again := fetch(t, s, 1)
+	if len(again) != 1 {
+		t.Fatal("a deferred message did not come back")
+	}
+	if time.Since(start) < 600*time.Millisecond {
+		t.Errorf("came back after %v, before its delay", time.Since(start))
+	}
+	if st := again[0].State; st.Attempts != 2 || !slices.Equal(st.Done, []string{"a@example.org"}) {
+		t.Errorf("state after the retry: %+v", st)
+	}
+	if err := s.Return(again[0]); err != nil {
+		t.Fatal(err)
+	}
+	if back := fetch(t, s, 1); len(back) != 1 || back[0].ID != job.ID {
+		t.Fatal("a returned message did not come back")
+	} else if _, err := s.FileSent(back[0], true); err != nil {
+		t.Fatal(err)
+	}
+	waitEmpty(t, js)
+}
+
+// A node that dies (here: closes without filing) after the server accepted
+// a message leaves the record of that acceptance: the node that gets it
+// next sees it was accepted, so it files it rather than sends it again.
+func TestAcceptedSurvivesTheNode(t *testing.T) {
+	js := connect(t, natstest.NewServer(t).URL())
+	a := node(t, js, stream.Config{})
+	b := node(t, js, stream.Config{})
+	publish(t, js, "once.eml", "Subject: x\r\n\r\nbody\r\n")
+	job := fetch(t, a, 1)[0]
+	job.Outcome = stages.Outcome{Verdict: stages.Sent, Rcpts: []stages.RcptResult{{Addr: "b@example.org", Status: stages.RcptDelivered, Code: 250}}}
+	if err := a.RecordAccepted(job); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	next := fetch(t, b, 1)
+	if len(next) != 1 || !next[0].State.Accepted {
+		t.Fatalf("after the node died: %d jobs, accepted %v; want the record of the 250", len(next), len(next) == 1 && next[0].State.Accepted)
+	}
+	if _, err := b.FileSent(next[0], false); err != nil {
+		t.Fatal(err)
+	}
+	waitEmpty(t, js)
+}
+
+// Two nodes share the stream: each message is claimed by one of them once.
+// A node that holds a message longer than the ack wait keeps it, by its
+// heartbeats.
+func TestTwoNodesShareTheWork(t *testing.T) {
+	js := connect(t, natstest.NewServer(t).URL())
+	cfg := stream.Config{AckWait: 600 * time.Millisecond}
+	a, b := node(t, js, cfg), node(t, js, cfg)
+	const n = 40
+	for i := range n {
+		publish(t, js, fmt.Sprintf("m%02d.eml", i), "Subject: x\r\n\r\nbody\r\n")
+	}
+	ja := fetch(t, a, n/2)
+	jb := fetch(t, b, n-len(ja))
+	if len(ja)+len(jb) != n {
+		t.Fatalf("claimed %d + %d, want %d", len(ja), len(jb), n)
+	}
+	time.Sleep(2 * time.Second) // over three ack waits
+	if extra := fetch(t, b, 1); len(extra) != 0 {
+		t.Fatalf("%s was delivered again while node a held it", extra[0].Name)
+	}
+	seen := map[string]bool{}
+	for _, j := range append(ja, jb...) {
+		if seen[j.ID] {
+			t.Fatalf("%s claimed twice", j.Name)
+		}
+		seen[j.ID] = true
+	}
+	for _, j := range ja {
+		if _, err := a.FileSent(j, true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, j := range jb {
+		if _, err := b.FileSent(j, true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitEmpty(t, js)
+}
+
+// A failed message is filed with its XML log in the node's Undeliverable
+// folder, as published (sealed header and all).
+func TestFileUndeliverable(t *testing.T) {
+	js := connect(t, natstest.NewServer(t).URL())
+	s := node(t, js, stream.Config{})
+	body := "X-SmtpQ-Sealed: v1 junk\r\nSubject: x\r\n\r\nbody\r\n"
+	publish(t, js, "bad.eml", body)
+	job := fetch(t, s, 1)[0]
+	path, err := s.FileUndeliverable(job, []byte("<log/>"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(path); string(b) != body {
+		t.Errorf("Undeliverable copy: %q", b)
+	}
+	if b, _ := os.ReadFile(strings.TrimSuffix(path, ".eml") + ".xml"); string(b) != "<log/>" {
+		t.Errorf("XML log: %q", b)
+	}
+	waitEmpty(t, js)
+}
+
+// A held message is not delivered again; its copy waits on the held subject.
+func TestHold(t *testing.T) {
+	js := connect(t, natstest.NewServer(t).URL())
+	s := node(t, js, stream.Config{})
+	id := publish(t, js, "held.eml", "Subject: x\r\n\r\nbody\r\n")
+	job := fetch(t, s, 1)[0]
+	if err := s.Hold(job); err != nil {
+		t.Fatal(err)
+	}
+	if again := fetch(t, s, 1); len(again) != 0 {
+		t.Fatal("a held message was delivered again")
+	}
+	str, err := js.Stream(t.Context(), stream.DefaultStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := str.GetLastMsgForSubject(t.Context(), stream.DefaultStream+".held."+id)
+	if err != nil || string(m.Data) != "Subject: x\r\n\r\nbody\r\n" {
+		t.Fatalf("held copy: %v", err)
+	}
+}
+
+// On an R3 stream, losing one of three NATS servers loses nothing: what was
+// published before is claimed and filed after.
+func TestClusterLosesANode(t *testing.T) {
+	c := natstest.NewCluster(t, 3)
+	js := connect(t, c.URLs()...)
+	s := node(t, js, stream.Config{Replicas: 3})
+	const n = 30
+	for i := range n {
+		publish(t, js, fmt.Sprintf("r%02d.eml", i), "Subject: x\r\n\r\nbody\r\n")
+	}
+	c.Stop(0)
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	got := 0
+	for got < n && ctx.Err() == nil {
+		for _, j := range fetch(t, s, n-got) {
+			if _, err := s.FileSent(j, true); err != nil {
+				t.Logf("filing while the cluster elects: %v", err)
+				s.Return(j)
+				continue
+			}
+			got++
+		}
+	}
+	if got != n {
+		t.Fatalf("filed %d of %d after a NATS node was lost", got, n)
+	}
+}
