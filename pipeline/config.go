@@ -202,6 +202,10 @@ type Config struct {
 	Metrics         MetricsConfig         `yaml:"metrics"`
 	ScanInterval    Duration              `yaml:"scan_interval"` // periodic rescan of the queue
 
+	// NATS, if set, runs the queue on a NATS JetStream stream shared by
+	// several nodes instead of in queue_dir alone (see cluster.go).
+	NATS *NATSConfig `yaml:"nats"`
+
 	// Path is the file the configuration was read from (not a YAML key).
 	Path string `yaml:"-"`
 
@@ -298,7 +302,7 @@ var unknownField = regexp.MustCompile(`field (\S+) not found in type pipeline\.(
 // sections are the structs a configuration's keys live in, by Go name.
 var sections = func() map[string]reflect.Type {
 	m := map[string]reflect.Type{}
-	for _, v := range []any{Config{}, Relay{}, HostLimits{}, RetryConfig{}, TimeoutsConfig{}, TLSConfig{}, LogConfig{}, MetricsConfig{}} {
+	for _, v := range []any{Config{}, Relay{}, HostLimits{}, RetryConfig{}, TimeoutsConfig{}, TLSConfig{}, LogConfig{}, MetricsConfig{}, NATSConfig{}, NATSTLS{}, NATSEmbedded{}} {
 		t := reflect.TypeOf(v)
 		m[t.Name()] = t
 	}
@@ -429,6 +433,14 @@ func (c *Config) resolvePaths(dir string) {
 		abs(&r.PasswordFile)
 		c.Relays[name] = r
 	}
+	if n := c.NATS; n != nil {
+		for _, p := range []*string{&n.CredsFile, &n.NKeyFile, &n.PasswordFile, &n.TLS.CAFile, &n.TLS.CertFile, &n.TLS.KeyFile} {
+			abs(p)
+		}
+		if n.Embedded != nil {
+			abs(&n.Embedded.StoreDir)
+		}
+	}
 }
 
 // Validate checks the configuration; each error names the setting.
@@ -444,6 +456,9 @@ func (c *Config) Validate() error {
 	}
 	need("queue_dir", c.QueueDir)
 	need("sent_dir", c.SentDir)
+	if c.NATS != nil {
+		errs = append(errs, c.NATS.validate()...)
+	}
 	need("undeliverable_dir", c.UndeliverableDir)
 	if c.QueueDir != "" && (c.QueueDir == c.SentDir || c.QueueDir == c.UndeliverableDir) {
 		errs = append(errs, errors.New("queue_dir must differ from sent_dir and undeliverable_dir"))

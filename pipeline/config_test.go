@@ -150,3 +150,26 @@ func TestValidateAcceptsAnyCaseFromGo(t *testing.T) {
 		t.Errorf("Validate with tls %q: %v", "tls", err)
 	}
 }
+
+// TestConfigNATS: the nats section is read with its paths made absolute,
+// and each mistake in it is refused naming the key.
+func TestConfigNATS(t *testing.T) {
+	t.Parallel()
+	cfg, err := parseYAML(t, "nats:\n  urls: nats://10.0.0.5:4222\n  creds_file: smtpq.creds\n  replicas: 3\n  embedded: {listen: 127.0.0.1:4222, store_dir: nats}\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := cfg.NATS; n == nil || len(n.URLs) != 1 || n.Replicas != 3 || n.CredsFile != "/etc/smtpq/smtpq.creds" || n.Embedded.StoreDir != "/etc/smtpq/nats" {
+		t.Errorf("nats = %+v", cfg.NATS)
+	}
+	wantRefused(t, []refusedConfig{
+		{"nats: {}\n", []string{"nats: give urls, or embedded"}},
+		{"nats:\n  url: nats://x:4222\n", []string{`unknown key "url" (did you mean urls?)`, "line 5"}},
+		{"nats: {urls: n, creds_file: a, nkey_file: b}\n", []string{"one of creds_file, nkey_file"}},
+		{"nats: {urls: n, user: u}\n", []string{"user and password_file go together"}},
+		{"nats: {urls: n, replicas: 7}\n", []string{"nats.replicas 7"}},
+		{"nats: {urls: n, stream: 'my stream'}\n", []string{"nats.stream", "letters, digits"}},
+		{"nats: {embedded: {listen: '127.0.0.1:4222'}}\n", []string{"nats.embedded.store_dir is required"}},
+		{"nats: {embedded: {listen: 'nowhere', store_dir: x}}\n", []string{"nats.embedded.listen"}},
+	})
+}

@@ -380,6 +380,13 @@ func (p *Pipeline) limits(host string) stages.Limits {
 	}
 }
 
+// storage is what the stages work on: the directory spool, or the stream.
+type storage interface {
+	stages.Source
+	stages.Sink
+	RecordAccepted(*stages.Job) error
+}
+
 // Run runs the service until ctx is cancelled, then shuts down in two
 // phases (see the package comment) and returns nil. It returns an error only
 // if the spool cannot be opened. Run may be called once.
@@ -414,9 +421,20 @@ func (p *Pipeline) Run(ctx context.Context) error {
 		r := finishRoute(relayRoute(live, cfg.DefaultRelay, cfg.Relays[cfg.DefaultRelay]))
 		pickup = &r
 	}
+	// The storage the stages work on: the directory spool, or with nats
+	// the stream, queue_dir then being a drop folder forwarded to it.
+	var store storage = sp
+	var cl *cluster
+	if cfg.NATS != nil {
+		if cl, err = openCluster(ctx, cfg, log.Named("cluster")); err != nil {
+			sp.Close()
+			return err
+		}
+		store = cl.queue
+	}
 	controls := make(chan stages.HostControl)
 	holds := make(chan stages.RouteHold, 64) // Dispatcher -> Scanner
-	scanner := &stages.Scanner{Spool: sp, Holds: holds, Interval: cfg.ScanInterval.D(), Clock: clock, Log: log.Named("scanner")}
+	scanner := &stages.Scanner{Spool: store, Holds: holds, Interval: cfg.ScanInterval.D(), Clock: clock, Log: log.Named("scanner")}
 	parser := &stages.Parser{Identities: p.identities, Resolve: p.resolve, Pickup: pickup, Settle: cfg.Settle.D(), Clock: clock, Log: log.Named("parser")}
 	dispatcher := &stages.Dispatcher{
 		Limits: p.limits, Workers: cfg.MaxThreads, Controls: controls, Clock: clock, Log: log.Named("dispatcher"),
@@ -427,13 +445,13 @@ func (p *Pipeline) Run(ctx context.Context) error {
 		Timeouts: stages.Timeouts{
 			Connect: cfg.Timeouts.Connect.D(), Command: cfg.Timeouts.Command.D(), Data: cfg.Timeouts.Data.D(),
 		},
-		Accepted:     sp.RecordAccepted,
+		Accepted:     store.RecordAccepted,
 		Crash:        p.opts.Crash,
 		NoPipelining: p.opts.NoPipelining,
 		Panicked:     func(file, text string) { met.panicked(clock.Now(), file, text) },
 	}
 	archiver := &stages.Archiver{
-		Spool: sp, DeleteAfterSend: cfg.DeleteAfterSend, Clock: clock, Log: log.Named(ArchiverLogger),
+		Spool: store, DeleteAfterSend: cfg.DeleteAfterSend, Clock: clock, Log: log.Named(ArchiverLogger),
 		OnFiled: func(f stages.Filed) {
 			met.observe(f, clock.Now())
 			if p.opts.OnFiled != nil {
@@ -509,6 +527,17 @@ func (p *Pipeline) Run(ctx context.Context) error {
 	for range archiverCount {
 		all.Go(func() { archiver.Run(outcomes) })
 	}
+	if cl != nil {
+		all.Go(func() {
+			// Nothing is kept in memory: what is published is the file's
+			// own bytes, read again.
+			fp := &stages.Parser{
+				Identities: p.identities, Resolve: p.resolve, Pickup: pickup, Settle: cfg.Settle.D(),
+				MaxInMemory: 1, InMemory: 1, Clock: clock, Log: log.Named("forward"),
+			}
+			cl.forward(ctx, sp, fp, cfg.NATS.Stream, clock, cfg.ScanInterval.D(), log.Named("forward"))
+		})
+	}
 	// Operator instructions left by the queue commands (separate processes)
 	// in queue_dir/.control.
 	all.Go(func() { p.watchControls(ctx, cfg.QueueDir, controls, finished) })
@@ -526,6 +555,11 @@ func (p *Pipeline) Run(ctx context.Context) error {
 	p.running, p.metricsAddr = nil, nil
 	p.mu.Unlock()
 
+	if cl != nil {
+		if err := cl.close(); err != nil {
+			log.Error("leaving the cluster", zap.Error(err))
+		}
+	}
 	err = sp.Close()
 	if err != nil {
 		log.Error("closing the spool", zap.Error(err))

@@ -192,10 +192,11 @@ func runEnqueue(cmd *cobra.Command, f *enqueueFlags, args []string) error {
 		}
 	}
 
-	q, err := producerQueue(cfg)
+	q, closeQueue, err := producerQueue(cfg)
 	if err != nil {
 		return err
 	}
+	defer closeQueue()
 
 	msg, closeMsg, err := openMessage(cmd, args)
 	if err != nil {
@@ -205,6 +206,10 @@ func runEnqueue(cmd *cobra.Command, f *enqueueFlags, args []string) error {
 	name, err := q.Enqueue(msg, p)
 	if err != nil {
 		return cli.OneLine(err)
+	}
+	if q.Publish != nil {
+		fmt.Fprintln(cmd.OutOrStdout(), name) // the message's id on the stream
+		return nil
 	}
 	fmt.Fprintln(cmd.OutOrStdout(), filepath.Join(q.Dir, name))
 	return nil
@@ -234,19 +239,30 @@ func pickRelay(cfg *pipeline.Config, name string) (string, error) {
 	return name, nil
 }
 
-// producerQueue returns the queue with the service's public key loaded.
-func producerQueue(cfg *pipeline.Config) (*queuefile.Queue, error) {
+// producerQueue returns the queue with the service's public key loaded,
+// and what closes it. With a nats section, messages are published to the
+// stream (queue_dir only holds the temporary file of the one being sealed).
+func producerQueue(cfg *pipeline.Config) (*queuefile.Queue, func(), error) {
 	if cfg.RecipientFile == "" {
-		return nil, fmt.Errorf("recipient_file is not set in %s: nothing to seal to", cfg.Path)
+		return nil, nil, fmt.Errorf("recipient_file is not set in %s: nothing to seal to", cfg.Path)
 	}
 	rs, err := queuefile.LoadRecipients(cfg.RecipientFile)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
-			return nil, fmt.Errorf("%v (create the keys with smtpq keygen)", err)
+			return nil, nil, fmt.Errorf("%v (create the keys with smtpq keygen)", err)
 		}
-		return nil, cli.OneLine(err)
+		return nil, nil, cli.OneLine(err)
 	}
-	return &queuefile.Queue{Dir: cfg.QueueDir, Recipients: rs}, nil
+	q := &queuefile.Queue{Dir: cfg.QueueDir, Recipients: rs}
+	if cfg.NATS == nil {
+		return q, func() {}, nil
+	}
+	publish, closeNATS, err := pipeline.Publisher(cfg)
+	if err != nil {
+		return nil, nil, cli.OneLine(err)
+	}
+	q.Publish = publish
+	return q, closeNATS, nil
 }
 
 // openMessage opens the message named by args: a file, or standard input for

@@ -270,10 +270,11 @@ func runSendmail(cmd *cobra.Command, args []string) error {
 	if cfg.DefaultRelay == "" {
 		return cli.WithCode(exConfig, fmt.Errorf("no default_relay in %s: sendmail sends through the default relay profile", cfg.Path))
 	}
-	q, err := producerQueue(cfg)
+	q, closeQueue, err := producerQueue(cfg)
 	if err != nil {
 		return cli.WithCode(exConfig, err)
 	}
+	defer closeQueue()
 
 	in := &messageReader{r: bufio.NewReaderSize(cmd.InOrStdin(), 32<<10), ignoreDots: o.ignoreDots, bol: true}
 	br := bufio.NewReaderSize(in, 32<<10)
