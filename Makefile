@@ -62,7 +62,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzOpenPickup$$' -fuzztime $(FUZZTIME) ./pipeline/queuefile/
 	$(GO) test -run '^$$' -fuzz '^FuzzXMLLog$$' -fuzztime $(FUZZTIME) ./stages/
 	$(GO) test -run '^$$' -fuzz '^FuzzSpoolNames$$' -fuzztime $(FUZZTIME) ./pipeline/spool/
-	$(GO) test -run '^$$' -fuzz '^FuzzTranscript$$' -fuzztime $(FUZZTIME) ./stages/
+	$(GO) test -run '^$$' -fuzz '^FuzzTranscript$$' -fuzztime $(FUZZTIME) ./stages/smtpclient/
 
 # Issue 5's benchmarks (testdata/bench/README.md): drains of bin/smtpq against
 # a bare client and a private Postfix, pickup latency, a rate-limited host, a

@@ -245,16 +245,26 @@ func readSecretFile(path string) (string, error) {
 }
 
 // cluster is a running node's link to NATS.
+//
+// A host's max_connections holds across the nodes: each session holds a
+// lease in the cluster (stream.Slots). Its rate holds as each node's share:
+// rate / the nodes alive, recomputed as nodes come and go (onNodes). A
+// shared token bucket would cost a round trip to the cluster, and a race,
+// for every message; a share costs nothing per message, is exact when
+// every node has mail for the host, and errs on the slow side when some
+// have none. A node that joins or dies shifts the total for at most one
+// renewal period (a third of the slots' TTL).
 type cluster struct {
 	srv   *server.Server // the embedded server, if any
 	nc    *nats.Conn
 	js    jetstream.JetStream
 	queue *stream.Spool
+	slots *stream.Slots
 }
 
 // openCluster starts the embedded server if configured, connects, and opens
 // this node's stream spool.
-func openCluster(ctx context.Context, cfg *Config, log *zap.Logger) (*cluster, error) {
+func openCluster(ctx context.Context, cfg *Config, onNodes func(int), log *zap.Logger) (*cluster, error) {
 	n := cfg.NATS
 	c := &cluster{}
 	extra := ""
@@ -278,11 +288,19 @@ func openCluster(ctx context.Context, cfg *Config, log *zap.Logger) (*cluster, e
 		c.close()
 		return nil, err
 	}
+	c.slots, err = stream.OpenSlots(ctx, c.js, n.Stream, n.Replicas, n.nodeName(), 0, onNodes, log.Named("slots"))
+	if err != nil {
+		c.close()
+		return nil, err
+	}
 	return c, nil
 }
 
 func (c *cluster) close() error {
 	var err error
+	if c.slots != nil {
+		c.slots.Close()
+	}
 	if c.queue != nil {
 		err = c.queue.Close()
 	}

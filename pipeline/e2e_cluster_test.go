@@ -116,3 +116,35 @@ func TestClusterDrainsOnce(t *testing.T) {
 		t.Errorf("dropped files left in queue_dir after publishing: %v", left)
 	}
 }
+
+// A host's max_connections holds across the nodes: two nodes with four
+// threads each never have more than the host's two sessions open at once,
+// as the server counts them.
+func TestClusterHostCapAcrossNodes(t *testing.T) {
+	const cap, n = 2, 40
+	tr := newSessionTracker()
+	srv := startServer(t, "127.0.0.2", func(s *smtptest.Server) { s.Fault = tr.fault("127.0.0.2") })
+	a := pipelinetest.New(t, func(cfg *pipeline.Config) {
+		cfg.NATS = &pipeline.NATSConfig{URLs: []string{natstest.NewServer(t).URL()}, Node: "a"}
+		cfg.Hosts["127.0.0.2"] = hostLimits(cap)
+	})
+	for i := range n {
+		a.Enqueue(testMessage(i), srv.Params(fmt.Sprintf("user%d@example.org", i)))
+	}
+	a.Start(pipeline.Options{})
+	clusterNode(t, a, "b")
+
+	deadline := time.Now().Add(pipelinetest.WaitTimeout)
+	for len(srv.Messages()) < n && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if got := len(srv.Messages()); got != n {
+		t.Fatalf("the server got %d messages, want %d", got, n)
+	}
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	if tr.max["127.0.0.2"] > cap {
+		t.Errorf("%d sessions at once from two nodes, max_connections is %d", tr.max["127.0.0.2"], cap)
+	}
+	t.Logf("at most %d sessions at once", tr.max["127.0.0.2"])
+}

@@ -95,6 +95,8 @@ type Pipeline struct {
 	tlsConfig  *tls.Config
 	live       atomic.Pointer[settings] // replaced by Reload
 
+	nodes atomic.Int32 // live nodes of the cluster sharing the queue; 0: no cluster
+
 	mu          sync.Mutex // guards running and metricsAddr
 	running     *running   // set while Run runs
 	metricsAddr net.Addr   // where metrics are served, while Run runs
@@ -371,12 +373,36 @@ func finishRoute(r stages.Route) stages.Route {
 
 func (p *Pipeline) limits(host string) stages.Limits {
 	l := p.live.Load().cfg.Limits(host)
+	rate, burst := l.Rate, l.Burst
+	if n := int(p.nodes.Load()); n > 1 {
+		// Each node of a cluster sends at its share of the host's rate
+		// (see cluster.go for why a share and not a shared bucket).
+		rate /= float64(n)
+		if burst > 0 {
+			burst = max(1, (burst+n-1)/n)
+		}
+	}
 	return stages.Limits{
 		MaxConnections:     l.MaxConnections,
-		Rate:               l.Rate,
-		Burst:              l.Burst,
+		Rate:               rate,
+		Burst:              burst,
 		MaxMessagesPerConn: l.MaxMessagesPerConnection,
 		IdleTimeout:        l.IdleTimeout.D(),
+	}
+}
+
+// reloadLimits has the Dispatcher read every host's limits again, if the
+// pipeline runs.
+func (p *Pipeline) reloadLimits() {
+	p.mu.Lock()
+	r := p.running
+	p.mu.Unlock()
+	if r == nil {
+		return
+	}
+	select {
+	case r.controls <- stages.HostControl{Op: stages.OpReload}:
+	case <-r.finished:
 	}
 }
 
@@ -426,7 +452,12 @@ func (p *Pipeline) Run(ctx context.Context) error {
 	var store storage = sp
 	var cl *cluster
 	if cfg.NATS != nil {
-		if cl, err = openCluster(ctx, cfg, log.Named("cluster")); err != nil {
+		onNodes := func(n int) {
+			p.nodes.Store(int32(n))
+			log.Info("nodes sharing the queue", zap.Int("nodes", n))
+			go p.reloadLimits()
+		}
+		if cl, err = openCluster(ctx, cfg, onNodes, log.Named("cluster")); err != nil {
 			sp.Close()
 			return err
 		}
@@ -449,6 +480,9 @@ func (p *Pipeline) Run(ctx context.Context) error {
 		Crash:        p.opts.Crash,
 		NoPipelining: p.opts.NoPipelining,
 		Panicked:     func(file, text string) { met.panicked(clock.Now(), file, text) },
+	}
+	if cl != nil {
+		sender.Slots = cl.slots
 	}
 	archiver := &stages.Archiver{
 		Spool: store, DeleteAfterSend: cfg.DeleteAfterSend, Clock: clock, Log: log.Named(ArchiverLogger),

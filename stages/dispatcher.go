@@ -38,6 +38,7 @@ type HostReport struct {
 	Host string
 	Down bool // connection refused or timed out, TLS or greeting failure, 421
 	OK   bool // a session was established and answered
+	Busy bool // no session opened: the host's sessions are all open on other nodes (SessionSlots)
 }
 
 // Assignment is the Dispatcher's answer to a Request: a job to send (on the
@@ -54,6 +55,7 @@ type Assignment struct {
 	Job   *Job
 	More  []*Job
 	Limit int  // the session's message cap (Limits.MaxMessagesPerConn)
+	Conns int  // the host's session cap (Limits.MaxConnections), for a count across nodes
 	Close bool // close the open session (idle too long) and ask again
 	Stop  bool // close the open session and return
 }
@@ -622,6 +624,12 @@ func (d *Dispatcher) report(req *Request, w *workerState, now time.Time) {
 				d.Log.Warn("host paused after repeated failures",
 					zap.String("host", h.name), zap.Int("failures", h.failures), zap.Duration("pause", pause))
 			}
+		case r.Busy:
+			// Other nodes hold the host's other sessions: this node's
+			// share is what it has open now, for a second, after which
+			// canOpen doubles it again.
+			h.capacity = max(1, h.conns)
+			h.restoreAt = now.Add(time.Second)
 		case r.OK:
 			if h.halfOpen || h.failures > 0 {
 				h.halfOpen = false
@@ -694,7 +702,7 @@ const maxBatch = 16
 // host has a backlog: its fair share among the host's sessions, at most
 // maxBatch in all, and no more than its rate allows now.
 func (d *Dispatcher) assign(w *workerState, j *Job, now time.Time) {
-	a := Assignment{Job: j, Limit: w.host.lim.MaxMessagesPerConn}
+	a := Assignment{Job: j, Limit: w.host.lim.MaxMessagesPerConn, Conns: w.host.lim.MaxConnections}
 	c := max(w.host.capacity, 1)
 	share := min(maxBatch, (w.host.n+1+c-1)/c) // j counts: it was queued
 	for len(a.More)+1 < share {

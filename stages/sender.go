@@ -5,8 +5,10 @@ import (
 	"crypto/tls"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"runtime/debug"
 	"strings"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -54,8 +56,11 @@ type Sender struct {
 	// at hand) and the panic, redacted and cut short. The health check
 	// reports them. It is called from every worker.
 	Panicked func(file, panicText string)
-	Clock    Clock
-	Log      *zap.Logger
+	// Slots, if set, counts sessions per host across a cluster's nodes: a
+	// new session is opened only with a slot (see SessionSlots).
+	Slots SessionSlots
+	Clock Clock
+	Log   *zap.Logger
 }
 
 // SenderPanicLog is the message of the log entry for a panic a Sender
@@ -66,9 +71,32 @@ const SenderPanicLog = "panic in a Sender worker: the message is failed as trans
 // session is one open SMTP session, for one route.
 type session struct {
 	*smtpclient.Session
-	route Route
-	count int
-	limit int
+	route   Route
+	count   int
+	limit   int
+	release func() // gives back the session's cluster-wide slot (Slots), if it holds one
+}
+
+// Close ends the session and gives back its slot.
+func (s *session) Close(quit bool) {
+	defer func() {
+		if s.release != nil {
+			s.release()
+			s.release = nil
+		}
+	}()
+	s.Session.Close(quit)
+}
+
+// SessionSlots counts the sessions to each host across the nodes of a
+// cluster, so that a host's max_connections holds for them all together.
+// Without it (one machine), the Dispatcher's own count is the whole count.
+type SessionSlots interface {
+	// Take takes one of max session slots of host for a new session,
+	// without waiting, and returns what gives it back; false if every
+	// slot is held by a session somewhere. A slot of a node that dies is
+	// freed after a while.
+	Take(host string, max int) (release func(), ok bool)
 }
 
 // Run is one Sender worker. It asks the Dispatcher for work on requests,
@@ -109,7 +137,7 @@ func (s *Sender) Run(ctx, hard context.Context, id int, requests chan<- *Request
 		}
 		batch := append([]*Job{a.Job}, a.More...)
 		for i, job := range batch {
-			r, ok := s.attempt(ctx, hard, &sess, a.Limit, job)
+			r, ok := s.attempt(ctx, hard, &sess, a, job)
 			out <- job
 			if r != nil {
 				report = r // the latest news of the host counts
@@ -132,7 +160,7 @@ func (s *Sender) Run(ctx, hard context.Context, id int, requests chan<- *Request
 // panics. A job whose data the server had already accepted stays sent. The
 // session, in an unknown state, is closed without QUIT, and false is
 // returned so that the rest of the batch goes back to the Dispatcher.
-func (s *Sender) attempt(ctx, hard context.Context, cur **session, limit int, job *Job) (report *HostReport, ok bool) {
+func (s *Sender) attempt(ctx, hard context.Context, cur **session, a Assignment, job *Job) (report *HostReport, ok bool) {
 	defer func() {
 		v := recover()
 		if v == nil {
@@ -155,7 +183,7 @@ func (s *Sender) attempt(ctx, hard context.Context, cur **session, limit int, jo
 		}
 		report, ok = nil, false
 	}()
-	report, ok = s.one(ctx, hard, cur, limit, job)
+	report, ok = s.one(ctx, hard, cur, a, job)
 	boundOutcome(&job.Outcome)
 	return report, ok
 }
@@ -198,7 +226,7 @@ func (s *Sender) closeSession(sess *session, quit bool) {
 // panic leaves no connection behind. It sets job.Outcome and returns what
 // it learnt about the host, and false if the session could not be opened
 // or broke, so that the rest of a batch must not follow.
-func (s *Sender) one(ctx, hard context.Context, cur **session, limit int, job *Job) (*HostReport, bool) {
+func (s *Sender) one(ctx, hard context.Context, cur **session, a Assignment, job *Job) (*HostReport, bool) {
 	var report *HostReport
 	if ctx.Err() != nil {
 		job.Outcome = Outcome{Verdict: Returned}
@@ -213,8 +241,24 @@ func (s *Sender) one(ctx, hard context.Context, cur **session, limit int, job *J
 	}
 	start := s.Clock.Now()
 	if sess == nil {
+		var release func()
+		if s.Slots != nil {
+			var ok bool
+			if release, ok = s.Slots.Take(job.Host(), a.Conns); !ok {
+				// Every session the host allows is open on some node:
+				// not an attempt; back soon, and the Dispatcher leaves
+				// this node's share of the host as it is for a while.
+				job.Outcome = Outcome{Verdict: Parked, Due: start.Add(time.Second + time.Duration(rand.Int64N(int64(time.Second))))}
+				return &HostReport{Host: job.Host(), Busy: true}, false
+			}
+		}
 		var err *Error
 		sess, err = s.open(hard, job.Route)
+		if sess != nil {
+			sess.release = release
+		} else if release != nil {
+			release()
+		}
 		if err != nil {
 			report = &HostReport{Host: job.Host(), Down: err.HostDown}
 			job.Outcome = failed(err, allRcpts(job.Pending, err))
@@ -225,7 +269,7 @@ func (s *Sender) one(ctx, hard context.Context, cur **session, limit int, job *J
 			return report, false
 		}
 		*cur = sess
-		sess.limit = limit
+		sess.limit = a.Limit
 		report = &HostReport{Host: job.Host(), OK: true}
 		s.crash("connected")
 	} else {

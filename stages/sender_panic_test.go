@@ -46,7 +46,7 @@ func TestPanicWhileOpeningFailsTheJob(t *testing.T) {
 	job := pipeJob("a@example.org", "b@example.org")
 	job.Route = Route{Host: "127.0.0.1", Port: 25, TLS: queuefile.TLSNone, Username: "u", Password: queuefile.NewSecret("s3cret-pw")}
 	var cur *session
-	report, ok := s.attempt(context.Background(), context.Background(), &cur, 0, job)
+	report, ok := s.attempt(context.Background(), context.Background(), &cur, Assignment{}, job)
 	if ok || report != nil || cur != nil {
 		t.Fatalf("attempt = %v, %v with session %v; want false, no report, no session", report, ok, cur)
 	}
