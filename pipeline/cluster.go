@@ -185,10 +185,16 @@ func joinComma(l []string) string {
 
 // ConnectNATS connects to the NATS servers of n (the embedded one, if it runs,
 // among them) and returns a JetStream context on it.
+//
+// A client that is not the node running the embedded server (a producer,
+// a queue command) and has no urls reaches that server at its listen
+// address.
 func ConnectNATS(n *NATSConfig, extraURL string) (*nats.Conn, jetstream.JetStream, error) {
 	urls := append([]string(nil), n.URLs...)
 	if extraURL != "" {
 		urls = append(urls, extraURL)
+	} else if len(urls) == 0 && n.Embedded != nil {
+		urls = append(urls, "nats://"+n.Embedded.Listen)
 	}
 	opts := []nats.Option{
 		nats.Name("smtpq " + n.nodeName()),
@@ -281,7 +287,7 @@ func openCluster(ctx context.Context, cfg *Config, onNodes func(int), log *zap.L
 		return nil, err
 	}
 	c.queue, err = stream.Open(ctx, c.js, stream.Config{
-		Stream: n.Stream, Replicas: n.Replicas, AckWait: n.AckWait.D(),
+		Stream: n.Stream, Replicas: n.Replicas, AckWait: n.AckWait.D(), Node: n.nodeName(),
 		Sent: cfg.SentDir, Undeliverable: cfg.UndeliverableDir, Log: log.Named("stream"),
 	})
 	if err != nil {
@@ -401,18 +407,13 @@ func (c *cluster) publish(ctx context.Context, streamName string, job *stages.Jo
 // program) to the stream of cfg's nats section, and returns the function to
 // set as queuefile.Queue.Publish: each sealed message is published under a
 // new id, which it returns once the stream has stored the message. close
-// disconnects. A configuration whose only server is the embedded one of a
-// node reaches it at its listen address.
+// disconnects.
 func Publisher(cfg *Config) (publish func(name string, sealed []byte) (string, error), close func(), err error) {
 	n := cfg.NATS
 	if n == nil {
 		return nil, nil, errors.New("no nats section in the configuration")
 	}
-	extra := ""
-	if len(n.URLs) == 0 && n.Embedded != nil {
-		extra = "nats://" + n.Embedded.Listen
-	}
-	nc, js, err := ConnectNATS(n, extra)
+	nc, js, err := ConnectNATS(n, "")
 	if err != nil {
 		return nil, nil, err
 	}

@@ -4,6 +4,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -12,6 +13,7 @@ import (
 	"github.com/smtpq/smtpq/pipeline/queuefile"
 	"github.com/smtpq/smtpq/pipeline/spool"
 	"github.com/smtpq/smtpq/pipeline/spool/stream"
+	"github.com/smtpq/smtpq/stages"
 )
 
 // With a nats section, enqueue and sendmail publish to the stream and
@@ -66,4 +68,67 @@ func TestEnqueuePublishesToTheStream(t *testing.T) {
 		t.Errorf("published %q as %q: not a sealed queue file", m.Data[:min(40, len(m.Data))], m.Header.Get(stream.HeaderName))
 	}
 	noClearText(t, m.Data, relayPassword)
+}
+
+// With a nats section, queue status, list and stats show the cluster's
+// messages from any node: queued once published, then where the node that
+// sent it filed it.
+func TestQueueCommandsSeeTheCluster(t *testing.T) {
+	srv := natstest.NewServer(t)
+	e := newEnv(t, true)
+	f, err := os.OpenFile(e.cfgPath, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteString("nats: {urls: " + srv.URL() + "}\n")
+	f.Close()
+	code, out, stderr := e.smtpq(testMsg, "enqueue", "-")
+	if code != 0 {
+		t.Fatalf("enqueue: exit %d: %s", code, stderr)
+	}
+	id := strings.TrimSpace(out)
+
+	if code, out, stderr := e.smtpq("", "queue", "status", id); code != 0 || !strings.Contains(out, "queued") {
+		t.Fatalf("status of a published message: exit %d, %q, %s", code, out, stderr)
+	}
+	if code, out, _ := e.smtpq("", "queue", "list", "--json"); code != 0 || !strings.Contains(out, `"id":"`+id+`"`) || !strings.Contains(out, `"state":"queued"`) {
+		t.Fatalf("list: exit %d, %q", code, out)
+	}
+	if code, out, _ := e.smtpq("", "queue", "stats", "--json"); code != 0 || !strings.Contains(out, `"queued":{"count":1`) {
+		t.Fatalf("stats: exit %d, %q", code, out)
+	}
+
+	// A node takes it and files it as sent.
+	nc, err := nats.Connect(srv.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	dir := t.TempDir()
+	n1, err := stream.Open(t.Context(), js, stream.Config{Node: "n1", Sent: dir + "/sent", Undeliverable: dir + "/undeliverable", Poll: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n1.Close()
+	var job *stages.Job
+	n1.Scan(t.Context(), time.Now(), nil, func(j *stages.Job) bool { job = j; return false })
+	if job == nil || job.ID != id {
+		t.Fatalf("the node claimed %v, want %s", job, id)
+	}
+	path, err := n1.FileSent(job, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		code, out, stderr := e.smtpq("", "queue", "status", id)
+		if code == 0 && strings.Contains(out, "sent: "+path) && strings.Contains(out, "on node n1") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("status after the node sent it: exit %d, %q, %s", code, out, stderr)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }

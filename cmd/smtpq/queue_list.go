@@ -53,7 +53,8 @@ queued, active, deferred, held, undeliverable, sent (comma-separated), or all.
 per line instead.
 
 Folders are read as they go, not sorted, so a queue of any size lists in bounded
-memory. No password or token is ever shown, nor recipient addresses or user
+memory. With a nats section, the cluster's messages follow, from the records
+every node keeps (the node that holds or filed one is its instance). No password or token is ever shown, nor recipient addresses or user
 names (see "queue status" for one message). Sent copies keep no envelope: their
 host, sender and recipients show as "-".`,
 		Args: usageArgs(0, 0),
@@ -78,8 +79,7 @@ host, sender and recipients show as "-".`,
 				fmt.Fprintf(out, listFormat, "NAME", "STATE", "HOST", "SENDER", "RCPTS", "SIZE", "AGE", "TRIES", "NEXT", "LAST-ERROR")
 			}
 			want := stages.HostKey(host)
-			return spool.Walk(ctxOf(cmd), q.dirs, places, func(e spool.Entry) error {
-				r := q.row(e)
+			show := func(r *queueRow) error {
 				if want != "" && r.Host != want {
 					return nil
 				}
@@ -88,7 +88,23 @@ host, sender and recipients show as "-".`,
 				}
 				_, err := fmt.Fprint(out, r.line(q.now))
 				return err
-			})
+			}
+			err = spool.Walk(ctxOf(cmd), q.dirs, places, func(e spool.Entry) error { return show(q.row(e)) })
+			if err != nil {
+				return err
+			}
+			rs, err := q.clusterRecords(ctxOf(cmd), "")
+			if err != nil {
+				return err
+			}
+			for _, r := range rs {
+				if slices.Contains(places, spool.Place(r.State)) {
+					if err := show(q.recordRow(r)); err != nil {
+						return err
+					}
+				}
+			}
+			return nil
 		},
 	}
 	fl := cmd.Flags()

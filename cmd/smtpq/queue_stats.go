@@ -39,7 +39,9 @@ func newQueueStatsCmd() *cobra.Command {
 		Short: "Count the messages per state and per SMTP host, with the oldest of each",
 		Long: `Count the messages in each state, and per SMTP host (queued, active, deferred,
 held and undeliverable: Sent copies keep no host), with the age of the oldest
-(since enqueueing). Messages whose seal cannot be opened count under host "-".`,
+(since enqueueing). Messages whose seal cannot be opened count under host "-".
+With a nats section, the cluster's messages count too, from the records every
+node keeps.`,
 		Args: usageArgs(0, 0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			q, err := openQueueEnv(cmd)
@@ -51,14 +53,11 @@ held and undeliverable: Sent copies keep no host), with the age of the oldest
 			for _, p := range spool.Places {
 				st.States[p] = &statCount{}
 			}
-			err = spool.Walk(ctxOf(cmd), q.dirs, spool.Places, func(e spool.Entry) error {
-				if e.Place == spool.PlaceSent {
-					t, _ := spool.QueuedTime(e.Name)
-					st.States[e.Place].add(t, q.now)
-					return nil
+			count := func(place spool.Place, r *queueRow) {
+				st.States[place].add(r.Queued, q.now)
+				if place == spool.PlaceSent {
+					return
 				}
-				r := q.row(e)
-				st.States[e.Place].add(r.Queued, q.now)
 				h := r.Host
 				if h == "" {
 					h = "-"
@@ -66,16 +65,33 @@ held and undeliverable: Sent copies keep no host), with the age of the oldest
 				if st.Hosts[h] == nil {
 					st.Hosts[h] = map[spool.Place]*statCount{}
 				}
-				c := st.Hosts[h][e.Place]
+				c := st.Hosts[h][place]
 				if c == nil {
 					c = &statCount{}
-					st.Hosts[h][e.Place] = c
+					st.Hosts[h][place] = c
 				}
 				c.add(r.Queued, q.now)
+			}
+			err = spool.Walk(ctxOf(cmd), q.dirs, spool.Places, func(e spool.Entry) error {
+				if e.Place == spool.PlaceSent {
+					t, _ := spool.QueuedTime(e.Name)
+					st.States[e.Place].add(t, q.now)
+					return nil
+				}
+				count(e.Place, q.row(e))
 				return nil
 			})
 			if err != nil {
 				return err
+			}
+			rs, err := q.clusterRecords(ctxOf(cmd), "")
+			if err != nil {
+				return err
+			}
+			for _, r := range rs {
+				if p := spool.Place(r.State); st.States[p] != nil {
+					count(p, q.recordRow(r))
+				}
 			}
 			out := cmd.OutOrStdout()
 			if asJSON {

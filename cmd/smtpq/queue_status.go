@@ -54,21 +54,49 @@ func newQueueStatusCmd() *cobra.Command {
 being sent or waiting for its host), deferred until when (attempts and last
 error), held, sent (the Sent copy's path), or undeliverable (its path and the
 failure from its XML log). NAME is the file name that enqueue printed, or any
-path to the message. A message that is nowhere (purged, or sent with
+path to the message; with a nats section, also the id enqueue printed, and the
+message is looked for in the cluster's records too. A message that is nowhere (purged, or sent with
 delete_after_send) is an error, exit status 1. The user name is shown, never a
 password or token.`,
 		Args: usageArgs(1, 1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			name, err := messageName(args[0])
-			if err != nil {
-				return err
-			}
 			q, err := openQueueEnv(cmd)
 			if err != nil {
 				return err
 			}
+			name := strings.TrimSpace(args[0])
+			if !(q.cfg.NATS != nil && spool.IsID(name)) {
+				if name, err = messageName(args[0]); err != nil {
+					return err
+				}
+			}
 			_ = q.loadIdentities(false)
+			out := cmd.OutOrStdout()
+			enc := json.NewEncoder(out)
+			rs, err := q.clusterRecords(ctxOf(cmd), name)
+			if err != nil {
+				return err
+			}
+			for _, r := range rs {
+				s := &queueStatus{queueRow: q.recordRow(r)}
+				if s.Instance != "" {
+					s.Note = "on node " + s.Instance
+				}
+				if asJSON {
+					if err := enc.Encode(s); err != nil {
+						return err
+					}
+					continue
+				}
+				s.print(out, q.now)
+			}
+			if len(rs) > 0 && spool.IsID(name) {
+				return nil
+			}
 			found, err := spool.LocateMessage(q.dirs, name)
+			if errors.Is(err, spool.ErrMessageNotFound) && len(rs) > 0 {
+				return nil // in the cluster, not (or no more) in this node's folders
+			}
 			if errors.Is(err, spool.ErrMessageNotFound) {
 				hint := "purged?"
 				if q.cfg.DeleteAfterSend {
@@ -79,8 +107,6 @@ password or token.`,
 			if err != nil {
 				return err
 			}
-			out := cmd.OutOrStdout()
-			enc := json.NewEncoder(out)
 			for _, e := range found {
 				s := q.status(e)
 				if asJSON {

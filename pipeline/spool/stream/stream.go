@@ -70,6 +70,8 @@ type Config struct {
 	Batch    int           // messages fetched at a time; default 16
 	Poll     time.Duration // how long a fetch waits for messages; default 1 second
 
+	Node          string // this node's name, in the records the queue commands read
+
 	Sent          string // this node's Sent folder
 	Undeliverable string // this node's Undeliverable folder
 
@@ -154,6 +156,9 @@ func Setup(ctx context.Context, js jetstream.JetStream, name string, replicas in
 	if err != nil {
 		return nil, nil, fmt.Errorf("state bucket %s_state: %w", name, err)
 	}
+	if _, err := setupRecords(ctx, js, name, replicas); err != nil {
+		return nil, nil, fmt.Errorf("records bucket %s: %w", recordsBucket(name), err)
+	}
 	return str, kv, nil
 }
 
@@ -230,6 +235,11 @@ func (s *Spool) Close() error {
 		if err := m.m.Nak(); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	// The records written without waiting: let them reach the stream.
+	select {
+	case <-s.js.PublishAsyncComplete():
+	case <-time.After(5 * time.Second):
 	}
 	return errors.Join(errs...)
 }
@@ -380,6 +390,7 @@ func (s *Spool) claim(ctx context.Context, m jetstream.Msg) *stages.Job {
 	s.mu.Lock()
 	s.inflight[h] = true
 	s.mu.Unlock()
+	s.note(job, "active", "", time.Time{})
 	return job
 }
 
@@ -466,7 +477,11 @@ func (s *Spool) FileSent(job *stages.Job, deleteCopy bool) (string, error) {
 			return "", fmt.Errorf("filing in Sent: %w", err)
 		}
 	}
-	return dst, s.finish(job)
+	if err := s.finish(job); err != nil {
+		return "", err
+	}
+	s.note(job, "sent", dst, time.Time{})
+	return dst, nil
 }
 
 // FileUndeliverable writes the XML log and the message as it was published
@@ -480,7 +495,11 @@ func (s *Spool) FileUndeliverable(job *stages.Job, xmlLog []byte) (string, error
 	if err != nil {
 		return "", fmt.Errorf("filing in Undeliverable: %w", err)
 	}
-	return dst, s.finish(job)
+	if err := s.finish(job); err != nil {
+		return "", err
+	}
+	s.note(job, "undeliverable", dst, time.Time{})
+	return dst, nil
 }
 
 // Defer records the job's state and gives the message back until due.
@@ -489,7 +508,11 @@ func (s *Spool) Defer(job *stages.Job, due time.Time) error {
 		return err
 	}
 	handle(job).hasState = true
-	return s.giveBack(job, time.Until(due))
+	if err := s.giveBack(job, time.Until(due)); err != nil {
+		return err
+	}
+	s.note(job, "deferred", "", due)
+	return nil
 }
 
 // Park gives the message back until due, its attempts unchanged.
@@ -499,11 +522,21 @@ func (s *Spool) Park(job *stages.Job, due time.Time) error {
 			return err
 		}
 	}
-	return s.giveBack(job, time.Until(due))
+	if err := s.giveBack(job, time.Until(due)); err != nil {
+		return err
+	}
+	s.note(job, "deferred", "", due)
+	return nil
 }
 
 // Return gives the message back at once, unsent.
-func (s *Spool) Return(job *stages.Job) error { return s.giveBack(job, 0) }
+func (s *Spool) Return(job *stages.Job) error {
+	if err := s.giveBack(job, 0); err != nil {
+		return err
+	}
+	s.note(job, "queued", "", time.Time{})
+	return nil
+}
 
 func (s *Spool) giveBack(job *stages.Job, delay time.Duration) error {
 	h := handle(job)
@@ -542,6 +575,7 @@ func (s *Spool) Hold(job *stages.Job) error {
 		return fmt.Errorf("holding %s: %w", job.ID, err)
 	}
 	s.release(h)
+	s.note(job, "held", "", time.Time{})
 	return nil
 }
 
@@ -572,6 +606,12 @@ func PublishAs(ctx context.Context, js jetstream.JetStream, stream, id, name str
 	msg.Header.Set(HeaderName, name)
 	// A publish retried after a lost ack is dropped by the stream as a
 	// duplicate within its window.
+	// Its record first, for the queue commands (the node that claims the
+	// message writes the next one, which must come after it); the message
+	// is safe without it.
+	now := time.Now().UTC()
+	b, _ := json.Marshal(Record{ID: id, Name: name, State: "queued", Size: int64(len(data)), Queued: now, At: now})
+	js.Publish(ctx, recordSubject(stream, id), b)
 	if _, err := js.PublishMsg(ctx, msg, jetstream.WithMsgID(id)); err != nil {
 		return fmt.Errorf("publishing %s: %w", name, err)
 	}

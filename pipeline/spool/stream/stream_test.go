@@ -349,3 +349,58 @@ func TestClusterLosesANode(t *testing.T) {
 		t.Fatalf("filed %d of %d after a NATS node was lost", got, n)
 	}
 }
+
+// Every step of a message is recorded in the cluster, under its id, for the
+// queue commands of any node: queued when published, active when claimed,
+// then where it was filed and by which node.
+func TestRecords(t *testing.T) {
+	js := connect(t, natstest.NewServer(t).URL())
+	s := node(t, js, stream.Config{Node: "n1"})
+	id := publish(t, js, "rec.eml", "Subject: x\r\n\r\nbody\r\n")
+	want := func(state string) stream.Record {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			rs, err := stream.Records(t.Context(), js, "", id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(rs) == 1 && rs[0].State == state {
+				return rs[0]
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("records of %s: %+v, want one %s", id, rs, state)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	if r := want("queued"); r.Name != "rec.eml" {
+		t.Errorf("queued record: %+v", r)
+	}
+	job := fetch(t, s, 1)[0]
+	if r := want("active"); r.Node != "n1" {
+		t.Errorf("active record: %+v", r)
+	}
+	job.State.Attempts, job.State.LastError = 1, "451 try later"
+	due := time.Now().Add(200 * time.Millisecond)
+	if err := s.Defer(job, due); err != nil {
+		t.Fatal(err)
+	}
+	if r := want("deferred"); r.Attempts != 1 || r.LastError != "451 try later" || r.NextAttempt.IsZero() {
+		t.Errorf("deferred record: %+v", r)
+	}
+	job = fetch(t, s, 1)[0]
+	path, err := s.FileSent(job, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := want("sent"); r.Path != path || r.Node != "n1" {
+		t.Errorf("sent record: %+v, want path %s", r, path)
+	}
+	if rs, err := stream.Records(t.Context(), js, "", "rec.eml"); err != nil || len(rs) != 1 || rs[0].ID != id {
+		t.Errorf("by name: %+v, %v", rs, err)
+	}
+	if rs, err := stream.Records(t.Context(), js, "", ""); err != nil || len(rs) != 1 {
+		t.Errorf("all: %+v, %v", rs, err)
+	}
+}
