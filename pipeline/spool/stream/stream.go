@@ -70,7 +70,7 @@ type Config struct {
 	Batch    int           // messages fetched at a time; default 16
 	Poll     time.Duration // how long a fetch waits for messages; default 1 second
 
-	Node          string // this node's name, in the records the queue commands read
+	Node string // this node's name, in the records the queue commands read
 
 	Sent          string // this node's Sent folder
 	Undeliverable string // this node's Undeliverable folder
