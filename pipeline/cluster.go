@@ -14,6 +14,7 @@ import (
 	"regexp"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -261,18 +262,42 @@ func readSecretFile(path string) (string, error) {
 // have none. A node that joins or dies shifts the total for at most one
 // renewal period (a third of the slots' TTL).
 type cluster struct {
+	cfg   *Config
 	srv   *server.Server // the embedded server, if any
 	nc    *nats.Conn
 	js    jetstream.JetStream
 	queue *stream.Spool
 	slots *stream.Slots
+
+	breakers atomic.Pointer[stream.Breakers] // set by shareBreakers
+}
+
+// shareBreakers starts sharing hosts' pauses: onPause is told of every
+// pause any node records (its own too: a pause no later than the host's
+// own is no change).
+func (c *cluster) shareBreakers(ctx context.Context, onPause func(host string, until time.Time), log *zap.Logger) error {
+	n := c.cfg.NATS
+	b, err := stream.OpenBreakers(ctx, c.js, n.Stream, n.Replicas, onPause, log)
+	if err != nil {
+		return err
+	}
+	c.breakers.Store(b)
+	return nil
+}
+
+// pause records a host's pause (or its lift) for the other nodes, without
+// blocking the Dispatcher that calls it.
+func (c *cluster) pause(host string, until time.Time) {
+	if b := c.breakers.Load(); b != nil {
+		go b.Pause(host, until)
+	}
 }
 
 // openCluster starts the embedded server if configured, connects, and opens
 // this node's stream spool.
 func openCluster(ctx context.Context, cfg *Config, onNodes func(int), log *zap.Logger) (*cluster, error) {
 	n := cfg.NATS
-	c := &cluster{}
+	c := &cluster{cfg: cfg}
 	extra := ""
 	if n.Embedded != nil {
 		s, err := startEmbedded(n.Embedded, n.nodeName(), log)
@@ -304,6 +329,9 @@ func openCluster(ctx context.Context, cfg *Config, onNodes func(int), log *zap.L
 
 func (c *cluster) close() error {
 	var err error
+	if b := c.breakers.Load(); b != nil {
+		b.Close()
+	}
 	if c.slots != nil {
 		c.slots.Close()
 	}

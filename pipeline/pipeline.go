@@ -471,6 +471,9 @@ func (p *Pipeline) Run(ctx context.Context) error {
 		Limits: p.limits, Workers: cfg.MaxThreads, Controls: controls, Clock: clock, Log: log.Named("dispatcher"),
 		Holds: holds, Tags: p.routeTags,
 	}
+	if cl != nil {
+		dispatcher.Paused = cl.pause
+	}
 	sender := &stages.Sender{
 		Dial: met.dial(p.opts.Dial), TLSConfig: p.tlsConfig, HELO: cfg.HELO, Clock: clock, Log: log.Named("sender"),
 		Timeouts: stages.Timeouts{
@@ -534,6 +537,18 @@ func (p *Pipeline) Run(ctx context.Context) error {
 	p.mu.Lock()
 	p.running = run
 	p.mu.Unlock()
+	if cl != nil {
+		// Hosts paused by any node are paused here too, and the other way
+		// round: the nodes share each host's circuit breaker.
+		if err := cl.shareBreakers(ctx, func(host string, until time.Time) {
+			select {
+			case controls <- stages.HostControl{Op: stages.OpPause, Host: host, Until: until}:
+			case <-finished:
+			}
+		}, log.Named("cluster")); err != nil {
+			log.Error("sharing hosts' pauses with the other nodes: each node pauses hosts on its own", zap.Error(err))
+		}
+	}
 	all.Go(func() {
 		defer close(outcomes)
 		producers.Wait()

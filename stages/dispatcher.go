@@ -78,6 +78,10 @@ const (
 	// at once, busy ones when they next ask for work; missing ones are
 	// counted in, and their number is sent on Started.
 	OpThreads ControlOp = "threads"
+	// OpPause pauses Host until Until, as if it had failed here (another
+	// node of a cluster paused it), unless it is paused longer already; a
+	// zero Until lifts its pause, as OpRetry does for it.
+	OpPause ControlOp = "pause"
 )
 
 // HostControl is an operator's instruction to a running Dispatcher.
@@ -85,7 +89,8 @@ type HostControl struct {
 	Op      ControlOp
 	Host    string
 	All     bool
-	Name    string // for "hold": one message, by its id or its name
+	Name    string    // for "hold": one message, by its id or its name
+	Until   time.Time // for "pause"
 	Workers int
 	// Started, for "threads", receives (buffered, 1) how many new Sender
 	// workers the caller must start now. The Dispatcher counts them before
@@ -127,8 +132,14 @@ type Dispatcher struct {
 	// it returns.
 	Holds chan<- RouteHold
 	Tags  func(*Job) []string
-	Clock Clock
-	Log   *zap.Logger
+	// Paused, if set, is told when this Dispatcher pauses a host after
+	// repeated failures (until when) or an operator's retry lifts a pause
+	// (zero time), so that the nodes of a cluster share a host's circuit
+	// breaker (they pass it back as OpPause). It is called from Run's
+	// goroutine: it must not block.
+	Paused func(host string, until time.Time)
+	Clock  Clock
+	Log    *zap.Logger
 
 	hosts   map[string]*hostState
 	ring    []*hostState // hosts with queued work, for round robin
@@ -390,11 +401,22 @@ func (d *Dispatcher) control(c HostControl, now time.Time) {
 	case OpRetry:
 		for _, h := range d.hosts {
 			if c.All || h.name == HostKey(c.Host) {
-				h.failures, h.pauseLevel, h.halfOpen = 0, 0, false
-				h.openUntil, h.restoreAt = time.Time{}, time.Time{}
-				h.capacity = h.lim.MaxConnections
-				d.releaseRoutes(h)
+				if d.Paused != nil && !h.openUntil.IsZero() {
+					d.Paused(h.name, time.Time{})
+				}
+				d.unpause(h)
 			}
+		}
+	case OpPause:
+		h := d.host(HostKey(c.Host), now)
+		switch {
+		case c.Until.IsZero():
+			d.unpause(h)
+		case c.Until.After(h.openUntil) && c.Until.After(now):
+			// Then one probe session, as after a pause of its own.
+			h.openUntil, h.halfOpen = c.Until, false
+			h.failures = max(h.failures, 1)
+			d.Log.Info("host paused by another node", zap.String("host", h.name), zap.Time("until", c.Until))
 		}
 	case OpReload:
 		for _, h := range d.hosts {
@@ -416,6 +438,14 @@ func (d *Dispatcher) control(c HostControl, now time.Time) {
 			h.lim = lim
 		}
 	}
+}
+
+// unpause lifts h's pause and restores its connection cap.
+func (d *Dispatcher) unpause(h *hostState) {
+	h.failures, h.pauseLevel, h.halfOpen = 0, 0, false
+	h.openUntil, h.restoreAt = time.Time{}, time.Time{}
+	h.capacity = h.lim.MaxConnections
+	d.releaseRoutes(h)
 }
 
 func (d *Dispatcher) worker(id int) *workerState {
@@ -623,6 +653,9 @@ func (d *Dispatcher) report(req *Request, w *workerState, now time.Time) {
 				h.halfOpen = false
 				d.Log.Warn("host paused after repeated failures",
 					zap.String("host", h.name), zap.Int("failures", h.failures), zap.Duration("pause", pause))
+				if d.Paused != nil {
+					d.Paused(h.name, h.openUntil)
+				}
 			}
 		case r.Busy:
 			// Other nodes hold the host's other sessions: this node's

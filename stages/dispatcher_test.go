@@ -459,3 +459,52 @@ func TestDispatcherRaisedThreadsAsksForNewWorkers(t *testing.T) {
 	}
 	r.shutdown(live, 2, 3)
 }
+
+// A host's circuit breaker is shared through Paused and OpPause: this
+// Dispatcher says when it pauses a host, and a pause from another node keeps
+// the host's jobs here until it is lifted.
+func TestDispatcherSharesPauses(t *testing.T) {
+	paused := make(chan time.Time, 4)
+	controls := make(chan stages.HostControl)
+	r := newDispatcherRig(t, 1, stages.Limits{MaxConnections: 1}, func(d *stages.Dispatcher) {
+		d.Controls = controls
+		d.Paused = func(host string, until time.Time) {
+			if host == "10.0.0.1" {
+				paused <- until
+			}
+		}
+	})
+	for i := range 3 {
+		r.in <- rigJob(i, "10.0.0.1")
+	}
+	var report *stages.HostReport
+	var unsent []*stages.Job
+	for range 3 {
+		// Each session fails to open: its batch but the first job goes
+		// back with the report.
+		a := r.ask(&stages.Request{Worker: 0, Report: report, Unsent: unsent})
+		report, unsent = &stages.HostReport{Host: "10.0.0.1", Down: true}, a.More
+	}
+	controls <- stages.HostControl{Op: stages.OpPause, Host: "10.0.0.2", Until: time.Now().Add(time.Hour)}
+	r.in <- rigJob(9, "10.0.0.2")
+	replies := map[int]chan stages.Assignment{0: make(chan stages.Assignment, 1)}
+	r.requests <- &stages.Request{Worker: 0, Report: report, Unsent: unsent, Reply: replies[0]}
+	select {
+	case until := <-paused:
+		if !until.After(time.Now()) {
+			t.Errorf("paused until %v, in the past", until)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("three failures in a row, and Paused was not told")
+	}
+	select {
+	case a := <-replies[0]:
+		t.Fatalf("a job of a host paused by another node was handed out: %v", names(a))
+	case <-time.After(300 * time.Millisecond):
+	}
+	controls <- stages.HostControl{Op: stages.OpPause, Host: "10.0.0.2"} // lifted
+	if a := r.answer(0, replies[0]); a.Job == nil || a.Job.Host() != "10.0.0.2" {
+		t.Fatalf("after the pause was lifted: %+v", a)
+	}
+	r.stop(1)
+}

@@ -117,3 +117,43 @@ func waitCount(t *testing.T, counts <-chan int, want int) {
 		}
 	}
 }
+
+// A pause recorded by one node reaches every node, its own included; a
+// node that opens later finds it.
+func TestBreakersShared(t *testing.T) {
+	srv := natstest.NewServer(t)
+	type pause struct {
+		host  string
+		until time.Time
+	}
+	open := func(name string) (*stream.Breakers, chan pause) {
+		ch := make(chan pause, 8)
+		b, err := stream.OpenBreakers(t.Context(), connect(t, srv.URL()), "", 1, func(h string, u time.Time) { ch <- pause{h, u} }, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(b.Close)
+		return b, ch
+	}
+	a, _ := open("a")
+	_, bch := open("b")
+	until := time.Now().Add(time.Minute).UTC().Truncate(time.Second)
+	a.Pause("mx.example.org", until)
+	want := func(ch chan pause, until time.Time) {
+		t.Helper()
+		select {
+		case p := <-ch:
+			if p.host != "mx.example.org" || !p.until.Equal(until) {
+				t.Errorf("got %+v, want mx.example.org until %v", p, until)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("the pause did not reach the node")
+		}
+	}
+	want(bch, until)
+	_, cch := open("c") // later
+	want(cch, until)
+	a.Pause("mx.example.org", time.Time{})
+	want(bch, time.Time{})
+	want(cch, time.Time{})
+}
