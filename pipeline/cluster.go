@@ -295,7 +295,7 @@ func (c *cluster) pause(host string, until time.Time) {
 
 // openCluster starts the embedded server if configured, connects, and opens
 // this node's stream spool.
-func openCluster(ctx context.Context, cfg *Config, onNodes func(int), log *zap.Logger) (*cluster, error) {
+func openCluster(ctx context.Context, cfg *Config, onNodes func(int), onHold func(id string), log *zap.Logger) (*cluster, error) {
 	n := cfg.NATS
 	c := &cluster{cfg: cfg}
 	extra := ""
@@ -312,7 +312,7 @@ func openCluster(ctx context.Context, cfg *Config, onNodes func(int), log *zap.L
 		return nil, err
 	}
 	c.queue, err = stream.Open(ctx, c.js, stream.Config{
-		Stream: n.Stream, Replicas: n.Replicas, AckWait: n.AckWait.D(), Node: n.nodeName(),
+		Stream: n.Stream, Replicas: n.Replicas, AckWait: n.AckWait.D(), Node: n.nodeName(), OnHold: onHold,
 		Sent: cfg.SentDir, Undeliverable: cfg.UndeliverableDir, Log: log.Named("stream"),
 	})
 	if err != nil {

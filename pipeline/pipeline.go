@@ -393,7 +393,10 @@ func (p *Pipeline) limits(host string) stages.Limits {
 
 // reloadLimits has the Dispatcher read every host's limits again, if the
 // pipeline runs.
-func (p *Pipeline) reloadLimits() {
+func (p *Pipeline) reloadLimits() { p.control(stages.HostControl{Op: stages.OpReload}) }
+
+// control gives c to the Dispatcher, if the pipeline runs.
+func (p *Pipeline) control(c stages.HostControl) {
 	p.mu.Lock()
 	r := p.running
 	p.mu.Unlock()
@@ -401,7 +404,7 @@ func (p *Pipeline) reloadLimits() {
 		return
 	}
 	select {
-	case r.controls <- stages.HostControl{Op: stages.OpReload}:
+	case r.controls <- c:
 	case <-r.finished:
 	}
 }
@@ -457,7 +460,8 @@ func (p *Pipeline) Run(ctx context.Context) error {
 			log.Info("nodes sharing the queue", zap.Int("nodes", n))
 			go p.reloadLimits()
 		}
-		if cl, err = openCluster(ctx, cfg, onNodes, log.Named("cluster")); err != nil {
+		onHold := func(id string) { go p.control(stages.HostControl{Op: stages.OpHold, Name: id}) }
+		if cl, err = openCluster(ctx, cfg, onNodes, onHold, log.Named("cluster")); err != nil {
 			sp.Close()
 			return err
 		}

@@ -132,3 +132,52 @@ func TestQueueCommandsSeeTheCluster(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// queue hold and release by id act on the cluster's message.
+func TestQueueHoldReleaseOnTheCluster(t *testing.T) {
+	srv := natstest.NewServer(t)
+	e := newEnv(t, true)
+	f, err := os.OpenFile(e.cfgPath, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteString("nats: {urls: " + srv.URL() + "}\n")
+	f.Close()
+	_, out, _ := e.smtpq(testMsg, "enqueue", "-")
+	id := strings.TrimSpace(out)
+
+	nc, err := nats.Connect(srv.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	dir := t.TempDir()
+	n1, err := stream.Open(t.Context(), js, stream.Config{Node: "n1", Sent: dir + "/sent", Undeliverable: dir + "/undeliverable", Poll: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n1.Close()
+	if code, out, stderr := e.smtpq("", "queue", "hold", id); code != 0 || !strings.Contains(out, "asked the nodes to hold "+id) {
+		t.Fatalf("hold: exit %d, %q, %s", code, out, stderr)
+	}
+	time.Sleep(200 * time.Millisecond) // the node's watch
+	var got *stages.Job
+	n1.Scan(t.Context(), time.Now(), nil, func(j *stages.Job) bool { got = j; return false })
+	if got != nil {
+		t.Fatalf("a held message was handed on: %s", got.ID)
+	}
+	if code, out, _ := e.smtpq("", "queue", "status", id); code != 0 || !strings.Contains(out, "held") {
+		t.Fatalf("status after hold: exit %d, %q", code, out)
+	}
+	if code, out, stderr := e.smtpq("", "queue", "release", id); code != 0 || !strings.Contains(out, "released") {
+		t.Fatalf("release: exit %d, %q, %s", code, out, stderr)
+	}
+	if code, _, stderr := e.smtpq("", "queue", "release", id); code == 0 || !strings.Contains(stderr, "not held") {
+		t.Errorf("a second release: exit %d, %s", code, stderr)
+	}
+	n1.Scan(t.Context(), time.Now(), nil, func(j *stages.Job) bool { got = j; return false })
+	if got == nil || got.ID != id {
+		t.Fatalf("after the release the node got %v, want %s", got, id)
+	}
+}

@@ -2,6 +2,9 @@ package main
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"io"
 	"time"
 
 	"github.com/smtpq/smtpq/cmd/smtpq/internal/cli"
@@ -50,4 +53,40 @@ func (q *queueEnv) recordRow(r stream.Record) *queueRow {
 		row.AgeSeconds = int64(q.now.Sub(r.Queued) / time.Second)
 	}
 	return row
+}
+
+// clusterMove holds, releases or retries the message of the cluster whose
+// id enqueue printed. A hold is asked of the nodes: the one that has the
+// message queued holds it at once, one that fetches it later (a deferred
+// message, when its retry is due) holds it then; a message being sent
+// when the hold comes is sent. Release and retry put a held message back
+// on the stream, to be sent now. Retrying a deferred message before its
+// time is not possible on the stream yet.
+func (q *queueEnv) clusterMove(ctx context.Context, out io.Writer, op, id string) error {
+	nc, js, err := pipeline.ConnectNATS(q.cfg.NATS, "")
+	if err != nil {
+		return cli.OneLine(err)
+	}
+	defer nc.Close()
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	name := q.cfg.NATS.Stream
+	if op == "hold" {
+		if err := stream.RequestHold(ctx, js, name, id); err != nil {
+			return fmt.Errorf("asking the nodes to hold %s: %w", id, cli.OneLine(err))
+		}
+		fmt.Fprintf(out, "asked the nodes to hold %s: at once if it is queued, when a node takes it next if it is deferred (one being sent now is sent)\n", id)
+		return nil
+	}
+	err = stream.Release(ctx, js, name, id)
+	switch {
+	case errors.Is(err, stream.ErrNotHeld) && op == "retry":
+		return fmt.Errorf("%s is not held; a deferred message on the stream is tried at its next attempt (retrying it sooner is not supported on a cluster yet)", id)
+	case errors.Is(err, stream.ErrNotHeld):
+		return fmt.Errorf("%s is not held", id)
+	case err != nil:
+		return cli.OneLine(err)
+	}
+	fmt.Fprintf(out, "%s: released to the stream: it will be tried now\n", id)
+	return nil
 }

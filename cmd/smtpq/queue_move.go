@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -88,6 +89,15 @@ func newQueueMoveCmd(op string) *cobra.Command {
 		Long:  moveDocs[op][1],
 		Args:  usageArgs(0, 1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 1 && spool.IsID(strings.TrimSpace(args[0])) {
+				q, err := openQueueEnv(cmd)
+				if err != nil {
+					return err
+				}
+				if q.cfg.NATS != nil {
+					return q.clusterMove(ctxOf(cmd), cmd.OutOrStdout(), op, strings.TrimSpace(args[0]))
+				}
+			}
 			sel, err := parseSelection(cmd, op, args, all, host, true)
 			if err != nil {
 				return err

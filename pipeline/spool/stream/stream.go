@@ -75,6 +75,10 @@ type Config struct {
 	Sent          string // this node's Sent folder
 	Undeliverable string // this node's Undeliverable folder
 
+	// OnHold, if set, is told of each hold an operator asks for (message
+	// id), so that a job queued in the node is held at once.
+	OnHold func(id string)
+
 	Log *zap.Logger
 }
 
@@ -113,6 +117,11 @@ type Spool struct {
 	stop     chan struct{}
 	done     chan struct{}
 	closing  sync.Once
+
+	ops      jetstream.KeyValue   // operators' holds (ops.go)
+	opsWatch jetstream.KeyWatcher //
+	opsDone  chan struct{}        // closed when the watch has ended
+	holds    map[string]bool      // ids an operator asked to hold
 }
 
 var (
@@ -215,6 +224,10 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Spool, erro
 	s := &Spool{
 		cfg: cfg, js: js, str: str, cons: cons, state: kv,
 		inflight: map[*message]bool{}, stop: make(chan struct{}), done: make(chan struct{}),
+		opsDone: make(chan struct{}), holds: map[string]bool{},
+	}
+	if err := s.watchOps(ctx, cfg.OnHold); err != nil {
+		return nil, fmt.Errorf("stream: %w", err)
 	}
 	go s.heartbeats()
 	return s, nil
@@ -224,8 +237,12 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Spool, erro
 // (a nak: another node, or this one after a restart, takes it). It may be
 // called more than once.
 func (s *Spool) Close() error {
-	s.closing.Do(func() { close(s.stop) })
+	s.closing.Do(func() {
+		close(s.stop)
+		s.opsWatch.Stop()
+	})
 	<-s.done
+	<-s.opsDone
 	s.mu.Lock()
 	held := s.inflight
 	s.inflight = map[*message]bool{}
@@ -340,6 +357,13 @@ func (s *Spool) Scan(ctx context.Context, now time.Time, skip func(name string) 
 			s.cfg.Log.Warn("fetching from the stream", zap.Error(err))
 		}
 		for i, job := range jobs {
+			if s.holdAsked(job) {
+				if err := s.Hold(job); err != nil {
+					s.cfg.Log.Error("holding a message as asked", zap.String("id", job.ID), zap.Error(err))
+					s.giveBack(job, time.Second)
+				}
+				continue
+			}
 			if skip != nil && skip(job.Name) {
 				s.giveBack(job, time.Second)
 				continue
@@ -481,6 +505,7 @@ func (s *Spool) FileSent(job *stages.Job, deleteCopy bool) (string, error) {
 		return "", err
 	}
 	s.note(job, "sent", dst, time.Time{})
+	s.holdDone(job) // too late for a hold
 	return dst, nil
 }
 
@@ -499,6 +524,7 @@ func (s *Spool) FileUndeliverable(job *stages.Job, xmlLog []byte) (string, error
 		return "", err
 	}
 	s.note(job, "undeliverable", dst, time.Time{})
+	s.holdDone(job)
 	return dst, nil
 }
 
@@ -576,7 +602,18 @@ func (s *Spool) Hold(job *stages.Job) error {
 	}
 	s.release(h)
 	s.note(job, "held", "", time.Time{})
+	s.holdDone(job)
 	return nil
+}
+
+// queueSubject is the subject a message named name is sent on: by its
+// route tag, so that a consumer could take one route's messages.
+func queueSubject(stream, name string) string {
+	tag := queuefile.NameRouteTag(name)
+	if tag == "" {
+		tag = "_"
+	}
+	return stream + ".q." + tag
 }
 
 // Publish puts a queue file's bytes (a sealed message, as queuefile writes
@@ -596,11 +633,7 @@ func PublishAs(ctx context.Context, js jetstream.JetStream, stream, id, name str
 	if stream == "" {
 		stream = DefaultStream
 	}
-	tag := queuefile.NameRouteTag(name)
-	if tag == "" {
-		tag = "_"
-	}
-	msg := nats.NewMsg(stream + ".q." + tag)
+	msg := nats.NewMsg(queueSubject(stream, name))
 	msg.Data = data
 	msg.Header.Set(HeaderID, id)
 	msg.Header.Set(HeaderName, name)

@@ -404,3 +404,46 @@ func TestRecords(t *testing.T) {
 		t.Errorf("all: %+v, %v", rs, err)
 	}
 }
+
+// An operator's hold reaches the nodes: one that fetches the message holds
+// it instead of handing it on, and tells OnHold of it; released, it comes
+// back to be sent, with its state.
+func TestHoldAskedAndRelease(t *testing.T) {
+	js := connect(t, natstest.NewServer(t).URL())
+	told := make(chan string, 4)
+	s := node(t, js, stream.Config{OnHold: func(id string) { told <- id }})
+	held := publish(t, js, "held.eml", "Subject: held\r\n\r\nbody\r\n")
+	other := publish(t, js, "other.eml", "Subject: other\r\n\r\nbody\r\n")
+	if err := stream.RequestHold(t.Context(), js, "", held); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case id := <-told:
+		if id != held {
+			t.Fatalf("OnHold told of %s, want %s", id, held)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("OnHold was not told of the hold")
+	}
+	jobs := fetch(t, s, 2)
+	if len(jobs) != 1 || jobs[0].ID != other {
+		t.Fatalf("handed on %d jobs (%v), want only %s", len(jobs), jobs, other)
+	}
+	if err := stream.Release(t.Context(), js, "", other); err != stream.ErrNotHeld {
+		t.Errorf("releasing a message not held: %v", err)
+	}
+	if _, err := s.FileSent(jobs[0], true); err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Release(t.Context(), js, "", held); err != nil {
+		t.Fatal(err)
+	}
+	back := fetch(t, s, 1)
+	if len(back) != 1 || back[0].ID != held || back[0].Name != "held.eml" || read(t, back[0]) != "Subject: held\r\n\r\nbody\r\n" {
+		t.Fatalf("after the release: %v", back)
+	}
+	if _, err := s.FileSent(back[0], true); err != nil {
+		t.Fatal(err)
+	}
+	waitEmpty(t, js)
+}

@@ -1,0 +1,151 @@
+package stream
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+
+	"github.com/smtpq/smtpq/stages"
+)
+
+// Operators' holds reach the nodes through the bucket <stream>_ops: a key
+// per message to hold, which every node watches. The node that has the
+// message queued holds it at once; a message a node fetches later (one
+// deferred, say) is held as it is claimed, never sent. A message being sent
+// when the hold comes is sent: the hold came too late, as on one machine.
+
+type opEntry struct {
+	Op string    `json:"op"` // "hold"
+	At time.Time `json:"at"`
+}
+
+func opsBucket(stream string) string { return stream + "_ops" }
+
+func setupOps(ctx context.Context, js jetstream.JetStream, stream string, replicas int) (jetstream.KeyValue, error) {
+	return retry(ctx, func(ctx context.Context) (jetstream.KeyValue, error) {
+		return js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+			Bucket: opsBucket(stream), Description: "smtpq: operators' holds, for the node that has or takes each message",
+			Storage: jetstream.FileStorage, Replicas: max(replicas, 1),
+		})
+	})
+}
+
+// RequestHold asks the nodes to hold message id.
+func RequestHold(ctx context.Context, js jetstream.JetStream, stream, id string) error {
+	if stream == "" {
+		stream = DefaultStream
+	}
+	if !validKey(id) {
+		return fmt.Errorf("%q is not a message id", id)
+	}
+	kv, err := js.KeyValue(ctx, opsBucket(stream))
+	if err != nil {
+		return err
+	}
+	b, _ := json.Marshal(opEntry{Op: "hold", At: time.Now().UTC()})
+	_, err = kv.Put(ctx, id, b)
+	return err
+}
+
+// ErrNotHeld says a message to release is not held.
+var ErrNotHeld = errors.New("not held")
+
+// Release puts a held message back on the stream, to be sent now: its copy
+// on <stream>.held.<id> is published again under its id, then removed.
+func Release(ctx context.Context, js jetstream.JetStream, stream, id string) error {
+	if stream == "" {
+		stream = DefaultStream
+	}
+	str, err := js.Stream(ctx, stream)
+	if err != nil {
+		return err
+	}
+	held := stream + ".held." + id
+	m, err := str.GetLastMsgForSubject(ctx, held)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return ErrNotHeld
+	}
+	if err != nil {
+		return err
+	}
+	if kv, err := js.KeyValue(ctx, opsBucket(stream)); err == nil {
+		kv.Delete(ctx, id) // a hold still asked for would hold it again
+	}
+	name := m.Header.Get(HeaderName)
+	msg := nats.NewMsg(queueSubject(stream, name))
+	msg.Data = m.Data
+	msg.Header.Set(HeaderID, id)
+	msg.Header.Set(HeaderName, name)
+	// A message id of its own: the first publish of id may be within the
+	// duplicate window still. A release retried after a crash publishes
+	// this same one, which the window drops.
+	if _, err := js.PublishMsg(ctx, msg, jetstream.WithMsgID(id+".r"+strconv.FormatUint(m.Sequence, 10))); err != nil {
+		return fmt.Errorf("publishing %s again: %w", id, err)
+	}
+	if err := str.Purge(ctx, jetstream.WithPurgeSubject(held)); err != nil {
+		return fmt.Errorf("removing the held copy of %s (it is queued again too): %w", id, err)
+	}
+	b, _ := json.Marshal(Record{ID: id, Name: name, State: "queued", Size: int64(len(m.Data)), At: time.Now().UTC()})
+	js.Publish(ctx, recordSubject(stream, id), b)
+	return nil
+}
+
+// watchOps keeps the set of holds asked for, and tells onHold of each new
+// one, until Close.
+func (s *Spool) watchOps(ctx context.Context, onHold func(id string)) error {
+	kv, err := setupOps(ctx, s.js, s.cfg.Stream, s.cfg.Replicas)
+	if err != nil {
+		return fmt.Errorf("ops bucket: %w", err)
+	}
+	w, err := kv.WatchAll(context.Background())
+	if err != nil {
+		return fmt.Errorf("watching the ops bucket: %w", err)
+	}
+	s.ops, s.opsWatch = kv, w
+	go func() {
+		defer close(s.opsDone)
+		for e := range w.Updates() {
+			if e == nil {
+				continue
+			}
+			id := e.Key()
+			s.mu.Lock()
+			if e.Operation() == jetstream.KeyValuePut {
+				s.holds[id] = true
+			} else {
+				delete(s.holds, id)
+			}
+			s.mu.Unlock()
+			if e.Operation() == jetstream.KeyValuePut && onHold != nil {
+				onHold(id)
+			}
+		}
+	}()
+	return nil
+}
+
+// holdAsked reports whether an operator asked to hold the job.
+func (s *Spool) holdAsked(job *stages.Job) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.holds[job.ID]
+}
+
+// holdDone forgets the hold asked for job, once it is held or filed.
+func (s *Spool) holdDone(job *stages.Job) {
+	if !s.holdAsked(job) || s.ops == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := s.ops.Delete(ctx, job.ID); err != nil {
+		s.cfg.Log.Warn("forgetting a hold done", zap.String("id", job.ID), zap.Error(err))
+	}
+}
