@@ -229,7 +229,7 @@ func Dial(ctx context.Context, cfg Config) (*Session, *Error) {
 			sess.Close(false)
 			return sess, Permanentf("auth", "refusing to send credentials over an unencrypted connection to %s (tls: none); use starttls or implicit", r.Addr)
 		}
-		if err := c.Auth(r.saslClient(c)); err != nil {
+		if err := auth(lim, tr, r.saslClient(c), c.CommandTimeout); err != nil {
 			return fail("auth", err)
 		}
 	}
