@@ -408,35 +408,67 @@ func (c *cluster) publishFile(ctx context.Context, dir *spool.Spool, streamName 
 	}
 }
 
-// publish puts a claimed file's bytes on the stream under its id.
+// publish puts a claimed file's bytes on the stream under its id: in one
+// NATS message if it fits, else streamed into the object store.
 func (c *cluster) publish(ctx context.Context, streamName string, job *stages.Job) error {
 	fi, err := job.Msg.Stat()
 	if err != nil {
 		return err
-	}
-	if max := c.nc.MaxPayload(); fi.Size() > max {
-		return fmt.Errorf("%d bytes, over the NATS server's max_payload of %d bytes (larger messages are not yet supported on the stream)", fi.Size(), max)
 	}
 	r, err := job.Msg.Open()
 	if err != nil {
 		return err
 	}
 	defer r.Close()
-	data, err := io.ReadAll(io.LimitReader(r, fi.Size()+1))
-	if err != nil {
-		return err
-	}
-	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), publishTimeout(fi.Size()))
 	defer cancel()
-	return stream.PublishAs(pctx, c.js, streamName, job.ID, job.Name, data)
+	return stream.PublishReaderAs(pctx, c.js, streamName, job.ID, job.Name, r, fi.Size())
 }
 
-// Publisher connects a producer (smtpq enqueue, smtpq sendmail, a Go
-// program) to the stream of cfg's nats section, and returns the function to
-// set as queuefile.Queue.Publish: each sealed message is published under a
-// new id, which it returns once the stream has stored the message. close
-// disconnects.
+// publishTimeout is how long a publish of size bytes may take: 30 seconds,
+// and one more per MiB.
+func publishTimeout(size int64) time.Duration {
+	return 30*time.Second + time.Duration(size>>20)*time.Second
+}
+
+// Publisher connects a producer (a Go program) to the stream of cfg's nats
+// section, and returns the function to set as queuefile.Queue.Publish: each
+// sealed message is published under a new id, which it returns once the
+// stream has stored the message. close disconnects. PublisherFrom does the same for queuefile.Queue.PublishFrom,
+// without holding a large message in memory.
 func Publisher(cfg *Config) (publish func(name string, sealed []byte) (string, error), close func(), err error) {
+	nc, js, err := connectPublisher(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	publish = func(name string, sealed []byte) (string, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), publishTimeout(int64(len(sealed))))
+		defer cancel()
+		return stream.Publish(ctx, js, cfg.NATS.Stream, name, sealed)
+	}
+	return publish, nc.Close, nil
+}
+
+// PublisherFrom is Publisher for queuefile.Queue.PublishFrom, which smtpq
+// enqueue and smtpq sendmail use: the sealed message is read from the
+// queue's temporary file as it is published, so a message too large for
+// one NATS message is streamed into the object store.
+func PublisherFrom(cfg *Config) (publish func(name string, r io.Reader, size int64) (string, error), close func(), err error) {
+	nc, js, err := connectPublisher(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	publish = func(name string, r io.Reader, size int64) (string, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), publishTimeout(size))
+		defer cancel()
+		return stream.PublishReader(ctx, js, cfg.NATS.Stream, name, r, size)
+	}
+	return publish, nc.Close, nil
+}
+
+// connectPublisher connects to the stream of cfg's nats section and sets it
+// up.
+func connectPublisher(cfg *Config) (*nats.Conn, jetstream.JetStream, error) {
 	n := cfg.NATS
 	if n == nil {
 		return nil, nil, errors.New("no nats section in the configuration")
@@ -451,10 +483,5 @@ func Publisher(cfg *Config) (publish func(name string, sealed []byte) (string, e
 		nc.Close()
 		return nil, nil, err
 	}
-	publish = func(name string, sealed []byte) (string, error) {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		return stream.Publish(ctx, js, n.Stream, name, sealed)
-	}
-	return publish, nc.Close, nil
+	return nc, js, nil
 }

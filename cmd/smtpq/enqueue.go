@@ -207,7 +207,7 @@ func runEnqueue(cmd *cobra.Command, f *enqueueFlags, args []string) error {
 	if err != nil {
 		return cli.OneLine(err)
 	}
-	if q.Publish != nil {
+	if q.PublishFrom != nil {
 		fmt.Fprintln(cmd.OutOrStdout(), name) // the message's id on the stream
 		return nil
 	}
@@ -257,11 +257,11 @@ func producerQueue(cfg *pipeline.Config) (*queuefile.Queue, func(), error) {
 	if cfg.NATS == nil {
 		return q, func() {}, nil
 	}
-	publish, closeNATS, err := pipeline.Publisher(cfg)
+	publish, closeNATS, err := pipeline.PublisherFrom(cfg)
 	if err != nil {
 		return nil, nil, cli.OneLine(err)
 	}
-	q.Publish = publish
+	q.PublishFrom = publish
 	return q, closeNATS, nil
 }
 

@@ -45,6 +45,12 @@ type Queue struct {
 	// Enqueue returns, once the message is stored durably. Dir still holds
 	// the temporary file of the message being sealed.
 	Publish func(name string, sealed []byte) (string, error)
+	// PublishFrom, if set, is used instead of Publish and reads the sealed
+	// message from r, size bytes, instead of taking it in memory: a large
+	// message is then never held whole (pipeline/spool/stream.PublishReader
+	// streams one that is too large for a NATS message into the object
+	// store). r is only valid during the call.
+	PublishFrom func(name string, r io.Reader, size int64) (string, error)
 }
 
 // Enqueue seals p into msg and puts the result into the queue. It returns the
@@ -150,6 +156,12 @@ func (q *Queue) Enqueue(msg io.Reader, p Params) (name string, err error) {
 	}
 	if len(seal) > MaxFieldSize {
 		return "", fmt.Errorf("enqueue: %w", sealTooLarge(&p, len(seal), false))
+	}
+	if q.PublishFrom != nil {
+		if _, err := body.Seek(0, io.SeekStart); err != nil {
+			return "", fmt.Errorf("enqueue: %w", err)
+		}
+		return q.PublishFrom(name, io.MultiReader(bytes.NewReader(seal), body), int64(len(seal))+cw.N)
 	}
 	if q.Publish != nil {
 		b, err := sealedBytes(seal, body, cw.N)

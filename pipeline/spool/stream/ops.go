@@ -83,6 +83,9 @@ func Release(ctx context.Context, js jetstream.JetStream, stream, id string) err
 	msg.Data = m.Data
 	msg.Header.Set(HeaderID, id)
 	msg.Header.Set(HeaderName, name)
+	if o := m.Header.Get(HeaderObject); o != "" {
+		msg.Header.Set(HeaderObject, o) // a large message: its bytes stay in the object store
+	}
 	// A message id of its own: the first publish of id may be within the
 	// duplicate window still. A release retried after a crash publishes
 	// this same one, which the window drops.

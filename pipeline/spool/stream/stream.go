@@ -23,6 +23,9 @@
 //	                   wait; a message whose state says the server accepted
 //	                   it is filed as sent, not sent again
 //
+// A message too large for one NATS message is kept in the object store
+// <stream>_big, and the stream's message refers to it (big.go).
+//
 // Duplicates are possible only inside the window between the server's 250
 // and its record in the bucket, as on one machine between the 250 and the
 // journal line.
@@ -111,6 +114,7 @@ type Spool struct {
 	str   jetstream.Stream
 	cons  jetstream.Consumer
 	state jetstream.KeyValue
+	big   *bigStore // the object store of messages too large for one NATS message
 
 	mu       sync.Mutex
 	inflight map[*message]bool // claimed here and not yet given back: kept alive by heartbeats
@@ -130,11 +134,12 @@ var (
 	_ stages.Message = (*message)(nil)
 )
 
-// Setup creates the stream and the state bucket, or brings their settings
-// up to date. Publishers and nodes call it; it is idempotent. Several nodes
-// starting at once may ask the cluster to create the same stream together,
-// and a clustered create can then time out for each of them: each step is
-// tried again, a few times, and the second try finds what the first made.
+// Setup creates the stream, the state bucket and the object store of large
+// messages (<stream>_big), or brings their settings up to date. Publishers
+// and nodes call it; it is idempotent. Several nodes starting at once may
+// ask the cluster to create the same stream together, and a clustered
+// create can then time out for each of them: each step is tried again, a
+// few times, and the second try finds what the first made.
 func Setup(ctx context.Context, js jetstream.JetStream, name string, replicas int) (jetstream.Stream, jetstream.KeyValue, error) {
 	if name == "" {
 		name = DefaultStream
@@ -167,6 +172,9 @@ func Setup(ctx context.Context, js jetstream.JetStream, name string, replicas in
 	}
 	if _, err := setupRecords(ctx, js, name, replicas); err != nil {
 		return nil, nil, fmt.Errorf("records bucket %s: %w", recordsBucket(name), err)
+	}
+	if err := setupBig(ctx, js, name, replicas); err != nil {
+		return nil, nil, err
 	}
 	return str, kv, nil
 }
@@ -221,8 +229,12 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Spool, erro
 	if err != nil {
 		return nil, fmt.Errorf("stream: consumer: %w", err)
 	}
+	big, err := openBig(ctx, js, cfg.Stream)
+	if err != nil {
+		return nil, fmt.Errorf("stream: %w", err)
+	}
 	s := &Spool{
-		cfg: cfg, js: js, str: str, cons: cons, state: kv,
+		cfg: cfg, js: js, str: str, cons: cons, state: kv, big: big,
 		inflight: map[*message]bool{}, stop: make(chan struct{}), done: make(chan struct{}),
 		opsDone: make(chan struct{}), holds: map[string]bool{},
 	}
@@ -294,13 +306,20 @@ type message struct {
 	at       time.Time // when it was published
 	hasState bool      // a state entry was read or written for it
 	released bool
+	big      *bigObject // where its bytes are, if too large for one NATS message
 }
 
 func (m *message) Stat() (fs.FileInfo, error) {
+	if m.big != nil {
+		return m.big.stat()
+	}
 	return msgInfo{name: m.id, size: int64(len(m.m.Data())), at: m.at}, nil
 }
 
 func (m *message) Open() (io.ReadCloser, error) {
+	if m.big != nil {
+		return m.big.open()
+	}
 	return io.NopCloser(bytes.NewReader(m.m.Data())), nil
 }
 
@@ -384,7 +403,7 @@ func (s *Spool) Scan(ctx context.Context, now time.Time, skip func(name string) 
 
 // claim makes a job of a fetched message, with its state if it has one.
 func (s *Spool) claim(ctx context.Context, m jetstream.Msg) *stages.Job {
-	h := &message{m: m}
+	h := &message{m: m, big: s.bigObject(m)}
 	meta, err := m.Metadata()
 	if err == nil {
 		h.at = meta.Timestamp
@@ -488,6 +507,7 @@ func (s *Spool) finish(job *stages.Job) error {
 			s.cfg.Log.Warn("removing the state of a filed message", zap.String("id", job.ID), zap.Error(err))
 		}
 	}
+	s.dropObject(ctx, h)
 	return nil
 }
 
@@ -512,10 +532,8 @@ func (s *Spool) FileSent(job *stages.Job, deleteCopy bool) (string, error) {
 // FileUndeliverable writes the XML log and the message as it was published
 // in this node's Undeliverable folder, durably, then acks the message.
 func (s *Spool) FileUndeliverable(job *stages.Job, xmlLog []byte) (string, error) {
-	data := handle(job).m.Data()
 	dst, err := spool.FileCopy(s.cfg.Undeliverable, job.Name, job.ID, func(w io.Writer) error {
-		_, err := w.Write(data)
-		return err
+		return copyMessage(w, job.Msg)
 	}, xmlLog)
 	if err != nil {
 		return "", fmt.Errorf("filing in Undeliverable: %w", err)
@@ -592,6 +610,7 @@ func (s *Spool) Hold(job *stages.Job) error {
 	msg.Data = h.m.Data()
 	msg.Header.Set(HeaderID, job.ID)
 	msg.Header.Set(HeaderName, h.m.Headers().Get(HeaderName))
+	keepObject(msg, h.m) // the held copy refers to the same object, kept
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if _, err := s.js.PublishMsg(ctx, msg); err != nil {
@@ -629,7 +648,18 @@ func Publish(ctx context.Context, js jetstream.JetStream, stream, name string, d
 // PublishAs is Publish under a given id: publishing again under the same id
 // within the stream's duplicate window (10 minutes) stores nothing more, so
 // a publish retried after a crash or a lost ack sends the message once.
+// A message too large for one NATS message goes to the object store (see
+// PublishReaderAs, which does not need it in memory).
 func PublishAs(ctx context.Context, js jetstream.JetStream, stream, id, name string, data []byte) error {
+	if int64(len(data)) > InlineLimit(js) {
+		return publishObject(ctx, js, stream, id, name, bytes.NewReader(data), int64(len(data)))
+	}
+	return publishMsg(ctx, js, stream, id, name, data, "")
+}
+
+// publishMsg publishes a message on the stream, its bytes in data or in the
+// object named object.
+func publishMsg(ctx context.Context, js jetstream.JetStream, stream, id, name string, data []byte, object string) error {
 	if stream == "" {
 		stream = DefaultStream
 	}
@@ -637,11 +667,13 @@ func PublishAs(ctx context.Context, js jetstream.JetStream, stream, id, name str
 	msg.Data = data
 	msg.Header.Set(HeaderID, id)
 	msg.Header.Set(HeaderName, name)
-	// A publish retried after a lost ack is dropped by the stream as a
-	// duplicate within its window.
+	if object != "" {
+		msg.Header.Set(HeaderObject, object)
+	}
 	// Its record first, for the queue commands (the node that claims the
 	// message writes the next one, which must come after it); the message
-	// is safe without it.
+	// is safe without it. A publish retried after a lost ack is dropped by
+	// the stream as a duplicate within its window.
 	now := time.Now().UTC()
 	b, _ := json.Marshal(Record{ID: id, Name: name, State: "queued", Size: int64(len(data)), Queued: now, At: now})
 	js.Publish(ctx, recordSubject(stream, id), b)
