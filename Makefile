@@ -6,7 +6,7 @@ LDFLAGS   := -X main.version=$(VERSION)
 DEVCONFIG := testdata/dev/smtpq.yaml
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.7.0
 
-.PHONY: all build run test test-short lint vet fmt-check cross demo bench bench-scale fuzz test-crash clean
+.PHONY: all build run run-cluster test test-short lint vet fmt-check cross demo bench bench-scale bench-cluster fuzz test-crash clean
 
 all: build
 
@@ -18,6 +18,14 @@ build:
 # Ctrl-C stops the service and the sink, and the script exits 0.
 run: build
 	testdata/dev/run.sh
+
+# A local three-node cluster: three smtpq nodes, each with an embedded NATS
+# server clustered with the others on loopback ports, one stream kept three
+# times, the dev sink on 127.0.0.1:2527; everything under .dev/cluster/. It
+# prints how to enqueue and what to watch. Ctrl-C stops all of it, and the
+# script exits 0.
+run-cluster: build
+	testdata/dev/run-cluster.sh
 
 fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
@@ -82,3 +90,14 @@ bench-scale: build
 	bash .ci/install-packages
 	$(GO) vet ./testdata/bench/...
 	$(GO) run ./testdata/bench/harness -suite scale
+
+# Issue 12's cluster benchmark (testdata/bench/README.md): the same backlog
+# published to a NATS JetStream stream, drained by 1, 2 and 3 nodes
+# (bin/smtpq run) on an R1 and an R3 stream, and by one node on an embedded
+# R1 stream, against the directory spool in the same round; msg/s, CPU per
+# message, scaling. Writes bench/out/results-cluster.md. Loopback only; about
+# 4 minutes; CLUSTER_N=3000, CLUSTER_CAP=8, CLUSTER_REPEAT=3.
+bench-cluster: build
+	bash .ci/install-packages
+	$(GO) vet ./testdata/bench/...
+	$(GO) run ./testdata/bench/harness -suite cluster

@@ -7,9 +7,10 @@
 //
 //	go run ./testdata/bench/harness -suite bench   # drain, pickup, slow host, big message, micro-benchmarks
 //	go run ./testdata/bench/harness -suite scale   # the 1,000,000-file backlog
+//	go run ./testdata/bench/harness -suite cluster # drains by 1-3 nodes on a NATS JetStream stream (cluster.go)
 //
 // Every process it starts (the service, the bare client, smtp-sink, a private
-// Postfix) is stopped by its PID when a step ends, and on SIGINT/SIGTERM;
+// Postfix, the cluster suite's NATS servers) is stopped by its PID when a step ends, and on SIGINT/SIGTERM;
 // the service and the client also die with the harness (PR_SET_PDEATHSIG).
 // Everything listens on loopback addresses only. Work files live under
 // bench/out/work and are removed at the end (BENCH_KEEP=1 keeps them).
@@ -28,6 +29,10 @@
 //	SCALE_N=1000000      backlog of the scale suite; SCALE_WINDOW=60s of draining measured
 //	SCALE_CAP=2          connection cap of the scale suite (and its 10k reference)
 //	POSTFIX=auto         auto: run the Postfix reference if postfix is installed and we are root; off: skip
+//	CLUSTER_N=3000       messages in each drain of the cluster suite
+//	CLUSTER_CAP=8        max_threads and max_connections of each node (and of the directory spool's drain)
+//	CLUSTER_REPEAT=3     rounds of the cluster suite; the median of each case counts
+//	CLUSTER_CASES=...    comma-separated subset of the cluster cases: emb-r1-1, r1-1, r1-2, r1-3, r3-1, r3-2, r3-3
 package main
 
 import (
@@ -67,6 +72,11 @@ type options struct {
 	keep        bool
 	profile     bool // SMTPQ_CPUPROFILE for each service run
 	repeat      int
+
+	clusterN      int
+	clusterCap    int
+	clusterRepeat int
+	clusterCases  map[string]bool // nil: all
 }
 
 func envInt(name string, def int) int {
@@ -97,9 +107,14 @@ func envStr(name, def string) string {
 }
 
 func main() {
+	// The cluster suite starts its NATS servers as this program again.
+	if len(os.Args) > 1 && os.Args[1] == "nats-server" {
+		natsServerMain(os.Args[2:])
+		return
+	}
 	var o options
 	var only string
-	flag.StringVar(&o.suite, "suite", "bench", "bench (drain, pickup, slow host, big message, micro-benchmarks) or scale (1M backlog)")
+	flag.StringVar(&o.suite, "suite", "bench", "bench (drain, pickup, slow host, big message, micro-benchmarks), scale (1M backlog) or cluster (drains on a NATS JetStream stream)")
 	flag.IntVar(&o.n, "n", envInt("BENCH_N", 10000), "messages in each drain")
 	flag.StringVar(&only, "only", envStr("BENCH_ONLY", ""), "comma-separated subset of drain,postfix,pickup,slow,big,micro")
 	flag.IntVar(&o.pickupN, "pickup_n", envInt("PICKUP_N", 200), "messages of the pickup-latency run")
@@ -114,6 +129,11 @@ func main() {
 	flag.StringVar(&o.postfix, "postfix", envStr("POSTFIX", "auto"), "auto or off")
 	flag.IntVar(&o.slowRepeat, "slow_repeat", envInt("SLOW_REPEAT", 3), "rounds of the slow-host benchmark; the median ratio counts")
 	flag.IntVar(&o.repeat, "repeat", envInt("BENCH_REPEAT", 3), "rounds of each drain; the median counts")
+	flag.IntVar(&o.clusterN, "cluster_n", envInt("CLUSTER_N", 3000), "messages in each drain of the cluster suite")
+	flag.IntVar(&o.clusterCap, "cluster_cap", envInt("CLUSTER_CAP", 8), "max_threads and max_connections of each node in the cluster suite")
+	flag.IntVar(&o.clusterRepeat, "cluster_repeat", envInt("CLUSTER_REPEAT", 3), "rounds of the cluster suite; the median counts")
+	var cases string
+	flag.StringVar(&cases, "cluster_cases", envStr("CLUSTER_CASES", ""), "comma-separated subset of the cluster cases (emb-r1-1, r1-1, r1-2, r1-3, r3-1, r3-2, r3-3)")
 	flag.BoolVar(&o.keep, "keep", os.Getenv("BENCH_KEEP") == "1", "keep bench/out/work")
 	flag.BoolVar(&o.profile, "profile", os.Getenv("BENCH_PROFILE") == "1", "write a CPU profile of each service run to bench/out/cpu-<run>.prof")
 	flag.Parse()
@@ -121,6 +141,12 @@ func main() {
 		o.only = map[string]bool{}
 		for _, s := range strings.Split(only, ",") {
 			o.only[strings.TrimSpace(s)] = true
+		}
+	}
+	if cases != "" {
+		o.clusterCases = map[string]bool{}
+		for _, s := range strings.Split(cases, ",") {
+			o.clusterCases[strings.TrimSpace(s)] = true
 		}
 	}
 	if err := run(&o); err != nil {
@@ -176,15 +202,17 @@ func run(o *options) error {
 		runErr = benchSuite(ctx, o, rep)
 	case "scale":
 		runErr = scaleSuite(ctx, o, rep)
+	case "cluster":
+		runErr = clusterSuite(ctx, o, rep)
 	default:
-		return fmt.Errorf("unknown -suite %q (bench or scale)", o.suite)
+		return fmt.Errorf("unknown -suite %q (bench, scale or cluster)", o.suite)
 	}
 	if runErr != nil {
 		rep.note("The run stopped early: " + runErr.Error())
 	}
 	name := "results.md"
-	if o.suite == "scale" {
-		name = "results-scale.md"
+	if o.suite != "bench" {
+		name = "results-" + o.suite + ".md"
 	}
 	text := rep.render()
 	fmt.Print("\n" + text)

@@ -47,8 +47,11 @@ func verdict(ok bool) string {
 func (r *report) render() string {
 	var b strings.Builder
 	title := "smtpq benchmarks"
-	if r.o.suite == "scale" {
+	switch r.o.suite {
+	case "scale":
 		title = "smtpq backlog-scale benchmark"
+	case "cluster":
+		title = "smtpq cluster benchmark (NATS JetStream)"
 	}
 	fmt.Fprintf(&b, "# %s\n\n", title)
 	fmt.Fprintf(&b, "Run %s (%v) of `%s` (checkout %s), on %s. Every ratio compares figures measured in this run.\n\n",

@@ -70,6 +70,7 @@ type svcConfig struct {
 	maxConns   int    // hosts.default.max_connections; 0: default (4)
 	hostsExtra string // more YAML under hosts:, indented by four spaces
 	noSentCopy bool   // delete_after_send: true
+	extra      string // more top-level YAML (the nats section)
 }
 
 // writeConfig writes the service configuration for d and returns its path
@@ -92,6 +93,7 @@ func writeConfig(d spoolDirs, k *keys, c svcConfig) (path, metricsAddr string, e
 		}
 		b.WriteString(c.hostsExtra)
 	}
+	b.WriteString(c.extra)
 	fmt.Fprintf(&b, "metrics:\n  listen: %q\nlog:\n  level: info\n  format: console\n", metricsAddr)
 	path = filepath.Join(d.root, "smtpq.yaml")
 	return path, metricsAddr, os.WriteFile(path, []byte(b.String()), 0o644)
@@ -133,6 +135,22 @@ type batch struct {
 	tag  string // in every file name: <time>-<tag><seq>+<route tag>.eml
 }
 
+// sealedFile returns a batch's queue file (seal and message) and the
+// "+<route tag>" that Enqueue puts in its names.
+func sealedFile(k *keys, bt batch) (file []byte, route string, err error) {
+	msg := message(bt.size, "")
+	sum := sha256.Sum256(msg)
+	p := queuefile.Params{
+		Host: bt.host, Port: bt.port, TLS: queuefile.TLSNone, From: envFrom, To: []string{envTo},
+		Digest: hex.EncodeToString(sum[:]), Size: int64(len(msg)),
+	}
+	seal, err := queuefile.SealHeader(&p, "\r\n", k.recipients...)
+	if err != nil {
+		return nil, "", err
+	}
+	return append(seal, msg...), "+" + queuefile.RouteTag(k.recipients[0], &p), nil
+}
+
 // fillQueue writes the batches' files straight into dir, as if enqueued
 // over the last hours: each batch's message is sealed once and copied under
 // n names (identical content is fine for a benchmark; Enqueue's two fsyncs
@@ -142,18 +160,10 @@ func fillQueue(ctx context.Context, dir string, k *keys, batches []batch) error 
 	base := time.Now().Add(-3 * time.Hour).UTC()
 	seq := 0
 	for _, bt := range batches {
-		msg := message(bt.size, "")
-		sum := sha256.Sum256(msg)
-		p := queuefile.Params{
-			Host: bt.host, Port: bt.port, TLS: queuefile.TLSNone, From: envFrom, To: []string{envTo},
-			Digest: hex.EncodeToString(sum[:]), Size: int64(len(msg)),
-		}
-		seal, err := queuefile.SealHeader(&p, "\r\n", k.recipients...)
+		file, route, err := sealedFile(k, bt)
 		if err != nil {
 			return err
 		}
-		file := append(seal, msg...)
-		route := "+" + queuefile.RouteTag(k.recipients[0], &p) // as Enqueue names files
 		const writers = 4
 		var wg sync.WaitGroup
 		errs := make([]error, writers)
@@ -263,7 +273,13 @@ func startService(o *options, d spoolDirs, k *keys, c svcConfig) (*service, erro
 	var env []string
 	if o.profile {
 		// A CPU profile of each service run: bench/out/cpu-<run>.prof.
-		env = append(env, "SMTPQ_CPUPROFILE="+filepath.Join(filepath.Dir(o.work), "cpu-"+filepath.Base(d.root)+".prof"))
+		// A node of the cluster suite has its folders one level deeper:
+		// its run's name and its own.
+		run := filepath.Base(d.root)
+		if rel, err := filepath.Rel(o.work, d.root); err == nil {
+			run = strings.ReplaceAll(rel, string(filepath.Separator), "-")
+		}
+		env = append(env, "SMTPQ_CPUPROFILE="+filepath.Join(filepath.Dir(o.work), "cpu-"+run+".prof"))
 	}
 	p, err := startProcEnv("smtpq", filepath.Join(d.root, "smtpq.log"), env, o.smtpq, "run", "--config", cfg)
 	if err != nil {
