@@ -818,7 +818,7 @@ func (d *Dispatcher) schedule(now time.Time) time.Time {
 			continue
 		}
 		deadline := w.idleSince.Add(w.host.lim.IdleTimeout)
-		if !now.Before(deadline) {
+		if !now.Before(deadline) || d.otherRouteWaits(w, now) {
 			w.waiting.Reply <- Assignment{Close: true}
 			w.waiting = nil
 			continue
@@ -840,6 +840,24 @@ func (d *Dispatcher) schedule(now time.Time) time.Time {
 		}
 	}
 	return wake
+}
+
+// otherRouteWaits reports whether w's idle session holds the slot that a
+// job of another route of its host (another port, or other credentials)
+// waits for: the host is at its cap, and the job could go now. The
+// session is then closed at once, not at its idle timeout. (A 421 halves a
+// host's cap, so one idle session can be all there is.)
+func (d *Dispatcher) otherRouteWaits(w *workerState, now time.Time) bool {
+	h := w.host
+	if h.n == 0 || h.conns < h.capacity || now.Before(h.openUntil) || !rateAllows(h, now) {
+		return false
+	}
+	for _, q := range h.routes {
+		if q.len() > 0 && q.route != *w.route {
+			return true
+		}
+	}
+	return false
 }
 
 // nextHost returns, round robin, a host with queued work that may open a

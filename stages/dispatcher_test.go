@@ -508,3 +508,27 @@ func TestDispatcherSharesPauses(t *testing.T) {
 	}
 	r.stop(1)
 }
+
+// An idle session of one route of a host at its cap is closed as soon as a
+// job of another route of that host (another port) waits for the slot, not
+// at its idle timeout.
+func TestDispatcherClosesIdleSessionForAnotherRoute(t *testing.T) {
+	r := newDispatcherRig(t, 1, stages.Limits{MaxConnections: 1, IdleTimeout: time.Hour, MaxMessagesPerConn: 100})
+	r.in <- rigJob(1, "10.0.0.1")
+	a := r.ask(&stages.Request{Worker: 0})
+	route := a.Job.Route
+	// The worker sent it and waits, its session open and idle.
+	reply := make(chan stages.Assignment, 1)
+	r.requests <- &stages.Request{Worker: 0, Conn: &route, Reply: reply}
+	other := rigJob(2, "10.0.0.1")
+	other.Route.Port = 587
+	r.in <- other
+	if got := r.answer(0, reply); !got.Close {
+		t.Fatalf("with a job of port 587 waiting for the host's one slot, the idle port-25 session got %+v, want Close", got)
+	}
+	a = r.ask(&stages.Request{Worker: 0}) // closed
+	if a.Job == nil || a.Job.Route.Port != 587 {
+		t.Fatalf("after the close: %+v, want the port-587 job", a)
+	}
+	r.stop(1)
+}
