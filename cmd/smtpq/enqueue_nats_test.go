@@ -181,3 +181,53 @@ func TestQueueHoldReleaseOnTheCluster(t *testing.T) {
 		t.Fatalf("after the release the node got %v, want %s", got, id)
 	}
 }
+
+// queue retry of a deferred message of the cluster sends it now.
+func TestQueueRetryDeferredOnTheCluster(t *testing.T) {
+	srv := natstest.NewServer(t)
+	e := newEnv(t, true)
+	f, err := os.OpenFile(e.cfgPath, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteString("nats: {urls: " + srv.URL() + "}\n")
+	f.Close()
+	_, out, _ := e.smtpq(testMsg, "enqueue", "-")
+	id := strings.TrimSpace(out)
+	nc, err := nats.Connect(srv.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	dir := t.TempDir()
+	n1, err := stream.Open(t.Context(), js, stream.Config{Node: "n1", Sent: dir + "/sent", Undeliverable: dir + "/undeliverable", Poll: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n1.Close()
+	var got *stages.Job
+	n1.Scan(t.Context(), time.Now(), nil, func(j *stages.Job) bool { got = j; return false })
+	if got == nil {
+		t.Fatal("the node got nothing")
+	}
+	if err := n1.Defer(got, time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		code, out, stderr := e.smtpq("", "queue", "retry", id)
+		if code == 0 && strings.Contains(out, "sent again now") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("retry of a deferred message: exit %d, %q, %s", code, out, stderr)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	got = nil
+	n1.Scan(t.Context(), time.Now(), nil, func(j *stages.Job) bool { got = j; return false })
+	if got == nil || got.ID != id {
+		t.Fatalf("after the retry the node got %v, want %s at once", got, id)
+	}
+}

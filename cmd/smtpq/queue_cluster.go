@@ -60,8 +60,8 @@ func (q *queueEnv) recordRow(r stream.Record) *queueRow {
 // message queued holds it at once, one that fetches it later (a deferred
 // message, when its retry is due) holds it then; a message being sent
 // when the hold comes is sent. Release and retry put a held message back
-// on the stream, to be sent now. Retrying a deferred message before its
-// time is not possible on the stream yet.
+// on the stream, to be sent now; retry sends a deferred one now (see
+// stream.RetryDeferred).
 func (q *queueEnv) clusterMove(ctx context.Context, out io.Writer, op, id string) error {
 	nc, js, err := pipeline.ConnectNATS(q.cfg.NATS, "")
 	if err != nil {
@@ -81,7 +81,11 @@ func (q *queueEnv) clusterMove(ctx context.Context, out io.Writer, op, id string
 	err = stream.Release(ctx, js, name, id)
 	switch {
 	case errors.Is(err, stream.ErrNotHeld) && op == "retry":
-		return fmt.Errorf("%s is not held; a deferred message on the stream is tried at its next attempt (retrying it sooner is not supported on a cluster yet)", id)
+		if err := stream.RetryDeferred(ctx, js, name, id); err != nil {
+			return cli.OneLine(err)
+		}
+		fmt.Fprintf(out, "%s: sent again now; its deferred copy is dropped when it comes back\n", id)
+		return nil
 	case errors.Is(err, stream.ErrNotHeld):
 		return fmt.Errorf("%s is not held", id)
 	case err != nil:

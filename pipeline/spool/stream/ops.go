@@ -22,8 +22,9 @@ import (
 // when the hold comes is sent: the hold came too late, as on one machine.
 
 type opEntry struct {
-	Op string    `json:"op"` // "hold"
-	At time.Time `json:"at"`
+	Op  string    `json:"op"`            // "hold", or "retry": the delivery of Seq was superseded by a copy sent now
+	Seq uint64    `json:"seq,omitempty"` // for "retry"
+	At  time.Time `json:"at"`
 }
 
 func opsBucket(stream string) string { return stream + "_ops" }
@@ -119,14 +120,16 @@ func (s *Spool) watchOps(ctx context.Context, onHold func(id string)) error {
 				continue
 			}
 			id := e.Key()
+			var op opEntry
+			put := e.Operation() == jetstream.KeyValuePut && json.Unmarshal(e.Value(), &op) == nil
 			s.mu.Lock()
-			if e.Operation() == jetstream.KeyValuePut {
-				s.holds[id] = true
+			if put {
+				s.holds[id] = op
 			} else {
 				delete(s.holds, id)
 			}
 			s.mu.Unlock()
-			if e.Operation() == jetstream.KeyValuePut && onHold != nil {
+			if put && op.Op == "hold" && onHold != nil {
 				onHold(id)
 			}
 		}
@@ -138,13 +141,29 @@ func (s *Spool) watchOps(ctx context.Context, onHold func(id string)) error {
 func (s *Spool) holdAsked(job *stages.Job) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.holds[job.ID]
+	return s.holds[job.ID].Op == "hold"
 }
 
-// holdDone forgets the hold asked for job, once it is held or filed.
+// superseded reports whether the job's delivery is of a deferred copy that
+// an operator's retry replaced with one sent at once (RetryDeferred).
+func (s *Spool) superseded(job *stages.Job) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	op := s.holds[job.ID]
+	return op.Op == "retry" && op.Seq != 0 && op.Seq == handle(job).seq
+}
+
+// holdDone forgets the operation asked for job, once it is done (held, or
+// the superseded copy dropped) or too late (filed).
 func (s *Spool) holdDone(job *stages.Job) {
-	if !s.holdAsked(job) || s.ops == nil {
+	s.mu.Lock()
+	op, asked := s.holds[job.ID]
+	s.mu.Unlock()
+	if !asked || s.ops == nil {
 		return
+	}
+	if op.Op == "retry" && op.Seq != handle(job).seq {
+		return // the copy: the mark waits for the superseded one
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -152,3 +171,64 @@ func (s *Spool) holdDone(job *stages.Job) {
 		s.cfg.Log.Warn("forgetting a hold done", zap.String("id", job.ID), zap.Error(err))
 	}
 }
+
+// RetryDeferred sends a deferred message of the cluster now rather than at
+// its next attempt: a copy is published under its id and the deferred one,
+// which the stream gives back only when its delay is over, is marked as
+// superseded, so that the node that gets it then drops it unsent. A
+// message due within minDelay is left alone (it is tried then anyway, and
+// its delivery could cross the copy).
+func RetryDeferred(ctx context.Context, js jetstream.JetStream, stream, id string) error {
+	if stream == "" {
+		stream = DefaultStream
+	}
+	rs, err := Records(ctx, js, stream, id)
+	if err != nil {
+		return err
+	}
+	if len(rs) != 1 || rs[0].ID != id {
+		return fmt.Errorf("%s: no such message in the cluster", id)
+	}
+	r := rs[0]
+	if r.State != "deferred" || r.Seq == 0 {
+		return fmt.Errorf("%s is %s, not deferred", id, r.State)
+	}
+	if time.Until(r.NextAttempt) < minDelay {
+		return fmt.Errorf("%s is due at %s, within %v: it is tried then", id, r.NextAttempt.UTC().Format(time.RFC3339), minDelay)
+	}
+	str, err := js.Stream(ctx, stream)
+	if err != nil {
+		return err
+	}
+	m, err := str.GetMsg(ctx, r.Seq)
+	if err != nil {
+		return fmt.Errorf("%s: its deferred copy: %w", id, err)
+	}
+	ops, err := js.KeyValue(ctx, opsBucket(stream))
+	if err != nil {
+		return err
+	}
+	msg := nats.NewMsg(m.Subject)
+	msg.Data, msg.Header = m.Data, m.Header
+	ack, err := js.PublishMsg(ctx, msg, jetstream.WithMsgID(id+".t"+strconv.FormatUint(r.Seq, 10)))
+	if err != nil {
+		return fmt.Errorf("publishing %s again: %w", id, err)
+	}
+	b, _ := json.Marshal(opEntry{Op: "retry", Seq: r.Seq, At: time.Now().UTC()})
+	if _, err := ops.Put(ctx, id, b); err != nil {
+		// Without the mark the deferred copy would be sent too: take the
+		// new one back.
+		if derr := str.DeleteMsg(ctx, ack.Sequence); derr != nil {
+			return fmt.Errorf("%s: marking its deferred copy failed (%v) and so did taking the new one back (%v): it may be sent twice", id, err, derr)
+		}
+		return fmt.Errorf("%s: marking its deferred copy: %w", id, err)
+	}
+	r.State, r.NextAttempt, r.At = "queued", time.Time{}, time.Now().UTC()
+	rb, _ := json.Marshal(r)
+	js.Publish(ctx, recordSubject(stream, id), rb)
+	return nil
+}
+
+// minDelay is how far off a deferred message's next attempt must be for
+// RetryDeferred to replace it.
+const minDelay = 10 * time.Second

@@ -32,7 +32,8 @@ type Record struct {
 	Attempts    int       `json:"attempts,omitempty"`
 	NextAttempt time.Time `json:"next_attempt,omitzero"`
 	LastError   string    `json:"last_error,omitempty"`
-	At          time.Time `json:"at"` // when the record was written
+	Seq         uint64    `json:"seq,omitempty"` // the stream sequence of the copy a node last took
+	At          time.Time `json:"at"`            // when the record was written
 }
 
 // RecordsTTL is how long a message's record outlives its last change.
@@ -65,7 +66,7 @@ func (s *Spool) note(job *stages.Job, state, path string, due time.Time) {
 		ID: job.ID, Name: job.Name, State: state, Node: s.cfg.Node, Path: path,
 		Host: job.Route.Host, Port: job.Route.Port, Sender: job.Sender, Recipients: len(job.Pending),
 		Size: job.Size, Queued: job.State.Queued, Attempts: job.State.Attempts, LastError: job.State.LastError,
-		At: time.Now().UTC(),
+		Seq: handle(job).seq, At: time.Now().UTC(),
 	}
 	if state == "deferred" {
 		r.NextAttempt = due

@@ -125,7 +125,7 @@ type Spool struct {
 	ops      jetstream.KeyValue   // operators' holds (ops.go)
 	opsWatch jetstream.KeyWatcher //
 	opsDone  chan struct{}        // closed when the watch has ended
-	holds    map[string]bool      // ids an operator asked to hold
+	holds    map[string]opEntry   // operations asked for, by message id
 }
 
 var (
@@ -236,7 +236,7 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Spool, erro
 	s := &Spool{
 		cfg: cfg, js: js, str: str, cons: cons, state: kv, big: big,
 		inflight: map[*message]bool{}, stop: make(chan struct{}), done: make(chan struct{}),
-		opsDone: make(chan struct{}), holds: map[string]bool{},
+		opsDone: make(chan struct{}), holds: map[string]opEntry{},
 	}
 	if err := s.watchOps(ctx, cfg.OnHold); err != nil {
 		return nil, fmt.Errorf("stream: %w", err)
@@ -304,6 +304,7 @@ type message struct {
 	m        jetstream.Msg
 	id       string
 	at       time.Time // when it was published
+	seq      uint64    // its stream sequence
 	hasState bool      // a state entry was read or written for it
 	released bool
 	big      *bigObject // where its bytes are, if too large for one NATS message
@@ -376,6 +377,18 @@ func (s *Spool) Scan(ctx context.Context, now time.Time, skip func(name string) 
 			s.cfg.Log.Warn("fetching from the stream", zap.Error(err))
 		}
 		for i, job := range jobs {
+			if s.superseded(job) {
+				// Sent again at an operator's retry: this copy goes.
+				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+				if err := handle(job).m.DoubleAck(ctx); err == nil {
+					s.release(handle(job))
+					s.holdDone(job)
+				} else {
+					s.giveBack(job, time.Second)
+				}
+				cancel()
+				continue
+			}
 			if s.holdAsked(job) {
 				if err := s.Hold(job); err != nil {
 					s.cfg.Log.Error("holding a message as asked", zap.String("id", job.ID), zap.Error(err))
@@ -406,7 +419,7 @@ func (s *Spool) claim(ctx context.Context, m jetstream.Msg) *stages.Job {
 	h := &message{m: m, big: s.bigObject(m)}
 	meta, err := m.Metadata()
 	if err == nil {
-		h.at = meta.Timestamp
+		h.at, h.seq = meta.Timestamp, meta.Sequence.Stream
 	} else {
 		h.at = time.Now()
 	}

@@ -447,3 +447,41 @@ func TestHoldAskedAndRelease(t *testing.T) {
 	}
 	waitEmpty(t, js)
 }
+
+// An operator's retry sends a deferred message now: a copy comes at once,
+// and the deferred one, when its delay is over, is dropped unsent.
+func TestRetryDeferred(t *testing.T) {
+	js := connect(t, natstest.NewServer(t).URL())
+	s := node(t, js, stream.Config{Node: "n1"})
+	id := publish(t, js, "later.eml", "Subject: x\r\n\r\nbody\r\n")
+	job := fetch(t, s, 1)[0]
+	job.State.Attempts = 1
+	due := time.Now().Add(12 * time.Second)
+	if err := s.Defer(job, due); err != nil {
+		t.Fatal(err)
+	}
+	var err error
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if err = stream.RetryDeferred(t.Context(), js, "", id); err == nil {
+			break // the deferred record has arrived
+		}
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := fetch(t, s, 1)
+	if len(now) != 1 || now[0].ID != id || now[0].State.Attempts != 1 {
+		t.Fatalf("after the retry: %v", now)
+	}
+	if _, err := s.FileSent(now[0], true); err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.RetryDeferred(t.Context(), js, "", id); err == nil {
+		t.Error("a message already sent was retried")
+	}
+	time.Sleep(time.Until(due) + 500*time.Millisecond)
+	if again := fetch(t, s, 1); len(again) != 0 {
+		t.Fatalf("the superseded deferred copy was handed on: %s", again[0].ID)
+	}
+	waitEmpty(t, js)
+}
