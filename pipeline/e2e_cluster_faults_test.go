@@ -33,8 +33,13 @@ func TestClusterNATSNodeLostMidDrain(t *testing.T) {
 	srv := smtptest.NewServer(t, func(s *smtptest.Server) {
 		s.Fault = smtptest.FaultAt(smtptest.AfterDot, smtptest.Fault{Stall: 10 * time.Millisecond})
 	})
+	// The ack wait must outlast the election of new stream and consumer
+	// leaders (a few seconds here under the race detector): a node's
+	// in-progress heartbeats cannot land before it, and with a shorter
+	// wait the new leader gives every held message to a node again, to be
+	// sent again. The default (1m) leaves room enough.
 	a := pipelinetest.Start(t, pipelinetest.Config(func(cfg *pipeline.Config) {
-		cfg.NATS = &pipeline.NATSConfig{URLs: c.URLs(), Replicas: 3, Node: "a", AckWait: pipeline.Duration(2 * time.Second)}
+		cfg.NATS = &pipeline.NATSConfig{URLs: c.URLs(), Replicas: 3, Node: "a", AckWait: pipeline.Duration(10 * time.Second)}
 	}))
 	b := clusterNode(t, a, "b")
 

@@ -223,6 +223,7 @@ func TestCrashClusterNodeKilled(t *testing.T) {
 
 func clusterNodeKilled(t *testing.T, crashAt string) {
 	const n, threads = 200, 4
+	noLeaks(t)
 	c := natstest.NewCluster(t, 3)
 	// A short pause before each 250 keeps every session busy, so the
 	// killed node has messages in flight when it dies.
