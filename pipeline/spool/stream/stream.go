@@ -491,7 +491,10 @@ func (s *Spool) WriteState(id string, st *stages.State) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if _, err := s.state.Put(ctx, id, b); err != nil {
+	// A request in flight when its NATS server stops is lost without an
+	// answer: each try has its own short timeout (putting the same value
+	// again is harmless).
+	if _, err := retry(ctx, func(ctx context.Context) (uint64, error) { return s.state.Put(ctx, id, b) }); err != nil {
 		return fmt.Errorf("recording the state of %s: %w", id, err)
 	}
 	return nil
@@ -511,12 +514,23 @@ func (s *Spool) finish(job *stages.Job) error {
 	h := handle(job)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := h.m.DoubleAck(ctx); err != nil {
+	// An ack lost with a stopping NATS server would otherwise fail the
+	// filing after the copy is written, and the message, given back, would
+	// be filed again: each try has its own short timeout, and acking again
+	// a message the stream already removed is answered all the same.
+	if _, err := retry(ctx, func(ctx context.Context) (struct{}, error) { return struct{}{}, h.m.DoubleAck(ctx) }); err != nil {
 		return fmt.Errorf("acknowledging %s: %w", job.ID, err)
 	}
 	s.release(h)
 	if h.hasState {
-		if err := s.state.Purge(ctx, job.ID); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+		_, err := retry(ctx, func(ctx context.Context) (struct{}, error) {
+			err := s.state.Purge(ctx, job.ID)
+			if errors.Is(err, jetstream.ErrKeyNotFound) {
+				err = nil
+			}
+			return struct{}{}, err
+		})
+		if err != nil {
 			s.cfg.Log.Warn("removing the state of a filed message", zap.String("id", job.ID), zap.Error(err))
 		}
 	}
