@@ -179,13 +179,16 @@ func Setup(ctx context.Context, js jetstream.JetStream, name string, replicas in
 	return str, kv, nil
 }
 
-// retry calls f up to five times, each with two seconds, a random pause
+// retry calls f up to eight times, each with two seconds more than the
+// last (up to six), a random pause
 // apart, until it succeeds or ctx is done.
 func retry[T any](ctx context.Context, f func(context.Context) (T, error)) (T, error) {
 	var v T
 	var err error
-	for i := range 5 {
-		actx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	for i := range 8 {
+		// Longer each time: a clustered create on a loaded machine, or
+		// an election, can take more than the first try allows.
+		actx, cancel := context.WithTimeout(ctx, min(time.Duration(i+2)*time.Second, 6*time.Second))
 		v, err = f(actx)
 		cancel()
 		if err == nil || ctx.Err() != nil {
