@@ -179,9 +179,8 @@ func Setup(ctx context.Context, js jetstream.JetStream, name string, replicas in
 	return str, kv, nil
 }
 
-// retry calls f up to eight times, each with two seconds more than the
-// last (up to six), a random pause
-// apart, until it succeeds or ctx is done.
+// retry calls f up to eight times, each with a second more than the last
+// (two to six), a random pause apart, until it succeeds or ctx is done.
 func retry[T any](ctx context.Context, f func(context.Context) (T, error)) (T, error) {
 	var v T
 	var err error
