@@ -125,8 +125,8 @@ func splitHostPort(addr string) (string, int, error) {
 	return h, port, nil
 }
 
-// nodeName is this node's name in the cluster.
-func (n *NATSConfig) nodeName() string {
+// NodeName is this node's name in the cluster: node, or the host name.
+func (n *NATSConfig) NodeName() string {
 	if n.Node != "" {
 		return n.Node
 	}
@@ -198,7 +198,7 @@ func ConnectNATS(n *NATSConfig, extraURL string) (*nats.Conn, jetstream.JetStrea
 		urls = append(urls, "nats://"+n.Embedded.Listen)
 	}
 	opts := []nats.Option{
-		nats.Name("smtpq " + n.nodeName()),
+		nats.Name("smtpq " + n.NodeName()),
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(250 * time.Millisecond),
 	}
@@ -251,6 +251,34 @@ func readSecretFile(path string) (string, error) {
 	return string(b), nil
 }
 
+// admin carries out an operator's requeue or purge, asked from another
+// node, on this node's own folders: what the queue commands would do here.
+func admin(cfg *Config, a stream.AdminOp, log *zap.Logger) error {
+	dirs := spool.Dirs{Queue: cfg.QueueDir, Sent: cfg.SentDir, Undeliverable: cfg.UndeliverableDir}
+	switch a.Op {
+	case "requeue":
+		path, err := spool.RequeueMessage(dirs, a.Name, time.Now())
+		if err == nil {
+			log.Info("requeued as asked from another node", zap.String("id", a.ID), zap.String("path", path))
+		}
+		return err
+	case "purge":
+		place, err := spool.ParsePlace(a.Place)
+		if err != nil || (place != spool.PlaceSent && place != spool.PlaceUndeliverable) {
+			return fmt.Errorf("purge of %q: only sent or undeliverable", a.Place)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+		defer cancel()
+		r, err := spool.Purge(ctx, dirs, place, a.Before)
+		if r.Messages > 0 || r.Logs > 0 {
+			log.Info("purged as asked from another node", zap.String("place", a.Place), zap.Time("before", a.Before),
+				zap.Int("messages", r.Messages), zap.Int("logs", r.Logs))
+		}
+		return err
+	}
+	return fmt.Errorf("unknown operation %q", a.Op)
+}
+
 // cluster is a running node's link to NATS.
 //
 // A host's max_connections holds across the nodes: each session holds a
@@ -300,7 +328,7 @@ func openCluster(ctx context.Context, cfg *Config, onNodes func(int), onHold fun
 	c := &cluster{cfg: cfg}
 	extra := ""
 	if n.Embedded != nil {
-		s, err := startEmbedded(n.Embedded, n.nodeName(), log)
+		s, err := startEmbedded(n.Embedded, n.NodeName(), log)
 		if err != nil {
 			return nil, err
 		}
@@ -312,14 +340,15 @@ func openCluster(ctx context.Context, cfg *Config, onNodes func(int), onHold fun
 		return nil, err
 	}
 	c.queue, err = stream.Open(ctx, c.js, stream.Config{
-		Stream: n.Stream, Replicas: n.Replicas, AckWait: n.AckWait.D(), Node: n.nodeName(), OnHold: onHold,
+		Stream: n.Stream, Replicas: n.Replicas, AckWait: n.AckWait.D(), Node: n.NodeName(), OnHold: onHold,
+		OnAdmin: func(a stream.AdminOp) error { return admin(cfg, a, log) },
 		Sent: cfg.SentDir, Undeliverable: cfg.UndeliverableDir, Log: log.Named("stream"),
 	})
 	if err != nil {
 		c.close()
 		return nil, err
 	}
-	c.slots, err = stream.OpenSlots(ctx, c.js, n.Stream, n.Replicas, n.nodeName(), 0, onNodes, log.Named("slots"))
+	c.slots, err = stream.OpenSlots(ctx, c.js, n.Stream, n.Replicas, n.NodeName(), 0, onNodes, log.Named("slots"))
 	if err != nil {
 		c.close()
 		return nil, err

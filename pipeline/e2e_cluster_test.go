@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -147,4 +148,64 @@ func TestClusterHostCapAcrossNodes(t *testing.T) {
 		t.Errorf("%d sessions at once from two nodes, max_connections is %d", tr.max["127.0.0.2"], cap)
 	}
 	t.Logf("at most %d sessions at once", tr.max["127.0.0.2"])
+}
+
+// A message one node filed as undeliverable is requeued by that node when
+// an operator asks from anywhere (the queue commands of another node): the
+// request names the node, which moves the file from its own Undeliverable
+// folder back through its drop folder onto the stream.
+func TestClusterRequeueAskedOfTheNodeThatFiledIt(t *testing.T) {
+	var refuse atomic.Bool
+	refuse.Store(true)
+	srv := smtptest.NewServer(t, func(s *smtptest.Server) {
+		s.Fault = func(p smtptest.FaultPoint) smtptest.Fault {
+			if p.Step == smtptest.Rcpt && refuse.Load() {
+				return noSuchUser
+			}
+			return smtptest.Fault{}
+		}
+	})
+	nsrv := natstest.NewServer(t)
+	a := pipelinetest.Start(t, pipelinetest.Config(func(cfg *pipeline.Config) {
+		cfg.NATS = &pipeline.NATSConfig{URLs: []string{nsrv.URL()}, Node: "a"}
+	}))
+	name := a.Enqueue(testMessage(1), srv.Params("nobody@example.org"))
+	if f := a.Wait(name); f.Verdict != stages.Failed {
+		t.Fatalf("first try: %v, want failed", f)
+	}
+	refuse.Store(false)
+
+	nc, err := nats.Connect(nsrv.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	var id string
+	for deadline := time.Now().Add(5 * time.Second); id == "" && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		rs, err := stream.Records(t.Context(), js, "", name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(rs) == 1 && rs[0].State == "undeliverable" && rs[0].Node == "a" {
+			id = rs[0].ID
+		}
+	}
+	if id == "" {
+		t.Fatal("no record of the undeliverable message on node a")
+	}
+	if err := stream.RequestRequeue(t.Context(), js, "", id, "a", name); err != nil {
+		t.Fatal(err)
+	}
+	a.WaitFor("the requeued message to be sent", func(fs []stages.Filed) bool {
+		for _, f := range fs {
+			if f.Job.Name == name && f.Verdict == stages.Sent {
+				return true
+			}
+		}
+		return false
+	})
+	if got := len(srv.Messages()); got != 1 {
+		t.Errorf("the server got %d messages, want the requeued one", got)
+	}
 }

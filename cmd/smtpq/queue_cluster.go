@@ -94,3 +94,63 @@ func (q *queueEnv) clusterMove(ctx context.Context, out io.Writer, op, id string
 	fmt.Fprintf(out, "%s: released to the stream: it will be tried now\n", id)
 	return nil
 }
+
+// clusterRequeue requeues the cluster's undeliverable message whose id or
+// name is key: here if this node filed it, else by asking the node that
+// did. It reports false if the cluster knows no such message (the local
+// folder is then looked at).
+func (q *queueEnv) clusterRequeue(ctx context.Context, out io.Writer, key string) (bool, error) {
+	if q.cfg.NATS == nil {
+		return false, nil
+	}
+	rs, err := q.clusterRecords(ctx, key)
+	if err != nil {
+		return true, err
+	}
+	var found bool
+	for _, r := range rs {
+		if r.State != string(spool.PlaceUndeliverable) {
+			continue
+		}
+		found = true
+		if r.Node == q.cfg.NATS.NodeName() {
+			path, err := spool.RequeueMessage(q.dirs, r.Name, q.now)
+			if err != nil {
+				return true, err
+			}
+			fmt.Fprintf(out, "requeued %s\n", path)
+			continue
+		}
+		nc, js, err := pipeline.ConnectNATS(q.cfg.NATS, "")
+		if err != nil {
+			return true, cli.OneLine(err)
+		}
+		err = stream.RequestRequeue(ctx, js, q.cfg.NATS.Stream, r.ID, r.Node, r.Name)
+		nc.Close()
+		if err != nil {
+			return true, fmt.Errorf("asking node %s to requeue %s: %w", r.Node, r.ID, cli.OneLine(err))
+		}
+		fmt.Fprintf(out, "asked node %s, which filed it, to requeue %s (%s)\n", r.Node, r.ID, r.Name)
+	}
+	if !found && spool.IsID(key) && len(rs) > 0 {
+		return true, fmt.Errorf("%s is %s, not undeliverable", key, rs[0].State)
+	}
+	return found, nil
+}
+
+// clusterPurge asks every node to purge its own folder as this one did.
+func (q *queueEnv) clusterPurge(ctx context.Context, out io.Writer, place spool.Place, before time.Time) error {
+	if q.cfg.NATS == nil {
+		return nil
+	}
+	nc, js, err := pipeline.ConnectNATS(q.cfg.NATS, "")
+	if err != nil {
+		return cli.OneLine(err)
+	}
+	defer nc.Close()
+	if err := stream.RequestPurge(ctx, js, q.cfg.NATS.Stream, string(place), before); err != nil {
+		return fmt.Errorf("asking the other nodes to purge: %w", cli.OneLine(err))
+	}
+	fmt.Fprintln(out, "asked every node of the cluster to purge its own folder the same way")
+	return nil
+}

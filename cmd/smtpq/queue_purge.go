@@ -19,7 +19,9 @@ func newQueuePurgeCmd() *cobra.Command {
 		Long: `Remove the messages filed in sent_dir or undeliverable_dir (with their XML logs)
 longer ago than DURATION (90m, 36h, 30d), by the time they were filed (the file's
 modification time; in Undeliverable, its XML log's). History logs kept by requeue
-go by their own time. Prints how many were removed. Nothing else is ever purged.`,
+go by their own time. Prints how many were removed. Nothing else is ever purged.
+With a nats section, every node of the cluster is asked to purge its own
+folder the same way (a node that is down does it within a day of starting).`,
 		Args: usageArgs(0, 0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if state == "" || olderThan == "" {
@@ -50,7 +52,10 @@ go by their own time. Prints how many were removed. Nothing else is ever purged.
 			} else {
 				fmt.Fprintf(out, "purged %d messages and %d XML logs from %s\n", r.Messages, r.Logs, q.dirs.Undeliverable)
 			}
-			return err
+			if err != nil {
+				return err
+			}
+			return q.clusterPurge(ctxOf(cmd), out, p, q.now.Add(-d))
 		},
 	}
 	cmd.Flags().StringVar(&state, "state", "", "sent or undeliverable")

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"strings"
 
 	"github.com/smtpq/smtpq/pipeline/spool"
 	"github.com/spf13/cobra"
@@ -18,9 +19,20 @@ func newQueueRequeueCmd() *cobra.Command {
 Each one's XML log stays in undeliverable_dir as history, renamed
 <name>.<UTC time>.xml, so that a new failure can write a new <name>.xml. A
 message of the same name still in the queue is never overwritten: it is
-refused.`,
+refused. With a nats section, NAME may be the id enqueue printed, and a
+message another node filed as undeliverable is requeued by that node, asked
+through the cluster (--all acts on this node's folder only).`,
 		Args: usageArgs(0, 1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 1 {
+				q, err := openQueueEnv(cmd)
+				if err != nil {
+					return err
+				}
+				if done, err := q.clusterRequeue(ctxOf(cmd), cmd.OutOrStdout(), strings.TrimSpace(args[0])); done || err != nil {
+					return err
+				}
+			}
 			sel, err := parseSelection(cmd, "requeue", args, all, "", false)
 			if err != nil {
 				return err

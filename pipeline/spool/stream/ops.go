@@ -22,9 +22,59 @@ import (
 // when the hold comes is sent: the hold came too late, as on one machine.
 
 type opEntry struct {
-	Op  string    `json:"op"`            // "hold", or "retry": the delivery of Seq was superseded by a copy sent now
-	Seq uint64    `json:"seq,omitempty"` // for "retry"
-	At  time.Time `json:"at"`
+	Op     string    `json:"op"`              // "hold"; "retry": the delivery of Seq was superseded by a copy sent now; "requeue", "purge" (AdminOp)
+	Seq    uint64    `json:"seq,omitempty"`   // for "retry"
+	Node   string    `json:"node,omitempty"`  // for "requeue": the node whose folder holds the message
+	Name   string    `json:"name,omitempty"`  // for "requeue": its file name
+	Place  string    `json:"place,omitempty"` // for "purge": sent or undeliverable
+	Before time.Time `json:"before,omitzero"` // for "purge"
+	At     time.Time `json:"at"`
+}
+
+// AdminOp is an operator's request that a node acts on its own Sent or
+// Undeliverable folder, which no other node can reach: requeue a message
+// it filed as undeliverable (Node, Name), or purge (every node: Place,
+// Before). The nodes watch for them in <stream>_ops; Config.OnAdmin acts.
+type AdminOp struct {
+	Op     string // "requeue" or "purge"
+	ID     string // requeue: the message's id
+	Node   string
+	Name   string
+	Place  string
+	Before time.Time
+}
+
+// RequestRequeue asks node to requeue message id, filed there as
+// undeliverable under name.
+func RequestRequeue(ctx context.Context, js jetstream.JetStream, stream, id, node, name string) error {
+	return putOp(ctx, js, stream, id, opEntry{Op: "requeue", Node: node, Name: name})
+}
+
+// RequestPurge asks every node to purge its place (sent or undeliverable)
+// of what was filed before before.
+func RequestPurge(ctx context.Context, js jetstream.JetStream, stream, place string, before time.Time) error {
+	return putOp(ctx, js, stream, "purge-"+strconv.FormatInt(time.Now().UnixNano(), 10), opEntry{Op: "purge", Place: place, Before: before.UTC()})
+}
+
+// purgeKeep is how long a purge request stays for nodes that were down
+// when it was made.
+const purgeKeep = 24 * time.Hour
+
+func putOp(ctx context.Context, js jetstream.JetStream, stream, key string, op opEntry) error {
+	if stream == "" {
+		stream = DefaultStream
+	}
+	if !validKey(key) {
+		return fmt.Errorf("%q is not a message id", key)
+	}
+	kv, err := js.KeyValue(ctx, opsBucket(stream))
+	if err != nil {
+		return err
+	}
+	op.At = time.Now().UTC()
+	b, _ := json.Marshal(op)
+	_, err = kv.Put(ctx, key, b)
+	return err
 }
 
 func opsBucket(stream string) string { return stream + "_ops" }
@@ -40,19 +90,7 @@ func setupOps(ctx context.Context, js jetstream.JetStream, stream string, replic
 
 // RequestHold asks the nodes to hold message id.
 func RequestHold(ctx context.Context, js jetstream.JetStream, stream, id string) error {
-	if stream == "" {
-		stream = DefaultStream
-	}
-	if !validKey(id) {
-		return fmt.Errorf("%q is not a message id", id)
-	}
-	kv, err := js.KeyValue(ctx, opsBucket(stream))
-	if err != nil {
-		return err
-	}
-	b, _ := json.Marshal(opEntry{Op: "hold", At: time.Now().UTC()})
-	_, err = kv.Put(ctx, id, b)
-	return err
+	return putOp(ctx, js, stream, id, opEntry{Op: "hold"})
 }
 
 // ErrNotHeld says a message to release is not held.
@@ -131,6 +169,9 @@ func (s *Spool) watchOps(ctx context.Context, onHold func(id string)) error {
 			s.mu.Unlock()
 			if put && op.Op == "hold" && onHold != nil {
 				onHold(id)
+			}
+			if put && (op.Op == "requeue" && op.Node == s.cfg.Node || op.Op == "purge") {
+				s.admin(id, op)
 			}
 		}
 	}()
@@ -232,3 +273,28 @@ func RetryDeferred(ctx context.Context, js jetstream.JetStream, stream, id strin
 // minDelay is how far off a deferred message's next attempt must be for
 // RetryDeferred to replace it.
 const minDelay = 10 * time.Second
+
+// admin carries out an AdminOp for this node, through Config.OnAdmin, and
+// removes a requeue done (a purge stays, for nodes that are down, until
+// purgeKeep has passed).
+func (s *Spool) admin(key string, op opEntry) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if op.Op == "purge" && time.Since(op.At) > purgeKeep {
+		s.ops.Delete(ctx, key)
+		return
+	}
+	if s.cfg.OnAdmin == nil {
+		return
+	}
+	a := AdminOp{Op: op.Op, Node: op.Node, Name: op.Name, Place: op.Place, Before: op.Before}
+	if op.Op == "requeue" {
+		a.ID = key
+	}
+	if err := s.cfg.OnAdmin(a); err != nil {
+		s.cfg.Log.Error("an operator's "+op.Op+" for this node", zap.String("key", key), zap.Error(err))
+	}
+	if op.Op == "requeue" {
+		s.ops.Delete(ctx, key) // done, or failed with its reason logged: not again at every start
+	}
+}

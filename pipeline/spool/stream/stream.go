@@ -81,6 +81,9 @@ type Config struct {
 	// OnHold, if set, is told of each hold an operator asks for (message
 	// id), so that a job queued in the node is held at once.
 	OnHold func(id string)
+	// OnAdmin, if set, carries out an operator's requeue or purge for this
+	// node's folders (see AdminOp).
+	OnAdmin func(AdminOp) error
 
 	Log *zap.Logger
 }

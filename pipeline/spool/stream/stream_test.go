@@ -485,3 +485,42 @@ func TestRetryDeferred(t *testing.T) {
 	}
 	waitEmpty(t, js)
 }
+
+// A requeue reaches the node it names, once; a purge reaches every node.
+func TestAdminOpsReachTheirNodes(t *testing.T) {
+	js := connect(t, natstest.NewServer(t).URL())
+	got := map[string]chan stream.AdminOp{"a": make(chan stream.AdminOp, 4), "b": make(chan stream.AdminOp, 4)}
+	for _, n := range []string{"a", "b"} {
+		node(t, js, stream.Config{Node: n, OnAdmin: func(op stream.AdminOp) error { got[n] <- op; return nil }})
+	}
+	if err := stream.RequestRequeue(t.Context(), js, "", "0pgst78dm4r5384m", "b", "x.eml"); err != nil {
+		t.Fatal(err)
+	}
+	before := time.Now().Add(-time.Hour).UTC().Truncate(time.Second)
+	if err := stream.RequestPurge(t.Context(), js, "", "sent", before); err != nil {
+		t.Fatal(err)
+	}
+	next := func(n string) stream.AdminOp {
+		t.Helper()
+		select {
+		case op := <-got[n]:
+			return op
+		case <-time.After(5 * time.Second):
+			t.Fatalf("node %s got nothing", n)
+			return stream.AdminOp{}
+		}
+	}
+	if op := next("b"); op.Op != "requeue" || op.ID != "0pgst78dm4r5384m" || op.Name != "x.eml" {
+		t.Errorf("node b got %+v, want the requeue", op)
+	}
+	for _, n := range []string{"a", "b"} {
+		if op := next(n); op.Op != "purge" || op.Place != "sent" || !op.Before.Equal(before) {
+			t.Errorf("node %s got %+v, want the purge", n, op)
+		}
+	}
+	select {
+	case op := <-got["a"]:
+		t.Errorf("node a got %+v too", op)
+	case <-time.After(200 * time.Millisecond):
+	}
+}
