@@ -342,7 +342,7 @@ func openCluster(ctx context.Context, cfg *Config, onNodes func(int), onHold fun
 	c.queue, err = stream.Open(ctx, c.js, stream.Config{
 		Stream: n.Stream, Replicas: n.Replicas, AckWait: n.AckWait.D(), Node: n.NodeName(), OnHold: onHold,
 		OnAdmin: func(a stream.AdminOp) error { return admin(cfg, a, log) },
-		Sent: cfg.SentDir, Undeliverable: cfg.UndeliverableDir, Log: log.Named("stream"),
+		Sent:    cfg.SentDir, Undeliverable: cfg.UndeliverableDir, Log: log.Named("stream"),
 	})
 	if err != nil {
 		c.close()
