@@ -83,16 +83,19 @@ func (s *Scanner) Run(ctx context.Context, out chan<- *Job) error {
 		}
 	}
 	var heldUntil time.Time // the earliest end of a hold that kept a file in this pass
-	skip := func(name string) bool {
+	skip := func(name string) time.Time {
 		takeHolds()
 		if len(holds) == 0 {
-			return false // the common case, once per file of a pass
+			return time.Time{} // the common case, once per file of a pass
 		}
 		until, ok := holds.held(name, s.Clock.Now())
-		if ok && (heldUntil.IsZero() || until.Before(heldUntil)) {
+		if !ok {
+			return time.Time{}
+		}
+		if heldUntil.IsZero() || until.Before(heldUntil) {
 			heldUntil = until
 		}
-		return ok
+		return until
 	}
 
 	send := func(j *Job) bool {
@@ -113,7 +116,7 @@ func (s *Scanner) Run(ctx context.Context, out chan<- *Job) error {
 		if !ev.Has(fsnotify.Create) || !watched[dir] {
 			return true
 		}
-		if skip(filepath.Base(ev.Name)) {
+		if !skip(filepath.Base(ev.Name)).IsZero() {
 			return true // the next pass after the hold takes it
 		}
 		j, err := s.Spool.ScanOne(dir, filepath.Base(ev.Name))

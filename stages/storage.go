@@ -41,12 +41,14 @@ type Source interface {
 	// Recover returns to the queue what dead instances left claimed. A
 	// stream redelivers unacked messages by itself: nothing to do there.
 	Recover() (int, error)
-	// Scan claims what is ready, but new arrivals that skip (if set)
-	// reports true for, calling fn with each job until fn returns false;
-	// it returns when to look again for deferred work. On a stream: fetch
-	// from the consumer, a job per delivered message (a nak'ed message comes
-	// back by itself when its delay is over).
-	Scan(ctx context.Context, now time.Time, skip func(name string) bool, fn func(*Job) bool) (time.Time, error)
+	// Scan claims what is ready, calling fn with each job until fn
+	// returns false; it returns when to look again for deferred work. A
+	// new arrival whose route is held (skip, if set, returns when its hold
+	// ends; zero: not held) is left for then. On a stream: fetch from the
+	// consumer, a job per delivered message (a nak'ed message comes back by
+	// itself when its delay is over); a held one is nak'ed until its hold
+	// ends.
+	Scan(ctx context.Context, now time.Time, skip func(name string) time.Time, fn func(*Job) bool) (time.Time, error)
 	// ScanOne claims one named new arrival in dir (one of WatchDirs), if
 	// it is still there.
 	ScanOne(dir, name string) (*Job, error)

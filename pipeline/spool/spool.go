@@ -396,8 +396,8 @@ const scanBatch = 256
 // and stops early, returning ctx.Err(), when ctx is done or fn returns false.
 // It returns the due time of the earliest bucket still in the future (zero if
 // none), so the caller knows when to look again. Files of the queue folder
-// that skip (if set) reports true for are left there.
-func (s *Spool) Scan(ctx context.Context, now time.Time, skip func(name string) bool, fn func(*stages.Job) bool) (time.Time, error) {
+// whose route skip (if set) says is held are left there.
+func (s *Spool) Scan(ctx context.Context, now time.Time, skip func(name string) time.Time, fn func(*stages.Job) bool) (time.Time, error) {
 	if err := s.scanDir(ctx, s.dirs.Queue, skip, fn); err != nil {
 		return time.Time{}, err
 	}
@@ -448,12 +448,12 @@ var errStop = errors.New("stop")
 
 // scanDir claims every eligible entry of dir but those skip (if set)
 // reports true for.
-func (s *Spool) scanDir(ctx context.Context, dir string, skip func(name string) bool, fn func(*stages.Job) bool) error {
+func (s *Spool) scanDir(ctx context.Context, dir string, skip func(name string) time.Time, fn func(*stages.Job) bool) error {
 	// One file that cannot be renamed (on Windows: open in another program)
 	// must not stop the scan: it is reported at the end.
 	var firstErr error
 	err := eachQueueFile(ctx, dir, func(name string) error {
-		if skip != nil && skip(name) {
+		if skip != nil && !skip(name).IsZero() {
 			return nil
 		}
 		job, cerr := s.claim(dir, name)

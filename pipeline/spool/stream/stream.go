@@ -359,8 +359,8 @@ func (s *Spool) ScanOne(dir, name string) (*stages.Job, error) { return nil, nil
 // Scan fetches messages and calls fn with each, until fn returns false, ctx
 // is done, or a fetch waits Poll without finding one; it then asks to be
 // called again at once (the fetch itself is the wait). A message whose name
-// skip reports true for (its route tag is held) goes back with a short delay.
-func (s *Spool) Scan(ctx context.Context, now time.Time, skip func(name string) bool, fn func(*stages.Job) bool) (time.Time, error) {
+// skip says is held (its route tag) goes back until the hold ends.
+func (s *Spool) Scan(ctx context.Context, now time.Time, skip func(name string) time.Time, fn func(*stages.Job) bool) (time.Time, error) {
 	for ctx.Err() == nil {
 		fctx, cancel := context.WithTimeout(ctx, s.cfg.Poll)
 		batch, err := s.cons.Fetch(s.cfg.Batch, jetstream.FetchContext(fctx))
@@ -401,9 +401,13 @@ func (s *Spool) Scan(ctx context.Context, now time.Time, skip func(name string) 
 				}
 				continue
 			}
-			if skip != nil && skip(job.Name) {
-				s.giveBack(job, time.Second)
-				continue
+			if skip != nil {
+				if until := skip(job.Name); !until.IsZero() {
+					// Its route is held: back until the hold ends, not
+					// fetched again and again meanwhile.
+					s.giveBack(job, max(time.Until(until), time.Second))
+					continue
+				}
 			}
 			if !fn(job) {
 				for _, j := range jobs[i+1:] {
