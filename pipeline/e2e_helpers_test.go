@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -242,3 +243,6 @@ func wantRetriedOnce(t *testing.T, env *pipelinetest.Env, name string) (deferral
 	}
 	return deferral, final
 }
+
+// messageID finds the Message-ID fields of a message.
+var messageID = regexp.MustCompile(`(?m)^Message-ID: (<[^>]+>)\r?$`)

@@ -13,7 +13,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -430,8 +429,6 @@ func TestTenThousandFilesWithLostEventsAreAllSent(t *testing.T) {
 		}
 	}
 }
-
-var messageID = regexp.MustCompile(`(?m)^Message-ID: (<[^>]+>)\r?$`)
 
 func TestTwoInstancesSendEachMessageOnce(t *testing.T) {
 	t.Parallel()
