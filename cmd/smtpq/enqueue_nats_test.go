@@ -231,3 +231,57 @@ func TestQueueRetryDeferredOnTheCluster(t *testing.T) {
 		t.Fatalf("after the retry the node got %v, want %s at once", got, id)
 	}
 }
+
+// queue hold --all and release --all act on every message of the cluster.
+func TestQueueHoldAllOnTheCluster(t *testing.T) {
+	srv := natstest.NewServer(t)
+	e := newEnv(t, true)
+	f, err := os.OpenFile(e.cfgPath, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteString("nats: {urls: " + srv.URL() + "}\n")
+	f.Close()
+	for range 2 {
+		if code, _, stderr := e.smtpq(testMsg, "enqueue", "-"); code != 0 {
+			t.Fatal(stderr)
+		}
+	}
+	nc, err := nats.Connect(srv.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	dir := t.TempDir()
+	n1, err := stream.Open(t.Context(), js, stream.Config{Node: "n1", Sent: dir + "/sent", Undeliverable: dir + "/undeliverable", Poll: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n1.Close()
+	if code, out, stderr := e.smtpq("", "queue", "hold", "--all"); code != 0 || !strings.Contains(out, "cluster: asked the nodes to hold 2 messages") {
+		t.Fatalf("hold --all: exit %d, %q, %s", code, out, stderr)
+	}
+	time.Sleep(200 * time.Millisecond)
+	n := 0
+	n1.Scan(t.Context(), time.Now(), nil, func(j *stages.Job) bool { n++; return true })
+	if n != 0 {
+		t.Fatalf("%d held messages were handed on", n)
+	}
+	var out string
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		_, out, _ = e.smtpq("", "queue", "release", "--all")
+		if strings.Contains(out, "cluster: released 2 messages") {
+			break
+		}
+	}
+	if !strings.Contains(out, "cluster: released 2 messages") {
+		t.Fatalf("release --all: %q", out)
+	}
+	for deadline := time.Now().Add(5 * time.Second); n < 2 && time.Now().Before(deadline); {
+		n1.Scan(t.Context(), time.Now(), nil, func(j *stages.Job) bool { n++; return n < 2 })
+	}
+	if n != 2 {
+		t.Fatalf("after release --all the node got %d messages, want 2", n)
+	}
+}

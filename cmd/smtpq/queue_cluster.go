@@ -154,3 +154,54 @@ func (q *queueEnv) clusterPurge(ctx context.Context, out io.Writer, place spool.
 	fmt.Fprintln(out, "asked every node of the cluster to purge its own folder the same way")
 	return nil
 }
+
+// clusterMoveAll is clusterMove for every message of the cluster (--all),
+// or every one for a host (--host), as the records show them: hold takes
+// the queued, active and deferred ones, release the held ones, retry the
+// held and the deferred ones (a deferred one due within seconds is left
+// to its retry).
+func (q *queueEnv) clusterMoveAll(ctx context.Context, out io.Writer, op string, sel selection) error {
+	if q.cfg.NATS == nil {
+		return nil
+	}
+	rs, err := q.clusterRecords(ctx, "")
+	if err != nil {
+		return err
+	}
+	nc, js, err := pipeline.ConnectNATS(q.cfg.NATS, "")
+	if err != nil {
+		return cli.OneLine(err)
+	}
+	defer nc.Close()
+	name := q.cfg.NATS.Stream
+	var done, failed int
+	for _, r := range rs {
+		if sel.host != "" && r.Host != sel.host {
+			continue
+		}
+		var err error
+		switch {
+		case op == "hold" && (r.State == "queued" || r.State == "active" || r.State == "deferred"):
+			err = stream.RequestHold(ctx, js, name, r.ID)
+		case (op == "release" || op == "retry") && r.State == "held":
+			err = stream.Release(ctx, js, name, r.ID)
+		case op == "retry" && r.State == "deferred":
+			err = stream.RetryDeferred(ctx, js, name, r.ID)
+		default:
+			continue
+		}
+		if err != nil {
+			failed++
+			fmt.Fprintf(q.stderr, "smtpq: %s %s: %s\n", op, r.ID, cli.Flatten(err.Error()))
+			continue
+		}
+		done++
+	}
+	verb := map[string]string{"hold": "asked the nodes to hold", "release": "released", "retry": "sent again now"}[op]
+	fmt.Fprintf(out, "cluster: %s %d messages", verb, done)
+	if failed > 0 {
+		fmt.Fprintf(out, "; %d could not be (see above)", failed)
+	}
+	fmt.Fprintln(out)
+	return nil
+}

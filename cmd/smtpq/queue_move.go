@@ -123,7 +123,10 @@ func newQueueMoveCmd(op string) *cobra.Command {
 			if sel.name != "" {
 				return q.moveOne(out, op, sel.name)
 			}
-			return q.moveAll(ctxOf(cmd), out, op, sel)
+			if err := q.moveAll(ctxOf(cmd), out, op, sel); err != nil {
+				return err
+			}
+			return q.clusterMoveAll(ctxOf(cmd), out, op, sel)
 		},
 	}
 	cmd.Flags().BoolVar(&all, "all", false, "every message")
