@@ -19,14 +19,7 @@ import (
 // With a nats section, enqueue and sendmail publish to the stream and
 // enqueue prints the message's id; nothing stays in queue_dir.
 func TestEnqueuePublishesToTheStream(t *testing.T) {
-	srv := natstest.NewServer(t)
-	e := newEnv(t, true)
-	f, err := os.OpenFile(e.cfgPath, os.O_APPEND|os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.WriteString("nats: {urls: " + srv.URL() + "}\n")
-	f.Close()
+	e, srv := natsEnv(t)
 
 	code, out, stderr := e.smtpq(testMsg, "enqueue", "-")
 	if code != 0 {
@@ -74,14 +67,7 @@ func TestEnqueuePublishesToTheStream(t *testing.T) {
 // messages from any node: queued once published, then where the node that
 // sent it filed it.
 func TestQueueCommandsSeeTheCluster(t *testing.T) {
-	srv := natstest.NewServer(t)
-	e := newEnv(t, true)
-	f, err := os.OpenFile(e.cfgPath, os.O_APPEND|os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.WriteString("nats: {urls: " + srv.URL() + "}\n")
-	f.Close()
+	e, srv := natsEnv(t)
 	code, out, stderr := e.smtpq(testMsg, "enqueue", "-")
 	if code != 0 {
 		t.Fatalf("enqueue: exit %d: %s", code, stderr)
@@ -99,18 +85,7 @@ func TestQueueCommandsSeeTheCluster(t *testing.T) {
 	}
 
 	// A node takes it and files it as sent.
-	nc, err := nats.Connect(srv.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
-	dir := t.TempDir()
-	n1, err := stream.Open(t.Context(), js, stream.Config{Node: "n1", Sent: dir + "/sent", Undeliverable: dir + "/undeliverable", Poll: 200 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer n1.Close()
+	n1, _ := streamNode(t, srv)
 	var job *stages.Job
 	n1.Scan(t.Context(), time.Now(), nil, func(j *stages.Job) bool { job = j; return false })
 	if job == nil || job.ID != id {
@@ -135,29 +110,11 @@ func TestQueueCommandsSeeTheCluster(t *testing.T) {
 
 // queue hold and release by id act on the cluster's message.
 func TestQueueHoldReleaseOnTheCluster(t *testing.T) {
-	srv := natstest.NewServer(t)
-	e := newEnv(t, true)
-	f, err := os.OpenFile(e.cfgPath, os.O_APPEND|os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.WriteString("nats: {urls: " + srv.URL() + "}\n")
-	f.Close()
+	e, srv := natsEnv(t)
 	_, out, _ := e.smtpq(testMsg, "enqueue", "-")
 	id := strings.TrimSpace(out)
 
-	nc, err := nats.Connect(srv.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
-	dir := t.TempDir()
-	n1, err := stream.Open(t.Context(), js, stream.Config{Node: "n1", Sent: dir + "/sent", Undeliverable: dir + "/undeliverable", Poll: 200 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer n1.Close()
+	n1, _ := streamNode(t, srv)
 	if code, out, stderr := e.smtpq("", "queue", "hold", id); code != 0 || !strings.Contains(out, "asked the nodes to hold "+id) {
 		t.Fatalf("hold: exit %d, %q, %s", code, out, stderr)
 	}
@@ -184,28 +141,10 @@ func TestQueueHoldReleaseOnTheCluster(t *testing.T) {
 
 // queue retry of a deferred message of the cluster sends it now.
 func TestQueueRetryDeferredOnTheCluster(t *testing.T) {
-	srv := natstest.NewServer(t)
-	e := newEnv(t, true)
-	f, err := os.OpenFile(e.cfgPath, os.O_APPEND|os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.WriteString("nats: {urls: " + srv.URL() + "}\n")
-	f.Close()
+	e, srv := natsEnv(t)
 	_, out, _ := e.smtpq(testMsg, "enqueue", "-")
 	id := strings.TrimSpace(out)
-	nc, err := nats.Connect(srv.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
-	dir := t.TempDir()
-	n1, err := stream.Open(t.Context(), js, stream.Config{Node: "n1", Sent: dir + "/sent", Undeliverable: dir + "/undeliverable", Poll: 200 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer n1.Close()
+	n1, _ := streamNode(t, srv)
 	var got *stages.Job
 	n1.Scan(t.Context(), time.Now(), nil, func(j *stages.Job) bool { got = j; return false })
 	if got == nil {
@@ -234,31 +173,13 @@ func TestQueueRetryDeferredOnTheCluster(t *testing.T) {
 
 // queue hold --all and release --all act on every message of the cluster.
 func TestQueueHoldAllOnTheCluster(t *testing.T) {
-	srv := natstest.NewServer(t)
-	e := newEnv(t, true)
-	f, err := os.OpenFile(e.cfgPath, os.O_APPEND|os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.WriteString("nats: {urls: " + srv.URL() + "}\n")
-	f.Close()
+	e, srv := natsEnv(t)
 	for range 2 {
 		if code, _, stderr := e.smtpq(testMsg, "enqueue", "-"); code != 0 {
 			t.Fatal(stderr)
 		}
 	}
-	nc, err := nats.Connect(srv.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
-	dir := t.TempDir()
-	n1, err := stream.Open(t.Context(), js, stream.Config{Node: "n1", Sent: dir + "/sent", Undeliverable: dir + "/undeliverable", Poll: 200 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer n1.Close()
+	n1, _ := streamNode(t, srv)
 	if code, out, stderr := e.smtpq("", "queue", "hold", "--all"); code != 0 || !strings.Contains(out, "cluster: asked the nodes to hold 2 messages") {
 		t.Fatalf("hold --all: exit %d, %q, %s", code, out, stderr)
 	}
@@ -284,4 +205,43 @@ func TestQueueHoldAllOnTheCluster(t *testing.T) {
 	if n != 2 {
 		t.Fatalf("after release --all the node got %d messages, want 2", n)
 	}
+}
+
+// natsEnv is a testEnv whose configuration has a nats section for a real
+// NATS server started for the test.
+func natsEnv(t *testing.T) (*testEnv, *natstest.Server) {
+	t.Helper()
+	srv := natstest.NewServer(t)
+	e := newEnv(t, true)
+	f, err := os.OpenFile(e.cfgPath, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteString("nats: {urls: " + srv.URL() + "}\n"); err != nil {
+		t.Fatal(err)
+	}
+	return e, srv
+}
+
+// streamNode opens a node's spool named n1 on the stream of srv, closed
+// when the test ends, with its JetStream context.
+func streamNode(t *testing.T, srv *natstest.Server) (*stream.Spool, jetstream.JetStream) {
+	t.Helper()
+	nc, err := nats.Connect(srv.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	n, err := stream.Open(t.Context(), js, stream.Config{Node: "n1", Sent: dir + "/sent", Undeliverable: dir + "/undeliverable", Poll: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Close() })
+	return n, js
 }
