@@ -6,7 +6,8 @@ LDFLAGS   := -X main.version=$(VERSION)
 DEVCONFIG := testdata/dev/smtpq.yaml
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.7.0
 
-.PHONY: all build run run-cluster test test-short lint vet fmt-check cross demo bench bench-scale bench-cluster fuzz test-crash clean
+.PHONY: all build run run-cluster test test-short lint vet fmt-check cross demo bench bench-scale bench-cluster fuzz test-crash clean \
+	deb msi release test-packages pkgtool
 
 all: build
 
@@ -49,7 +50,7 @@ lint: vet
 	$(GO) run $(STATICCHECK) ./...
 
 clean:
-	rm -rf bin .dev
+	rm -rf bin .dev dist
 
 # Starts a fake SMTP server and the service, enqueues the sample messages
 # (some fail on purpose) and shows where each one went.
@@ -101,3 +102,60 @@ bench-cluster: build
 	bash .ci/install-packages
 	$(GO) vet ./testdata/bench/...
 	$(GO) run ./testdata/bench/harness -suite cluster
+
+# Packages (README.md, Install). Sources in cmd/smtpq/packaging, a module of
+# its own so that the packager's dependencies stay out of smtpq's go.mod.
+# Everything lands in dist/ (git ignores it); binaries are static
+# (CGO_ENABLED=0) and built with -trimpath. Versions come from git describe
+# (v1.2.3-4-gabc: deb 1.2.3+git4.gabc, msi 1.2.3; no tag: 0.0.0~gabc and
+# 0.0.0); DEB_VERSION=... and MSI_VERSION=... override them.
+DIST        := dist
+PKGDIR      := cmd/smtpq/packaging
+PKGTOOL     := $(DIST)/tools/pkgtool
+DEB_ARCH    ?= amd64
+GOBUILD_REL  = CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS) -s -w"
+debv         = $(or $(DEB_VERSION),$$($(PKGTOOL) debversion '$(VERSION)'))
+msiv         = $(or $(MSI_VERSION),$$($(PKGTOOL) msiversion '$(VERSION)'))
+
+pkgtool:
+	$(GO) -C $(PKGDIR) vet ./...
+	$(GO) -C $(PKGDIR) build -o $(abspath $(PKGTOOL)) ./pkgtool
+
+# The Debian package for DEB_ARCH (amd64 or arm64): dist/smtpq_<v>_<arch>.deb.
+deb: pkgtool
+	GOOS=linux GOARCH=$(DEB_ARCH) $(GOBUILD_REL) -o $(DIST)/build/linux_$(DEB_ARCH)/smtpq ./cmd/smtpq
+	$(PKGTOOL) deb -bin $(DIST)/build/linux_$(DEB_ARCH)/smtpq -arch $(DEB_ARCH) -version "$(debv)" -out $(DIST)
+
+# The Windows installer, built here with wixl (msitools), then read back with
+# msiinfo to check its File, ServiceInstall and ServiceControl rows.
+msi: pkgtool
+	GOOS=windows GOARCH=amd64 $(GOBUILD_REL) -o $(DIST)/build/windows_amd64/smtpq.exe ./cmd/smtpq
+	set -e; out=$(DIST)/smtpq_$(debv)_windows_amd64.msi; \
+	wixl -a x64 -D Version=$(msiv) -D BinDir=$(DIST)/build/windows_amd64 -D PkgDir=$(PKGDIR)/windows \
+		-o $$out $(PKGDIR)/windows/smtpq.wxs; \
+	echo $$out; $(PKGDIR)/windows/check-msi.sh $$out
+
+# Everything for a release, in dist/: the .deb for amd64 and arm64, the .msi,
+# tar.gz (zip for Windows) archives for linux/amd64, linux/arm64,
+# windows/amd64 and darwin/arm64, and SHA256SUMS over them.
+RELEASE_TARGETS := linux/amd64 linux/arm64 windows/amd64 darwin/arm64
+release: pkgtool
+	rm -f $(DIST)/*.deb $(DIST)/*.msi $(DIST)/*.tar.gz $(DIST)/*.zip $(DIST)/SHA256SUMS
+	set -e; v=$(debv); m=$(msiv); \
+	$(MAKE) --no-print-directory deb DEB_ARCH=amd64 DEB_VERSION="$$v"; \
+	$(MAKE) --no-print-directory deb DEB_ARCH=arm64 DEB_VERSION="$$v"; \
+	$(MAKE) --no-print-directory msi DEB_VERSION="$$v" MSI_VERSION="$$m"; \
+	for t in $(RELEASE_TARGETS); do \
+		os=$${t%/*}; arch=$${t#*/}; exe=smtpq; [ $$os = windows ] && exe=smtpq.exe; \
+		GOOS=$$os GOARCH=$$arch $(GOBUILD_REL) -o $(DIST)/build/$${os}_$$arch/$$exe ./cmd/smtpq; \
+		$(PKGTOOL) archive -bin $(DIST)/build/$${os}_$$arch/$$exe -goos $$os -goarch $$arch -version "$$v" -out $(DIST); \
+	done
+	$(PKGTOOL) sums $(DIST)
+	cd $(DIST) && sha256sum -c --quiet SHA256SUMS
+
+# Installs the .deb on THIS machine (root, apt-get), sends mail through it
+# with mail(1) and cron's sendmail command line to a loopback sink, upgrades
+# it over itself, purges it, and puts postfix back. Skips, saying so, when not
+# root or without apt-get. See $(PKGDIR)/test-packages.sh.
+test-packages: pkgtool
+	$(PKGDIR)/test-packages.sh
