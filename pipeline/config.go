@@ -164,6 +164,18 @@ func parseEnum(s, what string, allowed ...string) (string, error) {
 	return "", fmt.Errorf("unknown %s %q (allowed: %s)", what, s, strings.Join(allowed, ", "))
 }
 
+// SendmailConfig is how the sendmail command treats bare local names
+// ("root", a login name), as Unix programs such as cron write them.
+type SendmailConfig struct {
+	// Domain qualifies bare names (root -> root@Domain) and makes the
+	// sender of a message that names none (login@Domain); default: the
+	// machine's host name.
+	Domain string `yaml:"domain"`
+	// Aliases maps bare names to addresses (root: ops@example.org), as
+	// /etc/aliases does for a local MTA.
+	Aliases map[string]StringList `yaml:"aliases"`
+}
+
 // MetricsConfig controls the metrics endpoint.
 type MetricsConfig struct {
 	Listen string `yaml:"listen"` // e.g. "127.0.0.1:9465"; empty: off
@@ -201,6 +213,9 @@ type Config struct {
 	Log             LogConfig             `yaml:"log"`
 	Metrics         MetricsConfig         `yaml:"metrics"`
 	ScanInterval    Duration              `yaml:"scan_interval"` // periodic rescan of the queue
+
+	// Sendmail is how "smtpq sendmail" treats bare local names.
+	Sendmail SendmailConfig `yaml:"sendmail"`
 
 	// NATS, if set, runs the queue on a NATS JetStream stream shared by
 	// several nodes instead of in queue_dir alone (see cluster.go).
@@ -302,7 +317,7 @@ var unknownField = regexp.MustCompile(`field (\S+) not found in type pipeline\.(
 // sections are the structs a configuration's keys live in, by Go name.
 var sections = func() map[string]reflect.Type {
 	m := map[string]reflect.Type{}
-	for _, v := range []any{Config{}, Relay{}, HostLimits{}, RetryConfig{}, TimeoutsConfig{}, TLSConfig{}, LogConfig{}, MetricsConfig{}, NATSConfig{}, NATSTLS{}, NATSEmbedded{}} {
+	for _, v := range []any{Config{}, Relay{}, HostLimits{}, RetryConfig{}, TimeoutsConfig{}, TLSConfig{}, LogConfig{}, MetricsConfig{}, SendmailConfig{}, NATSConfig{}, NATSTLS{}, NATSEmbedded{}} {
 		t := reflect.TypeOf(v)
 		m[t.Name()] = t
 	}

@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -33,9 +34,25 @@ func main() {
 // run executes the command line args and returns the exit status. It prints
 // at most one line on stderr for an error.
 func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
-	if filepath.Base(args[0]) == "sendmail" {
+	switch filepath.Base(args[0]) {
+	case "sendmail":
 		// Invoked through a link named sendmail: behave as "smtpq sendmail".
 		args = append([]string{args[0], "sendmail"}, args[1:]...)
+	case "mailq":
+		// As Postfix's mailq (sendmail -bp): the queue, one line each.
+		args = append([]string{args[0], "queue", "list"}, args[1:]...)
+	case "newaliases":
+		return 0 // sendmail.aliases in the configuration needs no rebuilding
+	}
+	if len(args) > 1 && args[1] == "sendmail" {
+		for i, a := range args[2:] {
+			switch a {
+			case "-bp": // list the queue, as mailq
+				return run(append([]string{"mailq"}, slices.Delete(slices.Clone(args[2:]), i, i+1)...), stdin, stdout, stderr)
+			case "-bi": // rebuild the aliases: nothing to rebuild
+				return 0
+			}
+		}
 	}
 	root := newRootCmd(stdin, stdout, stderr)
 	root.SetArgs(args[1:])

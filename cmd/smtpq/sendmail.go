@@ -40,7 +40,9 @@ Options (single letters may be grouped, values attached or separate):
   -t             also take the recipients from the To, Cc and Bcc fields
                  (recipients given as arguments are added to them)
   -f ADDR        envelope sender (also -fADDR, -r ADDR); default: the Sender,
-                 else the first From address of the message
+                 else the first From address of the message, else the
+                 invoking user's login name at sendmail.domain, who is then
+                 named in an added From field
   -F NAME        full name: when the message has no From field, add
                  "From: NAME <sender>" at its top
   -i, -oi        a line with only "." does not end the message (without -i it
@@ -49,7 +51,11 @@ Options (single letters may be grouped, values attached or separate):
   -C FILE, --config FILE
                  configuration file (default: $SMTPQ_CONFIG, else
                  /etc/smtpq/smtpq.yaml)
-  -bm            deliver mail (the default and only mode)
+  -bm            deliver mail (the default mode)
+  -bp            list the queue (as mailq); -bi: nothing to do (as newaliases)
+Bare local names ("root", "From: root (Cron Daemon)") are qualified with
+sendmail.domain (default: the host name), recipients through sendmail.aliases
+(root: ops@example.org) first, in the envelope and in the address fields.
 Accepted and ignored: -o<option> (-odi, -oem, -om ...), -O option=value,
   -B type, -N dsn, -R ret, -V envid, -L tag, -h hops, -p proto, -X file,
   -G, -U, -m, -n.
@@ -192,8 +198,10 @@ func (o *sendmailOpts) setValue(c byte, v string) error {
 		if addr == "" {
 			return cli.WithCode(exUsage, fmt.Errorf("-%c: the null sender <> is not supported", c))
 		}
-		if err := queuefile.CheckAddress(addr); err != nil {
-			return cli.WithCode(exDataErr, fmt.Errorf("sender: %w", err))
+		if !localName.MatchString(addr) { // a bare name is qualified later
+			if err := queuefile.CheckAddress(addr); err != nil {
+				return cli.WithCode(exDataErr, fmt.Errorf("sender: %w", err))
+			}
 		}
 		o.from = addr
 	case 'F':
@@ -232,6 +240,9 @@ func (o *sendmailOpts) setValue(c byte, v string) error {
 func parseRecipientArg(a string) ([]string, error) {
 	if strings.ContainsAny(a, "\r\n") {
 		return nil, fmt.Errorf("recipient: %w", queuefile.CheckAddress(a))
+	}
+	if b := strings.TrimSpace(a); localName.MatchString(b) {
+		return []string{b}, nil // a bare name: qualified once the configuration is read
 	}
 	if list, err := parseAddressList(a); err == nil {
 		if len(list) == 0 {
@@ -285,7 +296,14 @@ func runSendmail(cmd *cobra.Command, args []string) error {
 		}
 		return cli.WithCode(exDataErr, err)
 	}
-	m, err := prepareMessage(hdr, complete, o)
+	names := newLocalNames(cfg)
+	var rcpts []string
+	for _, r := range o.rcpts {
+		rcpts = appendUnique(rcpts, names.qualify(r)...)
+	}
+	o.rcpts = rcpts
+	o.from = names.domainOnly(o.from)
+	m, err := prepareMessage(hdr, complete, o, names)
 	if err != nil {
 		return cli.WithCode(exDataErr, err)
 	}
@@ -366,7 +384,7 @@ func isBlankLine(b []byte) bool { return string(b) == "\n" || string(b) == "\r\n
 // prepareMessage checks the header section, completes it when the input ended
 // inside it (a message of header fields only is valid), removes Bcc fields,
 // adds From for -F, and works out the envelope.
-func prepareMessage(hdr []byte, complete bool, o *sendmailOpts) (*preparedMessage, error) {
+func prepareMessage(hdr []byte, complete bool, o *sendmailOpts, names *localNames) (*preparedMessage, error) {
 	// A leading mbox "From " line (Unix From_ line) is not part of the message.
 	if bytes.HasPrefix(hdr, []byte("From ")) {
 		if i := bytes.IndexByte(hdr, '\n'); i >= 0 {
@@ -413,25 +431,51 @@ func prepareMessage(hdr []byte, complete bool, o *sendmailOpts) (*preparedMessag
 	}
 	fields := all.Removed
 	m := &preparedMessage{}
+	// Address fields with bare names are read, and written back, with the
+	// names qualified: "From: root (Cron Daemon)" is sent as
+	// "From: Cron Daemon <root@domain>".
+	rewritten := map[int]string{}
+	// addrs returns a field's addresses, bare names left bare for the
+	// envelope to qualify (recipients through the aliases).
+	addrs := func(i int, f queuefile.Field) ([]string, error) {
+		list, err := parseAddressList(f.Value())
+		if err == nil {
+			return list, nil
+		}
+		items, ok := parseBareList(f.Value())
+		if !ok {
+			return nil, err
+		}
+		var out, shown []string
+		for _, b := range items {
+			out = append(out, b.addr)
+			shown = append(shown, formatMailbox(b.name, names.domainOnly(b.addr)))
+		}
+		rewritten[i] = f.Name + ": " + strings.Join(shown, ", ")
+		return out, nil
+	}
 
 	// Envelope recipients: the arguments, plus with -t the To, Cc and Bcc
 	// addresses.
 	m.to = append(m.to, o.rcpts...)
-	if o.extract {
-		for _, f := range fields {
-			if !isField(f, "To", "Cc", "Bcc") {
-				continue
-			}
-			list, err := parseAddressList(f.Value())
-			if err != nil {
-				return nil, fmt.Errorf("%s field: %v", f.Name, err)
-			}
-			for _, a := range list {
-				if err := queuefile.CheckAddress(a); err != nil {
+	for i, f := range fields {
+		if !isField(f, "To", "Cc", "Bcc") {
+			continue
+		}
+		list, err := addrs(i, f)
+		if !o.extract {
+			continue // the header is qualified all the same
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%s field: %v", f.Name, err)
+		}
+		for _, a := range list {
+			for _, q := range names.qualify(a) {
+				if err := queuefile.CheckAddress(q); err != nil {
 					return nil, fmt.Errorf("%s field: %w", f.Name, err)
 				}
+				m.to = appendUnique(m.to, q)
 			}
-			m.to = appendUnique(m.to, list...)
 		}
 	}
 	if len(m.to) == 0 {
@@ -442,36 +486,55 @@ func prepareMessage(hdr []byte, complete bool, o *sendmailOpts) (*preparedMessag
 	m.from = o.from
 	hasFrom := false
 	for _, want := range []string{"Sender", "From"} {
-		for _, f := range fields {
+		for i, f := range fields {
 			if !isField(f, want) {
 				continue
 			}
 			if want == "From" {
 				hasFrom = true
 			}
+			list, err := addrs(i, f)
 			if m.from != "" {
 				continue
 			}
-			list, err := parseAddressList(f.Value())
 			if err != nil {
 				return nil, fmt.Errorf("%s field: %v", f.Name, err)
 			}
 			if len(list) > 0 {
-				m.from = list[0]
+				m.from = names.domainOnly(list[0])
 			}
 		}
 	}
+	derived := false
 	if m.from == "" {
-		return nil, errors.New("no sender: give -f or a From field")
+		// No -f, Sender or From: the invoking user, as sendmail does, who
+		// is then named in a From field too.
+		if m.from, err = names.sender(); err != nil {
+			return nil, err
+		}
+		derived = true
 	}
 
 	// Bcc fields never reach the recipients.
 	var out bytes.Buffer
-	if o.hasName && !hasFrom {
+	if !hasFrom && (o.hasName || derived) {
 		out.WriteString("From: " + formatMailbox(o.fullName, m.from) + eol)
 	}
-	if _, err := queuefile.Strip(&out, bytes.NewReader(hdr), func(n string) bool { return strings.EqualFold(n, "Bcc") }); err != nil {
-		return nil, err
+	if len(rewritten) == 0 {
+		if _, err := queuefile.Strip(&out, bytes.NewReader(hdr), func(n string) bool { return strings.EqualFold(n, "Bcc") }); err != nil {
+			return nil, err
+		}
+	} else {
+		for i, f := range fields {
+			switch r, ok := rewritten[i]; {
+			case isField(f, "Bcc"):
+			case ok:
+				out.WriteString(r + eol)
+			default:
+				out.Write(f.Raw)
+			}
+		}
+		out.WriteString(eol)
 	}
 	m.header = out.Bytes()
 	return m, nil
