@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -136,10 +137,20 @@ func GenerateKeys(identityPath, recipientPath string) (recipient string, err err
 		return "", err
 	}
 	rcpt := id.Recipient().String()
-	for _, p := range []string{identityPath, recipientPath} {
-		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+	// The public key's folder is made first, open to all: producers
+	// running as other users (PHP as www-data) must reach the file. The
+	// private key is kept by its own mode, 0600, wherever it is.
+	rdir := filepath.Dir(recipientPath)
+	if _, err := os.Stat(rdir); errors.Is(err, fs.ErrNotExist) {
+		if err := os.MkdirAll(rdir, 0o755); err != nil {
 			return "", err
 		}
+		if err := os.Chmod(rdir, 0o755); err != nil { // whatever the umask
+			return "", err
+		}
+	}
+	if err := os.MkdirAll(filepath.Dir(identityPath), 0o700); err != nil {
+		return "", err
 	}
 	idText := fmt.Sprintf("# smtpq identity: keep private (mode 0600)\n# public key: %s\n%s\n", rcpt, id)
 	if err := writeNew(identityPath, idText, 0o600); err != nil {
@@ -147,6 +158,12 @@ func GenerateKeys(identityPath, recipientPath string) (recipient string, err err
 	}
 	if err := writeNew(recipientPath, fmt.Sprintf("# smtpq public key: give this file to producers\n%s\n", rcpt), 0o644); err != nil {
 		os.Remove(identityPath)
+		return "", err
+	}
+	// Readable by every producer whatever the umask (it is public).
+	if err := os.Chmod(recipientPath, 0o644); err != nil {
+		os.Remove(identityPath)
+		os.Remove(recipientPath)
 		return "", err
 	}
 	return rcpt, nil

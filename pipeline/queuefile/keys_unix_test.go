@@ -148,3 +148,25 @@ func TestLoadIdentitiesRefusesOtherOwner(t *testing.T) {
 		t.Errorf("file of another user: %v", err)
 	}
 }
+
+// Producers running as other users (PHP as www-data) can read the public
+// key that keygen writes into a new keys folder, whatever the umask; the
+// private key beside it stays 0600. (The folder used to be made 0700.)
+func TestGenerateKeysPublicKeyReachable(t *testing.T) {
+	old := syscall.Umask(0o077)
+	defer syscall.Umask(old)
+	dir := filepath.Join(t.TempDir(), "keys")
+	idPath, rcptPath := filepath.Join(dir, "identity.txt"), filepath.Join(dir, "recipient.txt")
+	if _, err := queuefile.GenerateKeys(idPath, rcptPath); err != nil {
+		t.Fatal(err)
+	}
+	for path, want := range map[string]os.FileMode{dir: 0o755, rcptPath: 0o644, idPath: 0o600} {
+		fi, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := fi.Mode().Perm(); got != want && !(path == dir && got&0o005 == 0o005) {
+			t.Errorf("%s: mode %v, want %v", path, got, want)
+		}
+	}
+}
