@@ -117,6 +117,13 @@ func (p *Parser) parse(job *Job) bool {
 		return false
 	}
 	if err := p.open(job); err != nil {
+		if errors.Is(err, ErrStorage) {
+			// Nothing wrong with the message: read it again later.
+			job.dropBody()
+			p.Log.Warn("reading a message from the storage failed; trying again soon", zap.String("id", job.ID), zap.String("file", job.Name), zap.Error(err))
+			job.Outcome = Outcome{Verdict: Parked, Due: now.Add(30 * time.Second)}
+			return false
+		}
 		var fi os.FileInfo
 		if isCutShort(err) || (errors.Is(err, queuefile.ErrTampered) && !headerEnds(job.Msg)) {
 			fi, _ = job.Msg.Stat()

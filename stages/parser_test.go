@@ -2,6 +2,7 @@ package stages
 
 import (
 	"bytes"
+	"fmt"
 	"io"
 	"io/fs"
 	"os"
@@ -125,4 +126,41 @@ func keyedQueue(t *testing.T) (*queuefile.Queue, []age.Identity) {
 	}
 	q := &queuefile.Queue{Dir: t.TempDir(), Recipients: []age.Recipient{id.Recipient()}}
 	return q, []age.Identity{id}
+}
+
+// failingMsg is a message whose storage stops answering after a few bytes.
+type failingMsg struct{ fileMsg }
+
+func (m failingMsg) Open() (io.ReadCloser, error) {
+	f, err := os.Open(string(m.fileMsg))
+	if err != nil {
+		return nil, err
+	}
+	return struct {
+		io.Reader
+		io.Closer
+	}{io.MultiReader(io.LimitReader(f, 20), errReader{fmt.Errorf("chunk 3: %w: timeout", ErrStorage)}), f}, nil
+}
+
+type errReader struct{ err error }
+
+func (r errReader) Read([]byte) (int, error) { return 0, r.err }
+
+// A message the storage fails to deliver while the Parser reads it is not
+// failed as invalid: it is parked, to be read again, not counting an
+// attempt.
+func TestParserParksOnStorageErrors(t *testing.T) {
+	q, ids := keyedQueue(t)
+	name, err := q.Enqueue(strings.NewReader("From: a@example.com\r\nTo: b@example.org\r\nSubject: hi\r\n\r\nbody\r\n"), queuefile.Params{Host: "smtp.example.org", Port: 25})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &Parser{
+		Identities: ids, Clock: SystemClock{}, Log: zap.NewNop(),
+		Resolve: func(p *queuefile.Params) (Route, error) { return Route{Host: p.Host, Port: p.Port}, nil },
+	}
+	job := &Job{Name: name, Msg: failingMsg{fileMsg(filepath.Join(q.Dir, name))}, State: State{Queued: time.Now()}}
+	if p.parse(job) || job.Outcome.Verdict != Parked || job.Outcome.Due.IsZero() || job.State.Attempts != 0 {
+		t.Fatalf("outcome %+v, want parked for later", job.Outcome)
+	}
 }

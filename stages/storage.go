@@ -2,10 +2,17 @@ package stages
 
 import (
 	"context"
+	"errors"
 	"io"
 	"io/fs"
 	"time"
 )
+
+// ErrStorage marks an error of the storage itself, not of the message: a
+// store across the network that does not answer while a message is read.
+// A Message's Stat, Open or reader wraps it; the Parser then leaves the
+// message for a while (parked) instead of failing it as invalid.
+var ErrStorage = errors.New("the storage did not answer")
 
 // The stages keep no message on disk themselves: a storage backend hands
 // them claimed messages and takes them back, filed. The interfaces below are

@@ -211,8 +211,11 @@ func (b *bigObject) getInfo() (*jetstream.ObjectInfo, error) {
 		info, err = b.store.obs.GetInfo(ctx, b.name)
 		return err
 	}, jetstream.ErrObjectNotFound)
-	if err != nil {
+	if errors.Is(err, jetstream.ErrObjectNotFound) {
 		return nil, fmt.Errorf("object %s: %w", b.name, err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("object %s: %w: %w", b.name, stages.ErrStorage, err)
 	}
 	if info.NUID == "" || info.Opts != nil && info.Opts.Link != nil {
 		return nil, fmt.Errorf("object %s: not a message", b.name)
@@ -290,6 +293,8 @@ func (r *chunkReader) next() {
 		return err
 	})
 	switch {
+	case err != nil && !errors.Is(err, jetstream.ErrMsgNotFound):
+		r.err = fmt.Errorf("object %s: reading the chunk after #%d: %w: %w", r.name, r.seq-1, stages.ErrStorage, err)
 	case err != nil:
 		r.err = fmt.Errorf("object %s: reading the chunk after #%d: %w", r.name, r.seq-1, err)
 	case m.Subject != r.subj || m.Sequence < r.seq:
