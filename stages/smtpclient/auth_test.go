@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/emersion/go-smtp"
 	"github.com/smtpq/smtpq/pipeline/queuefile"
 )
 
@@ -98,5 +99,16 @@ func TestAuthRefusalSendsNoCancel(t *testing.T) {
 				t.Errorf("the server read %q: a cancel sent %v, want %v", lines, star, tc.wantStar)
 			}
 		})
+	}
+}
+
+// A reply code outside 200-599 is no SMTP reply: a broken server, not a
+// refusal of the message, so the error is temporary.
+func TestClassifyCodesOutsideSMTP(t *testing.T) {
+	for code, temporary := range map[int]bool{451: true, 550: false, 552: false, 600: true, 799: true, 999: true} {
+		e := Classify("mail", &smtp.SMTPError{Code: code, Message: "x"})
+		if e.Temporary != temporary {
+			t.Errorf("%d: temporary %v, want %v", code, e.Temporary, temporary)
+		}
 	}
 }

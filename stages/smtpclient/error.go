@@ -54,7 +54,10 @@ func Classify(step string, err error) *Error {
 			// RFC 5321 4.5.3.1.10: 552 at RCPT is the old, wrong code for
 			// "too many recipients" (452): temporary, so the rest are sent
 			// in a later transaction.
-			Temporary: se.Code < 500 || (se.Code == 552 && step == "rcpt"),
+			// A code outside 200-599 is no SMTP reply at all (RFC 5321
+			// 4.2.1 has five classes): a broken server, not a verdict on
+			// the message: temporary.
+			Temporary: se.Code < 500 || se.Code > 599 || (se.Code == 552 && step == "rcpt"),
 			Code:      se.Code,
 			Text:      se.Message,
 			Step:      step,

@@ -83,7 +83,7 @@ const (
 
 // ParseStartType reads --start-type; a bad value is a usage error.
 func ParseStartType(s string) (StartType, error) {
-	switch st := StartType(s); st {
+	switch st := StartType(strings.ToLower(strings.TrimSpace(s))); st {
 	case StartAuto, StartManual, StartDisabled:
 		return st, nil
 	}

@@ -27,12 +27,13 @@ import (
 )
 
 func TestParseStartType(t *testing.T) {
-	for _, s := range []string{"auto", "manual", "disabled"} {
-		if st, err := ParseStartType(s); err != nil || string(st) != s {
-			t.Errorf("ParseStartType(%q) = %q, %v", s, st, err)
+	// In any case, with spaces around, as the configuration's values.
+	for s, want := range map[string]StartType{"auto": StartAuto, "manual": StartManual, "disabled": StartDisabled, "AUTO": StartAuto, " Manual ": StartManual} {
+		if st, err := ParseStartType(s); err != nil || st != want {
+			t.Errorf("ParseStartType(%q) = %q, %v; want %q", s, st, err, want)
 		}
 	}
-	for _, s := range []string{"", "automatic", "demand", "AUTO", "off"} {
+	for _, s := range []string{"", "automatic", "demand", "off"} {
 		if _, err := ParseStartType(s); err == nil || !cli.IsUsage(err) {
 			t.Errorf("ParseStartType(%q): %v, want a usage error", s, err)
 		}
