@@ -23,7 +23,7 @@ func TestServiceFlagValidation(t *testing.T) {
 		want string
 	}{
 		{[]string{"service", "install", "--start-type", "bogus"}, "--start-type bogus: want auto, manual or disabled"},
-		{[]string{"service", "install", "--start-type", "Auto"}, "--start-type Auto"},
+		{[]string{"service", "install", "--start-type", "autostart"}, "--start-type autostart"},
 		{[]string{"service", "install", "--name", "my service"}, `--name "my service"`},
 		{[]string{"service", "install", "--name", ""}, `--name ""`},
 		{[]string{"service", "install", "--name", "../etc/passwd"}, "--name ../etc/passwd"},
