@@ -418,7 +418,8 @@ type storage interface {
 
 // Run runs the service until ctx is cancelled, then shuts down in two
 // phases (see the package comment) and returns nil. It returns an error only
-// if the spool cannot be opened. Run may be called once.
+// if the spool (or, with nats, the stream) cannot be opened; a ctx cancelled
+// while it still joins the cluster is a clean stop. Run may be called once.
 func (p *Pipeline) Run(ctx context.Context) error {
 	live := p.live.Load()
 	cfg := live.cfg
@@ -463,6 +464,12 @@ func (p *Pipeline) Run(ctx context.Context) error {
 		onHold := func(id string) { go p.control(stages.HostControl{Op: stages.OpHold, Name: id}) }
 		if cl, err = openCluster(ctx, cfg, onNodes, onHold, log.Named("cluster")); err != nil {
 			sp.Close()
+			if ctx.Err() != nil {
+				// Stopped while joining the cluster (a NATS election can
+				// take a while): a clean stop, nothing was taken.
+				log.Info("stopped before joining the cluster", zap.Error(err))
+				return nil
+			}
 			return err
 		}
 		store = cl.queue
