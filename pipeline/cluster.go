@@ -13,6 +13,7 @@ import (
 	"os"
 	"regexp"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -22,6 +23,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
+	"github.com/smtpq/smtpq/pipeline/queuefile"
 	"github.com/smtpq/smtpq/pipeline/spool"
 	"github.com/smtpq/smtpq/pipeline/spool/stream"
 	"github.com/smtpq/smtpq/stages"
@@ -157,7 +159,7 @@ func startEmbedded(e *NATSEmbedded, name string, log *zap.Logger) (*server.Serve
 		if opts.Cluster.Name == "" {
 			opts.Cluster.Name = "smtpq"
 		}
-		opts.Routes = server.RoutesFromStr(joinComma(e.Routes))
+		opts.Routes = server.RoutesFromStr(strings.Join(e.Routes, ","))
 	}
 	s, err := server.NewServer(opts)
 	if err != nil {
@@ -171,17 +173,6 @@ func startEmbedded(e *NATSEmbedded, name string, log *zap.Logger) (*server.Serve
 	}
 	log.Info("embedded NATS server running", zap.String("url", s.ClientURL()), zap.String("store_dir", e.StoreDir))
 	return s, nil
-}
-
-func joinComma(l []string) string {
-	s := ""
-	for i, v := range l {
-		if i > 0 {
-			s += ","
-		}
-		s += v
-	}
-	return s
 }
 
 // ConnectNATS connects to the NATS servers of n (the embedded one, if it runs,
@@ -212,11 +203,11 @@ func ConnectNATS(n *NATSConfig, extraURL string) (*nats.Conn, jetstream.JetStrea
 		}
 		opts = append(opts, o)
 	case n.User != "":
-		pw, err := readSecretFile(n.PasswordFile)
+		pw, err := queuefile.ReadSecretFile(n.PasswordFile)
 		if err != nil {
 			return nil, nil, fmt.Errorf("nats.password_file: %w", err)
 		}
-		opts = append(opts, nats.UserInfo(n.User, pw))
+		opts = append(opts, nats.UserInfo(n.User, pw.Reveal()))
 	}
 	if n.TLS.CAFile != "" {
 		opts = append(opts, nats.RootCAs(n.TLS.CAFile))
@@ -224,7 +215,7 @@ func ConnectNATS(n *NATSConfig, extraURL string) (*nats.Conn, jetstream.JetStrea
 	if n.TLS.CertFile != "" {
 		opts = append(opts, nats.ClientCert(n.TLS.CertFile, n.TLS.KeyFile))
 	}
-	nc, err := nats.Connect(joinComma(urls), opts...)
+	nc, err := nats.Connect(strings.Join(urls, ","), opts...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("nats: connecting to %v: %w", urls, err)
 	}
@@ -234,21 +225,6 @@ func ConnectNATS(n *NATSConfig, extraURL string) (*nats.Conn, jetstream.JetStrea
 		return nil, nil, fmt.Errorf("nats: %w", err)
 	}
 	return nc, js, nil
-}
-
-// readSecretFile reads the first line of a password file.
-func readSecretFile(path string) (string, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return "", err
-	}
-	for i, c := range b {
-		if c == '\n' || c == '\r' {
-			b = b[:i]
-			break
-		}
-	}
-	return string(b), nil
 }
 
 // admin carries out an operator's requeue or purge, asked from another

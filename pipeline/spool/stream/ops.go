@@ -162,9 +162,9 @@ func (s *Spool) watchOps(ctx context.Context, onHold func(id string)) error {
 			put := e.Operation() == jetstream.KeyValuePut && json.Unmarshal(e.Value(), &op) == nil
 			s.mu.Lock()
 			if put {
-				s.holds[id] = op
+				s.asked[id] = op
 			} else {
-				delete(s.holds, id)
+				delete(s.asked, id)
 			}
 			s.mu.Unlock()
 			if put && op.Op == "hold" && onHold != nil {
@@ -182,7 +182,7 @@ func (s *Spool) watchOps(ctx context.Context, onHold func(id string)) error {
 func (s *Spool) holdAsked(job *stages.Job) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.holds[job.ID].Op == "hold"
+	return s.asked[job.ID].Op == "hold"
 }
 
 // superseded reports whether the job's delivery is of a deferred copy that
@@ -190,7 +190,7 @@ func (s *Spool) holdAsked(job *stages.Job) bool {
 func (s *Spool) superseded(job *stages.Job) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	op := s.holds[job.ID]
+	op := s.asked[job.ID]
 	return op.Op == "retry" && op.Seq != 0 && op.Seq == handle(job).seq
 }
 
@@ -198,7 +198,7 @@ func (s *Spool) superseded(job *stages.Job) bool {
 // the superseded copy dropped) or too late (filed).
 func (s *Spool) holdDone(job *stages.Job) {
 	s.mu.Lock()
-	op, asked := s.holds[job.ID]
+	op, asked := s.asked[job.ID]
 	s.mu.Unlock()
 	if !asked || s.ops == nil {
 		return

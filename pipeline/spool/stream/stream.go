@@ -128,7 +128,7 @@ type Spool struct {
 	ops      jetstream.KeyValue   // operators' holds (ops.go)
 	opsWatch jetstream.KeyWatcher //
 	opsDone  chan struct{}        // closed when the watch has ended
-	holds    map[string]opEntry   // operations asked for, by message id
+	asked    map[string]opEntry   // operations asked for (holds, retries, requeues, purges), by key
 }
 
 var (
@@ -241,7 +241,7 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Spool, erro
 	s := &Spool{
 		cfg: cfg, js: js, str: str, cons: cons, state: kv, big: big,
 		inflight: map[*message]bool{}, stop: make(chan struct{}), done: make(chan struct{}),
-		opsDone: make(chan struct{}), holds: map[string]opEntry{},
+		opsDone: make(chan struct{}), asked: map[string]opEntry{},
 	}
 	if err := s.watchOps(ctx, cfg.OnHold); err != nil {
 		return nil, fmt.Errorf("stream: %w", err)
