@@ -676,7 +676,7 @@ var funcs = template.FuncMap{
 		}
 		return ageOf(time.Now(), t)
 	},
-	"add": func(a, b int) int { return a + b },
+	"add":  func(a, b int) int { return a + b },
 	"dash": orDash,
 }
 
