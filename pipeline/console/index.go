@@ -97,8 +97,13 @@ func (x *Index) Observe(f stages.Filed, now time.Time) {
 	if state == "" {
 		return
 	}
-	delete(x.items, ikey("", spool.PlaceQueued, j.Name)) // claimed since the scan saw it by name
 	k := ikey(j.ID, state, j.Name)
+	if byName := ikey("", spool.PlaceQueued, j.Name); j.ID != "" && x.items[byName] != nil {
+		// Claimed since a scan saw it in queue_dir by its name: a page
+		// that shows it by name follows it to its id.
+		delete(x.items, byName)
+		x.alias[byName] = k
+	}
 	it := x.items[k]
 	if it == nil {
 		it = &Item{ID: j.ID, Name: j.Name}
@@ -193,8 +198,7 @@ func (x *Index) countSent(k string, now time.Time) {
 		old := x.sent[0]
 		x.sent = x.sent[1:]
 		if it := x.items[old]; it != nil && it.State == spool.PlaceSent {
-			delete(x.alias, string(spool.PlaceSent)+":"+filepath.Base(it.Path))
-			delete(x.items, old)
+			x.drop(old, it)
 		}
 	}
 }
@@ -242,7 +246,7 @@ func (x *Index) Replace(places []spool.Place, found []Item, since uint64) {
 	seen := make(map[string]bool, len(found))
 	for _, f := range found {
 		k := ikey(f.ID, f.State, f.Name)
-		if a, ok := x.alias[string(f.State)+":"+f.Name]; ok && f.ID == "" {
+		if a, ok := x.alias[string(f.State)+":"+f.Name]; ok && f.ID == "" && f.State == spool.PlaceUndeliverable {
 			k = a
 		}
 		seen[k] = true
@@ -267,10 +271,7 @@ func (x *Index) Replace(places []spool.Place, found []Item, since uint64) {
 	}
 	for k, it := range x.items {
 		if !seen[k] && it.seq <= since && slices.Contains(places, it.State) {
-			delete(x.items, k)
-			if it.Path != "" {
-				delete(x.alias, string(it.State)+":"+filepath.Base(it.Path))
-			}
+			x.drop(k, it)
 		}
 	}
 }
@@ -290,17 +291,21 @@ func (x *Index) lookup(key string, in spool.Place) *Item {
 			return it
 		}
 	}
-	if a, ok := x.alias[string(in)+":"+key]; ok {
-		return x.items[a]
-	}
 	if in == "" {
 		for _, p := range spool.QueuePlaces {
 			if it := x.items[ikey("", p, key)]; it != nil {
 				return it
 			}
 		}
+		in = spool.PlaceQueued
 	}
-	return x.items[ikey("", in, key)]
+	if it := x.items[ikey("", in, key)]; it != nil {
+		return it
+	}
+	if a, ok := x.alias[string(in)+":"+key]; ok {
+		return x.items[a]
+	}
+	return nil
 }
 
 // Get returns a copy of the message key names, if the index has it.
@@ -347,11 +352,19 @@ func (x *Index) Remove(key string, in spool.Place) {
 	if it == nil {
 		return
 	}
-	delete(x.items, ikey(it.ID, it.State, it.Name))
-	if it.Path != "" {
-		delete(x.alias, string(it.State)+":"+filepath.Base(it.Path))
-	}
+	x.drop(ikey(it.ID, it.State, it.Name), it)
 	x.seq++
+}
+
+// drop removes the item under ikey k and the aliases that lead to it.
+// Call with mu held.
+func (x *Index) drop(k string, it *Item) {
+	delete(x.items, k)
+	for _, a := range []string{string(it.State) + ":" + filepath.Base(it.Path), ikey("", spool.PlaceQueued, it.Name)} {
+		if x.alias[a] == k {
+			delete(x.alias, a)
+		}
+	}
 }
 
 // Summary returns the counts per state, the host table and the series.
