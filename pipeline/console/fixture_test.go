@@ -48,7 +48,7 @@ var testHash = func() string {
 }()
 
 // failText is the failing host's reply, which the pages must show.
-const failText = "4.4.1 mailbox host down for maintenance"
+const failText = "mailbox host down for maintenance"
 
 // fixture is a running pipeline whose SMTP server fails (451) while
 // failing is set, a DirBackend fed by its filings and the console on an

@@ -113,7 +113,7 @@ func headers(next http.Handler) http.Handler {
 		h.Set("Content-Security-Policy", CSP)
 		h.Set("X-Content-Type-Options", "nosniff")
 		h.Set("X-Frame-Options", "DENY")
-		h.Set("Referrer-Policy", "no-referrer")
+		h.Set("Referrer-Policy", "same-origin") // not no-referrer: browsers then send "Origin: null", which sameOrigin refuses
 		h.Set("Cache-Control", "no-store")
 		if r.TLS != nil {
 			h.Set("Strict-Transport-Security", "max-age=31536000")
@@ -332,12 +332,12 @@ func (s *Server) hostRows(sum Summary, now time.Time) []hostRow {
 		if s.service != nil {
 			c, rate := s.service.Limits(h.Host)
 			r.Cap = c
-			r.Rate = "no limit"
+			r.Rate = "none"
 			if rate > 0 {
 				r.Rate = strconv.FormatFloat(rate, 'g', 4, 64) + "/s"
 			}
 		}
-		r.Rate = fmt.Sprintf("%.1f/min sent (limit %s)", h.SentPerMin, orDash(r.Rate))
+		r.Rate = fmt.Sprintf("%.1f/min sent, limit %s", h.SentPerMin, orDash(r.Rate))
 		if h.Failures > 0 {
 			r.Circuit = fmt.Sprintf("failing: %d in a row", h.Failures)
 		}
