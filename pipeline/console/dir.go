@@ -150,9 +150,11 @@ func (b *DirBackend) details(it Item) Item {
 		return d
 	}
 	if prm, _, err := spool.PeekParams(path, b.Identities); err == nil && prm != nil {
-		d.Host, d.From = stages.HostKey(prm.Host), prm.From
-		if prm.Relay != "" {
-			d.Host = "relay " + prm.Relay
+		d.From = prm.From
+		if prm.Relay == "" {
+			// A relay profile's host is the configuration's: known once
+			// the service has tried it.
+			d.Host = stages.HostKey(prm.Host)
 		}
 		if len(prm.To) > 0 {
 			d.To, d.Rcpts = prm.To[0], len(prm.To)

@@ -433,6 +433,9 @@ func (x *Index) List(q Query) Page {
 		q.PerPage = 50
 	}
 	end := min((q.Page+1)*q.PerPage, MaxPageOffset+q.PerPage)
+	// Hosts are kept in lower case; the other fields are compared in lower
+	// case: lower the query once.
+	q.Host, q.Rcpt, q.Subject = strings.ToLower(q.Host), strings.ToLower(q.Rcpt), strings.ToLower(q.Subject)
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	h := &itemHeap{}
@@ -462,11 +465,13 @@ func (x *Index) List(q Query) Page {
 	return p
 }
 
+// matches reports whether it is selected by q, whose strings are in lower
+// case.
 func (q Query) matches(it *Item) bool {
 	switch {
 	case q.State != "" && it.State != q.State:
 		return false
-	case q.Host != "" && !strings.EqualFold(q.Host, it.Host):
+	case q.Host != "" && q.Host != it.Host:
 		return false
 	case q.Rcpt != "" && !containsFold(it.To, q.Rcpt) && !containsFold(it.From, q.Rcpt):
 		return false
@@ -476,8 +481,9 @@ func (q Query) matches(it *Item) bool {
 	return true
 }
 
+// containsFold reports whether s contains the lower-case sub, in any case.
 func containsFold(s, sub string) bool {
-	return strings.Contains(strings.ToLower(s), strings.ToLower(sub))
+	return sub == "" || len(s) >= len(sub) && strings.Contains(strings.ToLower(s), sub)
 }
 
 // older orders messages by enqueue time, then by name.
