@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"net"
+	"net/http"
 	"time"
 
 	"github.com/sourcegraph/conc"
@@ -99,7 +100,12 @@ func (c *webConsole) run(ctx context.Context, p *Pipeline) {
 		scheme = "https"
 	}
 	c.log.Info("serving the web console", zap.String("url", scheme+"://"+c.ln.Addr().String()+"/"))
-	if err := console.Serve(ctx, c.ln, c.server.Handler(), c.tls); err != nil {
+	ln := c.ln
+	if c.tls != nil {
+		ln = tls.NewListener(ln, c.tls)
+	}
+	srv := &http.Server{Handler: c.server.Handler(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: time.Minute, IdleTimeout: 2 * time.Minute}
+	if err := serveUntil(ctx, srv, ln); err != nil {
 		c.log.Error("web console", zap.Error(err))
 	}
 }

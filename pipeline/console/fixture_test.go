@@ -224,6 +224,23 @@ func (c *client) login() {
 	c.csrf = m[1]
 }
 
+// loggedIn returns a client with a session.
+func (f *fixture) loggedIn() *client {
+	c := f.client()
+	c.login()
+	return c
+}
+
+// wantAll checks that body holds every one of wants.
+func wantAll(t *testing.T, what, body string, wants ...string) {
+	t.Helper()
+	for _, w := range wants {
+		if !strings.Contains(body, w) {
+			t.Errorf("%s lacks %q", what, w)
+		}
+	}
+}
+
 // act posts an action on keys (or host), confirmed or not.
 func (c *client) act(op string, confirm bool, in, host string, keys ...string) (int, string, string) {
 	c.t.Helper()
@@ -238,18 +255,6 @@ func (c *client) act(op string, confirm bool, in, host string, keys ...string) (
 		form.Set("confirm", "yes")
 	}
 	return c.do("POST", "/actions", form)
-}
-
-// waitState polls the backend until the message key names is in state.
-func (f *fixture) waitState(key string, want spool.Place) {
-	f.t.Helper()
-	deadline := time.Now().Add(pipelinetest.WaitTimeout)
-	for f.backend.State(key, "") != want {
-		if time.Now().After(deadline) {
-			f.t.Fatalf("%s: state %q, want %q", key, f.backend.State(key, ""), want)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 var errReload = errors.New("config /etc/smtpq/test.yaml: max_threads 0 must be at least 1")

@@ -93,8 +93,7 @@ func TestLoginRateLimited(t *testing.T) {
 func TestCSRFAndOrigin(t *testing.T) {
 	f := newFixture(t)
 	name, id := f.deferred("Subject: csrf\r\n\r\nbody\r\n")
-	c := f.client()
-	c.login()
+	c := f.loggedIn()
 	form := url.Values{"action": {"hold"}, "key": {id}, "confirm": {"yes"}, "back": {"/queue"}}
 	if code, _, _ := c.do("POST", "/actions", form); code != http.StatusForbidden {
 		t.Errorf("action without a CSRF token: %d, want 403", code)
@@ -174,8 +173,7 @@ func TestEscaping(t *testing.T) {
 	if err := f.backend.Scan(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	c := f.client()
-	c.login()
+	c := f.loggedIn()
 	pages := map[string]string{}
 	for _, u := range []string{"/", "/queue", "/queue?state=undeliverable", "/queue?subject=script", "/messages/" + id,
 		"/messages/" + url.PathEscape(evilName) + "?in=undeliverable", "/messages/a%22b%3Ci%3E&amp%3B.eml?in=undeliverable"} {
@@ -187,11 +185,8 @@ func TestEscaping(t *testing.T) {
 		pages[u] = body
 	}
 	msg := pages["/messages/"+id]
-	for _, want := range []string{"&lt;script&gt;alert(&#39;subject&#39;)&lt;/script&gt;", "&lt;a href=&#34;javascript:alert(&#39;link&#39;)&#34;&gt;", `id="xml-log"`, "evil&#39;onfocus=&#39;alert(2)@example.com"} {
-		if !strings.Contains(msg, want) {
-			t.Errorf("message page lacks %q", want)
-		}
-	}
+	wantAll(t, "message page", msg, "&lt;script&gt;alert(&#39;subject&#39;)&lt;/script&gt;", "&lt;a href=&#34;javascript:alert(&#39;link&#39;)&#34;&gt;",
+		`id="xml-log"`, "evil&#39;onfocus=&#39;alert(2)@example.com")
 	if !strings.Contains(pages["/queue?subject=script"], `href="/messages/`+id+`"`) {
 		t.Error("the subject filter does not find the message")
 	}
@@ -225,8 +220,7 @@ func TestSecurityHeaders(t *testing.T) {
 
 func TestMessageKeysStayInTheSpool(t *testing.T) {
 	f := newFixture(t)
-	c := f.client()
-	c.login()
+	c := f.loggedIn()
 	outside := filepath.Join(t.TempDir(), "secret.eml")
 	if err := os.WriteFile(outside, []byte("Subject: outside-the-spool\r\n\r\nTOPSECRET\r\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -256,29 +250,18 @@ func TestMessageKeysStayInTheSpool(t *testing.T) {
 func TestPagesShowTheQueue(t *testing.T) {
 	f := newFixture(t)
 	name, id := f.deferred("Subject: stuck one\r\n\r\nhello\r\n")
-	c := f.client()
-	c.login()
+	c := f.loggedIn()
 	_, over := c.get("/")
-	for _, want := range []string{"test-1.2.3", "/etc/smtpq/test.yaml", `data-count="deferred">1<`, f.smtp.Host(), failText, "1 / 3", "<svg", "polyline"} {
-		if !strings.Contains(over, want) {
-			t.Errorf("overview lacks %q", want)
-		}
-	}
+	wantAll(t, "overview", over, "test-1.2.3", "/etc/smtpq/test.yaml", `data-count="deferred">1<`, f.smtp.Host(), failText, "1 / 3", "<svg", "polyline")
 	_, list := c.get("/queue?state=deferred")
 	if !strings.Contains(list, `href="/messages/`+id+`"`) || !strings.Contains(list, name[:strings.Index(name, "+")]) || !strings.Contains(list, "stuck one") {
 		t.Errorf("queue page lacks the message:\n%s", list)
 	}
 	for _, op := range []string{"hold", "release", "retry", "requeue", "purge"} {
-		if !strings.Contains(list, `name="action" value="`+op+`"`) {
-			t.Errorf("queue page lacks the %s button", op)
-		}
+		wantAll(t, "queue page", list, `name="action" value="`+op+`"`)
 	}
 	_, msg := c.get("/messages/" + id)
-	for _, want := range []string{`data-state="deferred"`, "stuck one", "user@example.org", "app@example.com", failText, "Transcript", `value="retry"`} {
-		if !strings.Contains(msg, want) {
-			t.Errorf("message page lacks %q", want)
-		}
-	}
+	wantAll(t, "message page", msg, `data-state="deferred"`, "stuck one", "user@example.org", "app@example.com", failText, "Transcript", `value="retry"`)
 	code, api := c.get("/api/summary")
 	if code != 200 || !strings.Contains(api, `"deferred":{"n":1`) {
 		t.Errorf("/api/summary: %d %s", code, api)
@@ -294,8 +277,7 @@ func TestPagesShowTheQueue(t *testing.T) {
 func TestActionsOnOneMessage(t *testing.T) {
 	f := newFixture(t)
 	name, id := f.deferred("Subject: act\r\n\r\nhello\r\n")
-	c := f.client()
-	c.login()
+	c := f.loggedIn()
 
 	// First the confirmation: nothing happens yet.
 	code, _, body := c.act("hold", false, "", "", id)
@@ -363,8 +345,7 @@ func TestActionsOnAHostAndUndeliverable(t *testing.T) {
 	f := newFixture(t)
 	_, id1 := f.deferred("Subject: one\r\n\r\nx\r\n")
 	_, id2 := f.deferred("Subject: two\r\n\r\nx\r\n")
-	c := f.client()
-	c.login()
+	c := f.loggedIn()
 	code, _, body := c.act("hold", false, "", f.smtp.Host())
 	if code != 200 || !strings.Contains(body, "every message for host") {
 		t.Fatalf("host hold, unconfirmed: %d\n%s", code, body)
@@ -418,8 +399,7 @@ func TestRequeue(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.env.Wait(bad)
-	c := f.client()
-	c.login()
+	c := f.loggedIn()
 	code, loc, _ := c.act("requeue", true, "", "", "undeliverable/"+bad)
 	if _, page := c.get(loc); code != http.StatusSeeOther || !strings.Contains(page, "requeue: 1 done") {
 		t.Fatalf("requeue: %d\n%s", code, page)
@@ -437,8 +417,7 @@ func TestRequeue(t *testing.T) {
 
 func TestReloadShowsErrors(t *testing.T) {
 	f := newFixture(t)
-	c := f.client()
-	c.login()
+	c := f.loggedIn()
 	f.svc.setReloadErr(errReload)
 	code, loc, _ := c.do("POST", "/reload", url.Values{"csrf": {c.csrf}})
 	_, page := c.get(loc)
@@ -457,8 +436,7 @@ func TestReloadShowsErrors(t *testing.T) {
 
 func TestLogout(t *testing.T) {
 	f := newFixture(t)
-	c := f.client()
-	c.login()
+	c := f.loggedIn()
 	code, loc, _ := c.do("POST", "/logout", url.Values{"csrf": {c.csrf}})
 	if code != http.StatusSeeOther || loc != "/login" {
 		t.Fatalf("logout: %d %q", code, loc)

@@ -1,8 +1,6 @@
 package console
 
 import (
-	"context"
-	"crypto/tls"
 	"embed"
 	"encoding/json"
 	"errors"
@@ -678,23 +676,4 @@ var funcs = template.FuncMap{
 	},
 	"add":  func(a, b int) int { return a + b },
 	"dash": orDash,
-}
-
-// Serve serves h on ln (with TLS if tc is set) until ctx is done, then
-// shuts down within a few seconds.
-func Serve(ctx context.Context, ln net.Listener, h http.Handler, tc *tls.Config) error {
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: time.Minute, IdleTimeout: 2 * time.Minute}
-	if tc != nil {
-		ln = tls.NewListener(ln, tc)
-	}
-	stop := context.AfterFunc(ctx, func() {
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		srv.Shutdown(sctx)
-	})
-	defer stop()
-	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return err
-	}
-	return nil
 }
