@@ -407,6 +407,7 @@ func (b *DirBackend) actOne(op, key string, in spool.Place) error {
 		return err
 	}
 	name := it.Key()
+	since := b.Index.Seq()
 	var to spool.Place
 	switch op {
 	case OpHold:
@@ -439,7 +440,7 @@ func (b *DirBackend) actOne(op, key string, in spool.Place) error {
 	if err != nil {
 		return err
 	}
-	b.Index.Update(key, in, func(x *Item) { x.State, x.Next = to, time.Time{} })
+	b.Index.Update(key, in, since, func(x *Item) { x.State, x.Next = to, time.Time{} })
 	return nil
 }
 

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 
@@ -137,15 +138,27 @@ var unsafe = []*regexp.Regexp{
 	regexp.MustCompile(`<script>`),
 	regexp.MustCompile(`<img`),
 	regexp.MustCompile(`(?i)href="javascript:`),
-	regexp.MustCompile(`<[a-zA-Z][^>]*\son[a-z]+\s*=`),
 	regexp.MustCompile(`<script(?:\s[^>]*)?>[^<]`), // a script with a body: inline
 }
+
+var (
+	tagRE     = regexp.MustCompile(`<[a-zA-Z][^>]*>`)
+	quotedRE  = regexp.MustCompile(`"[^"]*"`)
+	handlerRE = regexp.MustCompile(`\son[a-z]+\s*=`)
+)
 
 func checkSafe(t *testing.T, what, body string) {
 	t.Helper()
 	for _, re := range unsafe {
 		if m := re.FindString(body); m != "" {
 			t.Errorf("%s carries %q", what, m)
+		}
+	}
+	// An event handler attribute in a tag (text inside a quoted,
+	// escaped attribute value is only text).
+	for _, tag := range tagRE.FindAllString(body, -1) {
+		if handlerRE.MatchString(quotedRE.ReplaceAllString(tag, `""`)) {
+			t.Errorf("%s has an event handler: %s", what, tag)
 		}
 	}
 }
@@ -287,7 +300,9 @@ func TestActionsOnOneMessage(t *testing.T) {
 	if st := f.backend.State(id, ""); st != spool.PlaceDeferred {
 		t.Fatalf("after an unconfirmed hold: %s", st)
 	}
-	step := func(op string, want spool.Place) {
+	// step acts and checks the state after: one of want (the service may
+	// already have taken the message further).
+	step := func(op string, want ...spool.Place) {
 		t.Helper()
 		code, loc, body := c.act(op, true, "", "", id)
 		if code != http.StatusSeeOther || loc != "/queue" {
@@ -297,8 +312,8 @@ func TestActionsOnOneMessage(t *testing.T) {
 		if !strings.Contains(page, `id="result"`) || !strings.Contains(page, op+": 1 done") {
 			t.Errorf("%s: no visible result:\n%s", op, page)
 		}
-		if st := f.backend.State(id, ""); st != want {
-			t.Errorf("after %s: %s, want %s", op, st, want)
+		if st := f.backend.State(id, ""); !slices.Contains(want, st) {
+			t.Errorf("after %s: %s, want one of %v", op, st, want)
 		}
 	}
 	step("hold", spool.PlaceHeld)
@@ -310,7 +325,7 @@ func TestActionsOnOneMessage(t *testing.T) {
 	if _, page := c.get(loc); code != http.StatusSeeOther || !strings.Contains(page, "retry: 0 done, 1 not") {
 		t.Errorf("retry of a held message: %d\n%s", code, page)
 	}
-	step("release", spool.PlaceQueued)
+	step("release", spool.PlaceQueued, spool.PlaceDeferred)
 	f.env.WaitFor(name+" deferred again", func(fs []stages.Filed) bool {
 		n := 0
 		for _, x := range fs {
@@ -321,7 +336,7 @@ func TestActionsOnOneMessage(t *testing.T) {
 		return n >= 2
 	})
 	f.failing.Store(false)
-	step("retry", spool.PlaceQueued)
+	step("retry", spool.PlaceQueued, spool.PlaceSent)
 	if sent := f.env.Wait(name); sent.Verdict != stages.Sent {
 		t.Fatalf("after retry: %v", sent)
 	}

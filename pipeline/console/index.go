@@ -120,7 +120,9 @@ func (x *Index) Observe(f stages.Filed, now time.Time) {
 	}
 	if f.Path != "" {
 		it.Path = f.Path
-		x.alias[string(state)+":"+filepath.Base(f.Path)] = k
+		a := string(state) + ":" + filepath.Base(f.Path)
+		delete(x.items, a) // a scan may have seen the filed copy first, by name
+		x.alias[a] = k
 	}
 	if state == spool.PlaceSent {
 		x.countSent(k, now)
@@ -325,13 +327,14 @@ func (x *Index) LastLog(id string) *stages.XMLLog {
 	return x.logs[id]
 }
 
-// Update applies fn to the message key names, if the index has it; a
-// state changed by fn moves it under its new key.
-func (x *Index) Update(key string, in spool.Place, fn func(*Item)) {
+// Update applies fn to the message key names, if the index has it and it
+// has not changed since seq (from Seq: a filing since then is newer than
+// what fn knows); a state changed by fn moves it under its new key.
+func (x *Index) Update(key string, in spool.Place, since uint64, fn func(*Item)) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	it := x.lookup(key, in)
-	if it == nil {
+	if it == nil || it.seq > since {
 		return
 	}
 	old := ikey(it.ID, it.State, it.Name)
