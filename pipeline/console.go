@@ -178,5 +178,3 @@ func (s *consoleService) Reload() error {
 	s.p.log.Info("configuration reloaded from the web console", zap.String("config", path), zap.Int("max_threads", cfg.MaxThreads))
 	return nil
 }
-
-func (s *consoleService) LiftPause(host string, all bool) { s.p.Retry(host, all) }

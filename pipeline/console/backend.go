@@ -31,7 +31,8 @@ type Backend interface {
 
 // Service is what the console shows and asks of the running service,
 // beside the queue: its settings, its hosts' limits and sessions, a
-// reload, lifting a host's pause.
+// reload. (Lifting a host's pause after a retry is the Backend's:
+// DirBackend.LiftPause.)
 type Service interface {
 	Info() Info
 	// Limits returns the connection cap and rate (messages per second, 0:
@@ -42,8 +43,6 @@ type Service interface {
 	// Reload reads the configuration file again and applies it, as SIGHUP
 	// does; the error lists what does not validate.
 	Reload() error
-	// LiftPause asks the service to try host (every host with all) now.
-	LiftPause(host string, all bool)
 }
 
 // Info is the service's identity and settings on the overview page.

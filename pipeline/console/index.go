@@ -52,6 +52,38 @@ type hostState struct {
 	lastErr     string
 	lastErrAt   time.Time
 	pausedUntil time.Time
+	sent        [rateMinutes]int // messages sent per minute, a ring by minute
+	sentMin     int64            // the minute (Unix time / 60) of the newest bucket
+}
+
+// rateMinutes is how many minutes the host table's rate averages.
+const rateMinutes = 5
+
+// countSent counts a message sent to the host at now.
+func (h *hostState) countSent(now time.Time) {
+	m := now.Unix() / 60
+	for k := h.sentMin + 1; k <= m && k <= h.sentMin+rateMinutes; k++ {
+		h.sent[k%rateMinutes] = 0
+	}
+	if m > h.sentMin {
+		h.sentMin = m
+	}
+	if m > h.sentMin-rateMinutes {
+		h.sent[m%rateMinutes]++
+	}
+}
+
+// perMinute returns the messages sent per minute over the last
+// rateMinutes minutes before now.
+func (h *hostState) perMinute(now time.Time) float64 {
+	m := now.Unix() / 60
+	total := 0
+	for k := m - rateMinutes + 1; k <= m; k++ {
+		if k <= h.sentMin && k > h.sentMin-rateMinutes {
+			total += h.sent[k%rateMinutes]
+		}
+	}
+	return float64(total) / rateMinutes
 }
 
 // NewIndex returns an empty index.
@@ -223,6 +255,7 @@ func (x *Index) hostOutcome(f stages.Filed, now time.Time) {
 	case stages.Sent:
 		h.failures = 0
 		h.pausedUntil = time.Time{}
+		h.countSent(now)
 	case stages.Deferred, stages.Failed:
 		if j.Outcome.Attempted && j.Outcome.Err != nil {
 			h.lastErr, h.lastErrAt = clip(j.Outcome.Err.Error()), now
@@ -419,7 +452,7 @@ func (x *Index) Summary(now time.Time) Summary {
 		if h.pausedUntil.After(now) {
 			r.PausedUntil = h.pausedUntil
 		}
-		r.SentPerMin = float64(x.series.SentSince(now, 5)) / 5
+		r.SentPerMin = h.perMinute(now)
 	}
 	for _, r := range rows {
 		s.Hosts = append(s.Hosts, *r)

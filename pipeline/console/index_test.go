@@ -90,14 +90,14 @@ func TestIndexObserve(t *testing.T) {
 	job.Outcome = stages.Outcome{Verdict: stages.Sent, Attempted: true}
 	x.Observe(stages.Filed{Job: job, Verdict: stages.Sent, Path: "/sent/a.eml"}, now)
 	s = x.Summary(now)
-	if s.Counts[spool.PlaceSent].N != 1 || s.Hosts[0].Failures != 0 || !s.Hosts[0].PausedUntil.IsZero() {
+	if s.Counts[spool.PlaceSent].N != 1 || s.Hosts[0].Failures != 0 || !s.Hosts[0].PausedUntil.IsZero() || s.Hosts[0].SentPerMin != 0.2 {
 		t.Errorf("summary after sending: %+v", s)
 	}
 	if st, ok := x.Get("a.eml", spool.PlaceSent); !ok || st.ID != job.ID {
 		t.Errorf("the Sent copy by name: %+v %v", st, ok)
 	}
-	if s := x.Summary(now.Add(24 * time.Hour)); s.Counts[spool.PlaceSent].N != 0 {
-		t.Errorf("sent today the next day: %d", s.Counts[spool.PlaceSent].N)
+	if s := x.Summary(now.Add(24 * time.Hour)); s.Counts[spool.PlaceSent].N != 0 || s.Hosts[0].SentPerMin != 0 {
+		t.Errorf("the next day: sent today %d, rate %v", s.Counts[spool.PlaceSent].N, s.Hosts[0].SentPerMin)
 	}
 	if s.Series.SentSince(now, 5) != 1 {
 		t.Errorf("series: %d sent in the last 5 minutes, want 1", s.Series.SentSince(now, 5))
