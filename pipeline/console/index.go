@@ -45,6 +45,7 @@ type Index struct {
 	seq    uint64
 	day    string // the local date sentToday counts
 	today  int    // messages sent today
+	unread bool   // messages may have been added whose details were not read (see Unread)
 }
 
 type hostState struct {
@@ -140,6 +141,7 @@ func (x *Index) Observe(f stages.Filed, now time.Time) {
 	if it == nil {
 		it = &Item{ID: j.ID, Name: j.Name}
 		x.items[k] = it
+		x.unread = true
 	}
 	x.fillFromJob(it, j)
 	it.State, it.seq = state, x.seq
@@ -291,6 +293,7 @@ func (x *Index) Replace(places []spool.Place, found []Item, since uint64) {
 			*it = f
 			it.seq = x.seq
 			x.items[k] = it
+			x.unread = true
 			continue
 		}
 		if it.seq > since {
@@ -568,11 +571,15 @@ func (x *Index) Enrich(key string, in spool.Place, e Item) {
 	}
 }
 
-// Unread returns up to n messages still in the queue whose details were
-// not read yet, for a background reader.
+// Unread returns up to n messages whose details were not read yet, for a
+// background reader. It walks the index only while such messages may be
+// left: once a walk finds fewer than n, none is until more are added.
 func (x *Index) Unread(n int) []Item {
 	x.mu.Lock()
 	defer x.mu.Unlock()
+	if !x.unread {
+		return nil
+	}
 	var out []Item
 	for _, it := range x.items {
 		if len(out) >= n {
@@ -581,6 +588,9 @@ func (x *Index) Unread(n int) []Item {
 		if !it.known && it.State != spool.PlaceSent {
 			out = append(out, *it)
 		}
+	}
+	if len(out) < n {
+		x.unread = false
 	}
 	return out
 }
