@@ -45,6 +45,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -60,6 +61,12 @@ import (
 const (
 	HeaderID   = "Smtpq-Id"   // the message's id (spool.IsID), its name in the cluster
 	HeaderName = "Smtpq-Name" // the producer's file name, for the Sent and Undeliverable copies
+	// HeaderNew marks a message as a producer published it (Publish,
+	// PublishAs, PublishReader): never claimed yet, so it has no state in
+	// the bucket. Its first delivery skips reading the state (a round trip
+	// to the bucket on every claim); a redelivery, and every copy a node
+	// publishes again (holds, releases, retries), read it.
+	HeaderNew = "Smtpq-New"
 )
 
 // DefaultStream is the stream's name when Config.Stream is empty.
@@ -129,6 +136,8 @@ type Spool struct {
 	opsWatch jetstream.KeyWatcher //
 	opsDone  chan struct{}        // closed when the watch has ended
 	asked    map[string]opEntry   // operations asked for (holds, retries, requeues, purges), by key
+
+	freshClaims atomic.Int64 // claims that skipped reading the state (HeaderNew, first delivery)
 }
 
 var (
@@ -443,7 +452,10 @@ func (s *Spool) claim(ctx context.Context, m jetstream.Msg) *stages.Job {
 		h.id = fmt.Sprintf("seq%013d", seq)
 	}
 	job := &stages.Job{ID: h.id, Name: fileName(m.Headers().Get(HeaderName), h.id), Msg: h}
-	if st, err := s.readState(ctx, h.id); err != nil {
+	fresh := meta != nil && meta.NumDelivered == 1 && m.Headers().Get(HeaderNew) != ""
+	if fresh {
+		s.freshClaims.Add(1)
+	} else if st, err := s.readState(ctx, h.id); err != nil {
 		job.State.AddHistory(time.Now(), "state unreadable, reset: "+err.Error())
 		h.hasState = true
 	} else if st != nil {
@@ -703,6 +715,7 @@ func publishMsg(ctx context.Context, js jetstream.JetStream, stream, id, name st
 	msg.Data = data
 	msg.Header.Set(HeaderID, id)
 	msg.Header.Set(HeaderName, name)
+	msg.Header.Set(HeaderNew, "1")
 	if object != "" {
 		msg.Header.Set(HeaderObject, object)
 	}
