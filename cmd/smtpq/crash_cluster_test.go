@@ -22,7 +22,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/smtpq/smtpq/pipeline"
@@ -410,15 +409,7 @@ func clusterNodeKilled(t *testing.T, crashAt string) {
 // bucket.
 func streamEmpty(t *testing.T, c *natstest.Cluster) []string {
 	t.Helper()
-	nc, err := nats.Connect(c.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, js := natstest.Connect(t, c.URL())
 	var why string
 	var keys []string
 	deadline := time.Now().Add(15 * time.Second)
