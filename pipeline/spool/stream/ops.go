@@ -250,12 +250,7 @@ func RetryDeferred(ctx context.Context, js jetstream.JetStream, stream, id strin
 		return err
 	}
 	msg := nats.NewMsg(m.Subject)
-	msg.Data = m.Data
-	for k, v := range m.Header {
-		if k != HeaderNew { // the copy has a state: it must be read
-			msg.Header[k] = v
-		}
-	}
+	msg.Data, msg.Header = m.Data, m.Header
 	ack, err := js.PublishMsg(ctx, msg, jetstream.WithMsgID(id+".t"+strconv.FormatUint(r.Seq, 10)))
 	if err != nil {
 		return fmt.Errorf("publishing %s again: %w", id, err)

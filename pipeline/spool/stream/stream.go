@@ -45,7 +45,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -61,12 +60,6 @@ import (
 const (
 	HeaderID   = "Smtpq-Id"   // the message's id (spool.IsID), its name in the cluster
 	HeaderName = "Smtpq-Name" // the producer's file name, for the Sent and Undeliverable copies
-	// HeaderNew marks a message as a producer published it (Publish,
-	// PublishAs, PublishReader): never claimed yet, so it has no state in
-	// the bucket. Its first delivery skips reading the state (a round trip
-	// to the bucket on every claim); a redelivery, and every copy a node
-	// publishes again (holds, releases, retries), read it.
-	HeaderNew = "Smtpq-New"
 )
 
 // DefaultStream is the stream's name when Config.Stream is empty.
@@ -136,8 +129,6 @@ type Spool struct {
 	opsWatch jetstream.KeyWatcher //
 	opsDone  chan struct{}        // closed when the watch has ended
 	asked    map[string]opEntry   // operations asked for (holds, retries, requeues, purges), by key
-
-	freshClaims atomic.Int64 // claims that skipped reading the state (HeaderNew, first delivery)
 }
 
 var (
@@ -182,6 +173,9 @@ func Setup(ctx context.Context, js jetstream.JetStream, name string, replicas in
 	if err != nil {
 		return nil, nil, fmt.Errorf("state bucket %s_state: %w", name, err)
 	}
+	if kv, err = leaderReads(ctx, js, kv); err != nil {
+		return nil, nil, fmt.Errorf("state bucket %s_state: %w", name, err)
+	}
 	if _, err := setupRecords(ctx, js, name, replicas); err != nil {
 		return nil, nil, fmt.Errorf("records bucket %s: %w", recordsBucket(name), err)
 	}
@@ -189,6 +183,30 @@ func Setup(ctx context.Context, js jetstream.JetStream, name string, replicas in
 		return nil, nil, err
 	}
 	return str, kv, nil
+}
+
+// leaderReads turns direct gets off on kv's stream and returns a handle
+// that reads through the stream's leader. A direct get may be answered by a
+// follower that has not yet stored the last write: after a NATS server is
+// lost, a node that claims a message again could then miss the record of
+// the 250 and send it a second time (seen in TestClusterNATSNodeLostMidDrain).
+// CreateOrUpdateKeyValue turns them on again each time; handles taken
+// before keep reading as they were set up.
+func leaderReads(ctx context.Context, js jetstream.JetStream, kv jetstream.KeyValue) (jetstream.KeyValue, error) {
+	bucket := kv.Bucket()
+	return retry(ctx, func(ctx context.Context) (jetstream.KeyValue, error) {
+		str, err := js.Stream(ctx, "KV_"+bucket)
+		if err != nil {
+			return nil, err
+		}
+		if cfg := str.CachedInfo().Config; cfg.AllowDirect {
+			cfg.AllowDirect = false
+			if _, err := js.UpdateStream(ctx, cfg); err != nil {
+				return nil, err
+			}
+		}
+		return js.KeyValue(ctx, bucket)
+	})
 }
 
 // retry calls f up to eight times, each with a second more than the last
@@ -452,10 +470,7 @@ func (s *Spool) claim(ctx context.Context, m jetstream.Msg) *stages.Job {
 		h.id = fmt.Sprintf("seq%013d", seq)
 	}
 	job := &stages.Job{ID: h.id, Name: fileName(m.Headers().Get(HeaderName), h.id), Msg: h}
-	fresh := meta != nil && meta.NumDelivered == 1 && m.Headers().Get(HeaderNew) != ""
-	if fresh {
-		s.freshClaims.Add(1)
-	} else if st, err := s.readState(ctx, h.id); err != nil {
+	if st, err := s.readState(ctx, h.id); err != nil {
 		job.State.AddHistory(time.Now(), "state unreadable, reset: "+err.Error())
 		h.hasState = true
 	} else if st != nil {
@@ -715,7 +730,6 @@ func publishMsg(ctx context.Context, js jetstream.JetStream, stream, id, name st
 	msg.Data = data
 	msg.Header.Set(HeaderID, id)
 	msg.Header.Set(HeaderName, name)
-	msg.Header.Set(HeaderNew, "1")
 	if object != "" {
 		msg.Header.Set(HeaderObject, object)
 	}
