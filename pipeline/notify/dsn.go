@@ -52,21 +52,22 @@ func BuildDSN(r *Report) ([]byte, error) {
 		return nil, fmt.Errorf("a notice for %s with no recipient", r.Name)
 	}
 	delayed := r.Recipients[0].Action == ActionDelayed
+	// go-message writes the fields last set first: set them bottom up.
 	var h mail.Header
-	h.SetAddressList("From", []*mail.Address{{Name: "Mail Delivery System", Address: "MAILER-DAEMON@" + r.ReportingMTA}})
-	h.SetAddressList("To", []*mail.Address{{Address: r.To}})
+	h.SetContentType("multipart/report", map[string]string{"report-type": "delivery-status"})
+	// RFC 3834: an automatic answer, which no robot should answer again.
+	h.Set("Auto-Submitted", "auto-replied")
+	if err := h.GenerateMessageIDWithHostname(r.ReportingMTA); err != nil {
+		return nil, err
+	}
+	h.SetDate(r.Now)
 	if delayed {
 		h.SetSubject("Delayed Mail (still being retried)")
 	} else {
 		h.SetSubject("Undelivered Mail Returned to Sender")
 	}
-	h.SetDate(r.Now)
-	if err := h.GenerateMessageIDWithHostname(r.ReportingMTA); err != nil {
-		return nil, err
-	}
-	// RFC 3834: an automatic answer, which no robot should answer again.
-	h.Set("Auto-Submitted", "auto-replied")
-	h.SetContentType("multipart/report", map[string]string{"report-type": "delivery-status"})
+	h.SetAddressList("To", []*mail.Address{{Address: r.To}})
+	h.SetAddressList("From", []*mail.Address{{Name: "Mail Delivery System", Address: "MAILER-DAEMON@" + r.ReportingMTA}})
 	var buf bytes.Buffer
 	w, err := message.CreateWriter(&buf, h.Header)
 	if err != nil {

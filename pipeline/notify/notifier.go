@@ -40,7 +40,7 @@ type Notifier struct {
 	DefaultRelay string        // the route of notices about pickup files
 
 	Webhooks   []Webhook
-	Client     *http.Client  // nil: http.DefaultClient
+	Client     *http.Client  // nil: a client of its own, whose idle connections Run closes
 	Timeout    time.Duration // per POST; default 30s
 	MinBackoff time.Duration // first retry delay after a failed POST; default 1s
 	MaxBackoff time.Duration // the doubling stops here; default 10m
@@ -61,7 +61,7 @@ func (n *Notifier) Enabled() bool { return n.Failure || n.Delay > 0 || len(n.Web
 // clearing what a crash left half-written.
 func (n *Notifier) Open() error {
 	if n.Client == nil {
-		n.Client = http.DefaultClient
+		n.Client = &http.Client{Transport: http.DefaultTransport.(*http.Transport).Clone()}
 	}
 	if n.Timeout <= 0 {
 		n.Timeout = 30 * time.Second
@@ -101,6 +101,7 @@ func (n *Notifier) Run(ctx context.Context) {
 		wg.Go(func() { n.deliverAll(ctx, h) })
 	}
 	wg.Wait()
+	n.Client.CloseIdleConnections()
 }
 
 // Filed is the Archiver's OnFiled hook. It queues the notice the filing
