@@ -188,5 +188,3 @@ func TestNotifyConfigRefusesBadWebhooks(t *testing.T) {
 		t.Error("notify.dsn without recipient_file accepted")
 	}
 }
-
-
