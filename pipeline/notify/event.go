@@ -117,12 +117,18 @@ func envelopeTo(j *stages.Job) []string {
 
 var idEncoding = base32.NewEncoding("0123456789abcdefghijklmnopqrstuv").WithPadding(base32.NoPadding)
 
-// newEventID returns a new event id: 26 characters, the time in
-// nanoseconds then 64 random bits, so that ids sort by time (the outbox
-// delivers in that order) and never repeat.
-func newEventID(now time.Time) string {
+// newEventID returns a new event id: 26 characters, a time in nanoseconds
+// then 64 random bits, so that ids sort by time (the outbox delivers in
+// that order) and never repeat. The time is now, or one nanosecond after
+// the last id's if now is not later (a coarse or stopped clock), so
+// that events recorded one after the other keep their order.
+func (n *Notifier) newEventID(now time.Time) string {
+	n.idMu.Lock()
+	t := max(now.UnixNano(), n.lastID+1)
+	n.lastID = t
+	n.idMu.Unlock()
 	var b [16]byte
-	binary.BigEndian.PutUint64(b[:8], uint64(now.UnixNano()))
+	binary.BigEndian.PutUint64(b[:8], uint64(t))
 	rand.Read(b[8:])
 	return idEncoding.EncodeToString(b[:])
 }

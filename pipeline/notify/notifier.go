@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	message "github.com/emersion/go-message"
@@ -52,6 +53,9 @@ type Notifier struct {
 
 	box   outbox
 	hooks []*hook
+
+	idMu   sync.Mutex
+	lastID int64 // the time part of the last event id (newEventID)
 }
 
 // Enabled reports whether n has anything to do.
@@ -143,7 +147,7 @@ func (n *Notifier) event(f stages.Filed, headers func() []byte) {
 		return
 	}
 	now := n.Clock.Now()
-	e := newEvent(newEventID(now), typ, f, now, messageID(headers()))
+	e := newEvent(n.newEventID(now), typ, f, now, messageID(headers()))
 	body, err := json.Marshal(e)
 	if err == nil {
 		err = n.box.record(keys, e.ID, body)

@@ -199,17 +199,18 @@ func TestWebhookEventFilter(t *testing.T) {
 	runNotifier(t, n)
 	n.Filed(sentFiling())
 	n.Filed(stages.Filed{Job: failedJob(time.Now()), Verdict: stages.Failed, Path: "/u/x.eml"})
+	n.Filed(stages.Filed{Job: testJob(time.Now()), Verdict: stages.Held})
 	n.Filed(stages.Filed{Job: testJob(time.Now()), Verdict: stages.Parked})                      // no event
 	n.Filed(stages.Filed{Job: testJob(time.Now()), Verdict: stages.Sent, Err: os.ErrPermission}) // not filed: no event
 	if e := failedOnly.next().event; e.Type != notify.EventFailed || e.Class != "permanent" || e.Reply == nil || e.Reply.Code != 554 {
 		t.Errorf("failed event %+v", e)
 	}
-	if a, b := all.next().event.Type, all.next().event.Type; a != notify.EventSent || b != notify.EventFailed {
-		t.Errorf("events %s, %s; want sent, failed in order", a, b)
+	if a, b, c := all.next().event.Type, all.next().event.Type, all.next().event.Type; a != notify.EventSent || b != notify.EventFailed || c != notify.EventHeld {
+		t.Errorf("events %s, %s, %s; want sent, failed, held in order", a, b, c)
 	}
 	waitOutboxEmpty(t, n)
-	if len(failedOnly.posts()) != 1 || len(all.posts()) != 2 {
-		t.Errorf("POSTs %d and %d, want 1 and 2", len(failedOnly.posts()), len(all.posts()))
+	if len(failedOnly.posts()) != 1 || len(all.posts()) != 3 {
+		t.Errorf("POSTs %d and %d, want 1 and 3", len(failedOnly.posts()), len(all.posts()))
 	}
 }
 
