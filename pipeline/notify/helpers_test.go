@@ -121,3 +121,18 @@ func openNotice(t *testing.T, path string, ids []age.Identity) (*queuefile.Param
 	}
 	return p, body.Bytes()
 }
+
+// theNotice opens the one notice n queued, checking that it has the null
+// sender.
+func theNotice(t *testing.T, n *notify.Notifier, ids []age.Identity) (*queuefile.Params, []byte) {
+	t.Helper()
+	files := queued(t, n.QueueDir)
+	if len(files) != 1 {
+		t.Fatalf("queued %v, want one notice", files)
+	}
+	p, msg := openNotice(t, files[0], ids)
+	if p.From != "" {
+		t.Errorf("notice's envelope sender %q, want the null path", p.From)
+	}
+	return p, msg
+}

@@ -26,14 +26,7 @@ func TestFailureNoticeQueuedThroughTheSameRoute(t *testing.T) {
 	n, ids := newNotifier(t, func(n *notify.Notifier) { n.Failure = true })
 	j := failedJob(time.Now().Add(-time.Hour))
 	n.Filed(stages.Filed{Job: j, Verdict: stages.Failed, Path: "/undeliverable/x.eml"})
-	files := queued(t, n.QueueDir)
-	if len(files) != 1 {
-		t.Fatalf("queued %v, want one notice", files)
-	}
-	p, msg := openNotice(t, files[0], ids)
-	if p.From != "" {
-		t.Errorf("notice's envelope sender %q, want the null path", p.From)
-	}
+	p, msg := theNotice(t, n, ids)
 	if !slices.Equal(p.To, []string{"app@example.com"}) {
 		t.Errorf("notice goes to %v, want the original sender", p.To)
 	}
@@ -65,11 +58,7 @@ func TestFailureNoticeOfARelayProfileNamesTheProfile(t *testing.T) {
 	j.Params.Host, j.Params.Port, j.Params.Username, j.Params.Password = "", 0, "", j.Params.OAuth2Token
 	j.Params.Relay = "office"
 	n.Filed(stages.Filed{Job: j, Verdict: stages.Failed})
-	files := queued(t, n.QueueDir)
-	if len(files) != 1 {
-		t.Fatalf("queued %v, want one notice", files)
-	}
-	if p, _ := openNotice(t, files[0], ids); p.Relay != "office" || p.Host != "" || !p.Password.IsZero() {
+	if p, _ := theNotice(t, n, ids); p.Relay != "office" || p.Host != "" || !p.Password.IsZero() {
 		t.Errorf("notice's route %v, want relay profile office alone", p)
 	}
 }
@@ -118,14 +107,7 @@ func TestDelayNoticeOnceAfterTheDelay(t *testing.T) {
 		t.Fatalf("a delay notice before notify.delay: %v", files)
 	}
 	deferAt(4*time.Hour + time.Minute)
-	files := queued(t, n.QueueDir)
-	if len(files) != 1 {
-		t.Fatalf("queued %v, want one delay notice", files)
-	}
-	p, msg := openNotice(t, files[0], ids)
-	if p.From != "" {
-		t.Errorf("delay notice from %q, want the null path", p.From)
-	}
+	_, msg := theNotice(t, n, ids)
 	d := parseDSN(t, msg)
 	if len(d.perRcpt) != 1 {
 		t.Fatalf("%d recipient blocks, want b@ alone (a@ was accepted)", len(d.perRcpt))
