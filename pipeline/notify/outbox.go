@@ -122,3 +122,12 @@ func (o outbox) remove(key, id string) error {
 	}
 	return err
 }
+
+// setAside renames event id of webhook key to <id>.json.bad, which is
+// never delivered, for an operator to look at.
+func (o outbox) setAside(key, id string) {
+	p := filepath.Join(o.hookDir(key), id+".json")
+	if os.Rename(p, p+".bad") != nil {
+		os.Remove(p)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -108,10 +109,14 @@ func (n *Notifier) deliverPending(ctx context.Context, h *hook) bool {
 			return false
 		}
 		body, err := n.box.read(h.key, id)
-		if err == nil {
-			err = n.post(ctx, h, id, body)
-		}
 		if err != nil {
+			// Not a network matter: retrying would hold up every event
+			// behind it for good. Set it aside, named in the log.
+			n.Log.Error("an outbox file cannot be read: set aside as .bad", zap.String("url", h.redactedURL()), zap.String("event", id), zap.Error(err))
+			n.box.setAside(h.key, id)
+			continue
+		}
+		if err := n.post(ctx, h, id, body); err != nil {
 			if ctx.Err() == nil {
 				n.Log.Warn("webhook delivery failed; retrying", zap.String("url", h.redactedURL()), zap.String("event", id), zap.Error(err))
 			}
@@ -142,7 +147,8 @@ func (n *Notifier) post(ctx context.Context, h *hook, id string, body []byte) er
 	resp, err := n.Client.Do(req)
 	if err != nil {
 		// A url.Error names the URL: give the reason alone.
-		if ue, ok := err.(*url.Error); ok {
+		var ue *url.Error
+		if errors.As(err, &ue) {
 			err = ue.Err
 		}
 		return err

@@ -257,3 +257,21 @@ func waitOutboxEmpty(t *testing.T, n *notify.Notifier) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+func TestWebhookUnreadableOutboxFileIsSetAside(t *testing.T) {
+	r := newReceiver(t, 0)
+	n, _ := newNotifier(t, func(n *notify.Notifier) { n.Webhooks = []notify.Webhook{hookTo(r)} })
+	dir := filepath.Join(n.QueueDir, notify.EventsDir, notify.HookKey(n.Webhooks[0].URL))
+	huge := filepath.Join(dir, "0000.json") // sorts before any event id
+	if err := os.WriteFile(huge, make([]byte, 1<<20+1), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	runNotifier(t, n)
+	n.Filed(sentFiling())
+	if e := r.next().event; e.Type != notify.EventSent {
+		t.Errorf("event %+v", e)
+	}
+	if _, err := os.Stat(huge + ".bad"); err != nil {
+		t.Errorf("the unreadable file was not set aside: %v", err)
+	}
+}
