@@ -77,6 +77,10 @@
 //     results, attempts and times: never a password, token or user name.
 //   - Webhook URLs with a user or password are refused at load; logs name
 //     a webhook by its URL without the query.
+//   - An outbox file that cannot be read (over 1 MiB: never one smtpq
+//     wrote) is renamed <id>.json.bad and logged, so that it does not hold
+//     up the events behind it. A webhook that keeps refusing (a 4xx) is
+//     retried like one that is down: its events wait on disk.
 //   - The outbox folder of a webhook is keyed by its URL: removing a
 //     webhook from the configuration leaves its folder (and events) on
 //     disk, delivered again if it comes back.
