@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/smtpq/smtpq/pipeline/notify"
+	"github.com/smtpq/smtpq/pipeline/queuefile"
 	"github.com/smtpq/smtpq/stages"
 )
 
@@ -147,4 +148,25 @@ func newNotifierOn(t *testing.T, n *notify.Notifier) *notify.Notifier {
 		t.Fatal(err)
 	}
 	return m
+}
+
+func TestFailureNoticeOfAnExpiredPickupFile(t *testing.T) {
+	n, ids := newNotifier(t, func(n *notify.Notifier) { n.Failure, n.DefaultRelay = true, "main" })
+	j := testJob(time.Now().Add(-120 * time.Hour))
+	j.Kind = stages.KindPickup
+	j.Params = &queuefile.Params{From: "app@example.com", To: []string{"a@example.org"}}
+	j.Outcome = stages.Outcome{Verdict: stages.Failed, Class: stages.ClassExpired,
+		Err: &stages.Error{Temporary: true, Step: "connect", Text: "connection refused; given up: queued 120h0m0s ago (retry.max_age)"}}
+	n.Filed(stages.Filed{Job: j, Verdict: stages.Failed})
+	p, msg := theNotice(t, n, ids)
+	if p.Relay != "main" || p.Host != "" || !p.Password.IsZero() {
+		t.Errorf("notice's route %v, want default_relay main", p)
+	}
+	d := parseDSN(t, msg)
+	if len(d.perRcpt) != 1 {
+		t.Fatalf("%d recipient blocks, want 1", len(d.perRcpt))
+	}
+	wantField(t, d.perRcpt[0], "Status", "4.4.7")
+	wantField(t, d.perRcpt[0], "Action", "failed")
+	wantField(t, d.perRcpt[0], "Diagnostic-Code", "X-SmtpQ; connect: connection refused; given up: queued 120h0m0s ago (retry.max_age)")
 }
