@@ -98,10 +98,24 @@ func readStatusBlocks(t *testing.T, body []byte) (textproto.Header, []textproto.
 	return perMsg, rcpts
 }
 
-func wantField(t *testing.T, h textproto.Header, k, want string) {
+// parseDSNWith is parseDSN for a notice that must have n recipient
+// blocks.
+func parseDSNWith(t *testing.T, b []byte, n int) *parsedDSN {
 	t.Helper()
-	if got := h.Get(k); got != want {
-		t.Errorf("%s: %q, want %q", k, got, want)
+	d := parseDSN(t, b)
+	if len(d.perRcpt) != n {
+		t.Fatalf("%d recipient blocks, want %d", len(d.perRcpt), n)
+	}
+	return d
+}
+
+// wantFields checks fields of h: name, value, name, value...
+func wantFields(t *testing.T, h textproto.Header, kv ...string) {
+	t.Helper()
+	for i := 0; i+1 < len(kv); i += 2 {
+		if got := h.Get(kv[i]); got != kv[i+1] {
+			t.Errorf("%s: %q, want %q", kv[i], got, kv[i+1])
+		}
 	}
 }
 
@@ -121,7 +135,7 @@ func TestBuildDSNParsesBack(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := parseDSN(t, b)
+	d := parseDSNWith(t, b, 2)
 	if from, err := d.header.AddressList("From"); err != nil || len(from) != 1 || from[0].Address != "MAILER-DAEMON@mx.example.net" {
 		t.Errorf("From %v (%v)", from, err)
 	}
@@ -137,22 +151,23 @@ func TestBuildDSNParsesBack(t *testing.T) {
 	if id, err := d.header.MessageID(); err != nil || !strings.HasSuffix(id, "@mx.example.net") {
 		t.Errorf("Message-ID %q (%v)", id, err)
 	}
-	wantField(t, d.perMsg, "Reporting-MTA", "dns; mx.example.net")
+	wantFields(t, d.perMsg, "Reporting-MTA", "dns; mx.example.net")
 	if got, err := netmail.ParseDate(d.perMsg.Get("Arrival-Date")); err != nil || !got.Equal(arrival) {
 		t.Errorf("Arrival-Date %q: %v (%v)", d.perMsg.Get("Arrival-Date"), got, err)
 	}
-	if len(d.perRcpt) != 2 {
-		t.Fatalf("%d recipient blocks, want 2", len(d.perRcpt))
-	}
 	g, l := d.perRcpt[0], d.perRcpt[1]
-	wantField(t, g, "Final-Recipient", "rfc822; gone@example.org")
-	wantField(t, g, "Action", "failed")
-	wantField(t, g, "Status", "5.1.1")
-	wantField(t, g, "Remote-MTA", "dns; smtp.example.org")
-	wantField(t, g, "Diagnostic-Code", "smtp; 550 5.1.1 no such  user")
-	wantField(t, l, "Final-Recipient", "rfc822; late@example.org")
-	wantField(t, l, "Status", "4.4.7")
-	wantField(t, l, "Diagnostic-Code", "X-SmtpQ; connect: connection refused")
+	wantFields(t, g,
+		"Final-Recipient", "rfc822; gone@example.org",
+		"Action", "failed",
+		"Status", "5.1.1",
+		"Remote-MTA", "dns; smtp.example.org",
+		"Diagnostic-Code", "smtp; 550 5.1.1 no such  user",
+	)
+	wantFields(t, l,
+		"Final-Recipient", "rfc822; late@example.org",
+		"Status", "4.4.7",
+		"Diagnostic-Code", "X-SmtpQ; connect: connection refused",
+	)
 	if l.Has("Remote-MTA") {
 		t.Errorf("Remote-MTA %q for a recipient no server was named for", l.Get("Remote-MTA"))
 	}
@@ -184,7 +199,7 @@ func TestBuildDSNDelayed(t *testing.T) {
 	if s, _ := d.header.Subject(); !strings.Contains(s, "Delayed") {
 		t.Errorf("Subject %q", s)
 	}
-	wantField(t, d.perRcpt[0], "Action", "delayed")
+	wantFields(t, d.perRcpt[0], "Action", "delayed")
 	if d.original != nil {
 		t.Error("a headers part without headers")
 	}
