@@ -4,13 +4,16 @@ import (
 	"bufio"
 	"bytes"
 	"io"
+	"path/filepath"
 	"testing"
+	"time"
 
 	message "github.com/emersion/go-message"
 	"github.com/emersion/go-message/textproto"
 	"github.com/emersion/go-smtp"
 
 	"github.com/smtpq/smtpq/pipeline"
+	"github.com/smtpq/smtpq/pipeline/notify"
 	"github.com/smtpq/smtpq/pipeline/pipelinetest"
 	"github.com/smtpq/smtpq/pipeline/smtptest"
 	"github.com/smtpq/smtpq/stages"
@@ -186,5 +189,42 @@ func TestNotifyConfigRefusesBadWebhooks(t *testing.T) {
 	env.Config.Notify.DSN.Failure = true
 	if _, err := pipeline.New(env.Config, pipeline.Options{}); err == nil {
 		t.Error("notify.dsn without recipient_file accepted")
+	}
+}
+
+func TestNotifyDelayNoticeOnceWhileRetried(t *testing.T) {
+	srv := startServer(t, "127.0.0.1", func(s *smtptest.Server) {
+		s.Fault = func(p smtptest.FaultPoint) smtptest.Fault {
+			if p.Step == smtptest.Rcpt && p.Arg == "slow@example.org" {
+				return smtptest.Reply(451, smtp.EnhancedCode{4, 2, 0}, "mailbox busy")
+			}
+			return smtptest.Fault{}
+		}
+	})
+	env := pipelinetest.Start(t, pipelinetest.Config(func(c *pipeline.Config) {
+		c.Notify.DSN.Delay = pipeline.Duration(time.Millisecond) // due at the first deferral
+	}))
+	p := srv.Params("slow@example.org")
+	p.From = "app@example.com"
+	name := env.Enqueue([]byte("From: app@example.com\r\nSubject: x\r\n\r\nx\r\n"), p)
+	// Retried three times (the test configuration's retry.max_attempts),
+	// then given up: one delay notice, and no failure notice (off).
+	wantFailed(t, env.Wait(name), stages.ClassPermanent)
+	env.WaitFor("the delay notice to be sent", func(fs []stages.Filed) bool { return len(notices(fs, stages.Sent)) == 1 })
+	var got []smtptest.Message
+	for _, m := range srv.Messages() {
+		if m.From == "" {
+			got = append(got, m)
+		}
+	}
+	if len(got) != 1 {
+		t.Fatalf("the server got %d notices, want one delay notice", len(got))
+	}
+	_, rcpts, _ := statusBlocks(t, got[0].Data)
+	if len(rcpts) != 1 || rcpts[0].Get("Action") != "delayed" || rcpts[0].Get("Status") != "4.2.0" {
+		t.Errorf("recipient blocks %v", rcpts)
+	}
+	if left := pipelinetest.Files(t, filepath.Join(env.Config.QueueDir, notify.DelayedDir)); len(left) != 0 {
+		t.Errorf("delay marks left after the message was given up: %v", left)
 	}
 }
