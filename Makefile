@@ -7,7 +7,7 @@ DEVCONFIG := testdata/dev/smtpq.yaml
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.7.0
 
 .PHONY: all build run run-cluster test test-short lint vet fmt-check cross demo bench bench-scale bench-cluster fuzz test-crash clean \
-	deb msi release test-packages pkgtool
+	deb msi release test-packages pkgtool test-producers test-windows
 
 all: build
 
@@ -166,3 +166,12 @@ release: pkgtool
 # root or without apt-get. See $(PKGDIR)/test-packages.sh.
 test-packages: pkgtool
 	$(PKGDIR)/test-packages.sh
+
+# Issue 14: the programs that call sendmail, for real (bsd-mailx with and
+# without -r, PHP's mail() as www-data through README's permission recipe,
+# git send-email, Python piping to sendmail -t -oi), against smtpq built
+# from this checkout, to a sink on 127.0.0.1. Needs root and the programs
+# (bash .ci/install-packages): it adds the user and group smtpq-ptest for
+# the run and removes them. About 15 s.
+test-producers:
+	SMTPQ_REQUIRE_PRODUCERS=1 $(GO) test -count=1 -v -run '^TestProducers' ./cmd/smtpq/
