@@ -175,3 +175,12 @@ test-packages: pkgtool
 # the run and removes them. About 15 s.
 test-producers:
 	SMTPQ_REQUIRE_PRODUCERS=1 $(GO) test -count=1 -v -run '^TestProducers' ./cmd/smtpq/
+
+# Issue 14: the Windows build under Wine (Debian's wine64): GOOS=windows go
+# test of the packages Wine can run, then smtpq.exe keygen, enqueue,
+# sendmail, run (to a loopback sink) and service install/status/uninstall.
+# The Wine prefix is kept in .dev/wine (WINEPREFIX= to put it elsewhere).
+# See testdata/windows/test-windows.sh and README.md (Windows). About 3 to
+# 6 minutes.
+test-windows:
+	testdata/windows/test-windows.sh
