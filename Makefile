@@ -180,7 +180,7 @@ test-producers:
 # test of the packages Wine can run, then smtpq.exe keygen, enqueue,
 # sendmail, run (to a loopback sink) and service install/status/uninstall.
 # The Wine prefix is kept in .dev/wine (WINEPREFIX= to put it elsewhere).
-# See testdata/windows/test-windows.sh and README.md (Windows). About 3 to
-# 6 minutes.
+# See testdata/windows/test-windows.sh and README.md (Windows). About 3.5
+# minutes.
 test-windows:
 	testdata/windows/test-windows.sh
