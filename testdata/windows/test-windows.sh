@@ -119,11 +119,14 @@ gotest -run '^(TestConfig|TestValidate|TestRelayTLS|TestSealedTLS|TestHostPatter
 say "building smtpq.exe and the sink"
 GOOS=windows GOARCH=amd64 CGO_ENABLED=0 go build -trimpath -o "$work/smtpq.exe" ./cmd/smtpq
 go build -o "$work/smtpq" ./cmd/smtpq
-mkdir "$work/received"
 "$work/smtpq" devsink --listen 127.0.0.1:0 --dir "$work/received" >"$work/sink.log" 2>&1 &
 sink_pid=$!
-for _ in $(seq 50); do grep -q 'listening on' "$work/sink.log" && break; sleep 0.1; done
-port=$(sed -n 's/^devsink listening on 127\.0\.0\.1:\([0-9]*\),.*/\1/p' "$work/sink.log")
+port=
+for _ in $(seq 50); do # its first line: "devsink listening on 127.0.0.1:PORT, saving to DIR"
+	port=$(sed -n 's/^devsink listening on 127\.0\.0\.1:\([0-9]*\),.*/\1/p' "$work/sink.log")
+	[ -z "$port" ] || break
+	sleep 0.1
+done
 [ -n "$port" ] || fail "the sink did not start: $(cat "$work/sink.log")"
 
 wexe() { timeout 120 wine "$work/smtpq.exe" "$@"; }
@@ -135,14 +138,9 @@ sent_dir: '$zwork\\spool\\sent'
 undeliverable_dir: '$zwork\\spool\\undeliverable'
 identity_file: '$zwork\\keys\\identity.txt'
 recipient_file: '$zwork\\keys\\recipient.txt'
-relays:
-  sink:
-    host: 127.0.0.1
-    port: $port
-    tls: none
+relays: {sink: {host: 127.0.0.1, port: $port, tls: none}}
 default_relay: sink
-allowed_hosts:
-  - 127.0.0.1:$port
+allowed_hosts: ['127.0.0.1:$port']
 scan_interval: 1s
 EOF
 say "smtpq.exe keygen, enqueue and sendmail ($cfg)"
