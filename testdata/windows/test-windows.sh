@@ -94,15 +94,13 @@ WINDOWS_PKGS=(
 	./pipeline/smtptest/ ./cmd/smtpq/internal/cli/ ./cmd/smtpq/internal/service/
 )
 # Tests that cannot pass on Windows, by name:
-#   TestSyncDir: wants an error for a folder that does not exist; Windows'
-#     SyncDir does nothing (no folder fsync there), so it has none
 #   TestJournalLinesCannotBeForgedByNames, TestLongAndOddNamesAreFiled,
 #   FuzzSpoolNames: file names with a newline, a tab, '"' or bytes that are
 #     not UTF-8, which a Windows file system cannot hold
 #   TestSwappedSymlinkIsFiledAsANote: Wine's symbolic links are Unix ones,
 #     not the reparse points Windows makes (and only with a privilege)
 #   TestConfigNATS: expects /etc/... where Windows makes the path Z:\etc\...
-WINDOWS_SKIP='^(TestSyncDir|TestJournalLinesCannotBeForgedByNames|TestLongAndOddNamesAreFiled|FuzzSpoolNames|TestSwappedSymlinkIsFiledAsANote|TestConfigNATS)$'
+WINDOWS_SKIP='^(TestJournalLinesCannotBeForgedByNames|TestLongAndOddNamesAreFiled|FuzzSpoolNames|TestSwappedSymlinkIsFiledAsANote|TestConfigNATS)$'
 # -p 1: one test binary at a time. All the Wine programs of a prefix go
 # through its one wineserver; two test binaries at once took 100 s each for
 # queuefile and spool, against 18 and 26 s one after the other.
