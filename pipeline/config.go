@@ -214,6 +214,26 @@ type ConsoleTLS struct {
 	KeyFile  string `yaml:"key_file"`
 }
 
+// NotifyConfig is the notify section: delivery status notices to senders
+// and webhooks for applications (package pipeline/notify).
+type NotifyConfig struct {
+	DSN      NotifyDSN       `yaml:"dsn"`
+	Webhooks []NotifyWebhook `yaml:"webhooks"`
+}
+
+// NotifyDSN says when the envelope sender gets a delivery status notice.
+type NotifyDSN struct {
+	Failure bool     `yaml:"failure"` // when a message fails for good
+	Delay   Duration `yaml:"delay"`   // once, when a message is still undelivered this long after it was queued; 0: never
+}
+
+// NotifyWebhook is one receiver of JSON events, signed with HMAC-SHA-256.
+type NotifyWebhook struct {
+	URL        string     `yaml:"url"`         // http or https
+	SecretFile string     `yaml:"secret_file"` // the HMAC key: the file's first line
+	Events     StringList `yaml:"events"`      // sent, deferred, failed, held (any case); empty: all
+}
+
 // Config is the service configuration, read from YAML by LoadConfig. Relative
 // paths are relative to the configuration file's folder.
 type Config struct {
@@ -254,6 +274,10 @@ type Config struct {
 	// NATS, if set, runs the queue on a NATS JetStream stream shared by
 	// several nodes instead of in queue_dir alone (see cluster.go).
 	NATS *NATSConfig `yaml:"nats"`
+
+	// Notify tells senders (delivery status notices) and applications
+	// (webhooks) what became of their mail; off by default.
+	Notify NotifyConfig `yaml:"notify"`
 
 	// Path is the file the configuration was read from (not a YAML key).
 	Path string `yaml:"-"`
@@ -351,7 +375,7 @@ var unknownField = regexp.MustCompile(`field (\S+) not found in type pipeline\.(
 // sections are the structs a configuration's keys live in, by Go name.
 var sections = func() map[string]reflect.Type {
 	m := map[string]reflect.Type{}
-	for _, v := range []any{Config{}, Relay{}, HostLimits{}, RetryConfig{}, TimeoutsConfig{}, TLSConfig{}, LogConfig{}, MetricsConfig{}, ConsoleConfig{}, ConsoleUser{}, ConsoleTLS{}, SendmailConfig{}, NATSConfig{}, NATSTLS{}, NATSEmbedded{}} {
+	for _, v := range []any{Config{}, Relay{}, HostLimits{}, RetryConfig{}, TimeoutsConfig{}, TLSConfig{}, LogConfig{}, MetricsConfig{}, ConsoleConfig{}, ConsoleUser{}, ConsoleTLS{}, SendmailConfig{}, NotifyConfig{}, NotifyDSN{}, NotifyWebhook{}, NATSConfig{}, NATSTLS{}, NATSEmbedded{}} {
 		t := reflect.TypeOf(v)
 		m[t.Name()] = t
 	}
@@ -484,6 +508,9 @@ func (c *Config) resolvePaths(dir string) {
 		abs(&r.PasswordFile)
 		c.Relays[name] = r
 	}
+	for i := range c.Notify.Webhooks {
+		abs(&c.Notify.Webhooks[i].SecretFile)
+	}
 	if n := c.NATS; n != nil {
 		for _, p := range []*string{&n.CredsFile, &n.NKeyFile, &n.PasswordFile, &n.TLS.CAFile, &n.TLS.CertFile, &n.TLS.KeyFile} {
 			abs(p)
@@ -577,6 +604,7 @@ func (c *Config) Validate() error {
 	if c.Retry.MaxBackoff < c.Retry.MinBackoff {
 		errs = append(errs, errors.New("retry.max_backoff is shorter than retry.min_backoff"))
 	}
+	errs = append(errs, c.validateNotify()...)
 	if _, err := ParseLogLevel(c.Log.Level); err != nil {
 		errs = append(errs, fmt.Errorf("log.level: %w", err))
 	}
@@ -646,6 +674,7 @@ func (c *Config) normalize() {
 	if v, err := ParseLogFormat(c.Log.Format); err == nil {
 		c.Log.Format = v
 	}
+	c.Notify.normalize()
 	hosts := make(map[string]HostLimits, len(c.Hosts))
 	for host, l := range c.Hosts {
 		hosts[hostsKey(host)] = l
@@ -666,6 +695,8 @@ func (c *Config) clone() *Config {
 	n.allowed = slices.Clone(c.allowed)
 	n.Relays = maps.Clone(c.Relays)
 	n.Hosts = maps.Clone(c.Hosts)
+	n.Notify = c.Notify.clone()
+	n.Console.Users = maps.Clone(c.Console.Users)
 	return &n
 }
 

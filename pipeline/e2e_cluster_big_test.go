@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/smtpq/smtpq/pipeline"
@@ -48,17 +47,12 @@ func TestClusterLargeMessages(t *testing.T) {
 	srv := smtptest.NewServer(t)
 	a := pipelinetest.Start(t, pipelinetest.Config(func(cfg *pipeline.Config) {
 		cfg.NATS = &pipeline.NATSConfig{URLs: []string{ns.URL()}, Node: "a", AckWait: pipeline.Duration(5 * time.Second)}
+		// Megabytes through the race detector on a busy machine: the
+		// test kit's 10 s for the data is too short.
+		cfg.Timeouts.Data = pipeline.Duration(2 * time.Minute)
 	}))
 
-	nc, err := nats.Connect(ns.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, js := natstest.Connect(t, ns.URL())
 	producer := *a.Queue
 	producer.PublishFrom = func(name string, r io.Reader, size int64) (string, error) {
 		return stream.PublishReader(t.Context(), js, "", name, r, size)

@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/smtpq/smtpq/pipeline"
@@ -145,15 +144,7 @@ func TestClusterNATSNodeLostMidDrain(t *testing.T) {
 // stream.
 func streamLeader(t *testing.T, c *natstest.Cluster) int {
 	t.Helper()
-	nc, err := nats.Connect(c.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, js := natstest.Connect(t, c.URL())
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
 	str, err := js.Stream(ctx, stream.DefaultStream)
@@ -181,15 +172,7 @@ func streamLeader(t *testing.T, c *natstest.Cluster) int {
 // returns why not if it does not come to that within d.
 func waitStreamDrained(t *testing.T, c *natstest.Cluster, d time.Duration) string {
 	t.Helper()
-	nc, err := nats.Connect(c.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, js := natstest.Connect(t, c.URL())
 	why := ""
 	deadline := time.Now().Add(d)
 	for time.Now().Before(deadline) {

@@ -8,9 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/smtpq/smtpq/pipeline"
 	"github.com/smtpq/smtpq/pipeline/natstest"
 	"github.com/smtpq/smtpq/pipeline/pipelinetest"
@@ -47,15 +44,7 @@ func TestClusterDrainsOnce(t *testing.T) {
 	}))
 	b := clusterNode(t, a, "b")
 
-	nc, err := nats.Connect(c.URLs()[1])
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, js := natstest.Connect(t, c.URLs()[1])
 	published := *b.Queue
 	published.Publish = func(name string, sealed []byte) (string, error) {
 		return stream.Publish(t.Context(), js, "", name, sealed)
@@ -175,12 +164,7 @@ func TestClusterRequeueAskedOfTheNodeThatFiledIt(t *testing.T) {
 	}
 	refuse.Store(false)
 
-	nc, err := nats.Connect(nsrv.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
+	_, js := natstest.Connect(t, nsrv.URL())
 	var id string
 	for deadline := time.Now().Add(5 * time.Second); id == "" && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
 		rs, err := stream.Records(t.Context(), js, "", name)

@@ -213,6 +213,8 @@ func (p *Pipeline) Reload(cfg *Config) error {
 		return errors.New("queue_dir, sent_dir and undeliverable_dir cannot change without a restart")
 	case !slices.Equal(cfg.IdentityFile, old.IdentityFile):
 		return errors.New("identity_file cannot change without a restart")
+	case notifyChanged(cfg, old):
+		return errors.New("notify cannot change without a restart")
 	}
 	pws, err := readPasswords(cfg)
 	if err != nil {
@@ -426,6 +428,10 @@ type storage interface {
 func (p *Pipeline) Run(ctx context.Context) error {
 	live := p.live.Load()
 	cfg := live.cfg
+	nt, err := p.newNotifier(cfg, p.opts.Clock, p.log.Named("notify"))
+	if err != nil {
+		return err
+	}
 	sp, err := spool.Open(spool.Dirs{
 		Queue: cfg.QueueDir, Sent: cfg.SentDir, Undeliverable: cfg.UndeliverableDir,
 	}, p.opts.Clock.Now)
@@ -514,6 +520,9 @@ func (p *Pipeline) Run(ctx context.Context) error {
 		Spool: store, DeleteAfterSend: cfg.DeleteAfterSend, Clock: clock, Log: log.Named(ArchiverLogger),
 		OnFiled: func(f stages.Filed) {
 			met.observe(f, clock.Now())
+			if nt != nil {
+				nt.Filed(f)
+			}
 			con.observe(f)
 			if p.opts.OnFiled != nil {
 				p.opts.OnFiled(f)
@@ -610,6 +619,9 @@ func (p *Pipeline) Run(ctx context.Context) error {
 			}
 			cl.forward(ctx, sp, fp, cfg.NATS.Stream, clock, cfg.ScanInterval.D(), log.Named("forward"))
 		})
+	}
+	if nt != nil {
+		all.Go(func() { nt.Run(ctx) })
 	}
 	// Operator instructions left by the queue commands (separate processes)
 	// in queue_dir/.control.

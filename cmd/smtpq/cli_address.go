@@ -1,26 +1,21 @@
 package main
 
 import (
-	"io"
-	"mime"
 	"net/mail"
 	"strings"
+
+	"github.com/smtpq/smtpq/pipeline/queuefile"
 )
 
-// addressParser parses address lists only for their addresses: display names
-// in any character set are accepted (and not decoded), so that a From field
-// encoded in, say, ISO-2022-JP does not make its address unreadable.
-var addressParser = mail.AddressParser{WordDecoder: &mime.WordDecoder{
-	CharsetReader: func(_ string, input io.Reader) (io.Reader, error) { return input, nil },
-}}
-
 // parseAddressList returns the addresses of an address-list field value or
-// argument ("a@x, Name <b@y>, group: c@z;"). An empty value has none.
+// argument ("a@x, Name <b@y>, group: c@z;"), read by go-message (through
+// queuefile.ParseAddressList: a display name in any charset is accepted). An
+// empty value has none.
 func parseAddressList(s string) ([]string, error) {
 	if strings.TrimSpace(s) == "" {
 		return nil, nil
 	}
-	list, err := addressParser.ParseList(s)
+	list, err := queuefile.ParseAddressList(s)
 	if err != nil {
 		return nil, err
 	}

@@ -6,7 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/smtpq/smtpq/pipeline/natstest"
@@ -36,12 +35,7 @@ func TestEnqueuePublishesToTheStream(t *testing.T) {
 		t.Errorf("left in queue_dir: %v", left)
 	}
 
-	nc, err := nats.Connect(srv.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
+	_, js := natstest.Connect(t, srv.URL())
 	str, err := js.Stream(t.Context(), stream.DefaultStream)
 	if err != nil {
 		t.Fatal(err)
@@ -228,15 +222,7 @@ func natsEnv(t *testing.T) (*testEnv, *natstest.Server) {
 // when the test ends, with its JetStream context.
 func streamNode(t *testing.T, srv *natstest.Server) (*stream.Spool, jetstream.JetStream) {
 	t.Helper()
-	nc, err := nats.Connect(srv.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, js := natstest.Connect(t, srv.URL())
 	dir := t.TempDir()
 	n, err := stream.Open(t.Context(), js, stream.Config{Node: "n1", Sent: dir + "/sent", Undeliverable: dir + "/undeliverable", Poll: 200 * time.Millisecond})
 	if err != nil {

@@ -222,7 +222,10 @@ func newLogger(cfg *pipeline.Config) (*zap.Logger, zap.AtomicLevel, func(), erro
 		return nil, zap.AtomicLevel{}, nil, fmt.Errorf("log.level: %w", err)
 	}
 	level := zap.NewAtomicLevelAt(lvl)
-	paths := []string{"stderr"}
+	var paths []string
+	if cfg.Log.Dir == "" || hasStderr() {
+		paths = append(paths, "stderr")
+	}
 	if cfg.Log.Dir != "" {
 		if err := os.MkdirAll(cfg.Log.Dir, 0o750); err != nil {
 			return nil, zap.AtomicLevel{}, nil, fmt.Errorf("log.dir: %w", err)

@@ -425,24 +425,28 @@ func prepareMessage(hdr []byte, complete bool, o *sendmailOpts, names *localName
 		}
 	}
 
-	all, err := queuefile.Strip(io.Discard, bytes.NewReader(hdr), func(string) bool { return true })
+	h, err := queuefile.ParseHeader(hdr)
 	if err != nil {
 		return nil, err
 	}
-	fields := all.Removed
+	var fields []headerField
+	for fs := h.Fields(); fs.Next(); {
+		raw, _ := fs.Raw() // fields read from the message have their bytes
+		fields = append(fields, headerField{key: fs.Key(), value: fs.Value(), raw: raw})
+	}
 	m := &preparedMessage{}
 	// Address fields with bare names are read, and written back, with the
 	// names qualified: "From: root (Cron Daemon)" is sent as
 	// "From: Cron Daemon <root@domain>".
-	rewritten := map[int]string{}
+	rewritten := map[int][]byte{}
 	// addrs returns a field's addresses, bare names left bare for the
 	// envelope to qualify (recipients through the aliases).
-	addrs := func(i int, f queuefile.Field) ([]string, error) {
-		list, err := parseAddressList(f.Value())
+	addrs := func(i int, f headerField) ([]string, error) {
+		list, err := parseAddressList(f.value)
 		if err == nil {
 			return list, nil
 		}
-		items, ok := parseBareList(f.Value())
+		items, ok := parseBareList(f.value)
 		if !ok {
 			return nil, err
 		}
@@ -451,7 +455,9 @@ func prepareMessage(hdr []byte, complete bool, o *sendmailOpts, names *localName
 			out = append(out, b.addr)
 			shown = append(shown, formatMailbox(b.name, names.domainOnly(b.addr)))
 		}
-		rewritten[i] = f.Name + ": " + strings.Join(shown, ", ")
+		if rewritten[i], err = queuefile.FormatField(f.key, strings.Join(shown, ", "), eol); err != nil {
+			return nil, fmt.Errorf("%s field: %w", f.key, err)
+		}
 		return out, nil
 	}
 
@@ -467,12 +473,12 @@ func prepareMessage(hdr []byte, complete bool, o *sendmailOpts, names *localName
 			continue // the header is qualified all the same
 		}
 		if err != nil {
-			return nil, fmt.Errorf("%s field: %v", f.Name, err)
+			return nil, fmt.Errorf("%s field: %v", f.key, err)
 		}
 		for _, a := range list {
 			for _, q := range names.qualify(a) {
 				if err := queuefile.CheckAddress(q); err != nil {
-					return nil, fmt.Errorf("%s field: %w", f.Name, err)
+					return nil, fmt.Errorf("%s field: %w", f.key, err)
 				}
 				m.to = appendUnique(m.to, q)
 			}
@@ -498,7 +504,7 @@ func prepareMessage(hdr []byte, complete bool, o *sendmailOpts, names *localName
 				continue
 			}
 			if err != nil {
-				return nil, fmt.Errorf("%s field: %v", f.Name, err)
+				return nil, fmt.Errorf("%s field: %v", f.key, err)
 			}
 			if len(list) > 0 {
 				m.from = names.domainOnly(list[0])
@@ -515,38 +521,52 @@ func prepareMessage(hdr []byte, complete bool, o *sendmailOpts, names *localName
 		derived = true
 	}
 
-	// Bcc fields never reach the recipients.
+	// Bcc fields never reach the recipients; the other fields are written
+	// as they came, or qualified.
 	var out bytes.Buffer
 	if !hasFrom && (o.hasName || derived) {
-		out.WriteString("From: " + formatMailbox(o.fullName, m.from) + eol)
-	}
-	if len(rewritten) == 0 {
-		if _, err := queuefile.Strip(&out, bytes.NewReader(hdr), func(n string) bool { return strings.EqualFold(n, "Bcc") }); err != nil {
-			return nil, err
+		from, err := queuefile.FormatField("From", formatMailbox(o.fullName, m.from), eol)
+		if err != nil {
+			return nil, fmt.Errorf("From field: %w", err)
 		}
-	} else {
-		for i, f := range fields {
-			switch r, ok := rewritten[i]; {
-			case isField(f, "Bcc"):
-			case ok:
-				out.WriteString(r + eol)
-			default:
-				out.Write(f.Raw)
-			}
-		}
-		out.WriteString(eol)
+		out.Write(from)
 	}
+	for i, f := range fields {
+		switch r, ok := rewritten[i]; {
+		case isField(f, "Bcc"):
+		case ok:
+			out.Write(r)
+		default:
+			out.Write(f.raw)
+		}
+	}
+	out.Write(headerEnd(hdr))
 	m.header = out.Bytes()
 	return m, nil
 }
 
-func isField(f queuefile.Field, names ...string) bool {
+// headerField is one field of the header being prepared, as go-message
+// read it.
+type headerField struct {
+	key, value string // canonical name, unfolded value
+	raw        []byte // as written
+}
+
+func isField(f headerField, names ...string) bool {
 	for _, n := range names {
-		if strings.EqualFold(f.Name, n) {
+		if strings.EqualFold(f.key, n) {
 			return true
 		}
 	}
 	return false
+}
+
+// headerEnd returns the empty line that ends hdr ("\r\n" or "\n").
+func headerEnd(hdr []byte) []byte {
+	if bytes.HasSuffix(hdr, []byte("\n\r\n")) {
+		return []byte("\r\n")
+	}
+	return []byte("\n")
 }
 
 // isFieldLine reports whether line starts a header field: a name of printable

@@ -128,6 +128,21 @@ func TestSendmail(t *testing.T) {
 			t.Errorf("message %q", msg)
 		}
 	})
+	t.Run("-t, names encoded in other charsets", func(t *testing.T) {
+		// Outlook and PHP write windows-1252 words; net/mail alone refused
+		// the whole list ("charset not supported").
+		e.t = t
+		const in = "From: =?windows-1252?q?Ren=E9?= <rene@example.com>\r\n" +
+			"To: =?windows-1252?q?Ren=E9e?= <b@example.org>, =?koi8-r?B?7s/Xz9PUyQ==?= <c@example.org>\r\n" +
+			"Bcc: =?x-unheard-of?q?Zed?= <d@example.org>\r\nSubject: x\r\n\r\nbody\r\n"
+		from, to, msg := e.sendmailOK(in, "-t")
+		if from != "rene@example.com" || !sameStrings(to, []string{"b@example.org", "c@example.org", "d@example.org"}) {
+			t.Errorf("envelope %q -> %q", from, to)
+		}
+		if want := strings.Replace(in, "Bcc: =?x-unheard-of?q?Zed?= <d@example.org>\r\n", "", 1); msg != want {
+			t.Errorf("message %q, want %q", msg, want)
+		}
+	})
 	t.Run("ignored options", func(t *testing.T) {
 		e.t = t
 		from, to, msg := e.sendmailOK(plain, "-odi", "-oem", "-om", "-B8BITMIME", "-N", "never", "-G", "-U", "-bm", "-n", "-h", "5", "--", "x@example.org")

@@ -28,7 +28,7 @@ func TestClusterNodeLost(t *testing.T) {
 		t.Fatal("no meta leader after NewCluster")
 	}
 
-	_, js := connect(t, c.URL())
+	_, js := Connect(t, c.URL())
 	ctx := within(t, 45*time.Second)
 
 	stream, err := js.CreateStream(ctx, jetstream.StreamConfig{

@@ -6,31 +6,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
-
-// connect opens a client to url (one URL or several joined by commas) that
-// keeps reconnecting while a test stops servers, and closes it when the
-// test ends.
-func connect(t *testing.T, url string, opts ...nats.Option) (*nats.Conn, jetstream.JetStream) {
-	t.Helper()
-	opts = append([]nats.Option{
-		nats.MaxReconnects(-1),
-		nats.ReconnectWait(50 * time.Millisecond),
-		nats.Timeout(2 * time.Second),
-	}, opts...)
-	nc, err := nats.Connect(url, opts...)
-	if err != nil {
-		t.Fatalf("connecting to %s: %v", url, err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatalf("jetstream.New: %v", err)
-	}
-	return nc, js
-}
 
 // within returns a context that ends after d or with the test.
 func within(t *testing.T, d time.Duration) context.Context {

@@ -18,7 +18,7 @@ func TestServerWorkQueue(t *testing.T) {
 	if !strings.HasPrefix(srv.URL(), "nats://127.0.0.1:") {
 		t.Fatalf("URL() = %q, want nats://127.0.0.1:port", srv.URL())
 	}
-	_, js := connect(t, srv.URL())
+	_, js := Connect(t, srv.URL())
 	ctx := within(t, 20*time.Second)
 
 	stream, err := js.CreateStream(ctx, jetstream.StreamConfig{
@@ -69,7 +69,7 @@ func TestServerRestartKeepsStore(t *testing.T) {
 	// A request sent between the server's shutdown and the client noticing
 	// it is lost, so the test waits for the client to reconnect.
 	reconnected := make(chan struct{}, 1)
-	_, js := connect(t, url, nats.ReconnectHandler(func(*nats.Conn) {
+	_, js := Connect(t, url, nats.ReconnectHandler(func(*nats.Conn) {
 		select {
 		case reconnected <- struct{}{}:
 		default:
@@ -122,7 +122,7 @@ func TestServerRestartKeepsStore(t *testing.T) {
 // A message over the maximum payload is refused before it is sent.
 func TestServerMaxPayload(t *testing.T) {
 	srv := NewServer(t, WithMaxPayload(1024))
-	nc, _ := connect(t, srv.URL())
+	nc, _ := Connect(t, srv.URL())
 	if got := nc.MaxPayload(); got != 1024 {
 		t.Fatalf("client sees max payload %d, want 1024", got)
 	}

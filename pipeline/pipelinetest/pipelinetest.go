@@ -42,7 +42,9 @@ import (
 )
 
 // WaitTimeout bounds every wait of Env; a test that waits longer fails.
-var WaitTimeout = 30 * time.Second
+// It is generous: it bounds a test that hangs, it is not a speed target,
+// and a machine running several test binaries with -race is slow.
+var WaitTimeout = 60 * time.Second
 
 // Env is a pipeline in temporary folders.
 type Env struct {

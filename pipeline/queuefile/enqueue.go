@@ -12,7 +12,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/mail"
 	"os"
 	"path/filepath"
 	"strings"
@@ -79,26 +78,26 @@ func (q *Queue) Enqueue(msg io.Reader, p Params) (name string, err error) {
 	if err != nil {
 		return "", fmt.Errorf("enqueue: reading message: %w", err)
 	}
-	fields, err := Strip(io.Discard, bytes.NewReader(hdr), func(n string) bool {
-		return IsSealedField(n) || equalFold(n, "To") || equalFold(n, "Cc") || equalFold(n, "Bcc") ||
-			equalFold(n, "Sender") || equalFold(n, "From")
+	// The fields that say who sends to whom, read by go-message (any other
+	// field, of any size, is passed through as it is).
+	all, err := Strip(io.Discard, bytes.NewReader(hdr), func(n string) bool {
+		return IsSealedField(n) || hasKey(n, addressFields)
 	})
 	if err != nil {
 		return "", fmt.Errorf("enqueue: reading message: %w", err)
 	}
-	for _, f := range fields.Removed {
-		if IsSealedField(f.Name) {
-			return "", fmt.Errorf("enqueue: %w: the message is already sealed", ErrDuplicateSeal)
-		}
+	fields := all.Removed
+	if fields.Has(SealedField) {
+		return "", fmt.Errorf("enqueue: %w: the message is already sealed", ErrDuplicateSeal)
 	}
 	fromHeaders := len(p.To) == 0
 	if fromHeaders {
-		if p.To, err = headerRecipients(fields.Removed); err != nil {
+		if p.To, err = headerRecipients(fields); err != nil {
 			return "", fmt.Errorf("enqueue: %w", err)
 		}
 	}
 	if p.From == "" {
-		if p.From, err = headerSender(fields.Removed); err != nil {
+		if p.From, err = headerSender(fields); err != nil {
 			return "", fmt.Errorf("enqueue: %w", err)
 		}
 	}
@@ -338,6 +337,9 @@ func writeQueueFile(path string, seal []byte, body *os.File) error {
 	return f.Close()
 }
 
+// addressFields are the fields Enqueue reads addresses from.
+var addressFields = []string{"To", "Cc", "Bcc", "Sender", "From"}
+
 // readHeaderSection reads up to and including the empty line that ends the
 // header section.
 func readHeaderSection(br *bufio.Reader) ([]byte, error) {
@@ -380,52 +382,6 @@ func lineEnding(hdr []byte) string {
 		return "\r\n"
 	}
 	return "\n"
-}
-
-func headerRecipients(fields []Field) ([]string, error) {
-	var to []string
-	seen := map[string]bool{}
-	for _, f := range fields {
-		if !equalFold(f.Name, "To") && !equalFold(f.Name, "Cc") && !equalFold(f.Name, "Bcc") {
-			continue
-		}
-		v := f.Value()
-		if v == "" {
-			continue
-		}
-		list, err := mail.ParseAddressList(v)
-		if err != nil {
-			return nil, fmt.Errorf("%s header: %v", f.Name, err)
-		}
-		for _, a := range list {
-			if k := strings.ToLower(a.Address); !seen[k] {
-				seen[k] = true
-				to = append(to, a.Address)
-			}
-		}
-	}
-	if len(to) == 0 {
-		return nil, fmt.Errorf("%w: none given and no To, Cc or Bcc header", ErrNoRecipients)
-	}
-	return to, nil
-}
-
-func headerSender(fields []Field) (string, error) {
-	for _, name := range []string{"Sender", "From"} {
-		for _, f := range fields {
-			if !equalFold(f.Name, name) {
-				continue
-			}
-			list, err := mail.ParseAddressList(f.Value())
-			if err != nil {
-				return "", fmt.Errorf("%s header: %v", f.Name, err)
-			}
-			if len(list) > 0 {
-				return list[0].Address, nil
-			}
-		}
-	}
-	return "", errors.New("no sender given and no Sender or From header")
 }
 
 var nameEncoding = base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithPadding(base32.NoPadding)

@@ -206,6 +206,15 @@ func TestEnqueueHeaderRecipients(t *testing.T) {
 			wantMsg: "From: a@example.com\n\nbody\n",
 		},
 		{
+			// net/mail alone fails these lists ("charset not supported"):
+			// go-message decodes windows-1252 and koi8-r, and a charset
+			// nobody knows leaves the name encoded but the address read.
+			name:    "display names encoded in other charsets",
+			msg:     "From: =?windows-1252?q?Ren=E9?= <rene@example.com>\r\nTo: =?windows-1252?q?Ren=E9e?= <b@example.org>, =?koi8-r?B?7s/Xz9PUyQ==?= <c@example.org>\r\nCc: =?x-unheard-of?q?Zed?= <d@example.org>\r\n\r\nbody\r\n",
+			wantTo:  []string{"b@example.org", "c@example.org", "d@example.org"},
+			wantMsg: "From: =?windows-1252?q?Ren=E9?= <rene@example.com>\r\nTo: =?windows-1252?q?Ren=E9e?= <b@example.org>, =?koi8-r?B?7s/Xz9PUyQ==?= <c@example.org>\r\nCc: =?x-unheard-of?q?Zed?= <d@example.org>\r\n\r\nbody\r\n",
+		},
+		{
 			name:    "fields after an unrelated field larger than MaxFieldSize",
 			msg:     "From: a@example.com\nTo: b@example.org\nX-Big: " + strings.Repeat("y", queuefile.MaxFieldSize) + "\nBcc: hidden@example.org\n\nbody\n",
 			wantTo:  []string{"b@example.org", "hidden@example.org"},

@@ -13,6 +13,7 @@ import (
 
 	"filippo.io/age"
 
+	"github.com/emersion/go-message/textproto"
 	"github.com/smtpq/smtpq/pipeline/queuefile"
 )
 
@@ -255,4 +256,20 @@ func errorIsOnly(tb testing.TB, err, want error) {
 			tb.Errorf("error %v also matches %v", err, other)
 		}
 	}
+}
+
+// removedField is one field of a StripResult's Removed header.
+type removedField struct {
+	Name, Value string // canonical name, unfolded value
+	Raw         []byte // as written
+}
+
+// removedFields lists h's fields in file order.
+func removedFields(h textproto.Header) []removedField {
+	var out []removedField
+	for fs := h.Fields(); fs.Next(); {
+		raw, _ := fs.Raw()
+		out = append(out, removedField{Name: fs.Key(), Value: fs.Value(), Raw: raw})
+	}
+	return out
 }

@@ -57,19 +57,19 @@ func OpenPickup(r io.Reader) (*Pickup, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading message: %w", err)
 	}
-	if len(res.Removed) == 0 {
+	if res.Removed.Len() == 0 {
 		return nil, ErrNotPickup
 	}
 	if !res.HeaderEnd {
 		return nil, ErrNoSeparator
 	}
 	p := &Pickup{Size: cw.N}
-	for _, f := range res.Removed {
+	for f := res.Removed.Fields(); f.Next(); {
 		addr := strings.Trim(f.Value(), "<>")
 		if err := CheckAddress(addr); err != nil {
-			return nil, fmt.Errorf("%s: %w", f.Name, err)
+			return nil, fmt.Errorf("%s: %w", f.Key(), err)
 		}
-		if equalFold(f.Name, "X-Sender") {
+		if equalFold(f.Key(), "X-Sender") {
 			if p.From != "" {
 				return nil, errors.New("more than one X-Sender header")
 			}

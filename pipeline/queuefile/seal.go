@@ -28,9 +28,10 @@ var (
 	ErrNoSeparator   = errors.New("no empty line between header and body")
 )
 
-// foldWidth is the number of base64 characters per continuation line; with
-// the leading space the line stays within 78 characters.
-const foldWidth = 76
+// foldWidth is the number of base64 characters per continuation line: with
+// the leading space the line is within go-message's preferred 76
+// characters, and a multiple of 4 so that each line is whole base64 groups.
+const foldWidth = 72
 
 // SealHeader encrypts p to recipients and returns the complete header field,
 // folded, each line ending in eol ("\r\n" or "\n").
@@ -53,22 +54,24 @@ func SealHeader(p *Params, eol string, recipients ...age.Recipient) ([]byte, err
 	if err := w.Close(); err != nil {
 		return nil, fmt.Errorf("seal: %w", err)
 	}
+	// "v1" and the base64 in words of foldWidth, which go-message folds one
+	// to a line.
 	b64 := base64.StdEncoding.EncodeToString(ct.Bytes())
-	var h bytes.Buffer
-	h.WriteString(SealedField + ": v1" + eol)
+	words := []string{"v1"}
 	for len(b64) > 0 {
 		n := min(foldWidth, len(b64))
-		h.WriteString(" " + b64[:n] + eol)
+		words = append(words, b64[:n])
 		b64 = b64[n:]
 	}
-	return h.Bytes(), nil
+	return FormatField(SealedField, strings.Join(words, " "), eol)
 }
 
 // maxSealPlain bounds the decrypted parameters; a real seal is under 64 KiB
 // even with thousands of recipients.
 const maxSealPlain = 4 << 20
 
-// OpenSeal decrypts the value of a sealed field (as returned by Field.Value).
+// OpenSeal decrypts the value of a sealed field (unfolded, as go-message's
+// textproto.Header.Get returns it).
 // It does not check the digest; Open does.
 func OpenSeal(value string, identities ...age.Identity) (*Params, error) {
 	parts := strings.Fields(value)
@@ -138,14 +141,14 @@ func OpenTo(body io.Writer, r io.Reader, identities ...age.Identity) (*Params, e
 	if err != nil {
 		return nil, fmt.Errorf("reading message: %w", err)
 	}
-	switch len(res.Removed) {
+	switch res.Removed.Len() {
 	case 0:
 		return nil, ErrNoSeal
 	case 1:
 	default:
 		return nil, ErrDuplicateSeal
 	}
-	p, err := OpenSeal(res.Removed[0].Value(), identities...)
+	p, err := OpenSeal(res.Removed.Get(SealedField), identities...)
 	if err != nil {
 		return nil, err
 	}

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"sync"
+
+	"github.com/emersion/go-message/textproto"
 )
 
 // SealedField is the name of the header field that carries the sealed
@@ -21,30 +23,14 @@ const MaxFieldSize = 256 << 10
 // ErrFieldTooLong is returned when a removed header field exceeds MaxFieldSize.
 var ErrFieldTooLong = errors.New("header field too long")
 
-// Field is one removed header field: its name as written and its raw bytes,
-// continuation lines and line endings included.
-type Field struct {
-	Name string
-	Raw  []byte
-}
-
-// Value returns the field's unfolded value: the text after the colon with
-// line breaks removed and surrounding white space trimmed.
-func (f Field) Value() string {
-	v := f.Raw
-	if i := bytes.IndexByte(v, ':'); i >= 0 {
-		v = v[i+1:]
-	}
-	v = bytes.ReplaceAll(v, []byte("\r\n"), nil)
-	v = bytes.ReplaceAll(v, []byte("\n"), nil)
-	return string(bytes.TrimSpace(v))
-}
-
 // StripResult says what Strip saw.
 type StripResult struct {
-	Removed      []Field // the removed fields, in file order
-	HeaderEnd    bool    // the empty line ending the header section was found
-	LeadingBlock bool    // every removed field stood before any kept field
+	// Removed holds the removed fields in file order, read by go-message:
+	// Removed.Fields() gives each one's canonical name, unfolded value and
+	// raw bytes (continuation lines and line endings as written).
+	Removed      textproto.Header
+	HeaderEnd    bool // the empty line ending the header section was found
+	LeadingBlock bool // every removed field stood before any kept field
 }
 
 // Strip copies src to dst leaving out every header field for which drop
@@ -59,71 +45,86 @@ func Strip(dst io.Writer, src io.Reader, drop func(name string) bool) (StripResu
 		br.Reset(nil)
 		readerPool.Put(br)
 	}()
-	var res StripResult
-	res.LeadingBlock = true
-	var (
-		cur      *Field // field being removed, nil if the current field is kept
-		keptSeen bool
-	)
+	var s splitter
+	err := s.strip(dst, br, drop)
+	return StripResult{Removed: rawHeader(s.removed), HeaderEnd: s.headerEnd, LeadingBlock: !s.keptBefore}, err
+}
+
+// splitter is the state of one Strip: the raw removed fields, and what it
+// saw of the header section.
+type splitter struct {
+	removed    []removedField
+	headerEnd  bool
+	keptSeen   bool // a kept field was seen
+	keptBefore bool // a kept field stood before a removed one
+}
+
+type removedField struct {
+	name string // as written, for errors
+	raw  []byte
+}
+
+func (s *splitter) strip(dst io.Writer, br *bufio.Reader, drop func(name string) bool) error {
+	var cur *removedField // field being removed, nil if the current field is kept
+	// put sends a piece of a line where its field goes.
+	put := func(b []byte) error {
+		if cur == nil {
+			_, err := dst.Write(b)
+			return err
+		}
+		if len(cur.raw)+len(b) > MaxFieldSize {
+			return fmt.Errorf("%s: %w", cur.name, ErrFieldTooLong)
+		}
+		cur.raw = append(cur.raw, b...)
+		return nil
+	}
 	for {
 		line, err := readPhysicalLine(br)
 		if len(line.first) == 0 && err != nil {
 			if err == io.EOF {
-				return res, nil // message ended inside the header section
+				return nil // message ended inside the header section
 			}
-			return res, err
+			return err
 		}
 		first := line.first
 		switch {
 		case isEmptyLine(first):
-			res.HeaderEnd = true
+			s.headerEnd = true
 			if _, werr := dst.Write(first); werr != nil {
-				return res, werr
+				return werr
 			}
-			return res, copyBody(dst, br)
+			return copyBody(dst, br)
 		case first[0] == ' ' || first[0] == '\t':
 			// Continuation of the current field: same fate as its first line.
 		default:
 			cur = nil
 			if name, ok := fieldName(first); ok && drop(name) {
-				res.Removed = append(res.Removed, Field{Name: name})
-				cur = &res.Removed[len(res.Removed)-1]
-				if keptSeen {
-					res.LeadingBlock = false
-				}
+				s.removed = append(s.removed, removedField{name: name})
+				cur = &s.removed[len(s.removed)-1]
+				s.keptBefore = s.keptBefore || s.keptSeen
 			} else {
-				keptSeen = true
+				s.keptSeen = true
 			}
 		}
-		if cur != nil {
-			if len(cur.Raw)+len(first) > MaxFieldSize {
-				return res, fmt.Errorf("%s: %w", cur.Name, ErrFieldTooLong)
-			}
-			cur.Raw = append(cur.Raw, first...)
-		} else if _, werr := dst.Write(first); werr != nil {
-			return res, werr
+		if perr := put(first); perr != nil {
+			return perr
 		}
 		// The rest of a line longer than the buffer.
 		for line.more {
 			var chunk []byte
 			chunk, line.more, err = readChunk(br)
-			if cur != nil {
-				if len(cur.Raw)+len(chunk) > MaxFieldSize {
-					return res, fmt.Errorf("%s: %w", cur.Name, ErrFieldTooLong)
-				}
-				cur.Raw = append(cur.Raw, chunk...)
-			} else if _, werr := dst.Write(chunk); werr != nil {
-				return res, werr
+			if perr := put(chunk); perr != nil {
+				return perr
 			}
 			if err != nil && err != io.EOF {
-				return res, err
+				return err
 			}
 		}
-		if err == io.EOF {
-			return res, nil
-		}
 		if err != nil {
-			return res, err
+			if err == io.EOF {
+				return nil
+			}
+			return err
 		}
 	}
 }

@@ -408,7 +408,7 @@ func PeekParams(path string, ids []age.Identity) (*queuefile.Params, stages.Kind
 	if err != nil {
 		return nil, stages.KindSealed, err
 	}
-	switch len(res.Removed) {
+	switch res.Removed.Len() {
 	case 0:
 		pk, perr := queuefile.OpenPickup(bytes.NewReader(hdr))
 		if errors.Is(perr, queuefile.ErrNotPickup) {
@@ -425,7 +425,7 @@ func PeekParams(path string, ids []age.Identity) (*queuefile.Params, stages.Kind
 	if len(ids) == 0 {
 		return nil, stages.KindSealed, errors.New("no identity to open the seal with")
 	}
-	p, err := queuefile.OpenSeal(res.Removed[0].Value(), ids...)
+	p, err := queuefile.OpenSeal(res.Removed.Get(queuefile.SealedField), ids...)
 	return p, stages.KindSealed, err
 }
 

@@ -15,8 +15,6 @@ func ownedUnlinked(os.FileInfo) bool { return false }
 
 func openForRewrite(string) (*os.File, error) { return nil, errors.ErrUnsupported }
 
-func renameNoReplace(string, string) error { return errors.ErrUnsupported }
-
 func isCrossDevice(error) bool { return false }
 
 func isNotSupported(err error) bool { return errors.Is(err, errors.ErrUnsupported) }

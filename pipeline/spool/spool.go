@@ -156,7 +156,16 @@ type file struct {
 func (f *file) Stat() (fs.FileInfo, error) { return os.Lstat(f.path) }
 
 // Open opens the file without blocking on a FIFO or a device.
-func (f *file) Open() (io.ReadCloser, error) { return queuefile.OpenFile(f.path, os.O_RDONLY, 0) }
+// Open opens the file. A failure that passes (another program holds the
+// file without sharing it, on Windows; no file descriptors left) is marked
+// stages.ErrStorage: the message is read again later, not failed.
+func (f *file) Open() (io.ReadCloser, error) {
+	r, err := queuefile.OpenFile(f.path, os.O_RDONLY, 0)
+	if err != nil && transientOpen(err) {
+		return nil, fmt.Errorf("%w: %w", stages.ErrStorage, err)
+	}
+	return r, err
+}
 
 func (f *file) Released() bool { return f.released }
 
@@ -218,8 +227,7 @@ func (s *Spool) Close() error {
 	if rerr := os.Remove(s.active); err == nil && rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
 		err = rerr
 	}
-	os.Remove(s.lock.Path())
-	if uerr := s.lock.Unlock(); err == nil {
+	if uerr := removeLock(s.lock.Unlock, s.lock.Path()); err == nil {
 		err = uerr
 	}
 	return err
@@ -260,7 +268,8 @@ func (s *Spool) Recover() (int, error) {
 			os.RemoveAll(legacyPool(s.dirs.Sent, e.Name()))
 			os.Remove(jpath)
 			os.Remove(dir)
-			os.Remove(l.Path())
+			removeLock(l.Unlock, l.Path())
+			continue
 		}
 		l.Unlock()
 	}

@@ -23,3 +23,24 @@ func TestNodesStartingTogether(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+// The state bucket is read through its stream's leader: a direct get may
+// be answered by a follower behind the last write, and a node could then
+// miss the record of a 250 and send the message again. A second Setup (a
+// publisher, another node) leaves it so for the handles it returns.
+func TestStateReadsThroughTheLeader(t *testing.T) {
+	js := connect(t, natstest.NewServer(t).URL())
+	for i := range 2 {
+		_, kv, err := stream.Setup(t.Context(), js, "", 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		str, err := js.Stream(t.Context(), "KV_"+kv.Bucket())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if str.CachedInfo().Config.AllowDirect {
+			t.Errorf("setup %d: the state bucket %s allows direct gets", i+1, kv.Bucket())
+		}
+	}
+}

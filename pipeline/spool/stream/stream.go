@@ -173,6 +173,9 @@ func Setup(ctx context.Context, js jetstream.JetStream, name string, replicas in
 	if err != nil {
 		return nil, nil, fmt.Errorf("state bucket %s_state: %w", name, err)
 	}
+	if kv, err = leaderReads(ctx, js, kv); err != nil {
+		return nil, nil, fmt.Errorf("state bucket %s_state: %w", name, err)
+	}
 	if _, err := setupRecords(ctx, js, name, replicas); err != nil {
 		return nil, nil, fmt.Errorf("records bucket %s: %w", recordsBucket(name), err)
 	}
@@ -180,6 +183,30 @@ func Setup(ctx context.Context, js jetstream.JetStream, name string, replicas in
 		return nil, nil, err
 	}
 	return str, kv, nil
+}
+
+// leaderReads turns direct gets off on kv's stream and returns a handle
+// that reads through the stream's leader. A direct get may be answered by a
+// follower that has not yet stored the last write: after a NATS server is
+// lost, a node that claims a message again could then miss the record of
+// the 250 and send it a second time (seen in TestClusterNATSNodeLostMidDrain).
+// CreateOrUpdateKeyValue turns them on again each time; handles taken
+// before keep reading as they were set up.
+func leaderReads(ctx context.Context, js jetstream.JetStream, kv jetstream.KeyValue) (jetstream.KeyValue, error) {
+	bucket := kv.Bucket()
+	return retry(ctx, func(ctx context.Context) (jetstream.KeyValue, error) {
+		str, err := js.Stream(ctx, "KV_"+bucket)
+		if err != nil {
+			return nil, err
+		}
+		if cfg := str.CachedInfo().Config; cfg.AllowDirect {
+			cfg.AllowDirect = false
+			if _, err := js.UpdateStream(ctx, cfg); err != nil {
+				return nil, err
+			}
+		}
+		return js.KeyValue(ctx, bucket)
+	})
 }
 
 // retry calls f up to eight times, each with a second more than the last

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"os/user"
 	"strings"
+	"unsafe"
 
 	kardianos "github.com/kardianos/service"
 	"golang.org/x/sys/windows"
@@ -61,16 +62,16 @@ func inspectWindows(name string) (*serviceState, error) {
 	s := &mgr.Service{Name: name, Handle: sh}
 	defer s.Close()
 	st.Installed = true
-	cfg, err := s.Config()
+	binPath, startType, err := queryConfig(sh)
 	if err != nil {
 		return nil, fmt.Errorf("service %s: %w", name, err)
 	}
-	if args, err := windows.DecomposeCommandLine(cfg.BinaryPathName); err == nil {
+	if args, err := windows.DecomposeCommandLine(binPath); err == nil {
 		st.Command = args
 	} else {
-		st.Command = []string{cfg.BinaryPathName}
+		st.Command = []string{binPath}
 	}
-	switch cfg.StartType {
+	switch startType {
 	case mgr.StartAutomatic:
 		st.StartType = string(StartAuto)
 	case mgr.StartManual:
@@ -95,6 +96,27 @@ func inspectWindows(name string) (*serviceState, error) {
 		st.State = "paused"
 	}
 	return st, nil
+}
+
+// queryConfig returns the service's command line and start type, from
+// QueryServiceConfig alone. mgr.Service.Config would also ask
+// QueryServiceConfig2 for the description, the delayed automatic start
+// and the SID type, which status does not show; Wine's service manager
+// answers the delayed-start level with ERROR_INVALID_LEVEL ("Invalid
+// level"), so under Wine every install, start and status failed there.
+func queryConfig(h windows.Handle) (binPath string, startType uint32, err error) {
+	n := uint32(1024)
+	for {
+		b := make([]byte, n)
+		p := (*windows.QUERY_SERVICE_CONFIG)(unsafe.Pointer(&b[0]))
+		err := windows.QueryServiceConfig(h, p, n, &n)
+		if err == nil {
+			return windows.UTF16PtrToString(p.BinaryPathName), p.StartType, nil
+		}
+		if !errors.Is(err, windows.ERROR_INSUFFICIENT_BUFFER) || n <= uint32(len(b)) {
+			return "", 0, err
+		}
+	}
 }
 
 // stopSelf asks the service control manager to stop this service, which
