@@ -3,6 +3,7 @@ package console_test
 import (
 	"context"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -11,6 +12,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/smtpq/smtpq/pipeline/console"
 	"github.com/smtpq/smtpq/pipeline/spool"
 	"github.com/smtpq/smtpq/stages"
 )
@@ -458,5 +460,31 @@ func TestLogout(t *testing.T) {
 	}
 	if code, loc, _ := c.do("GET", "/", nil); code != http.StatusSeeOther || loc != "/login" {
 		t.Errorf("after logout: %d %q", code, loc)
+	}
+}
+
+// TestSecureCookieUnderTLS: served over TLS, the session cookie is Secure
+// and carries the __Host- prefix.
+func TestSecureCookieUnderTLS(t *testing.T) {
+	f := newFixture(t)
+	users := func() map[string]string { return map[string]string{testUser: testHash} }
+	srv := httptest.NewTLSServer(console.NewServer(f.backend, f.svc, users, true, nil, nil).Handler())
+	defer srv.Close()
+	hc := srv.Client()
+	hc.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	resp, err := hc.PostForm(srv.URL+"/login", url.Values{"username": {testUser}, "password": {testPassword}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	cookies := resp.Cookies()
+	if resp.StatusCode != http.StatusSeeOther || len(cookies) != 1 {
+		t.Fatalf("login: %d, cookies %v", resp.StatusCode, cookies)
+	}
+	if ck := cookies[0]; ck.Name != "__Host-smtpq_session" || !ck.Secure || !ck.HttpOnly || ck.SameSite != http.SameSiteStrictMode || ck.Path != "/" {
+		t.Errorf("session cookie under TLS: %+v", ck)
+	}
+	if hsts := resp.Header.Get("Strict-Transport-Security"); hsts == "" {
+		t.Error("no Strict-Transport-Security under TLS")
 	}
 }
