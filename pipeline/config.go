@@ -19,6 +19,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/smtpq/smtpq/pipeline/console"
 	"github.com/smtpq/smtpq/pipeline/queuefile"
 	"github.com/smtpq/smtpq/stages"
 )
@@ -181,6 +182,38 @@ type MetricsConfig struct {
 	Listen string `yaml:"listen"` // e.g. "127.0.0.1:9465"; empty: off
 }
 
+// ConsoleConfig controls the web console (package pipeline/console). It is
+// off unless Listen is set; then at least one user is required, and an
+// address that is not loopback needs TLS or Insecure.
+type ConsoleConfig struct {
+	Listen   string                 `yaml:"listen"`   // e.g. "127.0.0.1:8025"; empty: off
+	Users    map[string]ConsoleUser `yaml:"users"`    // who may log in
+	TLS      ConsoleTLS             `yaml:"tls"`      // serve HTTPS with this certificate
+	Insecure bool                   `yaml:"insecure"` // allow plain HTTP on an address that is not loopback
+}
+
+// ConsoleUser is one user of the web console.
+type ConsoleUser struct {
+	// PasswordHash is the output of "smtpq console passwd" (bcrypt).
+	PasswordHash string `yaml:"password_hash"`
+}
+
+// MarshalYAML shows that a hash is set without showing it ("smtpq config
+// check" prints the configuration).
+func (u ConsoleUser) MarshalYAML() (any, error) {
+	h := "[not set]"
+	if u.PasswordHash != "" {
+		h = "[set]"
+	}
+	return map[string]string{"password_hash": h}, nil
+}
+
+// ConsoleTLS is the web console's certificate, in PEM files.
+type ConsoleTLS struct {
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+}
+
 // NotifyConfig is the notify section: delivery status notices to senders
 // and webhooks for applications (package pipeline/notify).
 type NotifyConfig struct {
@@ -232,6 +265,7 @@ type Config struct {
 	TLS             TLSConfig             `yaml:"tls"`
 	Log             LogConfig             `yaml:"log"`
 	Metrics         MetricsConfig         `yaml:"metrics"`
+	Console         ConsoleConfig         `yaml:"console"`
 	ScanInterval    Duration              `yaml:"scan_interval"` // periodic rescan of the queue
 
 	// Sendmail is how "smtpq sendmail" treats bare local names.
@@ -341,7 +375,7 @@ var unknownField = regexp.MustCompile(`field (\S+) not found in type pipeline\.(
 // sections are the structs a configuration's keys live in, by Go name.
 var sections = func() map[string]reflect.Type {
 	m := map[string]reflect.Type{}
-	for _, v := range []any{Config{}, Relay{}, HostLimits{}, RetryConfig{}, TimeoutsConfig{}, TLSConfig{}, LogConfig{}, MetricsConfig{}, SendmailConfig{}, NotifyConfig{}, NotifyDSN{}, NotifyWebhook{}, NATSConfig{}, NATSTLS{}, NATSEmbedded{}} {
+	for _, v := range []any{Config{}, Relay{}, HostLimits{}, RetryConfig{}, TimeoutsConfig{}, TLSConfig{}, LogConfig{}, MetricsConfig{}, ConsoleConfig{}, ConsoleUser{}, ConsoleTLS{}, SendmailConfig{}, NotifyConfig{}, NotifyDSN{}, NotifyWebhook{}, NATSConfig{}, NATSTLS{}, NATSEmbedded{}} {
 		t := reflect.TypeOf(v)
 		m[t.Name()] = t
 	}
@@ -465,6 +499,8 @@ func (c *Config) resolvePaths(dir string) {
 	abs(&c.RecipientFile)
 	abs(&c.TLS.CAFile)
 	abs(&c.Log.Dir)
+	abs(&c.Console.TLS.CertFile)
+	abs(&c.Console.TLS.KeyFile)
 	for i := range c.IdentityFile {
 		abs(&c.IdentityFile[i])
 	}
@@ -575,7 +611,50 @@ func (c *Config) Validate() error {
 	if _, err := ParseLogFormat(c.Log.Format); err != nil {
 		errs = append(errs, fmt.Errorf("log.format: %w", err))
 	}
+	errs = append(errs, c.Console.validate()...)
 	return errors.Join(errs...)
+}
+
+// validate checks the console section: users with bcrypt hashes, a
+// certificate with its key, and no plain HTTP off loopback unless insecure.
+func (c *ConsoleConfig) validate() []error {
+	var errs []error
+	if c.Listen == "" {
+		return nil
+	}
+	host, _, err := net.SplitHostPort(c.Listen)
+	if err != nil {
+		errs = append(errs, fmt.Errorf("console.listen %q: want host:port, e.g. 127.0.0.1:8025", c.Listen))
+	}
+	if len(c.Users) == 0 {
+		errs = append(errs, errors.New("console.users: at least one user is needed (password_hash from smtpq console passwd)"))
+	}
+	for _, name := range slices.Sorted(maps.Keys(c.Users)) {
+		if name == "" || strings.ContainsAny(name, " \t\r\n:") {
+			errs = append(errs, fmt.Errorf("console.users: user name %q: no spaces or colons", name))
+		}
+		if err := console.CheckHash(c.Users[name].PasswordHash); err != nil {
+			errs = append(errs, fmt.Errorf("console.users.%s.password_hash: %w", name, err))
+		}
+	}
+	tlsOn := c.TLS.CertFile != "" || c.TLS.KeyFile != ""
+	if tlsOn && (c.TLS.CertFile == "" || c.TLS.KeyFile == "") {
+		errs = append(errs, errors.New("console.tls: give both cert_file and key_file"))
+	}
+	if err == nil && !tlsOn && !c.Insecure && !isLoopbackHost(host) {
+		errs = append(errs, fmt.Errorf("console.listen %s is not a loopback address: set console.tls (cert_file, key_file), or console.insecure: true to serve plain HTTP there", c.Listen))
+	}
+	return errs
+}
+
+// isLoopbackHost reports whether host (from host:port) names only loopback
+// addresses: localhost or a loopback IP. An empty host is every interface.
+func isLoopbackHost(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // normalize rewrites every enumerated value into its constant and the hosts
@@ -617,6 +696,7 @@ func (c *Config) clone() *Config {
 	n.Relays = maps.Clone(c.Relays)
 	n.Hosts = maps.Clone(c.Hosts)
 	n.Notify = c.Notify.clone()
+	n.Console.Users = maps.Clone(c.Console.Users)
 	return &n
 }
 

@@ -231,7 +231,12 @@ func (m *metrics) handler(now func() time.Time) http.Handler {
 
 // serveMetrics listens on addr and serves until ctx is done.
 func (m *metrics) serve(ctx context.Context, ln net.Listener, now func() time.Time) error {
-	srv := &http.Server{Handler: m.handler(now), ReadHeaderTimeout: 10 * time.Second}
+	return serveUntil(ctx, &http.Server{Handler: m.handler(now), ReadHeaderTimeout: 10 * time.Second}, ln)
+}
+
+// serveUntil serves srv on ln until ctx is done, then shuts it down
+// within 5 seconds.
+func serveUntil(ctx context.Context, srv *http.Server, ln net.Listener) error {
 	stop := context.AfterFunc(ctx, func() {
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()

@@ -85,6 +85,8 @@ type Options struct {
 	// offer PIPELINING (RFC 2920), which smtpq otherwise uses. For tests,
 	// and for a server that offers it but gets it wrong.
 	NoPipelining bool
+	// Version is the service's version, shown by the web console.
+	Version string
 }
 
 // Pipeline is the mail queue service. Create it with New, start it with Run.
@@ -97,9 +99,10 @@ type Pipeline struct {
 
 	nodes atomic.Int32 // live nodes of the cluster sharing the queue; 0: no cluster
 
-	mu          sync.Mutex // guards running and metricsAddr
+	mu          sync.Mutex // guards running, metricsAddr and consoleAddr
 	running     *running   // set while Run runs
 	metricsAddr net.Addr   // where metrics are served, while Run runs
+	consoleAddr net.Addr   // where the web console is served, while Run runs
 }
 
 // MetricsAddr returns the address the metrics and health endpoint listens
@@ -451,6 +454,14 @@ func (p *Pipeline) Run(ctx context.Context) error {
 		p.metricsAddr = metricsLn.Addr()
 		p.mu.Unlock()
 	}
+	con, err := p.openConsole(cfg, sp.Dirs(), met)
+	if err != nil {
+		if metricsLn != nil {
+			metricsLn.Close()
+		}
+		sp.Close()
+		return err
+	}
 
 	var pickup *stages.Route
 	if cfg.PickupCompat {
@@ -470,6 +481,7 @@ func (p *Pipeline) Run(ctx context.Context) error {
 		onHold := func(id string) { go p.control(stages.HostControl{Op: stages.OpHold, Name: id}) }
 		if cl, err = openCluster(ctx, cfg, onNodes, onHold, log.Named("cluster")); err != nil {
 			sp.Close()
+			con.close()
 			if ctx.Err() != nil {
 				// Stopped while joining the cluster (a NATS election can
 				// take a while): a clean stop, nothing was taken.
@@ -511,6 +523,7 @@ func (p *Pipeline) Run(ctx context.Context) error {
 			if nt != nil {
 				nt.Filed(f)
 			}
+			con.observe(f)
 			if p.opts.OnFiled != nil {
 				p.opts.OnFiled(f)
 			}
@@ -621,6 +634,7 @@ func (p *Pipeline) Run(ctx context.Context) error {
 		})
 		log.Info("serving metrics and health", zap.String("addr", metricsLn.Addr().String()))
 	}
+	all.Go(func() { con.run(ctx, p) })
 	log.Info("smtpq running", zap.String("queue_dir", cfg.QueueDir), zap.Int("max_threads", cfg.MaxThreads))
 	all.Wait()
 	p.mu.Lock()

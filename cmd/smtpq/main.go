@@ -109,4 +109,5 @@ var commands = []func() *cobra.Command{
 	newDevsinkCmd,
 	newQueueCmd,
 	newServiceCmd,
+	newConsoleCmd,
 }

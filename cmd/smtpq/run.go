@@ -74,7 +74,7 @@ folders); 2 for a mistake in the command line.`,
 				return err
 			}
 			defer closeLog()
-			p, err := pipeline.New(cfg, service.PipelineOptions(crashOptions(pipeline.Options{Logger: log})))
+			p, err := pipeline.New(cfg, service.PipelineOptions(crashOptions(pipeline.Options{Logger: log, Version: version})))
 			if err != nil {
 				return err
 			}

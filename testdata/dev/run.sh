@@ -40,6 +40,11 @@ echo "devsink (pid $sink) on $listen, saving to $dev/received/ (log: $dev/devsin
 "$bin" run --config "$cfg" --init &
 svc=$!
 echo "smtpq run (pid $svc): Ctrl-C stops both"
+# The web console, if the config turns it on (console: listen: ...).
+console=$(sed -n '/^console:/,/^[^ #]/s/^  listen: *//p' "$cfg" | head -n 1)
+if [ -n "$console" ]; then
+  echo "web console: http://$console/ (user admin, password smtpq-dev; see $cfg)"
+fi
 while :; do
   forwarded=
   status=0
