@@ -138,14 +138,11 @@ func OpenTo(body io.Writer, r io.Reader, identities ...age.Identity) (*Params, e
 	if err != nil {
 		return nil, fmt.Errorf("reading message: %w", err)
 	}
-	switch len(res.Removed) {
-	case 0:
-		return nil, ErrNoSeal
-	case 1:
-	default:
-		return nil, ErrDuplicateSeal
+	seal, err := SealOf(res.Removed)
+	if err != nil {
+		return nil, err
 	}
-	p, err := OpenSeal(res.Removed[0].Value(), identities...)
+	p, err := OpenSeal(seal.Value(), identities...)
 	if err != nil {
 		return nil, err
 	}
@@ -159,6 +156,25 @@ func OpenTo(body io.Writer, r io.Reader, identities ...age.Identity) (*Params, e
 		return nil, ErrNoSeparator
 	}
 	return p, nil
+}
+
+// SealOf returns the one sealed field (SealedField) among the fields that
+// Strip removed with IsSealedField, the padding (PadField) left aside:
+// ErrNoSeal if there is none, ErrDuplicateSeal if there are more.
+func SealOf(removed []Field) (Field, error) {
+	var seal []Field
+	for _, f := range removed {
+		if equalFold(f.Name, SealedField) {
+			seal = append(seal, f)
+		}
+	}
+	switch len(seal) {
+	case 0:
+		return Field{}, ErrNoSeal
+	case 1:
+		return seal[0], nil
+	}
+	return Field{}, ErrDuplicateSeal
 }
 
 // CountWriter passes writes on to W and counts the bytes written.
