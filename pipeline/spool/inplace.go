@@ -141,10 +141,17 @@ func sealedBlockAt(f io.ReaderAt, n int64) bool {
 	if _, err := f.ReadAt(b, 0); err != nil {
 		return false
 	}
-	if b[n-1] != '\n' || b[n] == ' ' || b[n] == '\t' {
+	if b[n-1] != '\n' || b[n] == ' ' || b[n] == '\t' || b[0] == ' ' || b[0] == '\t' {
 		return false
 	}
-	kept := &queuefile.CountWriter{W: io.Discard}
-	res, err := queuefile.Strip(kept, bytes.NewReader(b[:n]), queuefile.IsSealedField)
-	return err == nil && kept.N == 0 && len(res.Removed) > 0 && !res.HeaderEnd
+	for line := range bytes.Lines(b[:n]) {
+		if line[0] == ' ' || line[0] == '\t' {
+			continue // a continuation line of the field before
+		}
+		name, _, ok := bytes.Cut(line, []byte(":"))
+		if !ok || !queuefile.IsSealedField(string(bytes.TrimRight(name, " \t"))) {
+			return false
+		}
+	}
+	return true
 }

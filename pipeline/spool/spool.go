@@ -69,7 +69,8 @@ type Dirs struct {
 // Archiver: each works on files it has claimed, identified by name.
 type Spool struct {
 	// Crash, if set, is called at named points ("claimed", "archive-write",
-	// "xml-write"): crash tests kill the process there. Set it before use.
+	// "sent-stripped", "xml-write"): crash tests kill the process there.
+	// Set it before use.
 	Crash func(point string)
 	// SyncFault, if set, is asked before each fsync of a file or folder
 	// the spool makes (the journal's included) with its path; an error it

@@ -190,7 +190,7 @@ func fillQueue(ctx context.Context, dir string, k *keys, batches []batch) error 
 					}
 					t := base.Add(time.Duration(seq+i) * time.Microsecond)
 					name := fmt.Sprintf("%s-%s%08d%s.eml", t.Format("20060102T150405.000000000Z"), bt.tag, i, route)
-					if err := os.WriteFile(filepath.Join(dir, name), file, 0o600); err != nil {
+					if err := os.WriteFile(filepath.Join(dir, name), file, 0o640); err != nil { // as Enqueue
 						errs[w] = err
 						return
 					}
