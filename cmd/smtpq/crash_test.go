@@ -22,10 +22,10 @@ import (
 	"time"
 
 	"github.com/emersion/go-smtp"
-	"golang.org/x/sys/unix"
 
 	"github.com/smtpq/smtpq/pipeline/queuefile"
 	"github.com/smtpq/smtpq/pipeline/smtptest"
+	"github.com/smtpq/smtpq/pipeline/spool"
 )
 
 var (
@@ -277,7 +277,7 @@ func TestCrashAtEachPoint(t *testing.T) {
 			})
 			e := newCrashTestEnv(t, 1)
 			e.unpadded = tc.point == "archive-write"
-			if tc.point == "sent-stripped" && !canCutBlocks(t, e.dir) {
+			if tc.point == "sent-stripped" && !spool.CutsInPlace(e.dir) {
 				t.Skipf("the file system of %s cannot cut blocks off a file (tmpfs?): Sent copies are never made in place there", e.dir)
 			}
 			to := "user@example.org"
@@ -359,21 +359,6 @@ func sink(t *testing.T) (host string, port int, count func() map[string]int) {
 		}
 		return ids
 	}
-}
-
-// canCutBlocks reports whether dir's file system lets smtpq cut blocks off
-// the front of a file (FALLOC_FL_COLLAPSE_RANGE: ext4, XFS), trying it.
-func canCutBlocks(t *testing.T, dir string) bool {
-	f, err := os.CreateTemp(dir, "probe")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.Remove(f.Name())
-	defer f.Close()
-	if _, err := f.Write(make([]byte, 2*queuefile.SealBlock)); err != nil {
-		t.Fatal(err)
-	}
-	return unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_COLLAPSE_RANGE, 0, queuefile.SealBlock) == nil
 }
 
 var msgID = regexp.MustCompile(`(?m)^Message-ID: <([^>]+)>`)

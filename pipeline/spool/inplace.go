@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"os"
 	"path/filepath"
 	"sync/atomic"
 
@@ -154,4 +155,21 @@ func sealedBlockAt(f io.ReaderAt, n int64) bool {
 		}
 	}
 	return true
+}
+
+// CutsInPlace reports whether the file system of dir lets the spool make
+// Sent copies in place (cut whole blocks off the front of a file), trying
+// it on a file of its own there. For tests and diagnostics: the spool
+// itself just tries, and copies where that fails.
+func CutsInPlace(dir string) bool {
+	f, err := os.CreateTemp(dir, ".cut-probe-")
+	if err != nil {
+		return false
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	if _, err := f.Write(make([]byte, 2*queuefile.SealBlock)); err != nil {
+		return false
+	}
+	return cutFront(f, queuefile.SealBlock) == nil
 }

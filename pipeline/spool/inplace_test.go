@@ -12,23 +12,6 @@ import (
 	"github.com/smtpq/smtpq/stages"
 )
 
-// cutOffSupported reports whether dir's file system lets the spool cut
-// whole blocks off the front of a file, trying it on a file of its own:
-// the tests must know which way FileSent should go where they run.
-func cutOffSupported(t *testing.T, dir string) bool {
-	t.Helper()
-	f, err := os.CreateTemp(dir, ".cut-probe-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.Remove(f.Name())
-	defer f.Close()
-	if _, err := f.Write(make([]byte, 2*queuefile.SealBlock)); err != nil {
-		t.Fatal(err)
-	}
-	return cutFront(f, queuefile.SealBlock) == nil
-}
-
 // inPlaceEnv is a spool whose queue files are made by Enqueue, and the
 // identities that open them.
 type inPlaceEnv struct {
@@ -93,7 +76,7 @@ func (e *inPlaceEnv) fileSent(job *stages.Job, msg string) string {
 func TestSentCopiesInPlace(t *testing.T) {
 	d := testDirs(t)
 	e := newInPlaceEnv(t, d)
-	want := cutOffSupported(t, d.Queue)
+	want := CutsInPlace(d.Queue)
 	const n = 5
 	for i := range n {
 		msg := fmt.Sprintf("From: a@example.com\r\nSubject: %d\r\n\r\n%s", i, strings.Repeat("body line\r\n", 100*i))
@@ -167,7 +150,7 @@ func TestSentCopiesInPlaceFallbackOnTmpfs(t *testing.T) {
 	}
 	t.Cleanup(func() { os.RemoveAll(root) })
 	d := Dirs{Queue: filepath.Join(root, "queue"), Sent: filepath.Join(root, "sent"), Undeliverable: filepath.Join(root, "undeliverable")}
-	if cutOffSupported(t, root) {
+	if CutsInPlace(root) {
 		t.Skip("/dev/shm can cut blocks: not a tmpfs")
 	}
 	e := newInPlaceEnv(t, d)
