@@ -13,7 +13,8 @@ import (
 // SMTPQ_CRASH_AT=POINT[:N] kills the process with SIGKILL (on Windows:
 // TerminateProcess) the Nth time (default the first) the pipeline reaches
 // POINT: claimed, connected, after-mail, after-dot, after-record,
-// archive-write or xml-write. It exists to test what happens after a real
+// archive-write (a Sent copy written, not yet linked), sent-stripped (a
+// Sent copy made in place: the seal cut off, not yet renamed) or xml-write. It exists to test what happens after a real
 // crash; never set it in production.
 const crashEnv = "SMTPQ_CRASH_AT"
 

@@ -87,7 +87,7 @@ func (q *Queue) Enqueue(msg io.Reader, p Params) (name string, err error) {
 		return "", fmt.Errorf("enqueue: reading message: %w", err)
 	}
 	fields := all.Removed
-	if fields.Has(SealedField) {
+	if fields.Has(SealedField) || fields.Has(PadField) {
 		return "", fmt.Errorf("enqueue: %w: the message is already sealed", ErrDuplicateSeal)
 	}
 	fromHeaders := len(p.To) == 0
@@ -170,7 +170,9 @@ func (q *Queue) Enqueue(msg io.Reader, p Params) (name string, err error) {
 		return q.Publish(name, b)
 	}
 	tmpPath := filepath.Join(tmpDir, name)
-	if err := writeQueueFile(tmpPath, seal, body); err != nil {
+	// Padded to whole blocks, so that the service can cut the sealed
+	// block off in place (PadField); a stream needs no padding.
+	if err := writeQueueFile(tmpPath, PadSeal(seal, lineEnding(hdr), SealBlock), body); err != nil {
 		os.Remove(tmpPath)
 		return "", fmt.Errorf("enqueue: %w", err)
 	}

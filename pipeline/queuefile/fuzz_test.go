@@ -38,11 +38,13 @@ func refStrip(b []byte) (out []byte, removed [][]byte, headerEnd bool) {
 	return out, removed, false
 }
 
-// isSealedLine reports whether a header line starts a sealed field (obsolete
-// white space before the colon allowed).
+// isSealedLine reports whether a header line starts a field of the sealed
+// block, the seal or its padding (obsolete white space before the colon
+// allowed).
 func isSealedLine(l []byte) bool {
 	i := bytes.IndexByte(l, ':')
-	return i > 0 && strings.EqualFold(string(bytes.TrimRight(l[:i], " \t")), queuefile.SealedField)
+	name := string(bytes.TrimRight(l[:max(i, 0)], " \t"))
+	return i > 0 && (strings.EqualFold(name, queuefile.SealedField) || strings.EqualFold(name, queuefile.PadField))
 }
 
 // headerHasSealedLine reports whether a line of b's header section starts
@@ -124,6 +126,8 @@ func FuzzStrip(f *testing.F) {
 		"From: a\nX-SmtpQ-Sealed: v1",
 		" leading\nX-SmtpQ-Sealed:\n",
 		"nocolon\nX-SMTPQ-SEALED:x\n\r\n",
+		"X-SmtpQ-Sealed: v1\r\n YWdl\r\nX-SmtpQ-Pad: 00\r\n 00\r\nFrom: a\r\n\r\nbody",
+		"From: a\nx-smtpq-pad:\n 0\n\nX-SmtpQ-Pad: body\n",
 	} {
 		f.Add([]byte(s))
 	}
@@ -161,7 +165,7 @@ func FuzzStrip(f *testing.F) {
 		if len(removed) == 0 && !bytes.Equal(got, b) {
 			t.Fatalf("nothing removed but output differs")
 		}
-		if !bytes.Contains(bytes.ToLower(b), []byte("x-smtpq-sealed")) && len(removed) != 0 {
+		if lb := bytes.ToLower(b); !bytes.Contains(lb, []byte("x-smtpq-sealed")) && !bytes.Contains(lb, []byte("x-smtpq-pad")) && len(removed) != 0 {
 			t.Fatalf("removed a field from a message without any")
 		}
 		// Stripping is idempotent.

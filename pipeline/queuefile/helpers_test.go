@@ -112,13 +112,28 @@ func lines(b []byte) [][]byte {
 }
 
 // splitSeal splits a queue file into its leading sealed field (first line
-// and continuation lines) and the rest. It fails the test if the file does
-// not start with the field.
+// and continuation lines) and the message after it, leaving out the padding
+// field (PadField) that Enqueue puts between them. It fails the test if the
+// file does not start with the sealed field.
 func splitSeal(tb testing.TB, file []byte) (seal, rest []byte) {
 	tb.Helper()
-	ls := lines(file)
-	if len(ls) == 0 || !bytes.HasPrefix(ls[0], []byte(queuefile.SealedField+":")) {
+	if !bytes.HasPrefix(file, []byte(queuefile.SealedField+":")) {
 		tb.Fatalf("queue file does not start with %s: %.60q", queuefile.SealedField, file)
+	}
+	n := fieldLen(file)
+	seal, rest = file[:n], file[n:]
+	if bytes.HasPrefix(rest, []byte(queuefile.PadField+":")) {
+		rest = rest[fieldLen(rest):]
+	}
+	return seal, rest
+}
+
+// fieldLen returns the length of the header field at the start of b: its
+// first line and continuation lines.
+func fieldLen(b []byte) int {
+	ls := lines(b)
+	if len(ls) == 0 {
+		return 0
 	}
 	n := len(ls[0])
 	for _, l := range ls[1:] {
@@ -127,7 +142,7 @@ func splitSeal(tb testing.TB, file []byte) (seal, rest []byte) {
 		}
 		n += len(l)
 	}
-	return file[:n], file[n:]
+	return n
 }
 
 // sealCiphertext returns the base64 text of a queue file's leading seal, and

@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"filippo.io/age"
+	"github.com/emersion/go-message/textproto"
 )
 
 // Errors from Open. Each names one way a queue file can be wrong; callers
@@ -141,14 +142,11 @@ func OpenTo(body io.Writer, r io.Reader, identities ...age.Identity) (*Params, e
 	if err != nil {
 		return nil, fmt.Errorf("reading message: %w", err)
 	}
-	switch res.Removed.Len() {
-	case 0:
-		return nil, ErrNoSeal
-	case 1:
-	default:
-		return nil, ErrDuplicateSeal
+	seal, err := SealOf(res.Removed)
+	if err != nil {
+		return nil, err
 	}
-	p, err := OpenSeal(res.Removed.Get(SealedField), identities...)
+	p, err := OpenSeal(seal, identities...)
 	if err != nil {
 		return nil, err
 	}
@@ -162,6 +160,22 @@ func OpenTo(body io.Writer, r io.Reader, identities ...age.Identity) (*Params, e
 		return nil, ErrNoSeparator
 	}
 	return p, nil
+}
+
+// SealOf returns the value of the one sealed field (SealedField) among
+// the fields that Strip removed with IsSealedField, the padding (PadField)
+// left aside: ErrNoSeal if there is none, ErrDuplicateSeal if there are
+// more.
+func SealOf(removed textproto.Header) (string, error) {
+	seals := removed.FieldsByKey(SealedField)
+	switch seals.Len() {
+	case 0:
+		return "", ErrNoSeal
+	case 1:
+		seals.Next()
+		return seals.Value(), nil
+	}
+	return "", ErrDuplicateSeal
 }
 
 // CountWriter passes writes on to W and counts the bytes written.

@@ -196,8 +196,11 @@ func fieldName(line []byte) (string, bool) {
 	return string(name), len(name) > 0
 }
 
-// IsSealedField reports whether name is SealedField, ignoring case.
-func IsSealedField(name string) bool { return equalFold(name, SealedField) }
+// IsSealedField reports whether name is a field of the sealed block,
+// ignoring case: SealedField, or PadField, which pads it and leaves with it.
+func IsSealedField(name string) bool {
+	return equalFold(name, SealedField) || equalFold(name, PadField)
+}
 
 func equalFold(a, b string) bool { return len(a) == len(b) && bytes.EqualFold([]byte(a), []byte(b)) }
 

@@ -408,8 +408,8 @@ func PeekParams(path string, ids []age.Identity) (*queuefile.Params, stages.Kind
 	if err != nil {
 		return nil, stages.KindSealed, err
 	}
-	switch res.Removed.Len() {
-	case 0:
+	seal, err := queuefile.SealOf(res.Removed)
+	if errors.Is(err, queuefile.ErrNoSeal) {
 		pk, perr := queuefile.OpenPickup(bytes.NewReader(hdr))
 		if errors.Is(perr, queuefile.ErrNotPickup) {
 			return nil, stages.KindSealed, queuefile.ErrNoSeal
@@ -418,14 +418,14 @@ func PeekParams(path string, ids []age.Identity) (*queuefile.Params, stages.Kind
 			return nil, stages.KindPickup, fmt.Errorf("pickup file: %w", perr)
 		}
 		return &queuefile.Params{From: pk.From, To: pk.To}, stages.KindPickup, nil
-	case 1:
-	default:
-		return nil, stages.KindSealed, queuefile.ErrDuplicateSeal
+	}
+	if err != nil {
+		return nil, stages.KindSealed, err
 	}
 	if len(ids) == 0 {
 		return nil, stages.KindSealed, errors.New("no identity to open the seal with")
 	}
-	p, err := queuefile.OpenSeal(res.Removed.Get(queuefile.SealedField), ids...)
+	p, err := queuefile.OpenSeal(seal, ids...)
 	return p, stages.KindSealed, err
 }
 

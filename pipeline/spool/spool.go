@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gofrs/flock"
@@ -68,7 +69,8 @@ type Dirs struct {
 // Archiver: each works on files it has claimed, identified by name.
 type Spool struct {
 	// Crash, if set, is called at named points ("claimed", "archive-write",
-	// "xml-write"): crash tests kill the process there. Set it before use.
+	// "sent-stripped", "xml-write"): crash tests kill the process there.
+	// Set it before use.
 	Crash func(point string)
 	// SyncFault, if set, is asked before each fsync of a file or folder
 	// the spool makes (the journal's included) with its path; an error it
@@ -84,6 +86,10 @@ type Spool struct {
 	sentDir *dirSync // fsyncs of the stages.Sent folder, shared
 	actDir  *dirSync // fsyncs of the active folder, shared
 	now     func() time.Time
+
+	cutBlock int64       // the file system's block, if Sent copies can be made in place (inplace.go); 0: never
+	cutOff   atomic.Bool // the file system refused: make copies
+	copies   sentCopies
 
 	mu sync.Mutex
 	// unrecorded are the ids of jobs whose acceptance by the server is in
@@ -140,6 +146,7 @@ func Open(d Dirs, now func() time.Time) (*Spool, error) {
 	s.pool = newInodePool(d.Queue, s.id, s.actDir)
 	s.sentDir = newDirSync(d.Sent)
 	s.sentDir.sync = s.syncDir
+	s.cutBlock = cutBlockSize(d)
 	return s, nil
 }
 
@@ -689,52 +696,74 @@ func (s *Spool) removeState(name string) error {
 	return err
 }
 
-// Sent files a delivered job: a copy without the sealed header in Sent (none
-// with deleteCopy), then removes the queue's copy and its state. The Sent copy
-// is durable before anything is removed.
+// FileSent files a delivered job: a copy without the sealed header in Sent
+// (none with deleteCopy), then removes the queue's copy and its state. The
+// Sent copy is durable before anything is removed. Where it can, the copy
+// is the queue file itself, its sealed block cut off in place (inplace.go).
 func (s *Spool) FileSent(job *stages.Job, deleteCopy bool) (string, error) {
 	if err := s.recorded(job); err != nil {
 		return "", err
 	}
-	var final string
-	if !deleteCopy && !job.State.Accepted {
+	if deleteCopy {
+		return "", s.forget(job, false)
+	}
+	if !job.State.Accepted {
+		// Accepted before a crash: it may be in Sent already, as a copy
+		// (filedSent), and copying finds that out.
+		n, err := s.sentInPlace(job)
+		if !errors.Is(err, errNotInPlace) {
+			if err != nil {
+				return "", err
+			}
+			s.copies.inPlace.Add(1)
+			return filepath.Join(s.dirs.Sent, n), s.filed(job)
+		}
+	}
+	final, err := s.fileSentCopy(job)
+	if err != nil {
+		return "", err
+	}
+	s.copies.copied.Add(1)
+	return final, s.forget(job, true)
+}
+
+// fileSentCopy writes the Sent copy of job as a new file and returns its
+// path.
+func (s *Spool) fileSentCopy(job *stages.Job) (string, error) {
+	if !job.State.Accepted {
 		// The common case, on Linux: an unnamed file, linked into Sent once
 		// complete and synced (no temporary name to create and remove).
 		n, err := s.sentUnnamed(job)
 		switch {
 		case err == nil:
-			return filepath.Join(s.dirs.Sent, n), s.forget(job, true)
+			return filepath.Join(s.dirs.Sent, n), nil
 		case !errors.Is(err, errNoUnnamed):
 			return "", err
 		}
 	}
-	if !deleteCopy {
-		tmp := filepath.Join(s.dirs.Sent, queuefile.TmpDir, s.id+"-"+job.ID+queuefile.Ext)
-		if err := s.writeStripped(tmp, job); err != nil {
-			os.Remove(tmp)
-			return "", fmt.Errorf("writing stages.Sent copy: %w", err)
-		}
-		s.crash("archive-write")
-		if n := s.filedSent(job, tmp); n != "" {
-			// Filed before a crash that came before the queue copy was
-			// removed: do not file it twice. That filing may have failed at
-			// its folder sync: make the copy durable before the queue's
-			// goes.
-			os.Remove(tmp)
-			final = filepath.Join(s.dirs.Sent, n)
-			if err := s.syncDir(s.dirs.Sent); err != nil {
-				return "", fmt.Errorf("filing in Sent: %w", err)
-			}
-		} else {
-			n, err := s.publish(tmp, s.dirs.Sent, job.Name)
-			if err != nil {
-				os.Remove(tmp)
-				return "", fmt.Errorf("filing in Sent: %w", err)
-			}
-			final = filepath.Join(s.dirs.Sent, n)
-		}
+	tmp := filepath.Join(s.dirs.Sent, queuefile.TmpDir, s.id+"-"+job.ID+queuefile.Ext)
+	if err := s.writeStripped(tmp, job); err != nil {
+		os.Remove(tmp)
+		return "", fmt.Errorf("writing stages.Sent copy: %w", err)
 	}
-	return final, s.forget(job, !deleteCopy)
+	s.crash("archive-write")
+	if n := s.filedSent(job, tmp); n != "" {
+		// Filed before a crash that came before the queue copy was
+		// removed: do not file it twice. That filing may have failed at
+		// its folder sync: make the copy durable before the queue's
+		// goes.
+		os.Remove(tmp)
+		if err := s.syncDir(s.dirs.Sent); err != nil {
+			return "", fmt.Errorf("filing in Sent: %w", err)
+		}
+		return filepath.Join(s.dirs.Sent, n), nil
+	}
+	n, err := s.publish(tmp, s.dirs.Sent, job.Name)
+	if err != nil {
+		os.Remove(tmp)
+		return "", fmt.Errorf("filing in Sent: %w", err)
+	}
+	return filepath.Join(s.dirs.Sent, n), nil
 }
 
 // errNoUnnamed says the file system cannot create unnamed files.
@@ -857,6 +886,12 @@ func (s *Spool) forget(job *stages.Job, reuse bool) error {
 			return err
 		}
 	}
+	return s.filed(job)
+}
+
+// filed ends the filing of a job whose queue copy has left the active
+// folder (removed, pooled, or renamed into Sent), as forget says.
+func (s *Spool) filed(job *stages.Job) error {
 	s.noteRecorded(job.ID) // filed
 	if handle(job).journaled == 0 {
 		if err := s.actDir.Sync(); err != nil {

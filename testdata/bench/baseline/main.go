@@ -214,23 +214,29 @@ func queueNames(dir string) ([]string, error) {
 	return names, nil
 }
 
-// withoutSeal leaves out a leading X-SmtpQ-Sealed field and its continuation
-// lines, without opening it (the benchmark's files have it first).
+// withoutSeal leaves out the leading sealed block: an X-SmtpQ-Sealed
+// field and the X-SmtpQ-Pad field after it, with their continuation lines,
+// without opening the seal (the benchmark's files have them first).
 func withoutSeal(b []byte) []byte {
-	const field = "x-smtpq-sealed:"
-	if len(b) < len(field) || !strings.EqualFold(string(b[:len(field)]), field) {
-		return b
-	}
-	for {
-		i := bytes.IndexByte(b, '\n')
-		if i < 0 {
-			return nil
-		}
-		b = b[i+1:]
-		if len(b) == 0 || (b[0] != ' ' && b[0] != '\t') {
-			return b
+	for hasField(b, "x-smtpq-sealed:") || hasField(b, "x-smtpq-pad:") {
+		for {
+			i := bytes.IndexByte(b, '\n')
+			if i < 0 {
+				return nil
+			}
+			b = b[i+1:]
+			if len(b) == 0 || (b[0] != ' ' && b[0] != '\t') {
+				break
+			}
 		}
 	}
+	return b
+}
+
+// hasField reports whether b starts with the field name and colon given
+// in lower case, in any case.
+func hasField(b []byte, field string) bool {
+	return len(b) >= len(field) && strings.EqualFold(string(b[:len(field)]), field)
 }
 
 // message is a plain message of size bytes.

@@ -151,6 +151,18 @@ func sealedFile(k *keys, bt batch) (file []byte, route string, err error) {
 	return append(seal, msg...), "+" + queuefile.RouteTag(k.recipients[0], &p), nil
 }
 
+// paddedFile is sealedFile with the seal padded to whole blocks, as
+// Enqueue writes queue files (queuefile.PadSeal); a stream gets them
+// unpadded.
+func paddedFile(k *keys, bt batch) (file []byte, route string, err error) {
+	file, route, err = sealedFile(k, bt)
+	if err != nil {
+		return nil, "", err
+	}
+	end := len(file) - len(message(bt.size, "")) // where the seal ends
+	return append(queuefile.PadSeal(file[:end], "\r\n", queuefile.SealBlock), file[end:]...), route, nil
+}
+
 // fillQueue writes the batches' files straight into dir, as if enqueued
 // over the last hours: each batch's message is sealed once and copied under
 // n names (identical content is fine for a benchmark; Enqueue's two fsyncs
@@ -160,7 +172,7 @@ func fillQueue(ctx context.Context, dir string, k *keys, batches []batch) error 
 	base := time.Now().Add(-3 * time.Hour).UTC()
 	seq := 0
 	for _, bt := range batches {
-		file, route, err := sealedFile(k, bt)
+		file, route, err := paddedFile(k, bt)
 		if err != nil {
 			return err
 		}
@@ -178,7 +190,7 @@ func fillQueue(ctx context.Context, dir string, k *keys, batches []batch) error 
 					}
 					t := base.Add(time.Duration(seq+i) * time.Microsecond)
 					name := fmt.Sprintf("%s-%s%08d%s.eml", t.Format("20060102T150405.000000000Z"), bt.tag, i, route)
-					if err := os.WriteFile(filepath.Join(dir, name), file, 0o600); err != nil {
+					if err := os.WriteFile(filepath.Join(dir, name), file, 0o640); err != nil { // as Enqueue
 						errs[w] = err
 						return
 					}
