@@ -117,6 +117,7 @@ type Item struct {
 	Path     string // filed copies: where the file is; queue messages: last known path
 
 	seq   uint64 // index change counter when last updated
+	scan  uint64 // the last Replace that found it
 	known bool   // host, envelope and subject were read
 }
 

@@ -272,45 +272,75 @@ func (x *Index) hostOutcome(f stages.Filed, now time.Time) {
 	}
 }
 
+// replaceChunk is how many found messages Replace applies per hold of the
+// index's lock: the pipeline's filings wait for the lock, and a listing of
+// a million-file queue applied at once held it for seconds.
+const replaceChunk = 4096
+
 // Replace puts what a scan of the storage found in place of what the
 // index holds for the given places, except for messages updated since the
 // scan began (seq, from Seq): a filing during the scan is newer. Filed
-// copies already indexed (by their id) are not added again.
+// copies already indexed (by their id) are not added again. It holds the
+// lock a chunk at a time, so filings go on while a big listing is applied.
 func (x *Index) Replace(places []spool.Place, found []Item, since uint64) {
 	x.mu.Lock()
-	defer x.mu.Unlock()
 	x.seq++
-	seen := make(map[string]bool, len(found))
-	for _, f := range found {
-		k := ikey(f.ID, f.State, f.Name)
-		if a, ok := x.alias[string(f.State)+":"+f.Name]; ok && f.ID == "" && f.State == spool.PlaceUndeliverable {
-			k = a
+	scan := x.seq
+	x.mu.Unlock()
+	for start := 0; start < len(found); start += replaceChunk {
+		x.mu.Lock()
+		for _, f := range found[start:min(start+replaceChunk, len(found))] {
+			x.applyFound(f, scan, since)
 		}
-		seen[k] = true
-		it := x.items[k]
-		if it == nil {
-			it = &Item{}
-			*it = f
-			it.seq = x.seq
-			x.items[k] = it
-			x.unread = true
-			continue
-		}
-		if it.seq > since {
-			continue
-		}
-		it.State, it.Path, it.seq = f.State, f.Path, x.seq
-		if !f.Next.IsZero() {
-			it.Next = f.Next
-		}
-		if it.Queued.IsZero() {
-			it.Queued = f.Queued
+		x.mu.Unlock()
+	}
+	// What the scan did not find is gone, unless it changed since. The
+	// candidates are taken in one pass (pointers only), dropped a chunk at
+	// a time, each checked again under the lock.
+	x.mu.Lock()
+	var gone []string
+	for k, it := range x.items {
+		if it.scan != scan && it.seq <= since && slices.Contains(places, it.State) {
+			gone = append(gone, k)
 		}
 	}
-	for k, it := range x.items {
-		if !seen[k] && it.seq <= since && slices.Contains(places, it.State) {
-			x.drop(k, it)
+	x.mu.Unlock()
+	for start := 0; start < len(gone); start += replaceChunk {
+		x.mu.Lock()
+		for _, k := range gone[start:min(start+replaceChunk, len(gone))] {
+			if it := x.items[k]; it != nil && it.scan != scan && it.seq <= since && slices.Contains(places, it.State) {
+				x.drop(k, it)
+			}
 		}
+		x.mu.Unlock()
+	}
+}
+
+// applyFound records one message a scan found; x.mu is held.
+func (x *Index) applyFound(f Item, scan, since uint64) {
+	k := ikey(f.ID, f.State, f.Name)
+	if a, ok := x.alias[string(f.State)+":"+f.Name]; ok && f.ID == "" && f.State == spool.PlaceUndeliverable {
+		k = a
+	}
+	it := x.items[k]
+	if it == nil {
+		it = &Item{}
+		*it = f
+		it.seq, it.scan = scan, scan
+		x.items[k] = it
+		x.unread = true
+		return
+	}
+	it.scan = scan
+	if it.seq > since {
+		return
+	}
+	it.State, it.Path, it.seq = f.State, f.Path, scan
+	if !f.Next.IsZero() {
+		it.Next = f.Next
+	}
+	if it.Queued.IsZero() {
+		it.Queued = f.Queued
 	}
 }
 
