@@ -1,8 +1,10 @@
 package pipeline_test
 
 import (
+	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"strings"
@@ -105,4 +107,37 @@ func TestMetricsAndHealth(t *testing.T) {
 	if n := len(srv.Messages()); n != 4 {
 		t.Errorf("server got %d messages, want 4 (no resend after the failed filing)", n)
 	}
+}
+
+// A node whose cluster cannot be joined gives its metrics port back: Run
+// returns with the listener closed (it was left open, nothing serving it).
+func TestMetricsPortFreedWhenTheClusterFails(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	dead, err := net.Listen("tcp", "127.0.0.1:0") // a port where no NATS server answers
+	if err != nil {
+		t.Fatal(err)
+	}
+	natsURL := "nats://" + dead.Addr().String()
+	dead.Close()
+	env := pipelinetest.New(t, func(c *pipeline.Config) {
+		c.Metrics.Listen = addr
+		c.NATS = &pipeline.NATSConfig{URLs: []string{natsURL}, Node: "n1"}
+	})
+	p, err := pipeline.New(env.Config, pipeline.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Second)
+	defer cancel()
+	p.Run(ctx) // fails to connect, or is stopped while it tries
+	again, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatalf("the metrics port is still taken after Run returned: %v", err)
+	}
+	again.Close()
 }

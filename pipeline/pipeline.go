@@ -486,6 +486,9 @@ func (p *Pipeline) Run(ctx context.Context) error {
 		if cl, err = openCluster(ctx, cfg, onNodes, onHold, log.Named("cluster")); err != nil {
 			sp.Close()
 			con.close()
+			if metricsLn != nil {
+				metricsLn.Close() // nothing serves it yet
+			}
 			if ctx.Err() != nil {
 				// Stopped while joining the cluster (a NATS election can
 				// take a while): a clean stop, nothing was taken.
