@@ -37,14 +37,38 @@ func NewCluster(t testing.TB, n int, opts ...Option) *Cluster {
 		t.Fatalf("natstest: NewCluster needs at least 2 nodes, got %d; NewServer starts one", n)
 	}
 	set := newSettings(opts)
+	// A route port is chosen before its server binds it, and another
+	// process may take it in between: the cluster is then started again on
+	// other ports.
+	var err error
+	for range 5 {
+		var c *Cluster
+		if c, err = startCluster(t, n, set); err == nil {
+			t.Cleanup(c.shutdownAll)
+			if err := c.waitReady(-1); err != nil {
+				t.Fatal(err)
+			}
+			return c
+		}
+		if !strings.Contains(err.Error(), "address already in use") {
+			break
+		}
+	}
+	t.Fatal(err)
+	return nil
+}
 
+// startCluster starts the n nodes of a cluster on route ports that were
+// free a moment before. If one does not start, it shuts down those that
+// did.
+func startCluster(t testing.TB, n int, set settings) (*Cluster, error) {
 	// Every node lists every node's route address, itself included (the
 	// server skips its own), so each knows the cluster's size from the start
 	// and the meta group's quorum is right. That needs the route ports
 	// before any node starts.
-	ports, err := freePorts(n)
+	ports, err := pickPorts(n)
 	if err != nil {
-		t.Fatalf("natstest: %v", err)
+		return nil, fmt.Errorf("natstest: %w", err)
 	}
 	urls := make([]string, n)
 	for i, p := range ports {
@@ -66,21 +90,21 @@ func NewCluster(t testing.TB, n int, opts ...Option) *Cluster {
 		}
 		c.servers = append(c.servers, s)
 	}
-	t.Cleanup(c.shutdownAll)
 	for _, s := range c.servers {
 		if err := s.start(); err != nil {
-			t.Fatal(err)
+			c.shutdownAll()
+			return nil, err
 		}
 	}
-	if err := c.waitReady(-1); err != nil {
-		t.Fatal(err)
-	}
-	return c
+	return c, nil
 }
+
+// pickPorts chooses the route ports (a test replaces it).
+var pickPorts = freePorts
 
 // freePorts asks the system for n free ports on 127.0.0.1. They are free
 // when it returns; another process could take one before the server binds
-// it, which on a test machine is unlikely enough.
+// it (NewCluster then starts again on others).
 func freePorts(n int) ([]int, error) {
 	ls := make([]net.Listener, 0, n)
 	defer func() {
