@@ -109,22 +109,12 @@ func (q *Queue) Enqueue(msg io.Reader, p Params) (name string, err error) {
 		return "", fmt.Errorf("enqueue: %w", err)
 	}
 
-	now := time.Now
-	if q.Now != nil {
-		now = q.Now
-	}
 	tmpDir := filepath.Join(q.Dir, TmpDir)
 	if err := MakeTmpDir(q.Dir); err != nil {
 		return "", fmt.Errorf("enqueue: %w", err)
 	}
-	name, err = NewName(now())
-	if err != nil {
+	if name, err = q.newName(&p); err != nil {
 		return "", fmt.Errorf("enqueue: %w", err)
-	}
-	if len(q.Recipients) > 0 {
-		if tag := RouteTag(q.Recipients[0], &p); tag != "" {
-			name = strings.TrimSuffix(name, Ext) + "+" + tag + Ext
-		}
 	}
 
 	// The message without the seal goes to a body file first: its digest must
@@ -169,21 +159,50 @@ func (q *Queue) Enqueue(msg io.Reader, p Params) (name string, err error) {
 		}
 		return q.Publish(name, b)
 	}
-	tmpPath := filepath.Join(tmpDir, name)
-	// Padded to whole blocks, so that the service can cut the sealed
-	// block off in place (PadField); a stream needs no padding.
-	if err := writeQueueFile(tmpPath, PadSeal(seal, lineEnding(hdr), SealBlock), body); err != nil {
-		os.Remove(tmpPath)
+	if _, err := body.Seek(0, io.SeekStart); err != nil {
 		return "", fmt.Errorf("enqueue: %w", err)
+	}
+	return name, q.commit(name, seal, lineEnding(hdr), body)
+}
+
+// newName returns a new queue-file name for p: NewName with the route tag
+// of p for the service's key.
+func (q *Queue) newName(p *Params) (string, error) {
+	now := time.Now
+	if q.Now != nil {
+		now = q.Now
+	}
+	name, err := NewName(now())
+	if err != nil {
+		return "", err
+	}
+	if len(q.Recipients) > 0 {
+		if tag := RouteTag(q.Recipients[0], p); tag != "" {
+			name = strings.TrimSuffix(name, Ext) + "+" + tag + Ext
+		}
+	}
+	return name, nil
+}
+
+// commit puts the queue file name into q.Dir: the seal, padded to whole
+// blocks so that the service can cut the sealed block off in place
+// (PadField), then the message from body, written under .tmp, fsynced,
+// renamed into place and the folder fsynced. On any error nothing is left
+// where the service could pick it up.
+func (q *Queue) commit(name string, seal []byte, eol string, body io.Reader) error {
+	tmpPath := filepath.Join(q.Dir, TmpDir, name)
+	if err := writeFileSync(tmpPath, io.MultiReader(bytes.NewReader(PadSeal(seal, eol, SealBlock)), body)); err != nil {
+		os.Remove(tmpPath)
+		return fmt.Errorf("enqueue: %w", err)
 	}
 	if err := os.Rename(tmpPath, filepath.Join(q.Dir, name)); err != nil {
 		os.Remove(tmpPath)
-		return "", fmt.Errorf("enqueue: %w", err)
+		return fmt.Errorf("enqueue: %w", err)
 	}
 	if err := SyncDir(q.Dir); err != nil {
-		return "", fmt.Errorf("enqueue: %s is queued but the directory sync failed: %w", name, err)
+		return fmt.Errorf("enqueue: %s is queued but the directory sync failed: %w", name, err)
 	}
-	return name, nil
+	return nil
 }
 
 // ErrSealTooLarge is returned by Enqueue when the sealed parameters would
@@ -313,30 +332,27 @@ func sealedBytes(seal []byte, body *os.File, n int64) ([]byte, error) {
 	return w.Bytes(), nil
 }
 
-func writeQueueFile(path string, seal []byte, body *os.File) error {
-	// Group-readable: the service may run as another user in the queue
-	// folder's group. The credentials inside are sealed.
+// WriteFileSync creates path (never replacing an existing file) holding b,
+// mode 0640 as queue files are, and fsyncs it. The caller renames it into
+// place and fsyncs the folder (SyncDir).
+func WriteFileSync(path string, b []byte) error { return writeFileSync(path, bytes.NewReader(b)) }
+
+// writeFileSync is WriteFileSync from a reader. Group-readable: the service
+// may run as another user in the queue folder's group; the credentials in a
+// queue file are sealed.
+func writeFileSync(path string, r io.Reader) error {
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o640)
 	if err != nil {
 		return err
 	}
-	if _, err := f.Write(seal); err != nil {
-		f.Close()
-		return err
+	_, err = io.Copy(f, r)
+	if err == nil {
+		err = f.Sync()
 	}
-	if _, err := body.Seek(0, io.SeekStart); err != nil {
-		f.Close()
-		return err
+	if cerr := f.Close(); err == nil {
+		err = cerr
 	}
-	if _, err := io.Copy(f, body); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
+	return err
 }
 
 // addressFields are the fields Enqueue reads addresses from.

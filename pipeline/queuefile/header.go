@@ -76,32 +76,6 @@ func FormatField(name, value, eol string) ([]byte, error) {
 	return out, nil
 }
 
-// WriteFields writes h's fields as they are (raw bytes for fields read from
-// a message, go-message's formatting for fields added), each line ending as
-// its field's did; new fields end in eol. It does not write the empty line
-// that ends the header.
-func WriteFields(w *bytes.Buffer, h textproto.Header, eol string) error {
-	fs := h.Fields()
-	for fs.Next() {
-		raw, err := fs.Raw()
-		if err != nil {
-			return fmt.Errorf("%s field: %w", fs.Key(), err)
-		}
-		if eol != "\r\n" && !isRawLF(raw) {
-			raw = bytes.ReplaceAll(raw, []byte("\r\n"), []byte(eol))
-		}
-		w.Write(raw)
-	}
-	return nil
-}
-
-// isRawLF reports whether raw field bytes end their lines in a bare LF (a
-// field read from an LF message, kept as it was).
-func isRawLF(raw []byte) bool {
-	i := bytes.IndexByte(raw, '\n')
-	return i >= 0 && (i == 0 || raw[i-1] != '\r')
-}
-
 // AddressLists reads the addresses of every field named one of keys, in
 // header order, with go-message's mail package (display names in RFC 2047
 // words of any charset it knows are decoded). An error names the field.

@@ -6,10 +6,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
-	"strings"
-	"time"
 )
 
 // EnqueueNullSender queues msg, a message the service itself writes (a
@@ -18,7 +14,8 @@ import (
 // mean "the sender named in the header". p.From must be empty and p.To
 // given; nothing is read from msg's header fields and msg is queued byte
 // for byte. It is written as Enqueue writes (temporary file, fsync, rename,
-// folder fsync), with a route tag, and returns the queued file's name.
+// folder fsync, the sealed block padded), with a route tag, and returns
+// the queued file's name.
 // Only the Dir form of a Queue is supported (no Publish).
 func (q *Queue) EnqueueNullSender(msg []byte, p Params) (string, error) {
 	switch {
@@ -43,49 +40,12 @@ func (q *Queue) EnqueueNullSender(msg []byte, p Params) (string, error) {
 	if len(seal) > MaxFieldSize {
 		return "", fmt.Errorf("enqueue: %w", sealTooLarge(&p, len(seal), false))
 	}
-	now := time.Now
-	if q.Now != nil {
-		now = q.Now
-	}
-	name, err := NewName(now())
-	if err != nil {
-		return "", fmt.Errorf("enqueue: %w", err)
-	}
-	if tag := RouteTag(q.Recipients[0], &p); tag != "" {
-		name = strings.TrimSuffix(name, Ext) + "+" + tag + Ext
-	}
 	if err := MakeTmpDir(q.Dir); err != nil {
 		return "", fmt.Errorf("enqueue: %w", err)
 	}
-	tmp := filepath.Join(q.Dir, TmpDir, name)
-	if err := WriteFileSync(tmp, append(seal, msg...)); err != nil {
-		os.Remove(tmp)
-		return "", fmt.Errorf("enqueue: %w", err)
-	}
-	if err := os.Rename(tmp, filepath.Join(q.Dir, name)); err != nil {
-		os.Remove(tmp)
-		return "", fmt.Errorf("enqueue: %w", err)
-	}
-	if err := SyncDir(q.Dir); err != nil {
-		return "", fmt.Errorf("enqueue: %s is queued but the directory sync failed: %w", name, err)
-	}
-	return name, nil
-}
-
-// WriteFileSync creates path (never replacing an existing file) holding b,
-// mode 0640 as Enqueue's queue files, and fsyncs it. The caller renames it
-// into place and fsyncs the folder (SyncDir).
-func WriteFileSync(path string, b []byte) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o640)
+	name, err := q.newName(&p)
 	if err != nil {
-		return err
+		return "", fmt.Errorf("enqueue: %w", err)
 	}
-	_, err = bytes.NewReader(b).WriteTo(f)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	return err
+	return name, q.commit(name, seal, lineEnding(msg), bytes.NewReader(msg))
 }
