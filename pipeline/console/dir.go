@@ -143,8 +143,8 @@ func (b *DirBackend) details(it Item) Item {
 	if path == "" {
 		return d
 	}
-	if c, err := readContent(path); err == nil {
-		d.Subject = c.subject
+	if subject, err := readSubject(path); err == nil {
+		d.Subject = subject
 	}
 	if it.State == spool.PlaceSent || it.State == spool.PlaceUndeliverable {
 		return d

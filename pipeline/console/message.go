@@ -1,7 +1,6 @@
 package console
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/base64"
 	"encoding/xml"
@@ -11,12 +10,13 @@ import (
 	"mime"
 	"mime/multipart"
 	"mime/quotedprintable"
-	"net/mail"
-	"net/textproto"
 	"os"
 	"strings"
 	"unicode/utf8"
 
+	"github.com/emersion/go-message/textproto"
+
+	"github.com/emersion/go-message"
 	"github.com/smtpq/smtpq/pipeline/queuefile"
 	"github.com/smtpq/smtpq/stages"
 )
@@ -44,80 +44,75 @@ type content struct {
 	cut     bool
 }
 
-// readContent reads the header fields (the sealed parameters left out:
-// the seal is shown as its size only) and a text preview of the body of
-// the message file at path. The file must be a regular file (no link is
+// readContent reads the header fields (the sealed parameters and their
+// padding shown as their size only) and a text preview of the body of the
+// message file at path. The file must be a regular file (no link is
 // followed: see openRegular).
 func readContent(path string) (content, error) {
-	f, err := openRegular(path)
+	h, body, err := readMessage(path, maxBodyRead)
 	if err != nil {
 		return content{}, err
 	}
-	defer f.Close()
-	r := bufio.NewReader(io.LimitReader(f, maxHeaderRead+maxBodyRead))
-	tp := textproto.NewReader(bufio.NewReader(io.LimitReader(r, maxHeaderRead)))
-	h, err := tp.ReadMIMEHeader()
-	if err != nil && !errors.Is(err, io.EOF) {
-		return content{}, fmt.Errorf("reading the header: %w", err)
-	}
 	var c content
-	dec := new(mime.WordDecoder)
-	for _, name := range headerOrder(path) {
-		for _, v := range h.Values(name) {
-			if strings.EqualFold(name, queuefile.SealedField) {
-				v = fmt.Sprintf("[sealed parameters, %d bytes]", len(v))
-			} else if d, err := dec.DecodeHeader(v); err == nil {
-				v = d
-			}
-			c.headers = append(c.headers, Header{Name: name, Value: clipText(v, 4096)})
+	for fs := h.Fields(); fs.Next(); {
+		v := fs.Value()
+		if queuefile.IsSealedField(fs.Key()) {
+			raw, _ := fs.Raw()
+			v = fmt.Sprintf("[sealed parameters, %d bytes]", len(raw))
+		} else {
+			v = decodeWords(v)
 		}
+		c.headers = append(c.headers, Header{Name: fs.Key(), Value: clipText(v, 4096)})
 	}
-	if s, err := dec.DecodeHeader(h.Get("Subject")); err == nil {
-		c.subject = s
-	}
-	body, _ := io.ReadAll(io.MultiReader(tp.R, r))
-	c.body, c.cut = preview(mail.Header(h), body)
+	c.subject = decodeWords(h.Get("Subject"))
+	c.body, c.cut = preview(h.Get("Content-Type"), h.Get("Content-Transfer-Encoding"), body)
 	return c, nil
 }
 
-// headerOrder returns the header field names of the file in the order they
-// first appear (textproto's map has none).
-func headerOrder(path string) []string {
+// readSubject reads only the header section of the message file at path
+// and returns its decoded Subject.
+func readSubject(path string) (string, error) {
+	h, _, err := readMessage(path, 0)
+	return decodeWords(h.Get("Subject")), err
+}
+
+// readMessage reads the message file at path with go-message's header
+// reader, as the service reads it (queuefile.Strip): every header field in
+// order, from at most maxHeaderRead bytes, and at most bodyMax bytes of the
+// body after it.
+func readMessage(path string, bodyMax int64) (textproto.Header, []byte, error) {
 	f, err := openRegular(path)
 	if err != nil {
-		return nil
+		return textproto.Header{}, nil, err
 	}
 	defer f.Close()
-	var names []string
-	seen := map[string]bool{}
-	sc := bufio.NewScanner(io.LimitReader(f, maxHeaderRead))
-	sc.Buffer(make([]byte, 64<<10), maxHeaderRead)
-	for sc.Scan() {
-		line := sc.Text()
-		if line == "" || line == "\r" {
-			break
-		}
-		if line[0] == ' ' || line[0] == '\t' {
-			continue
-		}
-		name, _, ok := strings.Cut(line, ":")
-		if !ok {
-			continue
-		}
-		name = textproto.CanonicalMIMEHeaderKey(strings.TrimSpace(name))
-		if !seen[name] {
-			seen[name] = true
-			names = append(names, name)
-		}
+	var rest bytes.Buffer // lines that are not fields, the empty line, the body
+	res, err := queuefile.Strip(&rest, io.LimitReader(f, maxHeaderRead+bodyMax), func(string) bool { return true })
+	if err != nil {
+		return textproto.Header{}, nil, fmt.Errorf("reading the header: %w", err)
 	}
-	return names
+	body := rest.Bytes()
+	if i := bytes.Index(body, []byte("\n")); res.HeaderEnd && i >= 0 {
+		body = body[i+1:] // from after the empty line that ends the header
+	}
+	return res.Removed, body, nil
+}
+
+// decodeWords decodes the RFC 2047 words of a field value in every charset
+// go-message knows; a value it cannot decode is shown as written.
+func decodeWords(v string) string {
+	dec := mime.WordDecoder{CharsetReader: message.CharsetReader}
+	if d, err := dec.DecodeHeader(v); err == nil {
+		return d
+	}
+	return v
 }
 
 // preview returns the text of the message (its first text/plain part,
 // decoded), cut at maxPreview. HTML is shown as its source text: the page
 // escapes it and never renders it.
-func preview(h mail.Header, body []byte) (string, bool) {
-	text := textPart(h.Get("Content-Type"), h.Get("Content-Transfer-Encoding"), body, 0)
+func preview(ctype, cte string, body []byte) (string, bool) {
+	text := textPart(ctype, cte, body, 0)
 	text = strings.ToValidUTF8(text, "\uFFFD")
 	if len(text) > maxPreview {
 		return clipText(text, maxPreview), true

@@ -1,0 +1,39 @@
+package console
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// The message page reads a file as the service does: fields in file order,
+// the seal and its padding shown by size only, words in any charset
+// go-message knows decoded, the body after the empty line.
+func TestReadContent(t *testing.T) {
+	const seal, pad = "X-SmtpQ-Sealed: v1\r\n QUJD\r\n", "X-SmtpQ-Pad: 000\r\n 000\r\n"
+	msg := seal + pad + "Subject: =?windows-1252?q?caf=E9?=\r\nFrom: a@example.com\r\nTo: b@example.org\r\n\r\nhello\r\n"
+	path := filepath.Join(t.TempDir(), "m.eml")
+	if err := os.WriteFile(path, []byte(msg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := readContent(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, h := range c.headers {
+		got = append(got, h.Name+"="+h.Value)
+	}
+	want := fmt.Sprintf("X-Smtpq-Sealed=[sealed parameters, %d bytes]|X-Smtpq-Pad=[sealed parameters, %d bytes]|Subject=café|From=a@example.com|To=b@example.org", len(seal), len(pad))
+	if strings.Join(got, "|") != want {
+		t.Errorf("headers\n got %s\nwant %s", strings.Join(got, "|"), want)
+	}
+	if c.subject != "café" || strings.TrimSpace(c.body) != "hello" {
+		t.Errorf("subject %q, body %q", c.subject, c.body)
+	}
+	if s, err := readSubject(path); err != nil || s != "café" {
+		t.Errorf("readSubject: %q, %v", s, err)
+	}
+}
