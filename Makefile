@@ -133,13 +133,15 @@ deb: pkgtool
 	GOOS=linux GOARCH=$(DEB_ARCH) $(GOBUILD_REL) -o $(DIST)/build/linux_$(DEB_ARCH)/smtpq ./cmd/smtpq
 	$(PKGTOOL) deb -bin $(DIST)/build/linux_$(DEB_ARCH)/smtpq -arch $(DEB_ARCH) -version "$(debv)" -out $(DIST)
 
-# The Windows installer, built here with wixl (msitools), then read back with
-# msiinfo to check its File, ServiceInstall and ServiceControl rows.
+# The Windows installer, built here with wixl (msitools), finished with
+# msibuild (what wixl 0.101 cannot write: finish-msi.sh), then read back with
+# msiinfo to check its tables (check-msi.sh).
 msi: pkgtool
 	GOOS=windows GOARCH=amd64 $(GOBUILD_REL) -o $(DIST)/build/windows_amd64/smtpq.exe ./cmd/smtpq
 	set -e; out=$(DIST)/smtpq_$(debv)_windows_amd64.msi; \
 	wixl -a x64 -D Version=$(msiv) -D BinDir=$(DIST)/build/windows_amd64 -D PkgDir=$(PKGDIR)/windows \
 		-o $$out $(PKGDIR)/windows/smtpq.wxs; \
+	$(PKGDIR)/windows/finish-msi.sh $$out; \
 	echo $$out; $(PKGDIR)/windows/check-msi.sh $$out
 
 # Everything for a release, in dist/: the .deb for amd64 and arm64, the .msi,
