@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"runtime/debug"
 	"runtime/pprof"
 	"sort"
@@ -36,7 +37,8 @@ results. SIGINT or SIGTERM stops taking work, lets sessions in progress finish
 
 With --init, missing folders and keys are created first (as on the first
 "make run"), their locations printed, and a command that enqueues a test
-message from standard input (for a POSIX shell; it works from any folder).
+message from standard input (for a POSIX shell, on Windows for PowerShell;
+it works from any folder).
 
 Exit status: 0 after a stop by SIGINT or SIGTERM, also one that arrives while
 the service is still starting; 1 if it cannot start (configuration, keys,
@@ -151,15 +153,23 @@ func initSpool(cmd *cobra.Command, cfg *pipeline.Config) error {
 		r := cfg.Relays[cfg.DefaultRelay]
 		fmt.Fprintf(out, "default relay: %s (%s:%d)\n", cfg.DefaultRelay, r.Host, r.Port)
 	}
-	fmt.Fprintf(out, "enqueue a test message: %s\n", exampleEnqueue(cfg))
+	fmt.Fprintf(out, "enqueue a test message: %s\n", exampleEnqueue(cfg, selfCommand(), runtime.GOOS))
 	return nil
 }
 
-// exampleEnqueue is the test command that --init prints: a POSIX shell
+// exampleEnqueue is the test command that --init prints, running self: a
 // command line that works from any folder (no file of the checkout), with
-// the message on standard input.
-func exampleEnqueue(cfg *pipeline.Config) string {
-	var server string
+// the message on standard input. On Windows it is for PowerShell, the
+// shell the README's Windows steps use: cmd.exe cannot pipe an empty line
+// (a piped "(echo ...)" block gets a space added after each echo, and the
+// line between header and body must be empty). Elsewhere it is for a POSIX
+// shell.
+func exampleEnqueue(cfg *pipeline.Config, self, goos string) string {
+	quote := shellQuote
+	if goos == "windows" {
+		quote = powerShellQuote
+	}
+	args := []string{quote(self), "enqueue", "--config", quote(cfg.Path)}
 	switch {
 	case cfg.DefaultRelay != "":
 	case len(cfg.Relays) > 0:
@@ -168,12 +178,26 @@ func exampleEnqueue(cfg *pipeline.Config) string {
 			names = append(names, n)
 		}
 		sort.Strings(names)
-		server = " --relay " + shellQuote(names[0])
+		args = append(args, "--relay", quote(names[0]))
 	default:
-		server = " --host smtp.example.com"
+		args = append(args, "--host", "smtp.example.com")
 	}
-	return fmt.Sprintf(`printf 'From: you@example.org\r\nTo: you@example.org\r\nSubject: hello from smtpq\r\n\r\nhello\r\n' | %s enqueue --config %s%s -`,
-		shellQuote(selfCommand()), shellQuote(cfg.Path), server)
+	command := strings.Join(append(args, "-"), " ")
+	if goos == "windows" {
+		// PowerShell writes each string to the program's standard input
+		// as a line (CRLF on Windows); '' is the empty line.
+		return "'From: you@example.org', 'To: you@example.org', 'Subject: hello from smtpq', '', 'hello' | & " + command
+	}
+	return `printf 'From: you@example.org\r\nTo: you@example.org\r\nSubject: hello from smtpq\r\n\r\nhello\r\n' | ` + command
+}
+
+// powerShellQuote quotes s for PowerShell if it needs it: in single
+// quotes nothing is special but the single quote, written twice.
+func powerShellQuote(s string) string {
+	if s != "" && strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-:/\\") == "" && s[0] != '-' {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", "''") + "'"
 }
 
 // selfCommand is how a shell in any folder runs this executable: the name

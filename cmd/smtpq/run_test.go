@@ -18,6 +18,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/smtpq/smtpq/pipeline"
 )
 
 // TestRunRefusesUnsafeKeys: the service does not start with an identity
@@ -413,6 +415,58 @@ func TestShellQuote(t *testing.T) {
 		}
 		if string(out) != s+"|" {
 			t.Errorf("shellQuote(%q) = %s: the shell reads %q", s, shellQuote(s), out)
+		}
+	}
+}
+
+// TestExampleEnqueueForWindows: on Windows "smtpq run --init" prints the
+// test command for PowerShell (no printf there): the message as strings
+// piped to the program, one a line with the empty one between header and
+// body, and paths in PowerShell's single quotes.
+func TestExampleEnqueueForWindows(t *testing.T) {
+	const (
+		self    = `C:\Program Files\smtpq\smtpq.exe`
+		message = `'From: you@example.org', 'To: you@example.org', 'Subject: hello from smtpq', '', 'hello' | & `
+	)
+	relays := map[string]pipeline.Relay{"office": {Host: "smtp.example.com"}, "backup": {Host: "smtp.example.net"}}
+	for _, tc := range []struct {
+		cfg  pipeline.Config
+		want string
+	}{
+		{pipeline.Config{Path: `C:\ProgramData\smtpq\smtpq.yaml`, Relays: relays, DefaultRelay: "office"},
+			message + `'C:\Program Files\smtpq\smtpq.exe' enqueue --config C:\ProgramData\smtpq\smtpq.yaml -`},
+		{pipeline.Config{Path: `D:\it's mine\smtpq.yaml`, Relays: relays},
+			message + `'C:\Program Files\smtpq\smtpq.exe' enqueue --config 'D:\it''s mine\smtpq.yaml' --relay backup -`},
+		{pipeline.Config{Path: `\\server\share\smtpq.yaml`},
+			message + `'C:\Program Files\smtpq\smtpq.exe' enqueue --config \\server\share\smtpq.yaml --host smtp.example.com -`},
+	} {
+		if got := exampleEnqueue(&tc.cfg, self, "windows"); got != tc.want {
+			t.Errorf("for %s:\n got %s\nwant %s", tc.cfg.Path, got, tc.want)
+		}
+	}
+	// The same configuration elsewhere: a POSIX shell's printf.
+	cfg := pipeline.Config{Path: "/etc/smtpq/smtpq.yaml", DefaultRelay: "office", Relays: relays}
+	if got, want := exampleEnqueue(&cfg, "/usr/bin/smtpq", "linux"), `printf 'From: you@example.org\r\nTo: you@example.org\r\nSubject: hello from smtpq\r\n\r\nhello\r\n' | /usr/bin/smtpq enqueue --config /etc/smtpq/smtpq.yaml -`; got != want {
+		t.Errorf("on Linux:\n got %s\nwant %s", got, want)
+	}
+}
+
+// TestPowerShellQuote: a word PowerShell would read otherwise (spaces, a
+// quote, a variable, a leading dash taken for a parameter) is put in single
+// quotes, a single quote doubled inside.
+func TestPowerShellQuote(t *testing.T) {
+	for in, want := range map[string]string{
+		`C:\ProgramData\smtpq\smtpq.yaml`: `C:\ProgramData\smtpq\smtpq.yaml`,
+		`smtpq`:                           `smtpq`,
+		`C:\Program Files\smtpq`:          `'C:\Program Files\smtpq'`,
+		`it's`:                            `'it''s'`,
+		`$env:TEMP\x`:                     `'$env:TEMP\x'`,
+		`-x`:                              `'-x'`,
+		`a;b`:                             `'a;b'`,
+		``:                                `''`,
+	} {
+		if got := powerShellQuote(in); got != want {
+			t.Errorf("powerShellQuote(%q) = %s, want %s", in, got, want)
 		}
 	}
 }
