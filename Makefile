@@ -7,7 +7,7 @@ DEVCONFIG := testdata/dev/smtpq.yaml
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.7.0
 
 .PHONY: all build run run-cluster test test-short lint vet fmt-check cross demo bench bench-scale bench-cluster fuzz test-crash clean \
-	deb msi release test-packages pkgtool test-producers test-windows
+	deb msi release test-packages pkgtool test-producers test-windows test-msi-wine
 
 all: build
 
@@ -143,6 +143,11 @@ msi: pkgtool
 		-o $$out $(PKGDIR)/windows/smtpq.wxs; \
 	$(PKGDIR)/windows/finish-msi.sh $$out; \
 	echo $$out; $(PKGDIR)/windows/check-msi.sh $$out
+
+# The .msi installed, refused, upgraded and uninstalled in a Wine prefix of
+# its own (about 30 s; not in CI): see windows/test-msi-wine.sh.
+test-msi-wine: msi
+	$(PKGDIR)/windows/test-msi-wine.sh $(DIST)/build/windows_amd64
 
 # Everything for a release, in dist/: the .deb for amd64 and arm64, the .msi,
 # tar.gz (zip for Windows) archives for linux/amd64, linux/arm64,
