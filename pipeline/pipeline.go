@@ -436,6 +436,9 @@ func (p *Pipeline) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if nt != nil {
+		defer nt.Close() // after the Archivers' last filing
+	}
 	sp, err := spool.Open(spool.Dirs{
 		Queue: cfg.QueueDir, Sent: cfg.SentDir, Undeliverable: cfg.UndeliverableDir,
 	}, p.opts.Clock.Now)
@@ -525,6 +528,11 @@ func (p *Pipeline) Run(ctx context.Context) error {
 	}
 	archiver := &stages.Archiver{
 		Spool: store, DeleteAfterSend: cfg.DeleteAfterSend, Clock: clock, Log: log.Named(ArchiverLogger),
+		OnFiling: func(f stages.Filed) {
+			if nt != nil {
+				nt.Filing(f)
+			}
+		},
 		OnFiled: func(f stages.Filed) {
 			met.observe(f, clock.Now())
 			if nt != nil {
