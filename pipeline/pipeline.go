@@ -422,6 +422,11 @@ func (p *Pipeline) control(c stages.HostControl) {
 type storage interface {
 	stages.Source
 	stages.Sink
+	// RecordAccepted durably notes that the server accepted a job's data
+	// (the Sender's Accepted hook), so that a job whose filing is cut short
+	// is filed as sent, not sent again. The directory spool: a line in its
+	// journal, fsynced in groups. A stream: the message's key-value entry,
+	// written before the ack, read back at a redelivery.
 	RecordAccepted(*stages.Job) error
 }
 
