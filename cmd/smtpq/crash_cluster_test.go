@@ -268,7 +268,7 @@ func clusterNodeKilled(t *testing.T, crashAt string) {
 	for i := range n {
 		to := fmt.Sprintf("user%d@example.org", i)
 		msg := fmt.Sprintf("From: app@example.com\r\nTo: %s\r\nSubject: cluster %d\r\nMessage-ID: <cluster-%d@example.com>\r\n\r\nbody %d\r\n", to, i, i, i)
-		if _, err := q.Enqueue(strings.NewReader(msg), queuefile.Params{Host: srv.Host(), Port: srv.Port(), TLS: queuefile.TLSNone, From: "app@example.com", To: []string{to}}); err != nil {
+		if _, err := q.Enqueue(strings.NewReader(msg), srv.Params(to)); err != nil {
 			t.Fatal(err)
 		}
 	}
