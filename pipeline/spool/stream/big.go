@@ -137,7 +137,7 @@ func publishObject(ctx context.Context, js jetstream.JetStream, stream, id, name
 	if err != nil {
 		return fmt.Errorf("publishing %s to the object store: %w", name, err)
 	}
-	return publishMsg(ctx, js, stream, id, name, nil, id)
+	return publishMsg(ctx, js, stream, id, name, nil, id, size)
 }
 
 // sizedReader reads r, failing when it gives more than left bytes.

@@ -717,31 +717,40 @@ func PublishAs(ctx context.Context, js jetstream.JetStream, stream, id, name str
 	if int64(len(data)) > InlineLimit(js) {
 		return publishObject(ctx, js, stream, id, name, bytes.NewReader(data), int64(len(data)))
 	}
-	return publishMsg(ctx, js, stream, id, name, data, "")
+	return publishMsg(ctx, js, stream, id, name, data, "", int64(len(data)))
 }
 
 // publishMsg publishes a message on the stream, its bytes in data or in the
-// object named object.
-func publishMsg(ctx context.Context, js jetstream.JetStream, stream, id, name string, data []byte, object string) error {
+// object named object (size bytes), then writes its "queued" record.
+//
+// A publish whose ack is lost (a NATS leader election, a timeout) may have
+// stored the message all the same: it is tried again under the same
+// Nats-Msg-Id, which the stream drops as a duplicate within its window, so
+// that the message is stored once and the enqueue does not fail for a lost
+// answer. The record is written only after the ack, so a publish that
+// failed leaves none behind, and only if the message has none yet (the
+// node that claims it may have written "active" first).
+func publishMsg(ctx context.Context, js jetstream.JetStream, stream, id, name string, data []byte, object string, size int64) error {
 	if stream == "" {
 		stream = DefaultStream
 	}
-	msg := nats.NewMsg(queueSubject(stream, name))
-	msg.Data = data
-	msg.Header.Set(HeaderID, id)
-	msg.Header.Set(HeaderName, name)
-	if object != "" {
-		msg.Header.Set(HeaderObject, object)
-	}
-	// Its record first, for the queue commands (the node that claims the
-	// message writes the next one, which must come after it); the message
-	// is safe without it. A publish retried after a lost ack is dropped by
-	// the stream as a duplicate within its window.
-	now := time.Now().UTC()
-	b, _ := json.Marshal(Record{ID: id, Name: name, State: "queued", Size: int64(len(data)), Queued: now, At: now})
-	js.Publish(ctx, recordSubject(stream, id), b)
-	if _, err := js.PublishMsg(ctx, msg, jetstream.WithMsgID(id)); err != nil {
+	_, err := retry(ctx, func(ctx context.Context) (*jetstream.PubAck, error) {
+		msg := nats.NewMsg(queueSubject(stream, name))
+		msg.Data = data
+		msg.Header.Set(HeaderID, id)
+		msg.Header.Set(HeaderName, name)
+		if object != "" {
+			msg.Header.Set(HeaderObject, object)
+		}
+		return js.PublishMsg(ctx, msg, jetstream.WithMsgID(id))
+	})
+	if err != nil {
 		return fmt.Errorf("publishing %s: %w", name, err)
 	}
+	now := time.Now().UTC()
+	b, _ := json.Marshal(Record{ID: id, Name: name, State: "queued", Size: size, Queued: now, At: now})
+	// The message is safe without its record: a record lost here is
+	// written by the node that claims the message.
+	js.Publish(ctx, recordSubject(stream, id), b, jetstream.WithExpectLastSequencePerSubject(0))
 	return nil
 }
