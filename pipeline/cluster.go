@@ -29,6 +29,12 @@ import (
 	"github.com/smtpq/smtpq/stages"
 )
 
+// ArchiverCount is how many Archiver goroutines a node runs: the most
+// outcomes it can be filing at once, and so the most messages a node killed
+// mid-drain can leave between a filed copy and its ack (the cluster crash
+// tests bound duplicates by it).
+const ArchiverCount = archiverCount
+
 // NATSConfig is the nats section: with it, the queue is a NATS JetStream
 // stream that every node consumes, and queue_dir a drop folder whose files
 // each node publishes to the stream.
