@@ -72,6 +72,10 @@ type Config struct {
 	AckWait  time.Duration // how long a node may hold a message without a heartbeat; default 1 minute
 	Batch    int           // messages fetched at a time; default 16
 	Poll     time.Duration // how long a fetch waits for messages; default 1 second
+	// OrphanAge is how old an object of a large message must be before
+	// the node's hourly sweep deletes it if no message refers to it;
+	// default DefaultOrphanAge (a day), far beyond any publish or ack wait.
+	OrphanAge time.Duration
 
 	Node string // this node's name, in the records the queue commands read
 
@@ -104,6 +108,9 @@ func (c *Config) defaults() {
 	if c.Poll <= 0 {
 		c.Poll = time.Second
 	}
+	if c.OrphanAge <= 0 {
+		c.OrphanAge = DefaultOrphanAge
+	}
 	if c.Log == nil {
 		c.Log = zap.NewNop()
 	}
@@ -119,11 +126,12 @@ type Spool struct {
 	state jetstream.KeyValue
 	big   *bigStore // the object store of messages too large for one NATS message
 
-	mu       sync.Mutex
-	inflight map[*message]bool // claimed here and not yet given back: kept alive by heartbeats
-	stop     chan struct{}
-	done     chan struct{}
-	closing  sync.Once
+	mu        sync.Mutex
+	inflight  map[*message]bool // claimed here and not yet given back: kept alive by heartbeats
+	stop      chan struct{}
+	done      chan struct{} // closed when the heartbeats have stopped
+	sweepDone chan struct{} // closed when the sweeps have stopped
+	closing   sync.Once
 
 	ops      jetstream.KeyValue   // operators' holds (ops.go)
 	opsWatch jetstream.KeyWatcher //
@@ -267,13 +275,14 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Spool, erro
 	}
 	s := &Spool{
 		cfg: cfg, js: js, str: str, cons: cons, state: kv, big: big,
-		inflight: map[*message]bool{}, stop: make(chan struct{}), done: make(chan struct{}),
+		inflight: map[*message]bool{}, stop: make(chan struct{}), done: make(chan struct{}), sweepDone: make(chan struct{}),
 		opsDone: make(chan struct{}), asked: map[string]opEntry{},
 	}
 	if err := s.watchOps(ctx, cfg.OnHold); err != nil {
 		return nil, fmt.Errorf("stream: %w", err)
 	}
 	go s.heartbeats()
+	go s.sweeps()
 	return s, nil
 }
 
@@ -286,6 +295,7 @@ func (s *Spool) Close() error {
 		s.opsWatch.Stop()
 	})
 	<-s.done
+	<-s.sweepDone
 	<-s.opsDone
 	s.mu.Lock()
 	held := s.inflight
@@ -698,6 +708,17 @@ func queueSubject(stream, name string) string {
 	return stream + ".q." + tag
 }
 
+// objectSubject is the subject of a message whose bytes are the object
+// named object: its route's, with the object's name after it, so that the
+// sweep of orphaned objects (big.go) can ask the stream whether a message
+// still refers to it.
+func objectSubject(stream, name, object string) string {
+	if !spool.IsID(object) {
+		return queueSubject(stream, name) // not one of smtpq's: not a token to put in a subject
+	}
+	return queueSubject(stream, name) + "." + object
+}
+
 // Publish puts a queue file's bytes (a sealed message, as queuefile writes
 // it, or a pickup file) on the stream under a new id, and returns the id
 // once the stream has stored it. name is the producer's file name: Sent and
@@ -740,6 +761,7 @@ func publishMsg(ctx context.Context, js jetstream.JetStream, stream, id, name st
 		msg.Header.Set(HeaderID, id)
 		msg.Header.Set(HeaderName, name)
 		if object != "" {
+			msg.Subject = objectSubject(stream, name, object)
 			msg.Header.Set(HeaderObject, object)
 		}
 		return js.PublishMsg(ctx, msg, jetstream.WithMsgID(id))
