@@ -4,10 +4,15 @@ package stream
 // its max_payload (1 MiB by default), headers included; a queue file has no
 // such bound. A message that does not fit is put, streamed, in the object
 // store <stream>_big under its id, and the stream carries a small message
-// with the same headers, an empty body and Smtpq-Object naming the object.
-// Everything else (claim, heartbeats, state, naks, the held copy) works on
-// that small message as on any other; only Stat and Open look in the object
-// store, and the object is deleted once the message is filed and acked.
+// with the same headers, an empty body and Smtpq-Object naming the object,
+// on <stream>.q.<route tag>.<id> (objectSubject). Everything else (claim,
+// heartbeats, state, naks, the held copy) works on that small message as on
+// any other; only Stat and Open look in the object store, and the object is
+// deleted once the message is filed and acked. An object left behind (a
+// node died between the ack and the delete, a producer before it published
+// the message) is deleted by the sweep (SweepObjects) a day later: its
+// subject lets the sweep ask the stream whether a message still refers to
+// it.
 //
 // Reading does not use ObjectStore.Get: it delivers the chunks through a
 // push consumer whose flow control lets up to 32 MiB wait in the client for

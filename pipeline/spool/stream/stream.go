@@ -3,7 +3,8 @@
 // Sink (see package stages, storage.go), beside the directory spool.
 //
 // Producers publish a queue file's bytes, unchanged, to the stream (Publish,
-// PublishAs) on the subject <stream>.q.<route tag>; every node consumes
+// PublishAs) on the subject <stream>.q.<route tag> (a large message's, with
+// its id after it: big.go); every node consumes
 // them through one durable pull consumer, so each message goes to one node
 // at a time. What the directory spool does with renames, the stream does
 // with acknowledgements:
