@@ -30,9 +30,8 @@ func TestClusterSlowHostDoesNotDelayOthers(t *testing.T) {
 		cfg.NATS = &pipeline.NATSConfig{URLs: []string{natstest.NewServer(t).URL()}, Node: "a"}
 		cfg.Timeouts.Data = pipeline.Duration(3 * pipelinetest.WaitTimeout) // the stall is the test's to end
 	})
-	var slowNames []string
 	for i := range slowN {
-		slowNames = append(slowNames, a.Enqueue(testMessage(i), slow.Params(fmt.Sprintf("slow%d@example.org", i))))
+		a.Enqueue(testMessage(i), slow.Params(fmt.Sprintf("slow%d@example.org", i)))
 	}
 	for i := range fastN {
 		a.Enqueue(testMessage(1000+i), fast.Params(fmt.Sprintf("fast%d@example.org", i)))

@@ -58,10 +58,7 @@ func fetch(t *testing.T, s *stream.Spool, n int) []*stages.Job {
 	for len(jobs) < n && time.Now().Before(deadline) {
 		_, err := s.Scan(t.Context(), time.Now(), nil, func(j *stages.Job) bool {
 			jobs = append(jobs, j)
-			if len(jobs) == n {
-				return false
-			}
-			return true
+			return len(jobs) != n
 		})
 		if err != nil {
 			t.Fatal(err)
