@@ -219,7 +219,8 @@ func leaderReads(ctx context.Context, js jetstream.JetStream, kv jetstream.KeyVa
 }
 
 // retry calls f up to eight times, each with a second more than the last
-// (two to six), a random pause apart, until it succeeds or ctx is done.
+// (two to six), a random pause apart, until it succeeds, ctx is done, or
+// it fails in a way no retry mends (final).
 func retry[T any](ctx context.Context, f func(context.Context) (T, error)) (T, error) {
 	var v T
 	var err error
@@ -229,7 +230,7 @@ func retry[T any](ctx context.Context, f func(context.Context) (T, error)) (T, e
 		actx, cancel := context.WithTimeout(ctx, min(time.Duration(i+2)*time.Second, 6*time.Second))
 		v, err = f(actx)
 		cancel()
-		if err == nil || ctx.Err() != nil {
+		if err == nil || ctx.Err() != nil || final(err) {
 			return v, err
 		}
 		pause := time.Duration(100+rand.IntN(400)) * time.Millisecond * time.Duration(i+1)
@@ -241,6 +242,25 @@ func retry[T any](ctx context.Context, f func(context.Context) (T, error)) (T, e
 	}
 	return v, err
 }
+
+// final reports whether err says that trying again cannot help: the
+// server refused the request itself (too large, not permitted, a bad
+// subject), as opposed to no answer, a lost one, or a leader election.
+func final(err error) bool {
+	if errors.Is(err, nats.ErrMaxPayload) || errors.Is(err, nats.ErrPermissionViolation) ||
+		errors.Is(err, nats.ErrAuthorization) || errors.Is(err, nats.ErrBadSubject) || errors.Is(err, nats.ErrConnectionClosed) {
+		return true
+	}
+	var api *jetstream.APIError
+	if errors.As(err, &api) {
+		return api.ErrorCode == errCodeMessageTooLarge
+	}
+	return false
+}
+
+// errCodeMessageTooLarge is JetStream's error code for a message over the
+// stream's max_msg_size.
+const errCodeMessageTooLarge jetstream.ErrorCode = 10054
 
 // Open sets up the stream, its consumer and its bucket, and returns this
 // node's spool. Close releases it.

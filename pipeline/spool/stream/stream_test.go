@@ -501,6 +501,7 @@ type lossyJS struct {
 	lose   int
 	stored bool
 	tries  int
+	err    error // what a lost publish returns; nil: no answer
 }
 
 func (j *lossyJS) PublishMsg(ctx context.Context, msg *nats.Msg, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
@@ -519,7 +520,30 @@ func (j *lossyJS) PublishMsg(ctx context.Context, msg *nats.Msg, opts ...jetstre
 			return nil, err
 		}
 	}
+	if j.err != nil {
+		return nil, j.err
+	}
 	return nil, errors.New("injected: no answer from the stream")
+}
+
+// A publish the server refuses outright (too large for it) is not tried
+// again: no retry can mend it, and enqueue reports it at once.
+func TestPublishRefusedIsNotRetried(t *testing.T) {
+	js := connect(t, natstest.NewServer(t).URL())
+	if _, _, err := stream.Setup(t.Context(), js, "", 1); err != nil {
+		t.Fatal(err)
+	}
+	for _, refusal := range []error{nats.ErrMaxPayload, nats.ErrPermissionViolation,
+		&jetstream.APIError{Code: 400, ErrorCode: 10054, Description: "message size exceeds maximum allowed"}} {
+		lossy := &lossyJS{JetStream: js, lose: 1 << 30, err: refusal}
+		_, err := stream.Publish(t.Context(), lossy, "", "refused.eml", []byte("Subject: x\r\n\r\nbody\r\n"))
+		if !errors.Is(err, refusal) {
+			t.Errorf("publish refused with %v returned %v", refusal, err)
+		}
+		if lossy.tries != 1 {
+			t.Errorf("refused with %v: tried %d times, want once", refusal, lossy.tries)
+		}
+	}
 }
 
 // queued returns how many messages the stream holds to send.
