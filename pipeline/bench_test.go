@@ -95,11 +95,9 @@ func benchFillQueue(b *testing.B, env *pipelinetest.Env, srv *smtptest.Server, n
 	b.Helper()
 	msg := benchDrainMessage()
 	sum := sha256.Sum256(msg)
-	p := queuefile.Params{
-		Host: srv.Host(), Port: srv.Port(), TLS: queuefile.TLSNone,
-		From: "app@example.com", To: []string{"user@example.org"},
-		Digest: hex.EncodeToString(sum[:]), Size: int64(len(msg)),
-	}
+	// SealHeader, unlike Enqueue, reads no sender from the message.
+	p := srv.Params("user@example.org")
+	p.From, p.Digest, p.Size = "app@example.com", hex.EncodeToString(sum[:]), int64(len(msg))
 	seal, err := queuefile.SealHeader(&p, "\r\n", env.Queue.Recipients...)
 	if err != nil {
 		b.Fatal(err)

@@ -29,6 +29,12 @@ import (
 	"github.com/smtpq/smtpq/stages"
 )
 
+// ArchiverCount is how many Archiver goroutines a node runs: the most
+// outcomes it can be filing at once, and so the most messages a node killed
+// mid-drain can leave between a filed copy and its ack (the cluster crash
+// tests bound duplicates by it).
+const ArchiverCount = archiverCount
+
 // NATSConfig is the nats section: with it, the queue is a NATS JetStream
 // stream that every node consumes, and queue_dir a drop folder whose files
 // each node publishes to the stream.
@@ -66,6 +72,11 @@ type NATSEmbedded struct {
 	ClusterName   string     `yaml:"cluster_name"`
 	ClusterListen string     `yaml:"cluster_listen"`
 	Routes        StringList `yaml:"routes"`
+	// SyncAlways makes the server fsync every write to its store before it
+	// acknowledges it, instead of every two minutes (NATS's default): with
+	// one replica, a power loss cannot then take acknowledged mail whose
+	// drop file is already gone. It costs a disk flush per message.
+	SyncAlways bool `yaml:"sync_always"`
 }
 
 var natsName = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
@@ -147,7 +158,7 @@ func startEmbedded(e *NATSEmbedded, name string, log *zap.Logger) (*server.Serve
 	}
 	opts := &server.Options{
 		ServerName: name, Host: host, Port: port,
-		JetStream: true, StoreDir: e.StoreDir,
+		JetStream: true, StoreDir: e.StoreDir, SyncAlways: e.SyncAlways,
 		NoSigs: true,
 	}
 	if e.ClusterListen != "" {

@@ -21,9 +21,8 @@ func TestXOAuth2(t *testing.T) {
 	})
 	env := pipelinetest.New(t)
 	env.Start(pipeline.Options{})
-	p := queuefile.Params{Host: srv.Host(), Port: srv.Port(), TLS: queuefile.TLSNone,
-		Username: "mailer@example.com", OAuth2Token: queuefile.NewSecret("ya29.token-1"),
-		From: "app@example.com", To: []string{"user@example.org"}}
+	p := srv.Params("user@example.org")
+	p.Username, p.OAuth2Token = "mailer@example.com", queuefile.NewSecret("ya29.token-1")
 	good := env.Enqueue(testMessage(1), p)
 	p.OAuth2Token = queuefile.NewSecret("ya29.wrong")
 	bad := env.Enqueue(testMessage(2), p)
@@ -55,8 +54,7 @@ func TestOverSizeFailsBeforeData(t *testing.T) {
 	env := pipelinetest.New(t)
 	env.Start(pipeline.Options{})
 	big := append([]byte("From: app@example.com\r\nTo: user@example.org\r\nSubject: big\r\n\r\n"), bytes.Repeat([]byte("0123456789abcdef\r\n"), 200)...)
-	name := env.Enqueue(big, queuefile.Params{Host: srv.Host(), Port: srv.Port(), TLS: queuefile.TLSNone,
-		From: "app@example.com", To: []string{"user@example.org"}})
+	name := env.Enqueue(big, srv.Params("user@example.org"))
 	f := env.Wait(name)
 	wantFailed(t, f, stages.ClassPermanent)
 	if e := f.Job.Outcome.Err; e == nil || e.Code != 552 || !strings.Contains(e.Text, "SIZE") {
@@ -79,10 +77,8 @@ func TestEightBitAndSMTPUTF8(t *testing.T) {
 	env := pipelinetest.New(t)
 	env.Start(pipeline.Options{})
 	msg := []byte("From: app@example.com\r\nTo: jörg@example.org\r\nSubject: Grüße\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\nGrüße aus München\r\n")
-	ok := env.Enqueue(msg, queuefile.Params{Host: utf8srv.Host(), Port: utf8srv.Port(), TLS: queuefile.TLSNone,
-		From: "app@example.com", To: []string{"jörg@example.org"}})
-	refused := env.Enqueue(msg, queuefile.Params{Host: plain.Host(), Port: plain.Port(), TLS: queuefile.TLSNone,
-		From: "app@example.com", To: []string{"jörg@example.org"}})
+	ok := env.Enqueue(msg, utf8srv.Params("jörg@example.org"))
+	refused := env.Enqueue(msg, plain.Params("jörg@example.org"))
 	wantSent(t, env.Wait(ok))
 	wantFailed(t, env.Wait(refused), stages.ClassPermanent)
 	msgs := utf8srv.Messages()

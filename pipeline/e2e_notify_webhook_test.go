@@ -73,6 +73,26 @@ func (r *hookReceiver) serve(w http.ResponseWriter, req *http.Request) {
 	r.changed = make(chan struct{})
 }
 
+// count returns how many POSTs arrived.
+func (r *hookReceiver) count() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.posts
+}
+
+// eventsOf returns the events received about the message name.
+func (r *hookReceiver) eventsOf(name string) []notify.Event {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []notify.Event
+	for _, e := range r.events {
+		if e.Name == name {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
 // waitEvent waits for an event of type typ about the message name.
 func (r *hookReceiver) waitEvent(name, typ string) notify.Event {
 	r.t.Helper()

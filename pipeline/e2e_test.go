@@ -11,7 +11,6 @@ import (
 
 	"github.com/smtpq/smtpq/pipeline"
 	"github.com/smtpq/smtpq/pipeline/pipelinetest"
-	"github.com/smtpq/smtpq/pipeline/queuefile"
 	"github.com/smtpq/smtpq/pipeline/smtptest"
 	"github.com/smtpq/smtpq/stages"
 )
@@ -29,8 +28,7 @@ func TestSendsAndFilesInSent(t *testing.T) {
 	names := map[string][]byte{}
 	for i := range 20 {
 		msg := testMessage(i)
-		name := env.Enqueue(msg, queuefile.Params{Host: srv.Host(), Port: srv.Port(), TLS: queuefile.TLSNone,
-			From: "app@example.com", To: []string{fmt.Sprintf("user%d@example.org", i)}})
+		name := env.Enqueue(msg, srv.Params(fmt.Sprintf("user%d@example.org", i)))
 		names[name] = msg
 	}
 	final := env.WaitFinal(len(names))

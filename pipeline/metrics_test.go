@@ -13,7 +13,6 @@ import (
 
 	"github.com/smtpq/smtpq/pipeline"
 	"github.com/smtpq/smtpq/pipeline/pipelinetest"
-	"github.com/smtpq/smtpq/pipeline/queuefile"
 	"github.com/smtpq/smtpq/pipeline/smtptest"
 	"github.com/smtpq/smtpq/stages"
 )
@@ -38,8 +37,7 @@ func TestMetricsAndHealth(t *testing.T) {
 	env := pipelinetest.New(t, func(c *pipeline.Config) { c.Metrics.Listen = "127.0.0.1:0" })
 	env.Start(pipeline.Options{})
 	for i := range 3 {
-		env.Enqueue(testMessage(i), queuefile.Params{Host: srv.Host(), Port: srv.Port(), TLS: queuefile.TLSNone,
-			From: "app@example.com", To: []string{"user@example.org"}})
+		env.Enqueue(testMessage(i), srv.Params("user@example.org"))
 	}
 	env.WaitFinal(3)
 	base := "http://" + env.Pipeline.MetricsAddr().String()
@@ -79,8 +77,7 @@ func TestMetricsAndHealth(t *testing.T) {
 	}
 	// A message now cannot be filed in Sent: it must stay safe and be
 	// retried, not lost.
-	name := env.Enqueue(testMessage(9), queuefile.Params{Host: srv.Host(), Port: srv.Port(), TLS: queuefile.TLSNone,
-		From: "app@example.com", To: []string{"user@example.org"}})
+	name := env.Enqueue(testMessage(9), srv.Params("user@example.org"))
 	env.WaitFor("a failed filing of "+name, func(fs []stages.Filed) bool {
 		for _, f := range fs {
 			if f.Job.Name == name && f.Err != nil {

@@ -13,7 +13,6 @@ import (
 
 	"github.com/smtpq/smtpq/pipeline"
 	"github.com/smtpq/smtpq/pipeline/pipelinetest"
-	"github.com/smtpq/smtpq/pipeline/queuefile"
 	"github.com/smtpq/smtpq/pipeline/smtptest"
 )
 
@@ -23,8 +22,7 @@ func exported(t *testing.T) map[string]bool {
 	srv := smtptest.NewServer(t)
 	env := pipelinetest.New(t, func(c *pipeline.Config) { c.Metrics.Listen = "127.0.0.1:0" })
 	env.Start(pipeline.Options{})
-	env.Enqueue(testMessage(1), queuefile.Params{Host: srv.Host(), Port: srv.Port(), TLS: queuefile.TLSNone,
-		From: "app@example.com", To: []string{"user@example.org"}})
+	env.Enqueue(testMessage(1), srv.Params("user@example.org"))
 	env.WaitFinal(1)
 	// The session closes after the idle timeout: then its duration is
 	// observed too, once smtpq has closed its end, which may come a moment

@@ -1,6 +1,7 @@
 package pipeline
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/url"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/smtpq/smtpq/pipeline/notify"
 	"github.com/smtpq/smtpq/pipeline/queuefile"
+	"github.com/smtpq/smtpq/pipeline/spool"
 	"github.com/smtpq/smtpq/stages"
 )
 
@@ -100,6 +102,9 @@ func (p *Pipeline) newNotifier(cfg *Config, clock stages.Clock, log *zap.Logger)
 		DefaultRelay: cfg.DefaultRelay, ReportingMTA: cfg.HELO,
 		Clock: clock, Log: log, Crash: p.opts.Crash,
 	}
+	if cfg.NATS == nil {
+		n.Locate = locateInQueue(spool.Dirs{Queue: cfg.QueueDir, Sent: cfg.SentDir, Undeliverable: cfg.UndeliverableDir})
+	}
 	for i, w := range nc.Webhooks {
 		secret, err := queuefile.ReadSecretFile(w.SecretFile)
 		if err != nil {
@@ -124,4 +129,24 @@ func (p *Pipeline) newNotifier(cfg *Config, clock stages.Clock, log *zap.Logger)
 		return nil, fmt.Errorf("notify: %w", err)
 	}
 	return n, nil
+}
+
+// locateInQueue finds messages by id in the directory spool's working
+// folders, in one listing, for the notifier's resolution of the filings a
+// crash cut short.
+func locateInQueue(d spool.Dirs) notify.Locate {
+	return func(ids []string) (map[string]string, error) {
+		want := map[string]bool{}
+		for _, id := range ids {
+			want[id] = true
+		}
+		where := map[string]string{}
+		err := spool.Walk(context.Background(), d, spool.QueuePlaces, func(e spool.Entry) error {
+			if want[e.ID] {
+				where[e.ID] = string(e.Place)
+			}
+			return nil
+		})
+		return where, err
+	}
 }

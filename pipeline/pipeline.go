@@ -422,6 +422,11 @@ func (p *Pipeline) control(c stages.HostControl) {
 type storage interface {
 	stages.Source
 	stages.Sink
+	// RecordAccepted durably notes that the server accepted a job's data
+	// (the Sender's Accepted hook), so that a job whose filing is cut short
+	// is filed as sent, not sent again. The directory spool: a line in its
+	// journal, fsynced in groups. A stream: the message's key-value entry,
+	// written before the ack, read back at a redelivery.
 	RecordAccepted(*stages.Job) error
 }
 
@@ -435,6 +440,9 @@ func (p *Pipeline) Run(ctx context.Context) error {
 	nt, err := p.newNotifier(cfg, p.opts.Clock, p.log.Named("notify"))
 	if err != nil {
 		return err
+	}
+	if nt != nil {
+		defer nt.Close() // after the Archivers' last filing
 	}
 	sp, err := spool.Open(spool.Dirs{
 		Queue: cfg.QueueDir, Sent: cfg.SentDir, Undeliverable: cfg.UndeliverableDir,
@@ -525,6 +533,11 @@ func (p *Pipeline) Run(ctx context.Context) error {
 	}
 	archiver := &stages.Archiver{
 		Spool: store, DeleteAfterSend: cfg.DeleteAfterSend, Clock: clock, Log: log.Named(ArchiverLogger),
+		OnFiling: func(f stages.Filed) {
+			if nt != nil {
+				nt.Filing(f)
+			}
+		},
 		OnFiled: func(f stages.Filed) {
 			met.observe(f, clock.Now())
 			if nt != nil {

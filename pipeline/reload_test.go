@@ -13,7 +13,6 @@ import (
 
 	"github.com/smtpq/smtpq/pipeline"
 	"github.com/smtpq/smtpq/pipeline/pipelinetest"
-	"github.com/smtpq/smtpq/pipeline/queuefile"
 	"github.com/smtpq/smtpq/pipeline/smtptest"
 	"github.com/smtpq/smtpq/stages"
 )
@@ -74,8 +73,7 @@ func TestReloadAppliesLimitsAndRefusesBadConfigs(t *testing.T) {
 	}
 	const n = 12
 	for i := range n {
-		env.Enqueue(testMessage(i), queuefile.Params{Host: srv.Host(), Port: srv.Port(), TLS: queuefile.TLSNone,
-			From: "app@example.com", To: []string{fmt.Sprintf("user%d@example.org", i)}})
+		env.Enqueue(testMessage(i), srv.Params(fmt.Sprintf("user%d@example.org", i)))
 	}
 	wantAllSent(t, env, n)
 	ctx, cancel := context.WithTimeout(context.Background(), pipelinetest.WaitTimeout)

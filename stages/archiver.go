@@ -74,6 +74,11 @@ type Archiver struct {
 	DeleteAfterSend bool
 	Clock           Clock
 	Log             *zap.Logger
+	// OnFiling, if set, is called before each filing, with the filing
+	// about to be made (no Path, no Err); OnFiled follows it with the
+	// result. What must survive a crash between the filing and OnFiled (an
+	// event, a notice about the filing) is made durable here.
+	OnFiling func(Filed)
 	// OnFiled, if set, is called after each job is filed (metrics, tests).
 	OnFiled func(Filed)
 
@@ -204,6 +209,9 @@ func (a *Archiver) place(job *Job, now time.Time) bool {
 	o := &job.Outcome
 	retry := a.policy()
 	f := Filed{Job: job, Verdict: o.Verdict}
+	if a.OnFiling != nil {
+		a.OnFiling(f)
+	}
 	switch o.Verdict {
 	case Sent:
 		f.Path, f.Err = a.Spool.FileSent(job, a.DeleteAfterSend)

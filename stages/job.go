@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"io"
 	"strings"
-	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -142,10 +141,9 @@ type Job struct {
 	Outcome Outcome
 
 	// body is the message as sent (without the sealed header), read once by
-	// the Parser, for the Sender and the Sent copy; nil: read it from Path.
-	body    []byte
-	budget  *memBudget // where body's bytes were counted
-	counted int64      // how many
+	// the Parser, for the Sender and the Sent copy; nil: read it from the
+	// storage (Msg).
+	body *heldBody
 }
 
 // AcceptedState returns the job's state with the server's acceptance of its
@@ -168,8 +166,8 @@ func (j *Job) AcceptedState() State {
 // (or the pickup envelope): from memory if the Parser kept it, else read
 // anew from the storage. The Sender sends it; the storage files it in Sent.
 func (j *Job) WriteMessage(w io.Writer) error {
-	if j.body != nil {
-		_, err := w.Write(j.body)
+	if b := j.body.bytes(); b != nil {
+		_, err := w.Write(b)
 		return err
 	}
 	src, err := j.Msg.Open()
@@ -183,33 +181,12 @@ func (j *Job) WriteMessage(w io.Writer) error {
 	return queuefile.StripSealed(w, src)
 }
 
-// dropBody lets go of the message held in memory.
+// dropBody lets go of the message held in memory, giving its share of the
+// memory budget back.
 func (j *Job) dropBody() {
-	if j.budget != nil {
-		j.budget.give(j.counted)
-	}
-	j.body, j.budget, j.counted = nil, nil, 0
+	j.body.release()
+	j.body = nil
 }
-
-// memBudget bounds the bytes of messages held in memory by jobs in flight.
-type memBudget struct{ left atomic.Int64 }
-
-func newMemBudget(n int64) *memBudget {
-	b := &memBudget{}
-	b.left.Store(n)
-	return b
-}
-
-// take counts n more bytes, if they fit.
-func (b *memBudget) take(n int64) bool {
-	if b.left.Add(-n) < 0 {
-		b.left.Add(n)
-		return false
-	}
-	return true
-}
-
-func (b *memBudget) give(n int64) { b.left.Add(n) }
 
 // Host returns the SMTP host the job goes to, the key of per-host limits.
 func (j *Job) Host() string { return j.Route.Host }

@@ -229,22 +229,23 @@ func (p *Parser) open(job *Job) error {
 	defer f.Close()
 	det := &eightBitDetector{}
 	var body io.Writer // nil: not kept
-	var keep *fixedBuffer
+	var keep *heldBody
 	maxMem := p.MaxInMemory
 	if maxMem <= 0 {
 		maxMem = 64 << 10
 	}
-	if fi.Size() <= maxMem && p.memBudget().take(fi.Size()) {
-		keep = &fixedBuffer{b: make([]byte, 0, fi.Size())}
-		body = keep
-		job.budget, job.counted = p.budget, fi.Size()
+	if fi.Size() <= maxMem {
+		if keep = p.memBudget().hold(fi.Size()); keep != nil {
+			body = keep
+		}
 	}
 	params, err := queuefile.OpenTo(body, io.TeeReader(f, det), p.Identities...)
 	if keep != nil {
+		job.dropBody()
 		if err == nil && !keep.over {
-			job.body = keep.b
+			job.body = keep
 		} else {
-			job.dropBody() // not valid, or it grew since Lstat
+			keep.release() // not valid, or it grew since Lstat
 		}
 	}
 	if errors.Is(err, queuefile.ErrNoSeal) && p.Pickup != nil {
@@ -293,22 +294,6 @@ func (p *Parser) openPickup(job *Job) error {
 	job.Params = &queuefile.Params{From: pk.From, To: pk.To}
 	job.UTF8 = !isASCII(pk.From) || !allASCII(pk.To)
 	return nil
-}
-
-// fixedBuffer collects writes up to its capacity; beyond, it notes that it
-// is over and keeps nothing more.
-type fixedBuffer struct {
-	b    []byte
-	over bool
-}
-
-func (f *fixedBuffer) Write(p []byte) (int, error) {
-	if len(f.b)+len(p) > cap(f.b) {
-		f.over = true
-	} else if !f.over {
-		f.b = append(f.b, p...)
-	}
-	return len(p), nil
 }
 
 // pending returns the sealed recipients not yet done or failed.

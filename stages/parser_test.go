@@ -75,8 +75,9 @@ func TestParserKeepsSmallMessagesInMemory(t *testing.T) {
 	bad := filepath.Join(q.Dir, "20261127T120000.000000000Z-broken00.eml")
 	os.WriteFile(bad, []byte("X-SmtpQ-Sealed: v1 AAAA\r\n\r\nbody\r\n"), 0o640)
 	job := &Job{Name: filepath.Base(bad), Msg: fileMsg(bad), State: State{Queued: time.Now()}}
-	if p.parse(job) || job.body != nil || job.budget != nil {
-		t.Fatalf("a broken file: parsed %v, body kept %v", job.Outcome, job.body != nil)
+	left := p.budget.left.Load()
+	if p.parse(job) || job.body != nil || p.budget.left.Load() != left {
+		t.Fatalf("a broken file: parsed %v, body kept %v, budget %d bytes after, %d before", job.Outcome, job.body != nil, p.budget.left.Load(), left)
 	}
 }
 

@@ -330,7 +330,7 @@ func (s *Sender) deliver(sess *session, job *Job) (broken bool) {
 	}
 	tx := sess.Send(
 		smtpclient.Envelope{From: job.Sender, To: job.Pending, Size: job.Size, UTF8: job.UTF8},
-		smtpclient.Message{Bytes: job.body, Write: func(w io.Writer) (int64, error) { return writeData(w, job) }},
+		smtpclient.Message{Bytes: job.body.bytes(), Write: func(w io.Writer) (int64, error) { return writeData(w, job) }},
 	)
 	job.Outcome = decide(job.Pending, tx)
 	if tx.NoReply {

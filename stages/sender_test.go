@@ -21,7 +21,7 @@ func pipeJob(to ...string) *Job {
 	body := []byte("Subject: hi\r\n\r\nhello\r\n")
 	return &Job{
 		Name: "20261127T120000.000000000Z-pipe0000.eml", Kind: KindSealed,
-		Sender: "from@example.com", Pending: to, Size: int64(len(body)), body: body,
+		Sender: "from@example.com", Pending: to, Size: int64(len(body)), body: &heldBody{b: body},
 	}
 }
 

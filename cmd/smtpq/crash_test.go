@@ -115,6 +115,8 @@ func crashMessage(i int, to string) string {
 	return fmt.Sprintf("From: app@example.com\r\nTo: %s\r\nSubject: crash %d\r\nMessage-ID: <crash-%d@example.com>\r\n\r\nbody %d\r\n", to, i, i, i)
 }
 
+// enqueue queues message i for host:port, not for an smtptest.Server:
+// the random-kill tests' sink may be Postfix's smtp-sink.
 func (e *crashTestEnv) enqueue(i int, host string, port int, to string) string {
 	q := *e.queue
 	if e.unpadded {

@@ -71,10 +71,6 @@ func noLeaks(t *testing.T) {
 	t.Cleanup(func() { goleak.VerifyNone(t, opt) })
 }
 
-func plain(srv *smtptest.Server, to ...string) queuefile.Params {
-	return queuefile.Params{Host: srv.Host(), Port: srv.Port(), TLS: queuefile.TLSNone, From: "app@example.com", To: to}
-}
-
 func testMail(i int) []byte {
 	return fmt.Appendf(nil, "From: app@example.com\r\nTo: user%d@example.org\r\nSubject: test %d\r\nMessage-ID: <m%d@example.com>\r\n\r\nHello %d.\r\n", i, i, i, i)
 }
@@ -149,17 +145,18 @@ func TestQueueCommandsWithRunningService(t *testing.T) {
 	}
 
 	// Queued while the service is not running yet.
-	sent := e.Enqueue(testMail(1), plain(srv, "ok@example.org"))
-	later := e.Enqueue(testMail(2), plain(srv, "later@example.org"))
+	sent := e.Enqueue(testMail(1), srv.Params("ok@example.org"))
+	later := e.Enqueue(testMail(2), srv.Params("later@example.org"))
 	sched := e.Enqueue(testMail(3), func() queuefile.Params {
-		p := plain(srv, "ok@example.org")
+		p := srv.Params("ok@example.org")
 		p.NotBefore = time.Now().Add(time.Hour)
 		return p
 	}())
 	relayed := e.Enqueue(testMail(4), queuefile.Params{Relay: "main", From: "", To: []string{"a@example.org", "b@example.org"}})
-	failed := e.Enqueue(testMail(5), plain(srv, "nobody@example.org"))
-	inline := e.Enqueue(testMail(6), queuefile.Params{Host: authSrv.Host(), Port: authSrv.Port(), TLS: queuefile.TLSNone,
-		Username: "relay-user", Password: queuefile.NewSecret(relayPassword), From: "app@example.com", To: []string{"c@example.org"}})
+	failed := e.Enqueue(testMail(5), srv.Params("nobody@example.org"))
+	login := authSrv.Params("c@example.org")
+	login.Username, login.Password = "relay-user", queuefile.NewSecret(relayPassword)
+	inline := e.Enqueue(testMail(6), login)
 	all := []string{sent, later, sched, relayed, failed, inline}
 
 	lines := listLines(t, run("list"))
@@ -375,7 +372,7 @@ func TestQueueRetrySendsBeforeBackoff(t *testing.T) {
 			MaxAttempts: 5, MaxAge: pipeline.Duration(24 * time.Hour)}
 	})
 	e.Start(pipeline.Options{})
-	name := e.Enqueue(testMail(1), plain(srv, "user1@example.org"))
+	name := e.Enqueue(testMail(1), srv.Params("user1@example.org"))
 	e.WaitFor("a deferral", func(fs []stages.Filed) bool { return len(fs) > 0 })
 	if f := e.Filed()[0]; f.Verdict != stages.Deferred || f.Job.State.NextAttempt.Before(time.Now().Add(50*time.Minute)) {
 		t.Fatalf("first filing: %s, next attempt %v", f.Verdict, f.Job.State.NextAttempt)
@@ -431,7 +428,7 @@ func TestQueueHoldRacesWithService(t *testing.T) {
 	go func() {
 		defer close(done)
 		for i := range n {
-			name, err := e.Queue.Enqueue(strings.NewReader(string(testMail(i))), plain(srv, fmt.Sprintf("user%d@example.org", i)))
+			name, err := e.Queue.Enqueue(strings.NewReader(string(testMail(i))), srv.Params(fmt.Sprintf("user%d@example.org", i)))
 			if err != nil {
 				t.Error(err)
 				return

@@ -96,8 +96,8 @@ folders); 2 for a mistake in the command line.`,
 }
 
 // cpuProfile writes a CPU profile of the whole run to path, if set (the
-// SMTPQ_CPUPROFILE environment variable: for developers, see README
-// "Performance"); the returned function ends it.
+// SMTPQ_CPUPROFILE environment variable: for developers, see
+// testdata/bench/README.md); the returned function ends it.
 func cpuProfile(path string) (func(), error) {
 	if path == "" {
 		return func() {}, nil

@@ -109,6 +109,17 @@ type ChartLine struct {
 	Total               int
 }
 
+// axisLabels labels the ends of a time axis: times of day, with the date
+// when the axis spans more than a few hours (a day's chart would otherwise
+// read the same hour at both ends).
+func axisLabels(start, end time.Time) (string, string) {
+	layout := "15:04"
+	if end.Sub(start) > 6*time.Hour {
+		layout = "Jan 2 15:04"
+	}
+	return start.Format(layout), end.Format(layout)
+}
+
 // Chart draws the last minutes minutes before now, in buckets of step
 // minutes.
 func (s *Series) Chart(title string, now time.Time, minutes, step int) Chart {
@@ -125,8 +136,8 @@ func (s *Series) Chart(title string, now time.Time, minutes, step int) Chart {
 			}
 		}
 	}
-	c := Chart{Title: title, Width: w, Height: h, Max: 1,
-		Start: now.Add(-time.Duration(minutes) * time.Minute).Format("15:04"), End: now.Format("15:04")}
+	c := Chart{Title: title, Width: w, Height: h, Max: 1}
+	c.Start, c.End = axisLabels(now.Add(-time.Duration(minutes)*time.Minute), now)
 	for _, v := range vals {
 		for i := range seriesCount {
 			c.Max = max(c.Max, v[i])

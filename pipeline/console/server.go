@@ -330,12 +330,12 @@ func (s *Server) hostRows(sum Summary, now time.Time) []hostRow {
 		if s.service != nil {
 			c, rate := s.service.Limits(h.Host)
 			r.Cap = c
-			r.Rate = "none"
+			r.Rate = "no limit"
 			if rate > 0 {
-				r.Rate = strconv.FormatFloat(rate, 'g', 4, 64) + "/s"
+				r.Rate = "limit " + strconv.FormatFloat(rate, 'g', 4, 64) + "/s"
 			}
 		}
-		r.Rate = fmt.Sprintf("%.1f/min sent, limit %s", h.SentPerMin, orDash(r.Rate))
+		r.Rate = fmt.Sprintf("%.1f/min sent, %s", h.SentPerMin, orDash(r.Rate))
 		if h.Failures > 0 {
 			r.Circuit = fmt.Sprintf("failing: %d in a row", h.Failures)
 		}

@@ -2,10 +2,30 @@
 // mail, without polling: delivery status notices to the envelope sender,
 // and signed webhook events.
 //
-// The pipeline gives Notifier.Filed every filing the Archiver makes (its
-// OnFiled hook, called after the filing is durable) and runs Notifier.Run
-// beside the stages. Filed does its durable work before it returns, on the
+// The pipeline gives Notifier.Filing every filing the Archiver is about to
+// make (its OnFiling hook) and Notifier.Filed every filing made (OnFiled,
+// called after the filing is durable), and runs Notifier.Run beside the
+// stages. Filing and Filed do their durable work before they return, on the
 // Archiver's goroutine; Run only delivers webhook events.
+//
+// # Intents: nothing lost between a filing and its telling
+//
+// Filing prepares what the filing will tell: the event (its id chosen
+// then) and the notice (built, sealed and written to the instance's
+// notices folder, where the service does not pick it up), and records both
+// in an intent, queue_dir/.events/.filing/<instance>/<message id>.json,
+// fsynced. Filed completes it after a filing that took place (the notice
+// moved into queue_dir, the event recorded in the outbox with the filing's
+// path, the intent removed) and drops it after one that failed. Each
+// instance holds <instance>.lock while it runs; Open resolves the folders
+// of instances whose lock is free (they died): Locate says where each
+// message is, and an intent is completed if its filing took place (a
+// final one: the message is no longer in the queue; deferred or held: it is
+// in that folder) and dropped if not (the message is filed again, and its
+// new filing tells). Every step of a completion can be done twice: a
+// notice already moved is not there to move again, an event already in the
+// outbox is kept as recorded. Without Locate (a stream) every intent is
+// completed: at least once.
 //
 // # Delivery status notices
 //
@@ -48,6 +68,9 @@
 //     second delay notice at the next deferral, never none.
 //   - A notice that cannot be queued (the queue's disk full) is logged and
 //     dropped: the message's own filing is not held up by its notice.
+//   - A notice is written (sealed) before the filing and moved into the
+//     queue after it: a crash after the filing queues it at the next start,
+//     a crash before drops it (the message's next filing writes another).
 //
 // # Webhooks
 //
@@ -68,9 +91,15 @@
 //   - A filing that failed (the message stays in the queue's working
 //     folders and is filed again) makes no event; its later filing does.
 //     Parked and returned messages are internal moves and make none.
-//   - A crash after the filing and before the record loses that one event
-//     (the Archiver's hook runs after the filing); a crash after the record
-//     loses nothing (the crash point CrashRecorded tests it).
+//   - A crash at any point loses no event: before the filing, the intent is
+//     dropped at the next start and the message's new filing tells; after
+//     it, the next start tells it (crash point CrashFiled), with the id
+//     chosen before the crash; after the record, the outbox has it
+//     (CrashRecorded). An event told at a start has no path, and a
+//     deferred one no next_attempt: the crash lost what only the filing
+//     knew. A deferred or held message that an operator moves while the
+//     service is down (retry, release) is not in its folder at the next
+//     start: that filing's event is then dropped.
 //   - Events carry the queue file's name, the queue id, the Message-ID,
 //     the envelope, the SMTP host and port, the failure as the XML log
 //     keeps it (class, step, code, enhanced code, text), per-recipient

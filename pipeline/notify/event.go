@@ -80,15 +80,14 @@ func eventType(f stages.Filed) string {
 	return ""
 }
 
-// newEvent describes a filing. msgID is the Message-ID header ("" if not
-// known).
+// newEvent describes a filing about to be made. msgID is the Message-ID
+// header ("" if not known). What only the filing knows is added by filed.
 func newEvent(id, typ string, f stages.Filed, now time.Time, msgID string) *Event {
 	j := f.Job
 	e := &Event{
 		ID: id, Type: typ, Time: now.UTC(), Name: j.Name, QueueID: j.ID, MessageID: msgID,
 		From: j.Sender, Recipients: envelopeTo(j), Host: j.Route.Host, Port: j.Route.Port,
 		Class: string(j.Outcome.Class), Attempts: j.State.Attempts, Queued: j.State.Queued.UTC(),
-		Path: f.Path,
 	}
 	if e.Recipients == nil {
 		e.Recipients = []string{}
@@ -99,11 +98,17 @@ func newEvent(id, typ string, f stages.Filed, now time.Time, msgID string) *Even
 	for _, r := range j.Outcome.Rcpts {
 		e.Rcpts = append(e.Rcpts, RcptEvent{Addr: r.Addr, Status: string(r.Status), Code: r.Code, Enhanced: r.Enhanced, Text: r.Text})
 	}
-	if typ == EventDeferred && !j.State.NextAttempt.IsZero() {
-		t := j.State.NextAttempt.UTC()
+	return e
+}
+
+// filed adds to e what the filing f decided: where the message is, and
+// when a deferred one is tried again.
+func (e *Event) filed(f stages.Filed) {
+	e.Path = f.Path
+	if t := f.Job.State.NextAttempt; e.Type == EventDeferred && !t.IsZero() {
+		t = t.UTC()
 		e.NextAttempt = &t
 	}
-	return e
 }
 
 // envelopeTo returns the message's envelope recipients: the sealed ones,

@@ -87,7 +87,17 @@ func newNotifier(t *testing.T, configure func(*notify.Notifier)) (*notify.Notifi
 	if err := n.Open(); err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(n.Close)
 	return n, ids
+}
+
+// file plays the Archiver filing f: n.Filing before the filing (which has
+// no path or error yet), n.Filed after it.
+func file(n *notify.Notifier, f stages.Filed) {
+	before := f
+	before.Path, before.Err = "", nil
+	n.Filing(before)
+	n.Filed(f)
 }
 
 // queued returns the queue files in dir.

@@ -18,35 +18,29 @@ import (
 // an empty file named by the message's id once its delay notice is queued.
 const DelayedDir = ".notify/delayed"
 
-// notice queues the delivery status notice a filing calls for, if any,
-// and keeps the delay marks. hdr returns the original header section.
-func (n *Notifier) notice(f stages.Filed, hdr func() []byte) {
+// noticeFor returns the recipients a notice about filing f lists, and
+// whether it is a delay notice; none if the filing calls for no notice.
+func (n *Notifier) noticeFor(f stages.Filed) ([]Recipient, bool) {
 	j := f.Job
-	final := f.Verdict == stages.Sent || f.Verdict == stages.Failed
-	if final && n.Delay > 0 {
-		n.forgetDelay(j.ID)
-	}
 	if j.Sender == "" || j.Params == nil {
 		// Never a notice about a notice (or any null-sender message);
 		// and a file whose seal was not opened names no sender to trust.
-		return
+		return nil, false
 	}
 	switch {
 	case f.Verdict == stages.Failed && n.Failure && j.Outcome.Class != stages.ClassInvalid:
-		n.sendNotice(j, failedRecipients(j), hdr)
+		return failedRecipients(j), false
 	case f.Verdict == stages.Deferred && n.Delay > 0 && n.now().Sub(j.State.Queued) >= n.Delay && !n.delayNoted(j.ID):
-		if n.sendNotice(j, delayedRecipients(j), hdr) {
-			n.noteDelay(j)
-		}
+		return delayedRecipients(j), true
 	}
+	return nil, false
 }
 
-// sendNotice builds and queues a notice to j's sender, through j's route,
-// and reports whether it was queued.
-func (n *Notifier) sendNotice(j *stages.Job, rcpts []Recipient, hdr func() []byte) bool {
-	if len(rcpts) == 0 {
-		return false
-	}
+// stageNotice builds a notice to j's sender, through j's route, and
+// writes it sealed to q (where the service does not pick it up), and
+// returns its name, or "" if it could not be written (logged: the
+// message's own filing is not held up by its notice).
+func (n *Notifier) stageNotice(q *queuefile.Queue, j *stages.Job, rcpts []Recipient, hdr func() []byte) string {
 	r := &Report{
 		ReportingMTA: n.ReportingMTA, To: j.Sender, Arrival: j.State.Queued, Now: n.now(),
 		Name: j.Name, Recipients: rcpts, Headers: hdr(),
@@ -54,15 +48,12 @@ func (n *Notifier) sendNotice(j *stages.Job, rcpts []Recipient, hdr func() []byt
 	msg, err := BuildDSN(r)
 	if err == nil {
 		var name string
-		name, err = n.Queue.EnqueueNullSender(msg, noticeParams(j, n.DefaultRelay))
-		if err == nil {
-			n.Log.Info("delivery status notice queued", zap.String("id", j.ID), zap.String("file", j.Name),
-				zap.String("action", string(rcpts[0].Action)), zap.String("notice", name))
-			return true
+		if name, err = q.EnqueueNullSender(msg, noticeParams(j, n.DefaultRelay)); err == nil {
+			return name
 		}
 	}
-	n.Log.Error("queueing a delivery status notice", zap.String("id", j.ID), zap.String("file", j.Name), zap.Error(err))
-	return false
+	n.Log.Error("writing a delivery status notice", zap.String("id", j.ID), zap.String("file", j.Name), zap.Error(err))
+	return ""
 }
 
 // noticeParams are the sealed parameters of a notice about j: j's own
@@ -181,17 +172,17 @@ func (n *Notifier) delayNoted(id string) bool {
 	return err == nil
 }
 
-// noteDelay records durably that j's delay notice is queued. The notice
-// is queued first: a crash between the two can send a second delay notice
-// (at the next deferral), never none.
-func (n *Notifier) noteDelay(j *stages.Job) {
-	p := n.markPath(j.ID)
+// noteDelay records durably that the delay notice of message id is
+// queued. The notice is queued first: a crash between the two can send a
+// second delay notice (at the next deferral), never none.
+func (n *Notifier) noteDelay(id string) {
+	p := n.markPath(id)
 	err := queuefile.WriteFileSync(p, nil)
 	if err == nil {
 		err = queuefile.SyncDir(filepath.Dir(p))
 	}
 	if err != nil {
-		n.Log.Error("recording the delay notice: another may be sent", zap.String("id", j.ID), zap.String("file", j.Name), zap.Error(err))
+		n.Log.Error("recording the delay notice: another may be sent", zap.String("id", id), zap.Error(err))
 	}
 }
 

@@ -26,7 +26,7 @@ func failedJob(queued time.Time) *stages.Job {
 func TestFailureNoticeQueuedThroughTheSameRoute(t *testing.T) {
 	n, ids := newNotifier(t, func(n *notify.Notifier) { n.Failure = true })
 	j := failedJob(time.Now().Add(-time.Hour))
-	n.Filed(stages.Filed{Job: j, Verdict: stages.Failed, Path: "/undeliverable/x.eml"})
+	file(n, stages.Filed{Job: j, Verdict: stages.Failed, Path: "/undeliverable/x.eml"})
 	p, msg := theNotice(t, n, ids)
 	if !slices.Equal(p.To, []string{"app@example.com"}) {
 		t.Errorf("notice goes to %v, want the original sender", p.To)
@@ -59,7 +59,7 @@ func TestFailureNoticeOfARelayProfileNamesTheProfile(t *testing.T) {
 	j := failedJob(time.Now())
 	j.Params.Host, j.Params.Port, j.Params.Username, j.Params.Password = "", 0, "", j.Params.OAuth2Token
 	j.Params.Relay = "office"
-	n.Filed(stages.Filed{Job: j, Verdict: stages.Failed})
+	file(n, stages.Filed{Job: j, Verdict: stages.Failed})
 	if p, _ := theNotice(t, n, ids); p.Relay != "office" || p.Host != "" || !p.Password.IsZero() {
 		t.Errorf("notice's route %v, want relay profile office alone", p)
 	}
@@ -69,11 +69,11 @@ func TestNoNoticeForANotice(t *testing.T) {
 	n, _ := newNotifier(t, func(n *notify.Notifier) { n.Failure, n.Delay = true, time.Minute })
 	j := failedJob(time.Now().Add(-time.Hour))
 	j.Sender, j.Params.From = "", ""
-	n.Filed(stages.Filed{Job: j, Verdict: stages.Failed})
+	file(n, stages.Filed{Job: j, Verdict: stages.Failed})
 	d := testJob(time.Now().Add(-time.Hour))
 	d.Sender, d.Params.From = "", ""
 	d.Outcome = stages.Outcome{Verdict: stages.Deferred, Err: &stages.Error{Temporary: true, Step: "rcpt", Code: 450, Text: "later"}}
-	n.Filed(stages.Filed{Job: d, Verdict: stages.Deferred})
+	file(n, stages.Filed{Job: d, Verdict: stages.Deferred})
 	if files := queued(t, n.QueueDir); len(files) != 0 {
 		t.Errorf("a notice about a null-sender message: %v", files)
 	}
@@ -83,9 +83,9 @@ func TestNoNoticeForInvalidOrWhenOff(t *testing.T) {
 	n, _ := newNotifier(t, func(n *notify.Notifier) { n.Failure = true })
 	j := failedJob(time.Now())
 	j.Outcome.Class = stages.ClassInvalid
-	n.Filed(stages.Filed{Job: j, Verdict: stages.Failed})
+	file(n, stages.Filed{Job: j, Verdict: stages.Failed})
 	off, _ := newNotifier(t, nil)
-	off.Filed(stages.Filed{Job: failedJob(time.Now()), Verdict: stages.Failed})
+	file(off, stages.Filed{Job: failedJob(time.Now()), Verdict: stages.Failed})
 	if files := append(queued(t, n.QueueDir), queued(t, off.QueueDir)...); len(files) != 0 {
 		t.Errorf("notices queued: %v", files)
 	}
@@ -102,7 +102,7 @@ func TestDelayNoticeOnceAfterTheDelay(t *testing.T) {
 		Err:   &stages.Error{Temporary: true, Step: "rcpt", Code: 451, Enhanced: "4.2.0", Text: "mailbox busy"}}
 	deferAt := func(d time.Duration) {
 		clock.now = start.Add(d)
-		n.Filed(stages.Filed{Job: j, Verdict: stages.Deferred})
+		file(n, stages.Filed{Job: j, Verdict: stages.Deferred})
 	}
 	deferAt(time.Hour)
 	if files := queued(t, n.QueueDir); len(files) != 0 {
@@ -125,12 +125,12 @@ func TestDelayNoticeOnceAfterTheDelay(t *testing.T) {
 	// folders): no second notice.
 	deferAt(6 * time.Hour)
 	again := newNotifierOn(t, n)
-	again.Filed(stages.Filed{Job: j, Verdict: stages.Deferred})
+	file(again, stages.Filed{Job: j, Verdict: stages.Deferred})
 	if files := queued(t, n.QueueDir); len(files) != 1 {
 		t.Fatalf("queued %v, want still the one delay notice", files)
 	}
 	j.Outcome = stages.Outcome{Verdict: stages.Sent}
-	again.Filed(stages.Filed{Job: j, Verdict: stages.Sent})
+	file(again, stages.Filed{Job: j, Verdict: stages.Sent})
 	if _, err := os.Stat(mark); !os.IsNotExist(err) {
 		t.Errorf("the mark outlived the message: %v", err)
 	}
@@ -147,6 +147,7 @@ func newNotifierOn(t *testing.T, n *notify.Notifier) *notify.Notifier {
 	if err := m.Open(); err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(m.Close)
 	return m
 }
 
@@ -157,7 +158,7 @@ func TestFailureNoticeOfAnExpiredPickupFile(t *testing.T) {
 	j.Params = &queuefile.Params{From: "app@example.com", To: []string{"a@example.org"}}
 	j.Outcome = stages.Outcome{Verdict: stages.Failed, Class: stages.ClassExpired,
 		Err: &stages.Error{Temporary: true, Step: "connect", Text: "connection refused; given up: queued 120h0m0s ago (retry.max_age)"}}
-	n.Filed(stages.Filed{Job: j, Verdict: stages.Failed})
+	file(n, stages.Filed{Job: j, Verdict: stages.Failed})
 	p, msg := theNotice(t, n, ids)
 	if p.Relay != "main" || p.Host != "" || !p.Password.IsZero() {
 		t.Errorf("notice's route %v, want default_relay main", p)

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"net/http"
 	"os"
@@ -28,9 +27,10 @@ const CrashRecorded = "event-recorded"
 
 // Notifier tells senders and applications what became of their mail: it
 // queues delivery status notices and records and delivers webhook events.
-// Set its fields, call Open, give Filed every filing (the Archiver's
-// OnFiled) and run Run; Filed may be called before Run starts and after it
-// has returned (events then wait in the outbox for the next start).
+// Set its fields, call Open, give Filing and Filed every filing (the
+// Archiver's OnFiling and OnFiled), run Run, and Close it when no filing is
+// left; Filing and Filed may be called before Run starts and after it has
+// returned (events then wait in the outbox for the next start).
 type Notifier struct {
 	QueueDir string           // queue_dir: the outbox and the delay marks live in hidden folders of it
 	Queue    *queuefile.Queue // where notices are queued (the service's own queue and public key)
@@ -48,11 +48,17 @@ type Notifier struct {
 
 	Clock stages.Clock
 	Log   *zap.Logger
-	// Crash, if set, is called at CrashRecorded, for crash tests.
+	// Locate, if set, finds the messages whose filing a crash may have cut
+	// short, when Open resolves the intents a dead instance left; nil (a
+	// stream) tells them all.
+	Locate Locate
+	// Crash, if set, is called at CrashFiled and CrashRecorded, for crash
+	// tests.
 	Crash func(point string)
 
-	box   outbox
-	hooks []*hook
+	box     outbox
+	hooks   []*hook
+	filings *filings
 
 	idMu   sync.Mutex
 	lastID int64 // the time part of the last event id (newEventID)
@@ -61,8 +67,9 @@ type Notifier struct {
 // Enabled reports whether n has anything to do.
 func (n *Notifier) Enabled() bool { return n.Failure || n.Delay > 0 || len(n.Webhooks) > 0 }
 
-// Open fills in defaults and creates the outbox and delay-mark folders,
-// clearing what a crash left half-written.
+// Open fills in defaults and creates the outbox, delay-mark and intent
+// folders, clearing what a crash left half-written and telling what the
+// filings a crash cut short call for (see Locate).
 func (n *Notifier) Open() error {
 	if n.Client == nil {
 		n.Client = &http.Client{Transport: http.DefaultTransport.(*http.Transport).Clone()}
@@ -93,7 +100,10 @@ func (n *Notifier) Open() error {
 	if err := os.MkdirAll(filepath.Join(n.QueueDir, DelayedDir), 0o750); err != nil {
 		return err
 	}
-	return n.box.open(keys)
+	if err := n.box.open(keys); err != nil {
+		return err
+	}
+	return n.openFilings()
 }
 
 // Run delivers webhook events, one worker per webhook, until ctx is done,
@@ -108,60 +118,47 @@ func (n *Notifier) Run(ctx context.Context) {
 	n.Client.CloseIdleConnections()
 }
 
-// Filed is the Archiver's OnFiled hook. It queues the notice the filing
-// calls for and records its event durably (fsynced) for each webhook that
-// asked for it, before it returns; delivery happens in Run. It never
-// fails the filing: errors are logged.
+// Filed is the Archiver's OnFiled hook, called after each filing. It
+// completes what Filing prepared for a filing that took place: the notice
+// moved into the queue, the event recorded durably (fsynced) for each
+// webhook that asked for it, before it returns; delivery happens in Run.
+// A filing that failed drops what Filing prepared: the message stays in
+// the queue and tells when it is filed again. It never fails the filing:
+// errors are logged.
 func (n *Notifier) Filed(f stages.Filed) {
-	if f.Job == nil || f.Err != nil {
-		return // not filed: it is filed again later, and reported then
-	}
-	var hdr []byte
-	read := false
-	headers := func() []byte {
-		if !read {
-			hdr, read = originalHeaders(f.Job), true
-		}
-		return hdr
-	}
-	if n.Failure || n.Delay > 0 {
-		n.notice(f, headers)
-	}
-	n.event(f, headers)
-}
-
-// event records f's event for the webhooks that want it.
-func (n *Notifier) event(f stages.Filed, headers func() []byte) {
-	typ := eventType(f)
-	if typ == "" {
+	fs := n.filings
+	if f.Job == nil || fs == nil {
 		return
 	}
-	var to []*hook
-	var keys []string
-	for _, h := range n.hooks {
-		if h.wants(typ) {
-			to, keys = append(to, h), append(keys, h.key)
+	it := fs.take(f.Job.ID)
+	if f.Err != nil {
+		if it != nil {
+			n.abandon(fs.dir, it)
 		}
-	}
-	if len(to) == 0 {
 		return
 	}
-	now := n.Clock.Now()
-	e := newEvent(n.newEventID(now), typ, f, now, messageID(headers()))
-	body, err := json.Marshal(e)
-	if err == nil {
-		err = n.box.record(keys, e.ID, body)
+	if n.Delay > 0 && (f.Verdict == stages.Sent || f.Verdict == stages.Failed) {
+		n.forgetDelay(f.Job.ID)
 	}
-	if err != nil {
-		n.Log.Error("recording a webhook event: it is lost", zap.String("id", f.Job.ID), zap.String("file", f.Job.Name),
-			zap.String("event", typ), zap.Error(err))
+	if it == nil {
 		return
 	}
 	if n.Crash != nil {
-		n.Crash(CrashRecorded)
+		n.Crash(CrashFiled)
 	}
-	for _, h := range to {
-		h.signal()
+	n.complete(fs.dir, it, &f)
+}
+
+// headersOnce returns a function that reads j's original header section
+// the first time it is called.
+func (n *Notifier) headersOnce(j *stages.Job) func() []byte {
+	var hdr []byte
+	read := false
+	return func() []byte {
+		if !read {
+			hdr, read = originalHeaders(j), true
+		}
+		return hdr
 	}
 }
 

@@ -60,9 +60,14 @@ func (o outbox) open(keys []string) error {
 
 // record writes body as event id for each webhook of keys: a temporary
 // file, fsynced, renamed into the webhook's folder, and the folders
-// fsynced. When it returns nil the event survives a crash.
+// fsynced. When it returns nil the event survives a crash. An event
+// already recorded for a webhook (before a crash) is kept as it is: it
+// was written with what the filing knew.
 func (o outbox) record(keys []string, id string, body []byte) error {
 	for _, k := range keys {
+		if _, err := os.Lstat(filepath.Join(o.hookDir(k), id+".json")); err == nil {
+			continue
+		}
 		tmp := filepath.Join(o.tmpDir(), id+"."+k)
 		if err := queuefile.WriteFileSync(tmp, body); err != nil {
 			os.Remove(tmp)

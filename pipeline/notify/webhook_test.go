@@ -125,7 +125,7 @@ func TestWebhookSignedEventWithoutCredentials(t *testing.T) {
 	r := newReceiver(t, 0)
 	n, _ := newNotifier(t, func(n *notify.Notifier) { n.Webhooks = []notify.Webhook{hookTo(r)} })
 	runNotifier(t, n)
-	n.Filed(sentFiling())
+	file(n, sentFiling())
 	d := r.next()
 	e := d.event
 	if d.id == "" || d.id != e.ID {
@@ -154,7 +154,7 @@ func TestWebhookWrongSecretIsRefused(t *testing.T) {
 		n.Webhooks = []notify.Webhook{h}
 	})
 	runNotifier(t, n)
-	n.Filed(sentFiling())
+	file(n, sentFiling())
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		r.mu.Lock()
@@ -177,7 +177,7 @@ func TestWebhookRetriesAfterTheReceiverFails(t *testing.T) {
 	r := newReceiver(t, 3)
 	n, _ := newNotifier(t, func(n *notify.Notifier) { n.Webhooks = []notify.Webhook{hookTo(r)} })
 	runNotifier(t, n)
-	n.Filed(sentFiling())
+	file(n, sentFiling())
 	d := r.next()
 	posts := r.posts()
 	if len(posts) != 4 {
@@ -197,11 +197,11 @@ func TestWebhookEventFilter(t *testing.T) {
 		n.Webhooks = []notify.Webhook{hookTo(failedOnly, notify.EventFailed), hookTo(all)}
 	})
 	runNotifier(t, n)
-	n.Filed(sentFiling())
-	n.Filed(stages.Filed{Job: failedJob(time.Now()), Verdict: stages.Failed, Path: "/u/x.eml"})
-	n.Filed(stages.Filed{Job: testJob(time.Now()), Verdict: stages.Held})
-	n.Filed(stages.Filed{Job: testJob(time.Now()), Verdict: stages.Parked})                      // no event
-	n.Filed(stages.Filed{Job: testJob(time.Now()), Verdict: stages.Sent, Err: os.ErrPermission}) // not filed: no event
+	file(n, sentFiling())
+	file(n, stages.Filed{Job: failedJob(time.Now()), Verdict: stages.Failed, Path: "/u/x.eml"})
+	file(n, stages.Filed{Job: testJob(time.Now()), Verdict: stages.Held})
+	file(n, stages.Filed{Job: testJob(time.Now()), Verdict: stages.Parked})                      // no event
+	file(n, stages.Filed{Job: testJob(time.Now()), Verdict: stages.Sent, Err: os.ErrPermission}) // not filed: no event
 	if e := failedOnly.next().event; e.Type != notify.EventFailed || e.Class != "permanent" || e.Reply == nil || e.Reply.Code != 554 {
 		t.Errorf("failed event %+v", e)
 	}
@@ -219,7 +219,7 @@ func TestWebhookEventsSurviveARestart(t *testing.T) {
 	n, _ := newNotifier(t, func(n *notify.Notifier) { n.Webhooks = []notify.Webhook{hookTo(r)} })
 	// Recorded while no worker runs (the service stopped, or died, before
 	// delivering it).
-	n.Filed(sentFiling())
+	file(n, sentFiling())
 	if pending := outboxFiles(t, n); len(pending) != 1 {
 		t.Fatalf("outbox %v, want the one event", pending)
 	}
@@ -267,7 +267,7 @@ func TestWebhookUnreadableOutboxFileIsSetAside(t *testing.T) {
 		t.Fatal(err)
 	}
 	runNotifier(t, n)
-	n.Filed(sentFiling())
+	file(n, sentFiling())
 	if e := r.next().event; e.Type != notify.EventSent {
 		t.Errorf("event %+v", e)
 	}

@@ -4,10 +4,15 @@ package stream
 // its max_payload (1 MiB by default), headers included; a queue file has no
 // such bound. A message that does not fit is put, streamed, in the object
 // store <stream>_big under its id, and the stream carries a small message
-// with the same headers, an empty body and Smtpq-Object naming the object.
-// Everything else (claim, heartbeats, state, naks, the held copy) works on
-// that small message as on any other; only Stat and Open look in the object
-// store, and the object is deleted once the message is filed and acked.
+// with the same headers, an empty body and Smtpq-Object naming the object,
+// on <stream>.q.<route tag>.<id> (objectSubject). Everything else (claim,
+// heartbeats, state, naks, the held copy) works on that small message as on
+// any other; only Stat and Open look in the object store, and the object is
+// deleted once the message is filed and acked. An object left behind (a
+// node died between the ack and the delete, a producer before it published
+// the message) is deleted by the sweep (SweepObjects) a day later: its
+// subject lets the sweep ask the stream whether a message still refers to
+// it.
 //
 // Reading does not use ObjectStore.Get: it delivers the chunks through a
 // push consumer whose flow control lets up to 32 MiB wait in the client for
@@ -26,6 +31,7 @@ import (
 	"hash"
 	"io"
 	"io/fs"
+	"math/rand/v2"
 	"sync"
 	"time"
 
@@ -128,7 +134,8 @@ func publishObject(ctx context.Context, js jetstream.JetStream, stream, id, name
 	sr := &sizedReader{r: r, left: size}
 	_, err = obs.Put(ctx, jetstream.ObjectMeta{
 		Name: id, Description: name,
-		Opts: &jetstream.ObjectMetaOptions{ChunkSize: chunkSize(js)},
+		Metadata: map[string]string{metaSubject: objectSubject(stream, name, id)},
+		Opts:     &jetstream.ObjectMetaOptions{ChunkSize: chunkSize(js)},
 	}, sr)
 	if err == nil && sr.left != 0 {
 		err = fmt.Errorf("%d bytes read, %d expected: it changed while it was read", size-sr.left, size)
@@ -137,7 +144,7 @@ func publishObject(ctx context.Context, js jetstream.JetStream, stream, id, name
 	if err != nil {
 		return fmt.Errorf("publishing %s to the object store: %w", name, err)
 	}
-	return publishMsg(ctx, js, stream, id, name, nil, id)
+	return publishMsg(ctx, js, stream, id, name, nil, id, size)
 }
 
 // sizedReader reads r, failing when it gives more than left bytes.
@@ -350,6 +357,101 @@ func copyMessage(w io.Writer, m stages.Message) error {
 	defer r.Close()
 	_, err = io.Copy(w, r)
 	return err
+}
+
+// metaSubject, in an object's metadata, is the subject of the stream message
+// that refers to it (objectSubject). An object without it was not put by
+// this version of smtpq: the sweep leaves it alone.
+const metaSubject = "smtpq-subject"
+
+// DefaultOrphanAge is how old an object must be before the sweep may
+// delete it when no message refers to it (Config.OrphanAge).
+const DefaultOrphanAge = 24 * time.Hour
+
+// sweepEvery is how often each node sweeps the object store.
+const sweepEvery = time.Hour
+
+// sweeps deletes orphaned objects every sweepEvery or so, the first time
+// at a random moment within it (nodes started together do not all sweep at
+// once), until Close.
+func (s *Spool) sweeps() {
+	defer close(s.sweepDone)
+	wait := time.Duration(rand.Int64N(int64(sweepEvery)))
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-time.After(wait):
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+		n, err := s.SweepObjects(ctx, s.cfg.OrphanAge)
+		cancel()
+		if err != nil {
+			s.cfg.Log.Warn("sweeping orphaned large messages", zap.Error(err))
+		} else if n > 0 {
+			s.cfg.Log.Info("orphaned large messages deleted", zap.Int("objects", n))
+		}
+		wait = sweepEvery/2 + time.Duration(rand.Int64N(int64(sweepEvery)))
+	}
+}
+
+// SweepObjects deletes the objects of the object store older than olderThan
+// that no message refers to: the object of a message filed by a node that
+// died between its ack and the object's removal, or put by a producer that
+// died before publishing the message. It returns how many it deleted. Any
+// node may run it, at any time; it is idempotent.
+//
+// A message refers to its object from the subject objectSubject names, or
+// from its held copy <stream>.held.<id>; both are asked of the stream's
+// leader. The queue subject is asked again after the held one: a release
+// publishes the queue copy before it removes the held one, and a hold
+// publishes the held copy before it acks the queue one, so one of the three
+// answers sees the message whichever moves in between. olderThan must be
+// longer than any publish takes (a producer puts the object, then
+// publishes its message): a day by default.
+func (s *Spool) SweepObjects(ctx context.Context, olderThan time.Duration) (int, error) {
+	list, err := s.big.obs.List(ctx)
+	if errors.Is(err, jetstream.ErrNoObjectsFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("listing %s: %w", BigBucket(s.cfg.Stream), err)
+	}
+	n := 0
+	for _, info := range list {
+		subj := info.Metadata[metaSubject]
+		if subj == "" || info.Deleted || time.Since(info.ModTime) < olderThan {
+			continue
+		}
+		used, err := s.referred(ctx, subj, s.cfg.Stream+".held."+info.Name, subj)
+		if err != nil {
+			return n, fmt.Errorf("object %s: %w", info.Name, err)
+		}
+		if used {
+			continue
+		}
+		if err := s.big.obs.Delete(ctx, info.Name); err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
+			return n, fmt.Errorf("deleting object %s: %w", info.Name, err)
+		}
+		s.cfg.Log.Info("orphaned large message deleted", zap.String("object", info.Name), zap.String("name", info.Description), zap.Time("put", info.ModTime))
+		n++
+	}
+	return n, nil
+}
+
+// referred reports whether the stream holds a message on one of subjects,
+// asked in turn.
+func (s *Spool) referred(ctx context.Context, subjects ...string) (bool, error) {
+	for _, subj := range subjects {
+		_, err := s.str.GetLastMsgForSubject(ctx, subj)
+		if err == nil {
+			return true, nil
+		}
+		if !errors.Is(err, jetstream.ErrMsgNotFound) {
+			return false, err
+		}
+	}
+	return false, nil
 }
 
 // dropObject deletes a filed message's object. A failure leaves the object

@@ -123,7 +123,10 @@ func Release(ctx context.Context, js jetstream.JetStream, stream, id string) err
 	msg.Header.Set(HeaderID, id)
 	msg.Header.Set(HeaderName, name)
 	if o := m.Header.Get(HeaderObject); o != "" {
-		msg.Header.Set(HeaderObject, o) // a large message: its bytes stay in the object store
+		// A large message: its bytes stay in the object store, and it goes
+		// back on the subject that names its object.
+		msg.Subject = objectSubject(stream, name, o)
+		msg.Header.Set(HeaderObject, o)
 	}
 	// A message id of its own: the first publish of id may be within the
 	// duplicate window still. A release retried after a crash publishes

@@ -3,7 +3,8 @@
 // Sink (see package stages, storage.go), beside the directory spool.
 //
 // Producers publish a queue file's bytes, unchanged, to the stream (Publish,
-// PublishAs) on the subject <stream>.q.<route tag>; every node consumes
+// PublishAs) on the subject <stream>.q.<route tag> (a large message's, with
+// its id after it: big.go); every node consumes
 // them through one durable pull consumer, so each message goes to one node
 // at a time. What the directory spool does with renames, the stream does
 // with acknowledgements:
@@ -72,6 +73,10 @@ type Config struct {
 	AckWait  time.Duration // how long a node may hold a message without a heartbeat; default 1 minute
 	Batch    int           // messages fetched at a time; default 16
 	Poll     time.Duration // how long a fetch waits for messages; default 1 second
+	// OrphanAge is how old an object of a large message must be before
+	// the node's hourly sweep deletes it if no message refers to it;
+	// default DefaultOrphanAge (a day), far beyond any publish or ack wait.
+	OrphanAge time.Duration
 
 	Node string // this node's name, in the records the queue commands read
 
@@ -104,6 +109,9 @@ func (c *Config) defaults() {
 	if c.Poll <= 0 {
 		c.Poll = time.Second
 	}
+	if c.OrphanAge <= 0 {
+		c.OrphanAge = DefaultOrphanAge
+	}
 	if c.Log == nil {
 		c.Log = zap.NewNop()
 	}
@@ -119,11 +127,12 @@ type Spool struct {
 	state jetstream.KeyValue
 	big   *bigStore // the object store of messages too large for one NATS message
 
-	mu       sync.Mutex
-	inflight map[*message]bool // claimed here and not yet given back: kept alive by heartbeats
-	stop     chan struct{}
-	done     chan struct{}
-	closing  sync.Once
+	mu        sync.Mutex
+	inflight  map[*message]bool // claimed here and not yet given back: kept alive by heartbeats
+	stop      chan struct{}
+	done      chan struct{} // closed when the heartbeats have stopped
+	sweepDone chan struct{} // closed when the sweeps have stopped
+	closing   sync.Once
 
 	ops      jetstream.KeyValue   // operators' holds (ops.go)
 	opsWatch jetstream.KeyWatcher //
@@ -210,7 +219,8 @@ func leaderReads(ctx context.Context, js jetstream.JetStream, kv jetstream.KeyVa
 }
 
 // retry calls f up to eight times, each with a second more than the last
-// (two to six), a random pause apart, until it succeeds or ctx is done.
+// (two to six), a random pause apart, until it succeeds, ctx is done, or
+// it fails in a way no retry mends (final).
 func retry[T any](ctx context.Context, f func(context.Context) (T, error)) (T, error) {
 	var v T
 	var err error
@@ -220,7 +230,7 @@ func retry[T any](ctx context.Context, f func(context.Context) (T, error)) (T, e
 		actx, cancel := context.WithTimeout(ctx, min(time.Duration(i+2)*time.Second, 6*time.Second))
 		v, err = f(actx)
 		cancel()
-		if err == nil || ctx.Err() != nil {
+		if err == nil || ctx.Err() != nil || final(err) {
 			return v, err
 		}
 		pause := time.Duration(100+rand.IntN(400)) * time.Millisecond * time.Duration(i+1)
@@ -232,6 +242,25 @@ func retry[T any](ctx context.Context, f func(context.Context) (T, error)) (T, e
 	}
 	return v, err
 }
+
+// final reports whether err says that trying again cannot help: the
+// server refused the request itself (too large, not permitted, a bad
+// subject), as opposed to no answer, a lost one, or a leader election.
+func final(err error) bool {
+	if errors.Is(err, nats.ErrMaxPayload) || errors.Is(err, nats.ErrPermissionViolation) ||
+		errors.Is(err, nats.ErrAuthorization) || errors.Is(err, nats.ErrBadSubject) || errors.Is(err, nats.ErrConnectionClosed) {
+		return true
+	}
+	var api *jetstream.APIError
+	if errors.As(err, &api) {
+		return api.ErrorCode == errCodeMessageTooLarge
+	}
+	return false
+}
+
+// errCodeMessageTooLarge is JetStream's error code for a message over the
+// stream's max_msg_size.
+const errCodeMessageTooLarge jetstream.ErrorCode = 10054
 
 // Open sets up the stream, its consumer and its bucket, and returns this
 // node's spool. Close releases it.
@@ -267,13 +296,14 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Spool, erro
 	}
 	s := &Spool{
 		cfg: cfg, js: js, str: str, cons: cons, state: kv, big: big,
-		inflight: map[*message]bool{}, stop: make(chan struct{}), done: make(chan struct{}),
+		inflight: map[*message]bool{}, stop: make(chan struct{}), done: make(chan struct{}), sweepDone: make(chan struct{}),
 		opsDone: make(chan struct{}), asked: map[string]opEntry{},
 	}
 	if err := s.watchOps(ctx, cfg.OnHold); err != nil {
 		return nil, fmt.Errorf("stream: %w", err)
 	}
 	go s.heartbeats()
+	go s.sweeps()
 	return s, nil
 }
 
@@ -286,6 +316,7 @@ func (s *Spool) Close() error {
 		s.opsWatch.Stop()
 	})
 	<-s.done
+	<-s.sweepDone
 	<-s.opsDone
 	s.mu.Lock()
 	held := s.inflight
@@ -698,6 +729,17 @@ func queueSubject(stream, name string) string {
 	return stream + ".q." + tag
 }
 
+// objectSubject is the subject of a message whose bytes are the object
+// named object: its route's, with the object's name after it, so that the
+// sweep of orphaned objects (big.go) can ask the stream whether a message
+// still refers to it.
+func objectSubject(stream, name, object string) string {
+	if !spool.IsID(object) {
+		return queueSubject(stream, name) // not one of smtpq's: not a token to put in a subject
+	}
+	return queueSubject(stream, name) + "." + object
+}
+
 // Publish puts a queue file's bytes (a sealed message, as queuefile writes
 // it, or a pickup file) on the stream under a new id, and returns the id
 // once the stream has stored it. name is the producer's file name: Sent and
@@ -717,31 +759,41 @@ func PublishAs(ctx context.Context, js jetstream.JetStream, stream, id, name str
 	if int64(len(data)) > InlineLimit(js) {
 		return publishObject(ctx, js, stream, id, name, bytes.NewReader(data), int64(len(data)))
 	}
-	return publishMsg(ctx, js, stream, id, name, data, "")
+	return publishMsg(ctx, js, stream, id, name, data, "", int64(len(data)))
 }
 
 // publishMsg publishes a message on the stream, its bytes in data or in the
-// object named object.
-func publishMsg(ctx context.Context, js jetstream.JetStream, stream, id, name string, data []byte, object string) error {
+// object named object (size bytes), then writes its "queued" record.
+//
+// A publish whose ack is lost (a NATS leader election, a timeout) may have
+// stored the message all the same: it is tried again under the same
+// Nats-Msg-Id, which the stream drops as a duplicate within its window, so
+// that the message is stored once and the enqueue does not fail for a lost
+// answer. The record is written only after the ack, so a publish that
+// failed leaves none behind, and only if the message has none yet (the
+// node that claims it may have written "active" first).
+func publishMsg(ctx context.Context, js jetstream.JetStream, stream, id, name string, data []byte, object string, size int64) error {
 	if stream == "" {
 		stream = DefaultStream
 	}
-	msg := nats.NewMsg(queueSubject(stream, name))
-	msg.Data = data
-	msg.Header.Set(HeaderID, id)
-	msg.Header.Set(HeaderName, name)
-	if object != "" {
-		msg.Header.Set(HeaderObject, object)
-	}
-	// Its record first, for the queue commands (the node that claims the
-	// message writes the next one, which must come after it); the message
-	// is safe without it. A publish retried after a lost ack is dropped by
-	// the stream as a duplicate within its window.
-	now := time.Now().UTC()
-	b, _ := json.Marshal(Record{ID: id, Name: name, State: "queued", Size: int64(len(data)), Queued: now, At: now})
-	js.Publish(ctx, recordSubject(stream, id), b)
-	if _, err := js.PublishMsg(ctx, msg, jetstream.WithMsgID(id)); err != nil {
+	_, err := retry(ctx, func(ctx context.Context) (*jetstream.PubAck, error) {
+		msg := nats.NewMsg(queueSubject(stream, name))
+		msg.Data = data
+		msg.Header.Set(HeaderID, id)
+		msg.Header.Set(HeaderName, name)
+		if object != "" {
+			msg.Subject = objectSubject(stream, name, object)
+			msg.Header.Set(HeaderObject, object)
+		}
+		return js.PublishMsg(ctx, msg, jetstream.WithMsgID(id))
+	})
+	if err != nil {
 		return fmt.Errorf("publishing %s: %w", name, err)
 	}
+	now := time.Now().UTC()
+	b, _ := json.Marshal(Record{ID: id, Name: name, State: "queued", Size: size, Queued: now, At: now})
+	// The message is safe without its record: a record lost here is
+	// written by the node that claims the message.
+	js.Publish(ctx, recordSubject(stream, id), b, jetstream.WithExpectLastSequencePerSubject(0))
 	return nil
 }

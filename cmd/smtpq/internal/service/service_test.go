@@ -21,7 +21,6 @@ import (
 	"github.com/smtpq/smtpq/cmd/smtpq/internal/cli"
 	"github.com/smtpq/smtpq/pipeline"
 	"github.com/smtpq/smtpq/pipeline/pipelinetest"
-	"github.com/smtpq/smtpq/pipeline/queuefile"
 	"github.com/smtpq/smtpq/pipeline/smtptest"
 	"github.com/smtpq/smtpq/stages"
 )
@@ -428,9 +427,7 @@ func TestServiceProgramLifecycle(t *testing.T) {
 		t.Error("a second Start succeeded")
 	}
 
-	env.Enqueue([]byte("From: a@example.com\r\nTo: b@example.org\r\nSubject: hi\r\n\r\nhello\r\n"), queuefile.Params{
-		Host: srv.Host(), Port: srv.Port(), TLS: queuefile.TLSNone, From: "a@example.com", To: []string{"b@example.org"},
-	})
+	env.Enqueue([]byte("From: a@example.com\r\nTo: b@example.org\r\nSubject: hi\r\n\r\nhello\r\n"), srv.Params("b@example.org"))
 	select {
 	case r := <-filed:
 		if r != "sent" {
