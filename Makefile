@@ -145,7 +145,7 @@ msi: pkgtool
 	echo $$out; $(PKGDIR)/windows/check-msi.sh $$out
 
 # The .msi installed, refused, upgraded and uninstalled in a Wine prefix of
-# its own (about 30 s; not in CI): see windows/test-msi-wine.sh.
+# its own (about 30 s; .ci/run runs it): see windows/test-msi-wine.sh.
 test-msi-wine: msi
 	$(PKGDIR)/windows/test-msi-wine.sh $(DIST)/build/windows_amd64
 
