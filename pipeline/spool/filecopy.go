@@ -1,11 +1,14 @@
 package spool
 
 import (
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 
 	"github.com/smtpq/smtpq/pipeline/queuefile"
 )
@@ -69,4 +72,70 @@ func FileCopy(dir, name, tmp string, write func(io.Writer) error, xmlLog []byte)
 		return filepath.Join(dir, n), queuefile.SyncDir(dir)
 	}
 	return "", fmt.Errorf("no free name for %s in %s", name, dir)
+}
+
+// Copier files new copies of messages in one folder, for a backend with
+// no queue file to rename there (a stream node's Sent folder): each copy is
+// an unnamed file (Linux's O_TMPFILE) while the file system allows it,
+// named once written and synced, and the folder's fsync is shared by the
+// filings that run at once; elsewhere it is FileCopy. An unnamed file
+// costs no temporary name to create and rename away, and nothing is left
+// behind by a crash. Its methods are safe for concurrent use.
+type Copier struct {
+	dir     string
+	sync    *dirSync
+	unnamed atomic.Bool // false once the file system refused an unnamed file
+}
+
+// NewCopier returns a Copier into dir.
+func NewCopier(dir string) *Copier {
+	c := &Copier{dir: dir, sync: newDirSync(dir)}
+	c.unnamed.Store(true)
+	return c
+}
+
+// Copy files a copy written by write under name, or name-1, name-2... if
+// the name is taken, and returns its path once it is durable. tmp names
+// the temporary file where FileCopy is used (an id).
+func (c *Copier) Copy(name, tmp string, write func(io.Writer) error) (string, error) {
+	if c.unnamed.Load() {
+		p, err := c.copyUnnamed(name, write)
+		if !errors.Is(err, errNoUnnamed) {
+			return p, err
+		}
+		c.unnamed.Store(false)
+	}
+	return FileCopy(c.dir, name, tmp, write, nil)
+}
+
+func (c *Copier) copyUnnamed(name string, write func(io.Writer) error) (string, error) {
+	f, err := createUnnamed(c.dir)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	if err := write(f); err != nil {
+		return "", err
+	}
+	if err := f.Sync(); err != nil {
+		return "", err
+	}
+	for i := 0; i < 1000; i++ {
+		p := filepath.Join(c.dir, suffixed(name, i))
+		err := linkUnnamed(f, p)
+		if errors.Is(err, fs.ErrExist) {
+			continue
+		}
+		if err != nil {
+			return "", err
+		}
+		if err := c.sync.Sync(); err != nil {
+			// Not known to be durable: taken back, so that a failed
+			// filing leaves nothing behind (its retry files it anew).
+			os.Remove(p)
+			return "", err
+		}
+		return p, nil
+	}
+	return "", fmt.Errorf("no free name for %s in %s", name, c.dir)
 }

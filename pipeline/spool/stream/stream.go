@@ -126,6 +126,7 @@ type Spool struct {
 	cons  jetstream.Consumer
 	state jetstream.KeyValue
 	big   *bigStore // the object store of messages too large for one NATS message
+	sent  *spool.Copier
 
 	mu        sync.Mutex
 	inflight  map[*message]bool // claimed here and not yet given back: kept alive by heartbeats
@@ -295,7 +296,7 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Spool, erro
 		return nil, fmt.Errorf("stream: %w", err)
 	}
 	s := &Spool{
-		cfg: cfg, js: js, str: str, cons: cons, state: kv, big: big,
+		cfg: cfg, js: js, str: str, cons: cons, state: kv, big: big, sent: spool.NewCopier(cfg.Sent),
 		inflight: map[*message]bool{}, stop: make(chan struct{}), done: make(chan struct{}), sweepDone: make(chan struct{}),
 		opsDone: make(chan struct{}), asked: map[string]opEntry{},
 	}
@@ -611,7 +612,7 @@ func (s *Spool) FileSent(job *stages.Job, deleteCopy bool) (string, error) {
 	var dst string
 	if !deleteCopy {
 		var err error
-		if dst, err = spool.FileCopy(s.cfg.Sent, job.Name, job.ID, job.WriteMessage, nil); err != nil {
+		if dst, err = s.sent.Copy(job.Name, job.ID, job.WriteMessage); err != nil {
 			return "", fmt.Errorf("filing in Sent: %w", err)
 		}
 	}
