@@ -71,7 +71,7 @@ type Config struct {
 	Stream   string        // the stream's name; default DefaultStream. The state bucket is <Stream>_state
 	Replicas int           // copies of the stream and the bucket kept by the NATS cluster; default 1
 	AckWait  time.Duration // how long a node may hold a message without a heartbeat; default 1 minute
-	Batch    int           // messages fetched at a time; default 16
+	Batch    int           // messages fetched at a time; default 32
 	Poll     time.Duration // how long a fetch waits for messages; default 1 second
 	// OrphanAge is how old an object of a large message must be before
 	// the node's hourly sweep deletes it if no message refers to it;
@@ -104,7 +104,7 @@ func (c *Config) defaults() {
 		c.AckWait = time.Minute
 	}
 	if c.Batch <= 0 {
-		c.Batch = 16
+		c.Batch = 32
 	}
 	if c.Poll <= 0 {
 		c.Poll = time.Second
@@ -432,11 +432,12 @@ func (s *Spool) Scan(ctx context.Context, now time.Time, skip func(name string) 
 		}
 		// Take the whole batch first: each is kept alive by heartbeats from
 		// now on, however long the pipeline takes to accept it.
-		var jobs []*stages.Job
+		var msgs []jetstream.Msg
 		for m := range batch.Messages() {
-			jobs = append(jobs, s.claim(ctx, m))
+			msgs = append(msgs, m)
 		}
 		cancel()
+		jobs := s.claimAll(ctx, msgs)
 		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
 			s.cfg.Log.Warn("fetching from the stream", zap.Error(err))
 		}
@@ -480,6 +481,18 @@ func (s *Spool) Scan(ctx context.Context, now time.Time, skip func(name string) 
 		}
 	}
 	return time.Now(), nil
+}
+
+// claimAll makes jobs of a fetched batch, in its order, reading their
+// states at once rather than one round trip after the other.
+func (s *Spool) claimAll(ctx context.Context, msgs []jetstream.Msg) []*stages.Job {
+	jobs := make([]*stages.Job, len(msgs))
+	var wg sync.WaitGroup
+	for i, m := range msgs {
+		wg.Go(func() { jobs[i] = s.claim(ctx, m) })
+	}
+	wg.Wait()
+	return jobs
 }
 
 // claim makes a job of a fetched message, with its state if it has one.

@@ -655,3 +655,32 @@ func TestPublishAgainKeepsTheRecord(t *testing.T) {
 		t.Errorf("record after the second publish: %+v", r)
 	}
 }
+
+// A fetched batch is claimed at once (its states read together), and
+// handed on in the stream's order, each job with its own state.
+func TestScanClaimsABatchInOrder(t *testing.T) {
+	js := connect(t, natstest.NewServer(t).URL())
+	s := node(t, js, stream.Config{Batch: 40})
+	var ids []string
+	for i := range 40 {
+		ids = append(ids, publish(t, js, fmt.Sprintf("m%02d.eml", i), "Subject: x\r\n\r\nbody\r\n"))
+	}
+	for _, i := range []int{5, 17, 39} {
+		if err := s.WriteState(ids[i], &stages.State{Attempts: i}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	jobs := fetch(t, s, 40)
+	if len(jobs) != 40 {
+		t.Fatalf("claimed %d jobs, want 40", len(jobs))
+	}
+	for i, j := range jobs {
+		want := 0
+		if i == 5 || i == 17 || i == 39 {
+			want = i
+		}
+		if j.ID != ids[i] || j.Name != fmt.Sprintf("m%02d.eml", i) || j.State.Attempts != want {
+			t.Errorf("job %d: %s %s with %d attempts, want %s m%02d.eml with %d", i, j.ID, j.Name, j.State.Attempts, ids[i], i, want)
+		}
+	}
+}
