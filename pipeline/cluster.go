@@ -243,14 +243,14 @@ func ConnectNATS(n *NATSConfig, extraURL string) (*nats.Conn, jetstream.JetStrea
 func admin(cfg *Config, a stream.AdminOp, log *zap.Logger) error {
 	dirs := spool.Dirs{Queue: cfg.QueueDir, Sent: cfg.SentDir, Undeliverable: cfg.UndeliverableDir}
 	switch a.Op {
-	case "requeue":
+	case spool.OpRequeue:
 		path, err := spool.RequeueMessage(dirs, a.Name, time.Now())
 		if err == nil {
 			log.Info("requeued as asked from another node", zap.String("id", a.ID), zap.String("path", path))
 		}
 		return err
-	case "purge":
-		place, err := spool.ParsePlace(a.Place)
+	case spool.OpPurge:
+		place, err := spool.ParsePlace(string(a.Place))
 		if err != nil || (place != spool.PlaceSent && place != spool.PlaceUndeliverable) {
 			return fmt.Errorf("purge of %q: only sent or undeliverable", a.Place)
 		}
@@ -258,7 +258,7 @@ func admin(cfg *Config, a stream.AdminOp, log *zap.Logger) error {
 		defer cancel()
 		r, err := spool.Purge(ctx, dirs, place, a.Before)
 		if r.Messages > 0 || r.Logs > 0 {
-			log.Info("purged as asked from another node", zap.String("place", a.Place), zap.Time("before", a.Before),
+			log.Info("purged as asked from another node", zap.String("place", string(place)), zap.Time("before", a.Before),
 				zap.Int("messages", r.Messages), zap.Int("logs", r.Logs))
 		}
 		return err

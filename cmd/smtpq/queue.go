@@ -44,7 +44,7 @@ not-before time), held (set aside with "hold"), undeliverable, sent.`,
 		},
 	}
 	cmd.AddCommand(newQueueListCmd(), newQueueStatusCmd(), newQueueStatsCmd(),
-		newQueueMoveCmd("hold"), newQueueMoveCmd("release"), newQueueMoveCmd("retry"),
+		newQueueMoveCmd(spool.OpHold), newQueueMoveCmd(spool.OpRelease), newQueueMoveCmd(spool.OpRetry),
 		newQueueRequeueCmd(), newQueuePurgeCmd())
 	return cmd
 }
@@ -178,25 +178,25 @@ func (env envelope) hostLabel() string {
 // queueRow is one message as list and status show it. It holds no secret:
 // no password or token, and (in list) no user name or recipient address.
 type queueRow struct {
-	ID            string    `json:"id,omitempty"`
-	Name          string    `json:"name"`
-	State         string    `json:"state"`
-	Path          string    `json:"path"`
-	Instance      string    `json:"instance,omitempty"`
-	Host          string    `json:"host,omitempty"`
-	Port          int       `json:"port,omitempty"`
-	Relay         string    `json:"relay,omitempty"`
-	Sender        string    `json:"sender,omitempty"`
-	Recipients    int       `json:"recipients,omitempty"`
-	Size          int64     `json:"size"`
-	Queued        time.Time `json:"queued,omitzero"`
-	AgeSeconds    int64     `json:"age_seconds"`
-	Attempts      int       `json:"attempts"`
-	NextAttempt   time.Time `json:"next_attempt,omitzero"`
-	NotBefore     time.Time `json:"not_before,omitzero"`
-	LastError     string    `json:"last_error,omitempty"`
-	Filed         time.Time `json:"filed,omitzero"`
-	EnvelopeError string    `json:"envelope_error,omitempty"`
+	ID            string      `json:"id,omitempty"`
+	Name          string      `json:"name"`
+	State         spool.Place `json:"state"`
+	Path          string      `json:"path"`
+	Instance      string      `json:"instance,omitempty"`
+	Host          string      `json:"host,omitempty"`
+	Port          int         `json:"port,omitempty"`
+	Relay         string      `json:"relay,omitempty"`
+	Sender        string      `json:"sender,omitempty"`
+	Recipients    int         `json:"recipients,omitempty"`
+	Size          int64       `json:"size"`
+	Queued        time.Time   `json:"queued,omitzero"`
+	AgeSeconds    int64       `json:"age_seconds"`
+	Attempts      int         `json:"attempts"`
+	NextAttempt   time.Time   `json:"next_attempt,omitzero"`
+	NotBefore     time.Time   `json:"not_before,omitzero"`
+	LastError     string      `json:"last_error,omitempty"`
+	Filed         time.Time   `json:"filed,omitzero"`
+	EnvelopeError string      `json:"envelope_error,omitempty"`
 
 	env   envelope
 	state *stages.State
@@ -206,7 +206,7 @@ type queueRow struct {
 // row gathers what is known of a message: its envelope, its state file (or
 // for Undeliverable its XML log) and its file.
 func (q *queueEnv) row(e spool.Entry) *queueRow {
-	r := &queueRow{ID: e.ID, Name: e.Name, State: string(e.Place), Path: e.Path, Instance: e.Instance}
+	r := &queueRow{ID: e.ID, Name: e.Name, State: e.Place, Path: e.Path, Instance: e.Instance}
 	fi, statErr := os.Lstat(e.Path)
 	if statErr == nil {
 		r.Size = fi.Size()

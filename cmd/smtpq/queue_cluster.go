@@ -46,7 +46,7 @@ func (q *queueEnv) recordRow(r stream.Record) *queueRow {
 		Queued: r.Queued, Attempts: r.Attempts, NextAttempt: r.NextAttempt, LastError: r.LastError,
 	}
 	row.env = envelope{known: r.Host != "", host: r.Host, port: r.Port, sender: r.Sender}
-	if r.State == string(spool.PlaceSent) || r.State == string(spool.PlaceUndeliverable) {
+	if r.State == spool.PlaceSent || r.State == spool.PlaceUndeliverable {
 		row.Filed = r.At
 	}
 	if !r.Queued.IsZero() {
@@ -62,7 +62,7 @@ func (q *queueEnv) recordRow(r stream.Record) *queueRow {
 // when the hold comes is sent. Release and retry put a held message back
 // on the stream, to be sent now; retry sends a deferred one now (see
 // stream.RetryDeferred).
-func (q *queueEnv) clusterMove(ctx context.Context, out io.Writer, op, id string) error {
+func (q *queueEnv) clusterMove(ctx context.Context, out io.Writer, op spool.Op, id string) error {
 	nc, js, err := pipeline.ConnectNATS(q.cfg.NATS, "")
 	if err != nil {
 		return cli.OneLine(err)
@@ -71,7 +71,7 @@ func (q *queueEnv) clusterMove(ctx context.Context, out io.Writer, op, id string
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	name := q.cfg.NATS.Stream
-	if op == "hold" {
+	if op == spool.OpHold {
 		if err := stream.RequestHold(ctx, js, name, id); err != nil {
 			return fmt.Errorf("asking the nodes to hold %s: %w", id, cli.OneLine(err))
 		}
@@ -80,7 +80,7 @@ func (q *queueEnv) clusterMove(ctx context.Context, out io.Writer, op, id string
 	}
 	err = stream.Release(ctx, js, name, id)
 	switch {
-	case errors.Is(err, stream.ErrNotHeld) && op == "retry":
+	case errors.Is(err, stream.ErrNotHeld) && op == spool.OpRetry:
 		if err := stream.RetryDeferred(ctx, js, name, id); err != nil {
 			return cli.OneLine(err)
 		}
@@ -109,7 +109,7 @@ func (q *queueEnv) clusterRequeue(ctx context.Context, out io.Writer, key string
 	}
 	var found bool
 	for _, r := range rs {
-		if r.State != string(spool.PlaceUndeliverable) {
+		if r.State != spool.PlaceUndeliverable {
 			continue
 		}
 		found = true
@@ -148,7 +148,7 @@ func (q *queueEnv) clusterPurge(ctx context.Context, out io.Writer, place spool.
 		return cli.OneLine(err)
 	}
 	defer nc.Close()
-	if err := stream.RequestPurge(ctx, js, q.cfg.NATS.Stream, string(place), before); err != nil {
+	if err := stream.RequestPurge(ctx, js, q.cfg.NATS.Stream, place, before); err != nil {
 		return fmt.Errorf("asking the other nodes to purge: %w", cli.OneLine(err))
 	}
 	fmt.Fprintln(out, "asked every node of the cluster to purge its own folder the same way")
@@ -160,7 +160,7 @@ func (q *queueEnv) clusterPurge(ctx context.Context, out io.Writer, place spool.
 // the queued, active and deferred ones, release the held ones, retry the
 // held and the deferred ones (a deferred one due within seconds is left
 // to its retry).
-func (q *queueEnv) clusterMoveAll(ctx context.Context, out io.Writer, op string, sel selection) error {
+func (q *queueEnv) clusterMoveAll(ctx context.Context, out io.Writer, op spool.Op, sel selection) error {
 	if q.cfg.NATS == nil {
 		return nil
 	}
@@ -181,11 +181,11 @@ func (q *queueEnv) clusterMoveAll(ctx context.Context, out io.Writer, op string,
 		}
 		var err error
 		switch {
-		case op == "hold" && (r.State == "queued" || r.State == "active" || r.State == "deferred"):
+		case op == spool.OpHold && (r.State == spool.PlaceQueued || r.State == spool.PlaceActive || r.State == spool.PlaceDeferred):
 			err = stream.RequestHold(ctx, js, name, r.ID)
-		case (op == "release" || op == "retry") && r.State == "held":
+		case (op == spool.OpRelease || op == spool.OpRetry) && r.State == spool.PlaceHeld:
 			err = stream.Release(ctx, js, name, r.ID)
-		case op == "retry" && r.State == "deferred":
+		case op == spool.OpRetry && r.State == spool.PlaceDeferred:
 			err = stream.RetryDeferred(ctx, js, name, r.ID)
 		default:
 			continue
@@ -197,7 +197,7 @@ func (q *queueEnv) clusterMoveAll(ctx context.Context, out io.Writer, op string,
 		}
 		done++
 	}
-	verb := map[string]string{"hold": "asked the nodes to hold", "release": "released", "retry": "sent again now"}[op]
+	verb := map[spool.Op]string{spool.OpHold: "asked the nodes to hold", spool.OpRelease: "released", spool.OpRetry: "sent again now"}[op]
 	fmt.Fprintf(out, "cluster: %s %d messages", verb, done)
 	if failed > 0 {
 		fmt.Fprintf(out, "; %d could not be (see above)", failed)

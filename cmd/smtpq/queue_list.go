@@ -98,7 +98,7 @@ host, sender and recipients show as "-".`,
 				return err
 			}
 			for _, r := range rs {
-				if slices.Contains(places, spool.Place(r.State)) {
+				if slices.Contains(places, r.State) {
 					if err := show(q.recordRow(r)); err != nil {
 						return err
 					}
@@ -135,11 +135,11 @@ func (r *queueRow) line(now time.Time) string {
 		age = fmtAge(now.Sub(r.Queued))
 	}
 	tries, next := "-", "-"
-	if r.State != string(spool.PlaceSent) {
+	if r.State != spool.PlaceSent {
 		tries = strconv.Itoa(r.Attempts)
 	}
 	nextAt := r.NextAttempt
-	if nextAt.IsZero() && r.State == string(spool.PlaceQueued) && r.NotBefore.After(now) {
+	if nextAt.IsZero() && r.State == spool.PlaceQueued && r.NotBefore.After(now) {
 		nextAt = r.NotBefore // scheduled: the service will park it until then
 	}
 	if !nextAt.IsZero() {

@@ -25,7 +25,7 @@ type selection struct {
 	host string
 }
 
-func parseSelection(cmd *cobra.Command, op string, args []string, all bool, host string, withHost bool) (selection, error) {
+func parseSelection(cmd *cobra.Command, op spool.Op, args []string, all bool, host string, withHost bool) (selection, error) {
 	s := selection{all: all, host: stages.HostKey(host)}
 	if withHost && cmd.Flags().Changed("host") && s.host == "" {
 		return s, cli.Usagef("--host: empty host name")
@@ -60,18 +60,18 @@ func parseSelection(cmd *cobra.Command, op string, args []string, all bool, host
 	return s, nil
 }
 
-var moveDocs = map[string][2]string{
-	"hold": {"Set messages aside: held mail is not sent until released",
+var moveDocs = map[spool.Op][2]string{
+	spool.OpHold: {"Set messages aside: held mail is not sent until released",
 		`Move queued and deferred messages to queue_dir/.hold/, where the service never
 takes them; their delivery state (attempts, last error) is kept. A message being
 sent right now (active) cannot be held: for one NAME that is an error (exit
 status 1); with --all or --host such messages are counted as skipped. Holding a
 message that is already held does nothing. --host selects by SMTP host and
 needs the service's private key.`},
-	"release": {"Send held messages: back to the queue, now",
+	spool.OpRelease: {"Send held messages: back to the queue, now",
 		`Move held messages back to queue_dir: they are sent at once, whatever next
 attempt they had before they were held (their attempt count is kept).`},
-	"retry": {"Try deferred messages now, and lift the pause of their hosts in the running service",
+	spool.OpRetry: {"Try deferred messages now, and lift the pause of their hosts in the running service",
 		`Move deferred messages to queue_dir so that they are tried now (attempt counts
 are unchanged), and ask the running service (through queue_dir/.control/) to
 lift the pause of the host (--host H or the message's host; every host with
@@ -80,11 +80,11 @@ Messages scheduled with --not-before stay deferred until their time. Held
 messages are not retried: release them.`},
 }
 
-func newQueueMoveCmd(op string) *cobra.Command {
+func newQueueMoveCmd(op spool.Op) *cobra.Command {
 	var all bool
 	var host string
 	cmd := &cobra.Command{
-		Use:   op + " NAME|--all|--host H",
+		Use:   string(op) + " NAME|--all|--host H",
 		Short: moveDocs[op][0],
 		Long:  moveDocs[op][1],
 		Args:  usageArgs(0, 1),
@@ -111,11 +111,11 @@ func newQueueMoveCmd(op string) *cobra.Command {
 				if err := q.loadIdentities(true); err != nil {
 					return err
 				}
-			case op == "retry" && sel.name != "":
+			case op == spool.OpRetry && sel.name != "":
 				// For the host whose pause to lift; moveOne says if it
 				// cannot be read.
 				q.ids, q.idErr = queuefile.LoadIdentities(q.cfg.IdentityFile...)
-			case op == "retry":
+			case op == spool.OpRetry:
 				// To leave scheduled (not-before) messages alone.
 				_ = q.loadIdentities(false)
 			}
@@ -152,10 +152,10 @@ func describe(e spool.Entry) string {
 	return string(e.Place)
 }
 
-func (q *queueEnv) moveOne(out io.Writer, op, name string) error {
+func (q *queueEnv) moveOne(out io.Writer, op spool.Op, name string) error {
 	var pe *spool.PlaceError
 	switch op {
-	case "hold":
+	case spool.OpHold:
 		from, err := spool.HoldMessage(q.dirs, name)
 		if errors.As(err, &pe) && pe.Entry.Place == spool.PlaceHeld {
 			fmt.Fprintf(out, "%s is already held\n", name)
@@ -174,12 +174,12 @@ func (q *queueEnv) moveOne(out io.Writer, op, name string) error {
 			return err
 		}
 		fmt.Fprintf(out, "held %s (it was %s)\n", name, describe(from))
-	case "release":
+	case spool.OpRelease:
 		if _, err := spool.ReleaseMessage(q.dirs, name); err != nil {
 			return err
 		}
 		fmt.Fprintf(out, "released %s: it is in the queue and will be sent now\n", name)
-	case "retry":
+	case spool.OpRetry:
 		found, err := spool.LocateMessage(q.dirs, name)
 		if err != nil {
 			return err
@@ -211,17 +211,17 @@ func (q *queueEnv) moveOne(out io.Writer, op, name string) error {
 	return nil
 }
 
-func (q *queueEnv) moveAll(ctx context.Context, out io.Writer, op string, sel selection) error {
+func (q *queueEnv) moveAll(ctx context.Context, out io.Writer, op spool.Op, sel selection) error {
 	var scheduled int
 	match := func(e spool.Entry) bool {
-		if sel.host == "" && op != "retry" {
+		if sel.host == "" && op != spool.OpRetry {
 			return true
 		}
 		env := q.envelopeOf(e)
 		if sel.host != "" && env.host != sel.host {
 			return false
 		}
-		if op == "retry" && env.notBefore.After(q.now) {
+		if op == spool.OpRetry && env.notBefore.After(q.now) {
 			scheduled++
 			return false
 		}
@@ -230,11 +230,11 @@ func (q *queueEnv) moveAll(ctx context.Context, out io.Writer, op string, sel se
 	var r spool.MoveResult
 	var err error
 	switch op {
-	case "hold":
+	case spool.OpHold:
 		r, err = spool.HoldAll(ctx, q.dirs, match)
-	case "release":
+	case spool.OpRelease:
 		r, err = spool.ReleaseAll(ctx, q.dirs, match)
-	case "retry":
+	case spool.OpRetry:
 		r, err = spool.RetryAll(ctx, q.dirs, match)
 	}
 	what := "messages"
@@ -242,7 +242,7 @@ func (q *queueEnv) moveAll(ctx context.Context, out io.Writer, op string, sel se
 		what = "messages for " + sel.host
 	}
 	switch op {
-	case "hold":
+	case spool.OpHold:
 		fmt.Fprintf(out, "held %d %s", r.Moved, what)
 		if r.Active > 0 {
 			c := spool.Control{Op: stages.OpHold, Host: sel.host, All: sel.host == ""}
@@ -251,9 +251,9 @@ func (q *queueEnv) moveAll(ctx context.Context, out io.Writer, op string, sel se
 			}
 			fmt.Fprintf(out, "; %d are with the running service: asked it to hold those not being sent right now", r.Active)
 		}
-	case "release":
+	case spool.OpRelease:
 		fmt.Fprintf(out, "released %d %s to the queue", r.Moved, what)
-	case "retry":
+	case spool.OpRetry:
 		fmt.Fprintf(out, "moved %d deferred %s to the queue", r.Moved, what)
 		if scheduled > 0 {
 			fmt.Fprintf(out, "; %d scheduled for later (--not-before) stay deferred", scheduled)
@@ -266,7 +266,7 @@ func (q *queueEnv) moveAll(ctx context.Context, out io.Writer, op string, sel se
 	if err != nil {
 		return err
 	}
-	if op == "retry" {
+	if op == spool.OpRetry {
 		c := spool.Control{Op: stages.OpRetry, Host: sel.host, All: sel.all}
 		if err := spool.WriteControl(q.dirs.Queue, c); err != nil {
 			return fmt.Errorf("asking the service to lift host pauses: %w", err)

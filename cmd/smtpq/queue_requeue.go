@@ -33,7 +33,7 @@ through the cluster (--all acts on this node's folder only).`,
 					return err
 				}
 			}
-			sel, err := parseSelection(cmd, "requeue", args, all, "", false)
+			sel, err := parseSelection(cmd, spool.OpRequeue, args, all, "", false)
 			if err != nil {
 				return err
 			}

@@ -89,7 +89,7 @@ node keeps.`,
 				return err
 			}
 			for _, r := range rs {
-				if p := spool.Place(r.State); st.States[p] != nil {
+				if p := r.State; st.States[p] != nil {
 					count(p, q.recordRow(r))
 				}
 			}

@@ -160,7 +160,7 @@ func (s *queueStatus) print(w io.Writer, now time.Time) {
 		return t.UTC().Format(time.RFC3339) + " (" + rel + ")"
 	}
 	var head string
-	switch spool.Place(s.State) {
+	switch s.State {
 	case spool.PlaceQueued:
 		head = "queued, waiting for the service to take it"
 	case spool.PlaceActive:
@@ -181,11 +181,11 @@ func (s *queueStatus) print(w io.Writer, now time.Time) {
 		}
 	}
 	field("id", s.ID)
-	if s.State != string(spool.PlaceSent) && s.State != string(spool.PlaceUndeliverable) {
+	if s.State != spool.PlaceSent && s.State != spool.PlaceUndeliverable {
 		field("path", s.Path)
 	}
 	field("note", s.Note)
-	if s.State == string(spool.PlaceUndeliverable) {
+	if s.State == spool.PlaceUndeliverable {
 		field("failure", s.LastError)
 		field("log", s.Log)
 	}
@@ -195,7 +195,7 @@ func (s *queueStatus) print(w io.Writer, now time.Time) {
 			h = fmt.Sprintf("%s port %d", h, s.Port)
 		}
 		field("host", h)
-	} else if s.State != string(spool.PlaceSent) {
+	} else if s.State != spool.PlaceSent {
 		field("host", "- ("+s.EnvelopeError+")")
 	}
 	if s.User != "" {
@@ -227,10 +227,10 @@ func (s *queueStatus) print(w io.Writer, now time.Time) {
 	if !s.Expires.IsZero() {
 		field("expires", at(s.Expires))
 	}
-	if s.State != string(spool.PlaceSent) {
+	if s.State != spool.PlaceSent {
 		field("attempts", strconv.Itoa(s.Attempts))
 	}
-	if s.State != string(spool.PlaceUndeliverable) {
+	if s.State != spool.PlaceUndeliverable {
 		field("last error", s.LastError)
 	}
 	hist := s.History

@@ -106,10 +106,22 @@ type Entry struct {
 	Due      time.Time // PlaceDeferred: when its bucket is due
 }
 
+// Op is an operation of the queue commands on messages.
+type Op string
+
+// The queue commands' operations.
+const (
+	OpHold    Op = "hold"    // set a message aside (.hold/)
+	OpRelease Op = "release" // put a held message back in the queue
+	OpRetry   Op = "retry"   // try a deferred message now
+	OpRequeue Op = "requeue" // queue an undeliverable message again
+	OpPurge   Op = "purge"   // remove filed copies older than a time
+)
+
 // PlaceError says that a message is not where an operation can act on it.
 // Entry tells where it is.
 type PlaceError struct {
-	Op    string // hold, release, retry, requeue
+	Op    Op
 	Entry Entry
 }
 
@@ -119,24 +131,24 @@ func (e *PlaceError) Error() string {
 	case PlaceActive:
 		return fmt.Sprintf("%s is being sent right now (claimed by the service, instance %s): cannot %s it; try again when it is done", n, e.Entry.Instance, e.Op)
 	case PlaceHeld:
-		if e.Op == "hold" {
+		if e.Op == OpHold {
 			return n + " is already held"
 		}
 		return fmt.Sprintf("%s is held: release it instead", n)
 	case PlaceQueued:
-		if e.Op == "release" {
+		if e.Op == OpRelease {
 			return n + " is not held: it is in the queue"
 		}
 		return n + " is already in the queue"
 	case PlaceDeferred:
-		if e.Op == "release" {
+		if e.Op == OpRelease {
 			return fmt.Sprintf("%s is not held: it is deferred until %s (retry sends it now)", n, e.Entry.Due.UTC().Format(time.RFC3339))
 		}
 		return fmt.Sprintf("%s is deferred until %s", n, e.Entry.Due.UTC().Format(time.RFC3339))
 	case PlaceSent:
 		return fmt.Sprintf("%s was sent already (%s)", n, e.Entry.Path)
 	case PlaceUndeliverable:
-		if e.Op == "requeue" {
+		if e.Op == OpRequeue {
 			return n + " is not undeliverable"
 		}
 		return fmt.Sprintf("%s is undeliverable (%s): use requeue", n, e.Entry.Path)
@@ -494,7 +506,7 @@ func (r *MoveResult) count(err error, raced bool) error {
 // returns where the message was. A message being sent, already held or
 // already filed is left alone with a *PlaceError.
 func HoldMessage(d Dirs, name string) (Entry, error) {
-	return moveOne(d, name, "hold", []Place{PlaceQueued, PlaceDeferred}, filepath.Join(d.Queue, HoldDir))
+	return moveOne(d, name, OpHold, []Place{PlaceQueued, PlaceDeferred}, filepath.Join(d.Queue, HoldDir))
 }
 
 // HoldAll moves every queued and deferred message that match selects (all
@@ -507,7 +519,7 @@ func HoldAll(ctx context.Context, d Dirs, match func(Entry) bool) (MoveResult, e
 // ReleaseMessage moves a held message to the ready folder (.ready/), to be
 // sent now, whatever next attempt its state had (attempts are unchanged).
 func ReleaseMessage(d Dirs, name string) (Entry, error) {
-	return moveOne(d, name, "release", []Place{PlaceHeld}, filepath.Join(d.Queue, ReadyDir))
+	return moveOne(d, name, OpRelease, []Place{PlaceHeld}, filepath.Join(d.Queue, ReadyDir))
 }
 
 // ReleaseAll moves every held message that match selects (all if nil) to
@@ -519,7 +531,7 @@ func ReleaseAll(ctx context.Context, d Dirs, match func(Entry) bool) (MoveResult
 // RetryMessage moves a deferred message to the ready folder, to be tried
 // now (attempts are unchanged).
 func RetryMessage(d Dirs, name string) (Entry, error) {
-	return moveOne(d, name, "retry", []Place{PlaceDeferred}, filepath.Join(d.Queue, ReadyDir))
+	return moveOne(d, name, OpRetry, []Place{PlaceDeferred}, filepath.Join(d.Queue, ReadyDir))
 }
 
 // RetryAll moves every deferred message that match selects (all if nil) to
@@ -558,7 +570,7 @@ func moveEntry(d Dirs, e Entry, dstDir string) error {
 // into dstDir by rename. A rename that fails because the file is gone lost a
 // race (the service claimed it, or another command moved it): the message
 // is looked for again.
-func moveOne(d Dirs, name, op string, from []Place, dstDir string) (Entry, error) {
+func moveOne(d Dirs, name string, op Op, from []Place, dstDir string) (Entry, error) {
 	if err := os.MkdirAll(dstDir, 0o750); err != nil {
 		return Entry{}, err
 	}
@@ -717,7 +729,7 @@ func requeueLocked(d Dirs, name string, now time.Time) (string, error) {
 		if err != nil {
 			return "", err
 		}
-		return "", &PlaceError{Op: "requeue", Entry: found[0]}
+		return "", &PlaceError{Op: OpRequeue, Entry: found[0]}
 	}
 	// It comes back as a new arrival (it gets a new id when claimed), so
 	// only a file of the same name waiting in queue_dir is in the way.

@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
+	"github.com/smtpq/smtpq/pipeline/spool"
 	"github.com/smtpq/smtpq/stages"
 )
 
@@ -22,13 +23,13 @@ import (
 // when the hold comes is sent: the hold came too late, as on one machine.
 
 type opEntry struct {
-	Op     string    `json:"op"`              // "hold"; "retry": the delivery of Seq was superseded by a copy sent now; "requeue", "purge" (AdminOp)
-	Seq    uint64    `json:"seq,omitempty"`   // for "retry"
-	Node   string    `json:"node,omitempty"`  // for "requeue": the node whose folder holds the message
-	Name   string    `json:"name,omitempty"`  // for "requeue": its file name
-	Place  string    `json:"place,omitempty"` // for "purge": sent or undeliverable
-	Before time.Time `json:"before,omitzero"` // for "purge"
-	At     time.Time `json:"at"`
+	Op     spool.Op    `json:"op"`              // hold; retry: the delivery of Seq was superseded by a copy sent now; requeue, purge (AdminOp)
+	Seq    uint64      `json:"seq,omitempty"`   // for "retry"
+	Node   string      `json:"node,omitempty"`  // for "requeue": the node whose folder holds the message
+	Name   string      `json:"name,omitempty"`  // for "requeue": its file name
+	Place  spool.Place `json:"place,omitempty"` // for "purge": sent or undeliverable
+	Before time.Time   `json:"before,omitzero"` // for "purge"
+	At     time.Time   `json:"at"`
 }
 
 // AdminOp is an operator's request that a node acts on its own Sent or
@@ -36,24 +37,24 @@ type opEntry struct {
 // it filed as undeliverable (Node, Name), or purge (every node: Place,
 // Before). The nodes watch for them in <stream>_ops; Config.OnAdmin acts.
 type AdminOp struct {
-	Op     string // "requeue" or "purge"
-	ID     string // requeue: the message's id
+	Op     spool.Op // spool.OpRequeue or spool.OpPurge
+	ID     string   // requeue: the message's id
 	Node   string
 	Name   string
-	Place  string
+	Place  spool.Place
 	Before time.Time
 }
 
 // RequestRequeue asks node to requeue message id, filed there as
 // undeliverable under name.
 func RequestRequeue(ctx context.Context, js jetstream.JetStream, stream, id, node, name string) error {
-	return putOp(ctx, js, stream, id, opEntry{Op: "requeue", Node: node, Name: name})
+	return putOp(ctx, js, stream, id, opEntry{Op: spool.OpRequeue, Node: node, Name: name})
 }
 
 // RequestPurge asks every node to purge its place (sent or undeliverable)
 // of what was filed before before.
-func RequestPurge(ctx context.Context, js jetstream.JetStream, stream, place string, before time.Time) error {
-	return putOp(ctx, js, stream, "purge-"+strconv.FormatInt(time.Now().UnixNano(), 10), opEntry{Op: "purge", Place: place, Before: before.UTC()})
+func RequestPurge(ctx context.Context, js jetstream.JetStream, stream string, place spool.Place, before time.Time) error {
+	return putOp(ctx, js, stream, "purge-"+strconv.FormatInt(time.Now().UnixNano(), 10), opEntry{Op: spool.OpPurge, Place: place, Before: before.UTC()})
 }
 
 // purgeKeep is how long a purge request stays for nodes that were down
@@ -90,7 +91,7 @@ func setupOps(ctx context.Context, js jetstream.JetStream, stream string, replic
 
 // RequestHold asks the nodes to hold message id.
 func RequestHold(ctx context.Context, js jetstream.JetStream, stream, id string) error {
-	return putOp(ctx, js, stream, id, opEntry{Op: "hold"})
+	return putOp(ctx, js, stream, id, opEntry{Op: spool.OpHold})
 }
 
 // ErrNotHeld says a message to release is not held.
@@ -137,7 +138,7 @@ func Release(ctx context.Context, js jetstream.JetStream, stream, id string) err
 	if err := str.Purge(ctx, jetstream.WithPurgeSubject(held)); err != nil {
 		return fmt.Errorf("removing the held copy of %s (it is queued again too): %w", id, err)
 	}
-	b, _ := json.Marshal(Record{ID: id, Name: name, State: "queued", Size: int64(len(m.Data)), At: time.Now().UTC()})
+	b, _ := json.Marshal(Record{ID: id, Name: name, State: spool.PlaceQueued, Size: int64(len(m.Data)), At: time.Now().UTC()})
 	js.Publish(ctx, recordSubject(stream, id), b)
 	return nil
 }
@@ -170,10 +171,10 @@ func (s *Spool) watchOps(ctx context.Context, onHold func(id string)) error {
 				delete(s.asked, id)
 			}
 			s.mu.Unlock()
-			if put && op.Op == "hold" && onHold != nil {
+			if put && op.Op == spool.OpHold && onHold != nil {
 				onHold(id)
 			}
-			if put && (op.Op == "requeue" && op.Node == s.cfg.Node || op.Op == "purge") {
+			if put && (op.Op == spool.OpRequeue && op.Node == s.cfg.Node || op.Op == spool.OpPurge) {
 				s.admin(id, op)
 			}
 		}
@@ -185,7 +186,7 @@ func (s *Spool) watchOps(ctx context.Context, onHold func(id string)) error {
 func (s *Spool) holdAsked(job *stages.Job) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.asked[job.ID].Op == "hold"
+	return s.asked[job.ID].Op == spool.OpHold
 }
 
 // superseded reports whether the job's delivery is of a deferred copy that
@@ -194,7 +195,7 @@ func (s *Spool) superseded(job *stages.Job) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	op := s.asked[job.ID]
-	return op.Op == "retry" && op.Seq != 0 && op.Seq == handle(job).seq
+	return op.Op == spool.OpRetry && op.Seq != 0 && op.Seq == handle(job).seq
 }
 
 // holdDone forgets the operation asked for job, once it is done (held, or
@@ -206,7 +207,7 @@ func (s *Spool) holdDone(job *stages.Job) {
 	if !asked || s.ops == nil {
 		return
 	}
-	if op.Op == "retry" && op.Seq != handle(job).seq {
+	if op.Op == spool.OpRetry && op.Seq != handle(job).seq {
 		return // the copy: the mark waits for the superseded one
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -234,7 +235,7 @@ func RetryDeferred(ctx context.Context, js jetstream.JetStream, stream, id strin
 		return fmt.Errorf("%s: no such message in the cluster", id)
 	}
 	r := rs[0]
-	if r.State != "deferred" || r.Seq == 0 {
+	if r.State != spool.PlaceDeferred || r.Seq == 0 {
 		return fmt.Errorf("%s is %s, not deferred", id, r.State)
 	}
 	if time.Until(r.NextAttempt) < minDelay {
@@ -258,7 +259,7 @@ func RetryDeferred(ctx context.Context, js jetstream.JetStream, stream, id strin
 	if err != nil {
 		return fmt.Errorf("publishing %s again: %w", id, err)
 	}
-	b, _ := json.Marshal(opEntry{Op: "retry", Seq: r.Seq, At: time.Now().UTC()})
+	b, _ := json.Marshal(opEntry{Op: spool.OpRetry, Seq: r.Seq, At: time.Now().UTC()})
 	if _, err := ops.Put(ctx, id, b); err != nil {
 		// Without the mark the deferred copy would be sent too: take the
 		// new one back.
@@ -267,7 +268,7 @@ func RetryDeferred(ctx context.Context, js jetstream.JetStream, stream, id strin
 		}
 		return fmt.Errorf("%s: marking its deferred copy: %w", id, err)
 	}
-	r.State, r.NextAttempt, r.At = "queued", time.Time{}, time.Now().UTC()
+	r.State, r.NextAttempt, r.At = spool.PlaceQueued, time.Time{}, time.Now().UTC()
 	rb, _ := json.Marshal(r)
 	js.Publish(ctx, recordSubject(stream, id), rb)
 	return nil
@@ -283,7 +284,7 @@ const minDelay = 10 * time.Second
 func (s *Spool) admin(key string, op opEntry) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if op.Op == "purge" && time.Since(op.At) > purgeKeep {
+	if op.Op == spool.OpPurge && time.Since(op.At) > purgeKeep {
 		s.ops.Delete(ctx, key)
 		return
 	}
@@ -291,13 +292,13 @@ func (s *Spool) admin(key string, op opEntry) {
 		return
 	}
 	a := AdminOp{Op: op.Op, Node: op.Node, Name: op.Name, Place: op.Place, Before: op.Before}
-	if op.Op == "requeue" {
+	if op.Op == spool.OpRequeue {
 		a.ID = key
 	}
 	if err := s.cfg.OnAdmin(a); err != nil {
-		s.cfg.Log.Error("an operator's "+op.Op+" for this node", zap.String("key", key), zap.Error(err))
+		s.cfg.Log.Error("an operator's "+string(op.Op)+" for this node", zap.String("key", key), zap.Error(err))
 	}
-	if op.Op == "requeue" {
+	if op.Op == spool.OpRequeue {
 		s.ops.Delete(ctx, key) // done, or failed with its reason logged: not again at every start
 	}
 }

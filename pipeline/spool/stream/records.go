@@ -9,6 +9,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
+	"github.com/smtpq/smtpq/pipeline/spool"
 	"github.com/smtpq/smtpq/stages"
 )
 
@@ -18,22 +19,22 @@ import (
 // and filed. It holds no secret: no password or token, no recipient
 // address. Records are kept RecordsTTL after their last change.
 type Record struct {
-	ID          string    `json:"id"`
-	Name        string    `json:"name"`
-	State       string    `json:"state"` // queued, active, deferred, held, undeliverable, sent (spool.Place)
-	Node        string    `json:"node,omitempty"`
-	Path        string    `json:"path,omitempty"` // the Sent or Undeliverable copy, on Node
-	Host        string    `json:"host,omitempty"`
-	Port        int       `json:"port,omitempty"`
-	Sender      string    `json:"sender,omitempty"`
-	Recipients  int       `json:"recipients,omitempty"`
-	Size        int64     `json:"size,omitempty"`
-	Queued      time.Time `json:"queued,omitzero"`
-	Attempts    int       `json:"attempts,omitempty"`
-	NextAttempt time.Time `json:"next_attempt,omitzero"`
-	LastError   string    `json:"last_error,omitempty"`
-	Seq         uint64    `json:"seq,omitempty"` // the stream sequence of the copy a node last took
-	At          time.Time `json:"at"`            // when the record was written
+	ID          string      `json:"id"`
+	Name        string      `json:"name"`
+	State       spool.Place `json:"state"` // queued, active, deferred, held, undeliverable or sent
+	Node        string      `json:"node,omitempty"`
+	Path        string      `json:"path,omitempty"` // the Sent or Undeliverable copy, on Node
+	Host        string      `json:"host,omitempty"`
+	Port        int         `json:"port,omitempty"`
+	Sender      string      `json:"sender,omitempty"`
+	Recipients  int         `json:"recipients,omitempty"`
+	Size        int64       `json:"size,omitempty"`
+	Queued      time.Time   `json:"queued,omitzero"`
+	Attempts    int         `json:"attempts,omitempty"`
+	NextAttempt time.Time   `json:"next_attempt,omitzero"`
+	LastError   string      `json:"last_error,omitempty"`
+	Seq         uint64      `json:"seq,omitempty"` // the stream sequence of the copy a node last took
+	At          time.Time   `json:"at"`            // when the record was written
 }
 
 // RecordsTTL is how long a message's record outlives its last change.
@@ -61,14 +62,14 @@ func setupRecords(ctx context.Context, js jetstream.JetStream, stream string, re
 // note records a claimed job's new state, without waiting for the stream:
 // a record lost with a node is written again by the node that takes the
 // message next. path is its filed copy, if any.
-func (s *Spool) note(job *stages.Job, state, path string, due time.Time) {
+func (s *Spool) note(job *stages.Job, state spool.Place, path string, due time.Time) {
 	r := Record{
 		ID: job.ID, Name: job.Name, State: state, Node: s.cfg.Node, Path: path,
 		Host: job.Route.Host, Port: job.Route.Port, Sender: job.Sender, Recipients: len(job.Pending),
 		Size: job.Size, Queued: job.State.Queued, Attempts: job.State.Attempts, LastError: job.State.LastError,
 		Seq: handle(job).seq, At: time.Now().UTC(),
 	}
-	if state == "deferred" {
+	if state == spool.PlaceDeferred {
 		r.NextAttempt = due
 	}
 	if job.Params != nil && r.Sender == "" {

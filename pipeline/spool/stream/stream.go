@@ -527,7 +527,7 @@ func (s *Spool) claim(ctx context.Context, m jetstream.Msg) *stages.Job {
 	s.mu.Lock()
 	s.inflight[h] = true
 	s.mu.Unlock()
-	s.note(job, "active", "", time.Time{})
+	s.note(job, spool.PlaceActive, "", time.Time{})
 	return job
 }
 
@@ -632,7 +632,7 @@ func (s *Spool) FileSent(job *stages.Job, deleteCopy bool) (string, error) {
 	if err := s.finish(job); err != nil {
 		return "", err
 	}
-	s.note(job, "sent", dst, time.Time{})
+	s.note(job, spool.PlaceSent, dst, time.Time{})
 	s.holdDone(job) // too late for a hold
 	return dst, nil
 }
@@ -649,7 +649,7 @@ func (s *Spool) FileUndeliverable(job *stages.Job, xmlLog []byte) (string, error
 	if err := s.finish(job); err != nil {
 		return "", err
 	}
-	s.note(job, "undeliverable", dst, time.Time{})
+	s.note(job, spool.PlaceUndeliverable, dst, time.Time{})
 	s.holdDone(job)
 	return dst, nil
 }
@@ -663,7 +663,7 @@ func (s *Spool) Defer(job *stages.Job, due time.Time) error {
 	if err := s.giveBack(job, time.Until(due)); err != nil {
 		return err
 	}
-	s.note(job, "deferred", "", due)
+	s.note(job, spool.PlaceDeferred, "", due)
 	return nil
 }
 
@@ -677,7 +677,7 @@ func (s *Spool) Park(job *stages.Job, due time.Time) error {
 	if err := s.giveBack(job, time.Until(due)); err != nil {
 		return err
 	}
-	s.note(job, "deferred", "", due)
+	s.note(job, spool.PlaceDeferred, "", due)
 	return nil
 }
 
@@ -686,7 +686,7 @@ func (s *Spool) Return(job *stages.Job) error {
 	if err := s.giveBack(job, 0); err != nil {
 		return err
 	}
-	s.note(job, "queued", "", time.Time{})
+	s.note(job, spool.PlaceQueued, "", time.Time{})
 	return nil
 }
 
@@ -728,7 +728,7 @@ func (s *Spool) Hold(job *stages.Job) error {
 		return fmt.Errorf("holding %s: %w", job.ID, err)
 	}
 	s.release(h)
-	s.note(job, "held", "", time.Time{})
+	s.note(job, spool.PlaceHeld, "", time.Time{})
 	s.holdDone(job)
 	return nil
 }
@@ -805,7 +805,7 @@ func publishMsg(ctx context.Context, js jetstream.JetStream, stream, id, name st
 		return fmt.Errorf("publishing %s: %w", name, err)
 	}
 	now := time.Now().UTC()
-	b, _ := json.Marshal(Record{ID: id, Name: name, State: "queued", Size: size, Queued: now, At: now})
+	b, _ := json.Marshal(Record{ID: id, Name: name, State: spool.PlaceQueued, Size: size, Queued: now, At: now})
 	// The message is safe without its record: a record lost here is
 	// written by the node that claims the message.
 	js.Publish(ctx, recordSubject(stream, id), b, jetstream.WithExpectLastSequencePerSubject(0))

@@ -18,6 +18,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/smtpq/smtpq/pipeline/natstest"
+	"github.com/smtpq/smtpq/pipeline/spool"
 	"github.com/smtpq/smtpq/pipeline/spool/stream"
 	"github.com/smtpq/smtpq/stages"
 )
@@ -337,7 +338,7 @@ func TestRecords(t *testing.T) {
 	js := connect(t, natstest.NewServer(t).URL())
 	s := node(t, js, stream.Config{Node: "n1"})
 	id := publish(t, js, "rec.eml", "Subject: x\r\n\r\nbody\r\n")
-	want := func(state string) stream.Record {
+	want := func(state spool.Place) stream.Record {
 		t.Helper()
 		return waitRecord(t, js, id, state)
 	}
@@ -464,7 +465,7 @@ func TestAdminOpsReachTheirNodes(t *testing.T) {
 		t.Fatal(err)
 	}
 	before := time.Now().Add(-time.Hour).UTC().Truncate(time.Second)
-	if err := stream.RequestPurge(t.Context(), js, "", "sent", before); err != nil {
+	if err := stream.RequestPurge(t.Context(), js, "", spool.PlaceSent, before); err != nil {
 		t.Fatal(err)
 	}
 	next := func(n string) stream.AdminOp {
@@ -565,7 +566,7 @@ func queued(t *testing.T, js jetstream.JetStream) uint64 {
 }
 
 // waitRecord waits until the record of id is in state, and returns it.
-func waitRecord(t *testing.T, js jetstream.JetStream, id, state string) stream.Record {
+func waitRecord(t *testing.T, js jetstream.JetStream, id string, state spool.Place) stream.Record {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
