@@ -44,7 +44,9 @@ func newQueueListCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "list [--state S[,S...]|all] [--host H] [--json]",
 		Short: "List the messages in the queue, one line each",
-		Long: `List messages, one line each: name, state, SMTP host (with the relay profile in
+		Long: `List messages, one line each: name, id (what the other queue commands take
+when several messages share a name; "-" for a file not yet claimed and for filed
+copies), state, SMTP host (with the relay profile in
 parentheses), envelope sender, number of recipients, size, age since enqueueing,
 delivery attempts, next attempt, last error. Without --state: every message not
 yet filed (queued, active, deferred, held); --state takes one or more of
@@ -76,7 +78,7 @@ host, sender and recipients show as "-".`,
 			out := cmd.OutOrStdout()
 			enc := json.NewEncoder(out)
 			if !asJSON {
-				fmt.Fprintf(out, listFormat, "NAME", "STATE", "HOST", "SENDER", "RCPTS", "SIZE", "AGE", "TRIES", "NEXT", "LAST-ERROR")
+				fmt.Fprintf(out, listFormat, "NAME", "ID", "STATE", "HOST", "SENDER", "RCPTS", "SIZE", "AGE", "TRIES", "NEXT", "LAST-ERROR")
 			}
 			want := stages.HostKey(host)
 			show := func(r *queueRow) error {
@@ -114,7 +116,7 @@ host, sender and recipients show as "-".`,
 	return cmd
 }
 
-const listFormat = "%-51s %-13s %-24s %-28s %5s %9s %6s %5s %7s %s\n"
+const listFormat = "%-51s %-16s %-13s %-24s %-28s %5s %9s %6s %5s %7s %s\n"
 
 func (r *queueRow) line(now time.Time) string {
 	dash := func(s string) string {
@@ -149,7 +151,7 @@ func (r *queueRow) line(now time.Time) string {
 			next = "due"
 		}
 	}
-	return fmt.Sprintf(listFormat, sanitizeField(r.Name), r.State, sanitizeField(host), sanitizeField(sender), rcpts,
+	return fmt.Sprintf(listFormat, sanitizeField(r.Name), dash(r.ID), r.State, sanitizeField(host), sanitizeField(sender), rcpts,
 		strconv.FormatInt(r.Size, 10), age, tries, next, dash(sanitize(r.LastError)))
 }
 

@@ -106,7 +106,7 @@ func TestQueueWithoutTheKey(t *testing.T) {
 		t.Fatalf("list without the key: exit %d, stderr %q", code, errOut)
 	}
 	l := listLines(t, out)[name]
-	if l == nil || l[1] != "queued" || l[2] != "-" || l[3] != "-" || l[4] != "-" {
+	if l == nil || l[2] != "queued" || l[3] != "-" || l[4] != "-" || l[5] != "-" {
 		t.Errorf("list without the key: %q, want \"-\" for host, sender, recipients", l)
 	}
 	if code, _, errOut := e.smtpq("", "queue", "list", "--host", "relay.example.com"); code != 1 || !strings.Contains(errOut, "private key") {
@@ -138,7 +138,7 @@ func TestQueueSelectByHostAndRetryControls(t *testing.T) {
 	if len(l) != 4 || l[scheduled] == nil {
 		t.Errorf("list --host relay.example.com: %v", l)
 	}
-	if l := listLines(t, q.ok("list", "--host", "smtp.direct.example")); len(l) != 1 || l[direct] == nil || l[direct][2] != "smtp.direct.example" {
+	if l := listLines(t, q.ok("list", "--host", "smtp.direct.example")); len(l) != 1 || l[direct] == nil || l[direct][3] != "smtp.direct.example" {
 		t.Errorf("list --host smtp.direct.example (normalized): %v", l)
 	}
 
@@ -148,6 +148,8 @@ func TestQueueSelectByHostAndRetryControls(t *testing.T) {
 	}
 	if l := listLines(t, q.ok("list", "--state", "held")); len(l) != 4 || l[backup] != nil || l[direct] != nil {
 		t.Errorf("held: %v", l)
+	} else if id := l[scheduled][1]; !spool.IsID(id) || !strings.Contains(q.ok("status", id), scheduled) {
+		t.Errorf("held message's id column %q: want the id that status takes", id)
 	}
 	if out := q.ok("release", "--host", "relay.example.com"); !strings.HasPrefix(out, "released 4 messages") {
 		t.Errorf("release --host: %q", out)
@@ -172,6 +174,17 @@ func TestQueueSelectByHostAndRetryControls(t *testing.T) {
 	}
 	if l := listLines(t, q.ok("list", "--state", "deferred")); len(l) != 1 || l[scheduled] == nil {
 		t.Errorf("deferred after retry --all: %v", l)
+	} else {
+		// The id the list shows names the message to the commands too.
+		id := l[scheduled][1]
+		if out := q.ok("hold", id); !strings.HasPrefix(out, "held "+id) {
+			t.Errorf("hold by id %s: %q", id, out)
+		}
+		if l := listLines(t, q.ok("list", "--state", "held")); len(l) != 1 || l[scheduled] == nil || l[scheduled][1] != id {
+			t.Errorf("held after hold by id: %v", l)
+		}
+		q.ok("release", id)
+		e.deferNow(scheduled, time.Now().Add(2*time.Hour), "")
 	}
 	// retry of one queued message: lifts its host's pause.
 	if out := q.ok("retry", mainMsgs[1]); !strings.Contains(out, "in the queue already") || !strings.Contains(out, "relay.example.com") {
@@ -241,7 +254,7 @@ func TestQueueListUntrustedFiles(t *testing.T) {
 		t.Errorf("list: %q", out)
 	}
 	l := listLines(t, out)
-	if l[good] == nil || l["evil[31m_name_with_spaces.eml"] == nil || l["evil[31m_name_with_spaces.eml"][2] != "-" {
+	if l[good] == nil || l["evil[31m_name_with_spaces.eml"] == nil || l["evil[31m_name_with_spaces.eml"][3] != "-" {
 		t.Errorf("list: %q", l)
 	}
 	js := listJSON(t, q.ok("list", "--json"))

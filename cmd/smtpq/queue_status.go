@@ -20,15 +20,20 @@ import (
 
 // smtpq queue status: the command and what it prints.
 
-// messageName takes a message name or a path to it (in any folder; the
-// path of its .xml log also works) and returns the name.
+// messageName takes a message name, its id (queue list shows it; the
+// queue commands find a message still in the queue by it) or a path to it
+// (in any folder; the path of its .xml log also works) and returns the
+// name, or the id.
 func messageName(arg string) (string, error) {
+	if id := strings.TrimSpace(arg); spool.IsID(id) {
+		return id, nil
+	}
 	name := filepath.Base(strings.TrimSpace(arg))
 	if strings.HasSuffix(name, ".xml") {
 		name = strings.TrimSuffix(name, ".xml") + queuefile.Ext
 	}
 	if !queuefile.IsQueueName(name) {
-		return "", cli.Usagef("%s is not a message name (want <time>-<random>.eml as enqueue printed it, or its path)", cli.QuoteIfNeeded(arg))
+		return "", cli.Usagef("%s is not a message name (want <time>-<random>.eml as enqueue printed it, its id, or its path)", cli.QuoteIfNeeded(arg))
 	}
 	return name, nil
 }
@@ -48,13 +53,14 @@ type queueStatus struct {
 func newQueueStatusCmd() *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
-		Use:   "status NAME|PATH [--json]",
+		Use:   "status NAME|ID|PATH [--json]",
 		Short: "Say where a message is now and what happened to it",
 		Long: `Say where the message is now: queued, active (claimed by a running service,
 being sent or waiting for its host), deferred until when (attempts and last
 error), held, sent (the Sent copy's path), or undeliverable (its path and the
 failure from its XML log). NAME is the file name that enqueue printed, or any
-path to the message; with a nats section, also the id enqueue printed, and the
+path to the message; ID is the message's id (queue list shows it) while it is
+in the queue; with a nats section, also the id enqueue printed, and the
 message is looked for in the cluster's records too. A message that is nowhere (purged, or sent with
 delete_after_send) is an error, exit status 1. The user name is shown, never a
 password or token.`,

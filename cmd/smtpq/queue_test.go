@@ -85,7 +85,7 @@ func listLines(t *testing.T, out string) map[string][]string {
 	got := map[string][]string{}
 	for _, l := range lines[1:] {
 		f := strings.Fields(l)
-		if len(f) < 10 {
+		if len(f) < 11 {
 			t.Fatalf("list line %q: %d fields", l, len(f))
 		}
 		got[f[0]] = f
@@ -165,14 +165,14 @@ func TestQueueCommandsWithRunningService(t *testing.T) {
 	}
 	for _, n := range all {
 		l := lines[n]
-		if l == nil || l[1] != "queued" {
+		if l == nil || l[2] != "queued" {
 			t.Errorf("list: %s: %q, want queued", n, l)
 		}
 	}
-	if l := lines[sent]; l[2] != srv.Host() || l[3] != "app@example.com" || l[4] != "1" {
+	if l := lines[sent]; l[3] != srv.Host() || l[4] != "app@example.com" || l[5] != "1" {
 		t.Errorf("list: %q: want host %s, sender, 1 recipient", l, srv.Host())
 	}
-	if l := lines[relayed]; l[2] != authSrv.Host()+"(main)" || l[3] != "app@example.com" || l[4] != "2" {
+	if l := lines[relayed]; l[3] != authSrv.Host()+"(main)" || l[4] != "app@example.com" || l[5] != "2" {
 		t.Errorf("list: relay message %q: want host %s(main), 2 recipients", l, authSrv.Host())
 	}
 	js := listJSON(t, run("list", "--json"))
@@ -217,13 +217,13 @@ func TestQueueCommandsWithRunningService(t *testing.T) {
 	if len(lines) != 3 || lines[later] == nil || lines[sched] == nil || lines[relayed] == nil {
 		t.Fatalf("list after sending: %v", lines)
 	}
-	if l := lines[later]; l[1] != "deferred" || l[7] != "1" || !strings.HasPrefix(l[8], "+") || !strings.Contains(strings.Join(l[9:], " "), "451") {
+	if l := lines[later]; l[2] != "deferred" || l[8] != "1" || !strings.HasPrefix(l[9], "+") || !strings.Contains(strings.Join(l[10:], " "), "451") {
 		t.Errorf("list: deferred message %q: want 1 attempt, a next attempt and the 451", l)
 	}
-	if l := lines[sched]; l[1] != "deferred" || l[7] != "0" {
+	if l := lines[sched]; l[2] != "deferred" || l[8] != "0" {
 		t.Errorf("list: scheduled message %q", l)
 	}
-	if l := listLines(t, run("list", "--state", "sent")); len(l) != 2 || l[sent] == nil || l[inline] == nil || l[sent][2] != "-" {
+	if l := listLines(t, run("list", "--state", "sent")); len(l) != 2 || l[sent] == nil || l[inline] == nil || l[sent][3] != "-" {
 		t.Errorf("list --state sent: %v", l)
 	}
 	if l := listLines(t, run("list", "--state", "undeliverable")); len(l) != 1 || !strings.Contains(strings.Join(l[failed], " "), "550") {
