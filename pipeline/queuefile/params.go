@@ -129,7 +129,10 @@ type Params struct {
 	OAuth2Token Secret // XOAUTH2 bearer token, instead of a password
 	HELO        string // name sent in EHLO; empty: the service's default
 
-	From string   // envelope sender; empty is the null sender <>
+	// From is the envelope sender. Sealed empty, it is the null sender <>;
+	// but Enqueue fills an empty From from the message's Sender or From
+	// field, and only EnqueueNullSender seals it empty.
+	From string
 	To   []string // envelope recipients, at least one
 
 	NotBefore time.Time // do not send before this time (scheduled sending)
