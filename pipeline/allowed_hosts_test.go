@@ -4,9 +4,12 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/smtpq/smtpq/pipeline"
 	"github.com/smtpq/smtpq/pipeline/pipelinetest"
+	"github.com/smtpq/smtpq/pipeline/smtptest"
+	"github.com/smtpq/smtpq/pipeline/spool"
 	"github.com/smtpq/smtpq/stages"
 )
 
@@ -124,4 +127,63 @@ func TestAllowedHostsLimitWhereProducersSend(t *testing.T) {
 		t.Fatal(err)
 	}
 	wantSent(t, env.Wait(env.Enqueue(testMessage(3), internal.Params("c@example.org"))))
+}
+
+// TestAllowedHostsReloadStopsQueuedMail: messages already parsed and
+// waiting in the service for a server are not sent once a reload takes the
+// server out of allowed_hosts: they go back to the queue and are filed as
+// invalid, and the server gets only the message it was already reading.
+func TestAllowedHostsReloadStopsQueuedMail(t *testing.T) {
+	t.Parallel()
+	reading := make(chan struct{}, 8)
+	srv := startServer(t, "127.0.0.8", func(s *smtptest.Server) {
+		s.Fault = func(p smtptest.FaultPoint) smtptest.Fault {
+			if p.Step == smtptest.AfterDot {
+				reading <- struct{}{}
+				return smtptest.Fault{Stall: time.Second}
+			}
+			return smtptest.Fault{}
+		}
+	})
+	env := pipelinetest.New(t, withHost("127.0.0.8", hostLimits(1)), func(c *pipeline.Config) {
+		c.AllowedHosts = []string{fmt.Sprintf("127.0.0.8:%d", srv.Port())}
+	})
+	env.Start(pipeline.Options{})
+	first := env.Enqueue(testMessage(1), srv.Params("a@example.org"))
+	<-reading // the one session is busy with it
+	waiting := []string{
+		env.Enqueue(testMessage(2), srv.Params("b@example.org")),
+		env.Enqueue(testMessage(3), srv.Params("c@example.org")),
+	}
+	// Wait until the service has claimed all three (the Parser follows at
+	// once), so that the two wait in the Dispatcher when the reload comes.
+	dirs := spool.Dirs{Queue: env.Config.QueueDir, Sent: env.Config.SentDir, Undeliverable: env.Config.UndeliverableDir}
+	for deadline := time.Now().Add(pipelinetest.WaitTimeout); ; {
+		active := 0
+		spool.Walk(t.Context(), dirs, []spool.Place{spool.PlaceActive}, func(spool.Entry) error { active++; return nil })
+		if active == 3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d messages claimed, want 3", active)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(100 * time.Millisecond)
+	re := *env.Config
+	re.AllowedHosts = []string{"*.example.org:*"}
+	if err := env.Pipeline.Reload(&re); err != nil {
+		t.Fatal(err)
+	}
+	wantSent(t, env.Wait(first))
+	for _, name := range waiting {
+		f := env.Wait(name)
+		wantFailed(t, f, stages.ClassInvalid)
+		if e := f.Job.Outcome.Err; e == nil || !strings.Contains(e.Error(), "allowed_hosts") {
+			t.Errorf("%s: %v, want a refusal naming allowed_hosts", name, e)
+		}
+	}
+	if n := len(srv.Messages()); n != 1 {
+		t.Errorf("the server got %d messages, want only the one it was reading at the reload", n)
+	}
 }

@@ -354,10 +354,21 @@ func (p *Pipeline) resolve(prm *queuefile.Params) (stages.Route, error) {
 		}
 	}
 	r = finishRoute(r)
-	if !live.cfg.Allows(r.Host, r.Port) {
-		return stages.Route{}, fmt.Errorf("SMTP server %s is not in allowed_hosts (in %s)", r.Addr(), live.cfg.Path)
+	if err := p.allowed(r); err != nil {
+		return stages.Route{}, err
 	}
 	return r, nil
+}
+
+// allowed checks a route against allowed_hosts as the configuration is
+// now: the Parser's resolve, and the Sender before each message (a reload
+// may have taken the server out since the message was parsed).
+func (p *Pipeline) allowed(r stages.Route) error {
+	live := p.live.Load()
+	if !live.cfg.Allows(r.Host, r.Port) {
+		return fmt.Errorf("SMTP server %s is not in allowed_hosts (in %s)", r.Addr(), live.cfg.Path)
+	}
+	return nil
 }
 
 func relayRoute(live *settings, name string, rel Relay) stages.Route {
@@ -524,6 +535,7 @@ func (p *Pipeline) Run(ctx context.Context) error {
 			Connect: cfg.Timeouts.Connect.D(), Command: cfg.Timeouts.Command.D(), Data: cfg.Timeouts.Data.D(),
 		},
 		Accepted:     store.RecordAccepted,
+		Allowed:      p.allowed,
 		Crash:        p.opts.Crash,
 		NoPipelining: p.opts.NoPipelining,
 		Panicked:     func(file, text string) { met.panicked(clock.Now(), file, text) },

@@ -44,6 +44,13 @@ type Sender struct {
 	// (Spool.RecordAccepted): the session goes on with the next message
 	// meanwhile. An error is logged; the job goes on.
 	Accepted func(*Job) error
+	// Allowed, if set, says whether the configuration still lets the
+	// service connect to a route, before each message (a reload may have
+	// taken its server out of allowed_hosts since the Parser let it
+	// through). A message whose route is refused is returned unsent, and
+	// an open session to it closed: the Parser reads it again and files
+	// it as its configuration now says.
+	Allowed func(Route) error
 	// Crash, if set, is called at named points of a delivery ("connected",
 	// "after-mail", "after-dot", "after-record"): crash tests kill the
 	// process there.
@@ -234,6 +241,17 @@ func (s *Sender) one(ctx, hard context.Context, cur **session, a Assignment, job
 	}
 	job.Outcome = Outcome{}
 	sess := *cur
+	if s.Allowed != nil {
+		if err := s.Allowed(job.Route); err != nil {
+			s.Log.Warn("not sent: its server is no longer allowed; back to the queue", zap.String("file", job.Name), zap.Error(err))
+			if sess != nil && sess.route == job.Route {
+				*cur = nil
+				sess.Close(true)
+			}
+			job.Outcome = Outcome{Verdict: Returned}
+			return nil, true
+		}
+	}
 	if sess != nil && sess.route != job.Route {
 		*cur = nil
 		sess.Close(true)
