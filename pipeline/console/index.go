@@ -326,7 +326,7 @@ func (x *Index) applyFound(f Item, scan, since uint64) {
 	if it == nil {
 		it = &Item{}
 		*it = f
-		it.seq, it.scan = scan, scan
+		it.seq, it.scan = since, scan
 		x.items[k] = it
 		x.unread = true
 		return
@@ -335,7 +335,10 @@ func (x *Index) applyFound(f Item, scan, since uint64) {
 	if it.seq > since {
 		return
 	}
-	it.State, it.Path, it.seq = f.State, f.Path, scan
+	// The change is as old as the scan's listing (since), not its
+	// applying: an action taken meanwhile (a retry that moved the file)
+	// is newer, and its Update must not be refused as older than this.
+	it.State, it.Path, it.seq = f.State, f.Path, since
 	if !f.Next.IsZero() {
 		it.Next = f.Next
 	}

@@ -138,6 +138,33 @@ func TestIndexScanDoesNotUndoAFiling(t *testing.T) {
 	}
 }
 
+// TestIndexScanDoesNotUndoAnAction: an action taken while a scan ran (a
+// retry, moving a deferred message to the queue) keeps its new state when
+// the older scan is applied first; applied after the action, the scan does
+// not undo it either.
+func TestIndexScanDoesNotUndoAnAction(t *testing.T) {
+	for _, scanFirst := range []bool{true, false} {
+		x := NewIndex()
+		x.Replace(scanPlaces, fill(2, spool.PlaceDeferred), x.Seq())
+		listed := x.Seq() // the scan lists the folders: the message is deferred
+		acted := x.Seq()  // the retry begins, and moves the file
+		retried := func() { x.Update("0pgt000000000001", "", acted, func(it *Item) { it.State = spool.PlaceQueued }) }
+		if scanFirst {
+			x.Replace(scanPlaces, fill(2, spool.PlaceDeferred), listed)
+			retried()
+		} else {
+			retried()
+			x.Replace(scanPlaces, fill(2, spool.PlaceDeferred), listed)
+		}
+		if it, _ := x.Get("0pgt000000000001", ""); it.State != spool.PlaceQueued {
+			t.Errorf("scan applied first %v: %s, want queued as the retry left it", scanFirst, it.State)
+		}
+		if it, _ := x.Get("0pgt000000000000", ""); it.State != spool.PlaceDeferred {
+			t.Errorf("scan applied first %v: the untouched message is %s, want deferred", scanFirst, it.State)
+		}
+	}
+}
+
 func TestCheckKey(t *testing.T) {
 	for _, k := range []string{"20261204T101010.000000000Z-abc+1234.eml", "report.eml", "0pgt0aaaaaaaaaaa", `a"b<c>.eml`} {
 		if err := CheckKey(k); err != nil {
