@@ -8,10 +8,9 @@ import "sync/atomic"
 // size) until it is released: whoever lets go of the job (Job.dropBody)
 // gives the share back, and the Job itself knows nothing of the budget.
 type heldBody struct {
-	b      []byte     // the message, up to cap(b): the share
+	b      []byte     // the message, up to cap(b): the share (Write never grows b past it)
 	over   bool       // more was written than the share: b is not the message
 	budget *memBudget // where the share was taken; nil once released
-	share  int64
 }
 
 // Write collects p while it fits in the share; beyond, it notes that it is
@@ -39,7 +38,7 @@ func (h *heldBody) release() {
 	if h == nil || h.budget == nil {
 		return
 	}
-	h.budget.give(h.share)
+	h.budget.give(int64(cap(h.b)))
 	h.budget = nil
 }
 
@@ -59,7 +58,7 @@ func (b *memBudget) hold(n int64) *heldBody {
 		b.left.Add(n)
 		return nil
 	}
-	return &heldBody{b: make([]byte, 0, n), budget: b, share: n}
+	return &heldBody{b: make([]byte, 0, n), budget: b}
 }
 
 func (b *memBudget) give(n int64) { b.left.Add(n) }
