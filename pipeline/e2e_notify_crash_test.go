@@ -152,10 +152,8 @@ func waitNotice(t *testing.T, srv *smtptest.Server) smtptest.Message {
 	t.Helper()
 	deadline := time.Now().Add(pipelinetest.WaitTimeout)
 	for time.Now().Before(deadline) {
-		for _, m := range srv.Messages() {
-			if m.From == "" {
-				return m
-			}
+		if got := nullSenderMessages(srv); len(got) > 0 {
+			return got[0]
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

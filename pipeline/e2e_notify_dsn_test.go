@@ -47,6 +47,18 @@ func notices(fs []stages.Filed, v stages.Verdict) []stages.Filed {
 	return out
 }
 
+// nullSenderMessages returns the messages srv accepted with the null
+// sender: the notices.
+func nullSenderMessages(srv *smtptest.Server) []smtptest.Message {
+	var out []smtptest.Message
+	for _, m := range srv.Messages() {
+		if m.From == "" {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
 // statusBlocks reads the message/delivery-status part of a notice back
 // with go-message: the per-message block and the per-recipient ones.
 func statusBlocks(t *testing.T, notice []byte) (perMsg textproto.Header, rcpts []textproto.Header, original []byte) {
@@ -100,12 +112,7 @@ func TestNotifyFailureNoticeReachesTheSender(t *testing.T) {
 	wantFailed(t, env.Wait(name), stages.ClassPermanent)
 	env.WaitFor("the notice to be sent", func(fs []stages.Filed) bool { return len(notices(fs, stages.Sent)) == 1 })
 
-	var got []smtptest.Message
-	for _, m := range srv.Messages() {
-		if m.From == "" {
-			got = append(got, m)
-		}
-	}
+	got := nullSenderMessages(srv)
 	if len(got) != 1 {
 		t.Fatalf("the server got %d notices, want 1", len(got))
 	}
@@ -154,14 +161,8 @@ func TestNotifyNoNoticeForANotice(t *testing.T) {
 		t.Errorf("%d notices filed, want 1", n)
 	}
 	env.Stop()
-	var nullSender int
-	for _, m := range srv.Messages() {
-		if m.From == "" {
-			nullSender++
-		}
-	}
-	if nullSender != 0 {
-		t.Errorf("the server accepted %d null-sender messages, want none", nullSender)
+	if got := nullSenderMessages(srv); len(got) != 0 {
+		t.Errorf("the server accepted %d null-sender messages, want none", len(got))
 	}
 }
 
@@ -211,12 +212,7 @@ func TestNotifyDelayNoticeOnceWhileRetried(t *testing.T) {
 	// then given up: one delay notice, and no failure notice (off).
 	wantFailed(t, env.Wait(name), stages.ClassPermanent)
 	env.WaitFor("the delay notice to be sent", func(fs []stages.Filed) bool { return len(notices(fs, stages.Sent)) == 1 })
-	var got []smtptest.Message
-	for _, m := range srv.Messages() {
-		if m.From == "" {
-			got = append(got, m)
-		}
-	}
+	got := nullSenderMessages(srv)
 	if len(got) != 1 {
 		t.Fatalf("the server got %d notices, want one delay notice", len(got))
 	}

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -353,17 +352,9 @@ func readIntents(dir string, log *zap.Logger) []*intent {
 }
 
 func readIntent(p string) (*intent, error) {
-	f, err := os.Open(p)
+	b, err := readFileMax(p, maxIntentFile)
 	if err != nil {
 		return nil, err
-	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, maxIntentFile+1))
-	if err != nil {
-		return nil, err
-	}
-	if len(b) > maxIntentFile {
-		return nil, fmt.Errorf("over %d bytes", maxIntentFile)
 	}
 	var it intent
 	if err := json.Unmarshal(b, &it); err != nil {

@@ -152,14 +152,7 @@ func (n *Notifier) Filed(f stages.Filed) {
 // headersOnce returns a function that reads j's original header section
 // the first time it is called.
 func (n *Notifier) headersOnce(j *stages.Job) func() []byte {
-	var hdr []byte
-	read := false
-	return func() []byte {
-		if !read {
-			hdr, read = originalHeaders(j), true
-		}
-		return hdr
-	}
+	return sync.OnceValue(func() []byte { return originalHeaders(j) })
 }
 
 func (n *Notifier) now() time.Time { return n.Clock.Now() }

@@ -105,14 +105,25 @@ func (o outbox) pending(key string) ([]string, error) {
 
 // read returns event id's body for webhook key.
 func (o outbox) read(key, id string) ([]byte, error) {
-	f, err := os.Open(filepath.Join(o.hookDir(key), id+".json"))
+	b, err := readFileMax(filepath.Join(o.hookDir(key), id+".json"), maxEventFile)
+	if err != nil {
+		return nil, fmt.Errorf("event %s: %w", id, err)
+	}
+	return b, nil
+}
+
+// readFileMax reads file p, which must hold at most limit bytes (an
+// outbox's event, an intent): a larger one is an error, and no more than
+// limit+1 bytes of it are read.
+func readFileMax(p string, limit int) ([]byte, error) {
+	f, err := os.Open(p)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, maxEventFile+1))
-	if err == nil && len(b) > maxEventFile {
-		err = fmt.Errorf("event %s is over %d bytes", id, maxEventFile)
+	b, err := io.ReadAll(io.LimitReader(f, int64(limit)+1))
+	if err == nil && len(b) > limit {
+		err = fmt.Errorf("over %d bytes", limit)
 	}
 	return b, err
 }
