@@ -2,6 +2,7 @@ package main
 
 import (
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -99,6 +100,48 @@ func TestQueueCommandsSeeTheCluster(t *testing.T) {
 			t.Fatalf("status after the node sent it: exit %d, %q, %s", code, out, stderr)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// A node's Sent copy is both in its sent_dir and in its record: queue list
+// shows it once, with its id, and stats counts it once (each was there
+// twice, seen against a real nats-server).
+func TestQueueListShowsAFiledCopyOnce(t *testing.T) {
+	e, srv := natsEnv(t)
+	code, out, stderr := e.smtpq(testMsg, "enqueue", "-")
+	if code != 0 {
+		t.Fatalf("enqueue: exit %d: %s", code, stderr)
+	}
+	id := strings.TrimSpace(out)
+	_, js := natstest.Connect(t, srv.URL())
+	n, err := stream.Open(t.Context(), js, stream.Config{Node: "n1", Sent: filepath.Join(e.dir, "sent"), Undeliverable: filepath.Join(e.dir, "undeliverable"), Poll: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	var job *stages.Job
+	n.Scan(t.Context(), time.Now(), nil, func(j *stages.Job) bool { job = j; return false })
+	if job == nil || job.ID != id {
+		t.Fatalf("the node claimed %v, want %s", job, id)
+	}
+	if _, err := n.FileSent(job, false); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		code, out, stderr := e.smtpq("", "queue", "status", id)
+		if code == 0 && strings.Contains(out, "sent: ") {
+			break // its record says sent
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("status after the node sent it: exit %d, %q, %s", code, out, stderr)
+		}
+	}
+	code, out, _ = e.smtpq("", "queue", "list", "--state", "sent", "--json")
+	if lines := strings.Split(strings.TrimSpace(out), "\n"); code != 0 || len(lines) != 1 || !strings.Contains(out, `"id":"`+id+`"`) {
+		t.Errorf("list of Sent: exit %d, want its one copy with id %s:\n%s", code, id, out)
+	}
+	if code, out, _ := e.smtpq("", "queue", "stats", "--json"); code != 0 || !strings.Contains(out, `"sent":{"count":1,`) {
+		t.Errorf("stats: exit %d, want one sent: %s", code, out)
 	}
 }
 
