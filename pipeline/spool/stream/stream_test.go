@@ -429,15 +429,7 @@ func TestRetryDeferred(t *testing.T) {
 	if err := s.Defer(job, due); err != nil {
 		t.Fatal(err)
 	}
-	var err error
-	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-		if err = stream.RetryDeferred(t.Context(), js, "", id); err == nil {
-			break // the deferred record has arrived
-		}
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
+	retryDeferred(t, js, id)
 	now := fetch(t, s, 1)
 	if len(now) != 1 || now[0].ID != id || now[0].State.Attempts != 1 {
 		t.Fatalf("after the retry: %v", now)
@@ -471,14 +463,7 @@ func TestRetriedKeepsItsAge(t *testing.T) {
 	if err := s.Defer(job, time.Now().Add(time.Hour)); err != nil {
 		t.Fatal(err)
 	}
-	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-		if err = stream.RetryDeferred(t.Context(), js, "", id); err == nil {
-			break // the deferred record has arrived
-		}
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
+	retryDeferred(t, js, id)
 	again := fetch(t, s, 1)
 	if len(again) != 1 || again[0].ID != id {
 		t.Fatalf("after the retry: %v", again)
@@ -487,6 +472,21 @@ func TestRetriedKeepsItsAge(t *testing.T) {
 		t.Errorf("queued %v after the retry, want %v (its name's time)", q, enqueued)
 	}
 	if _, err := s.FileSent(again[0], true); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// retryDeferred retries the deferred message id once its deferred record
+// has arrived.
+func retryDeferred(t *testing.T, js jetstream.JetStream, id string) {
+	t.Helper()
+	var err error
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if err = stream.RetryDeferred(t.Context(), js, "", id); err == nil {
+			break // the deferred record has arrived
+		}
+	}
+	if err != nil {
 		t.Fatal(err)
 	}
 }
