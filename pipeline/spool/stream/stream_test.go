@@ -476,6 +476,23 @@ func TestRetriedKeepsItsAge(t *testing.T) {
 	}
 }
 
+// A message deferred by its not_before, before the Parser works out its
+// pending recipients, is recorded with all of them, not none ("queue list"
+// showed 0 recipients for it on a cluster, its true count from a folder).
+func TestDeferredBeforeFirstAttemptCountsItsRecipients(t *testing.T) {
+	js := connect(t, natstest.NewServer(t).URL())
+	s := node(t, js, stream.Config{Node: "n1"})
+	id := publish(t, js, "later.eml", "Subject: x\r\n\r\nbody\r\n")
+	job := fetch(t, s, 1)[0]
+	job.Params = &queuefile.Params{From: "a@example.org", To: []string{"b@example.org", "c@example.org"}}
+	if err := s.Defer(job, time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if r := waitRecord(t, js, id, spool.PlaceDeferred); r.Recipients != 2 || r.Sender != "a@example.org" {
+		t.Errorf("deferred record: %d recipients, sender %q; want 2, a@example.org", r.Recipients, r.Sender)
+	}
+}
+
 // retryDeferred retries the deferred message id once its deferred record
 // has arrived.
 func retryDeferred(t *testing.T, js jetstream.JetStream, id string) {
