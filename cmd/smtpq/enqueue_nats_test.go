@@ -62,11 +62,7 @@ func TestEnqueuePublishesToTheStream(t *testing.T) {
 // sent it filed it.
 func TestQueueCommandsSeeTheCluster(t *testing.T) {
 	e, srv := natsEnv(t)
-	code, out, stderr := e.smtpq(testMsg, "enqueue", "-")
-	if code != 0 {
-		t.Fatalf("enqueue: exit %d: %s", code, stderr)
-	}
-	id := strings.TrimSpace(out)
+	id := enqueueID(t, e)
 
 	if code, out, stderr := e.smtpq("", "queue", "status", id); code != 0 || !strings.Contains(out, "queued") {
 		t.Fatalf("status of a published message: exit %d, %q, %s", code, out, stderr)
@@ -80,15 +76,7 @@ func TestQueueCommandsSeeTheCluster(t *testing.T) {
 
 	// A node takes it and files it as sent.
 	n1, _ := streamNode(t, srv)
-	var job *stages.Job
-	n1.Scan(t.Context(), time.Now(), nil, func(j *stages.Job) bool { job = j; return false })
-	if job == nil || job.ID != id {
-		t.Fatalf("the node claimed %v, want %s", job, id)
-	}
-	path, err := n1.FileSent(job, false)
-	if err != nil {
-		t.Fatal(err)
-	}
+	path := sendOn(t, n1, id)
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		code, out, stderr := e.smtpq("", "queue", "status", id)
@@ -99,6 +87,32 @@ func TestQueueCommandsSeeTheCluster(t *testing.T) {
 			t.Fatalf("status after the node sent it: exit %d, %q, %s", code, out, stderr)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// A node's Sent copy is both in its sent_dir and in its record: queue list
+// shows it once, with its id, and stats counts it once (each was there
+// twice, seen against a real nats-server).
+func TestQueueListShowsAFiledCopyOnce(t *testing.T) {
+	e, srv := natsEnv(t)
+	id := enqueueID(t, e)
+	n, _ := streamNodeIn(t, srv, e.dir) // this node's folders
+	sendOn(t, n, id)
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		code, out, stderr := e.smtpq("", "queue", "status", id)
+		if code == 0 && strings.Contains(out, "sent: ") {
+			break // its record says sent
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("status after the node sent it: exit %d, %q, %s", code, out, stderr)
+		}
+	}
+	code, out, _ := e.smtpq("", "queue", "list", "--state", "sent", "--json")
+	if lines := strings.Split(strings.TrimSpace(out), "\n"); code != 0 || len(lines) != 1 || !strings.Contains(out, `"id":"`+id+`"`) {
+		t.Errorf("list of Sent: exit %d, want its one copy with id %s:\n%s", code, id, out)
+	}
+	if code, out, _ := e.smtpq("", "queue", "stats", "--json"); code != 0 || !strings.Contains(out, `"sent":{"count":1,`) {
+		t.Errorf("stats: exit %d, want one sent: %s", code, out)
 	}
 }
 
@@ -222,12 +236,44 @@ func natsEnv(t *testing.T) (*testEnv, *natstest.Server) {
 // when the test ends, with its JetStream context.
 func streamNode(t *testing.T, srv *natstest.Server) (*stream.Spool, jetstream.JetStream) {
 	t.Helper()
+	return streamNodeIn(t, srv, t.TempDir())
+}
+
+// streamNodeIn is streamNode with its sent and undeliverable folders in
+// dir.
+func streamNodeIn(t *testing.T, srv *natstest.Server, dir string) (*stream.Spool, jetstream.JetStream) {
+	t.Helper()
 	_, js := natstest.Connect(t, srv.URL())
-	dir := t.TempDir()
 	n, err := stream.Open(t.Context(), js, stream.Config{Node: "n1", Sent: dir + "/sent", Undeliverable: dir + "/undeliverable", Poll: 200 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { n.Close() })
 	return n, js
+}
+
+// enqueueID enqueues testMsg and returns the id enqueue printed.
+func enqueueID(t *testing.T, e *testEnv) string {
+	t.Helper()
+	code, out, stderr := e.smtpq(testMsg, "enqueue", "-")
+	if code != 0 {
+		t.Fatalf("enqueue: exit %d: %s", code, stderr)
+	}
+	return strings.TrimSpace(out)
+}
+
+// sendOn has node n claim the message id and file it as sent; it returns
+// the Sent copy's path.
+func sendOn(t *testing.T, n *stream.Spool, id string) string {
+	t.Helper()
+	var job *stages.Job
+	n.Scan(t.Context(), time.Now(), nil, func(j *stages.Job) bool { job = j; return false })
+	if job == nil || job.ID != id {
+		t.Fatalf("the node claimed %v, want %s", job, id)
+	}
+	path, err := n.FileSent(job, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return path
 }

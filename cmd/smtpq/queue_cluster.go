@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"path/filepath"
 	"time"
 
 	"github.com/smtpq/smtpq/cmd/smtpq/internal/cli"
@@ -36,6 +37,43 @@ func (q *queueEnv) clusterRecords(ctx context.Context, key string) ([]stream.Rec
 		return nil, cli.OneLine(err)
 	}
 	return rs, nil
+}
+
+// filedCopies are the filed copies (Sent, Undeliverable) that records
+// name, by path. A node's own filed copies are both in its folders and in
+// its records: list and stats show and count each once, from its folder,
+// with the record's id (the folder's copy outlives its record,
+// stream.RecordsTTL), and leave out the records of the copies seen.
+type filedCopies struct {
+	ids  map[string]string // path: id
+	seen map[string]bool   // paths found in this node's folders
+}
+
+func newFiledCopies(rs []stream.Record) *filedCopies {
+	f := &filedCopies{ids: map[string]string{}, seen: map[string]bool{}}
+	for _, r := range rs {
+		if r.Path != "" && (r.State == spool.PlaceSent || r.State == spool.PlaceUndeliverable) {
+			f.ids[filepath.Clean(r.Path)] = r.ID
+		}
+	}
+	return f
+}
+
+// local notes a row of this node's folders, giving it its record's id.
+func (f *filedCopies) local(row *queueRow) *queueRow {
+	p := filepath.Clean(row.Path)
+	if id, ok := f.ids[p]; ok {
+		f.seen[p] = true
+		if row.ID == "" {
+			row.ID = id
+		}
+	}
+	return row
+}
+
+// shown reports whether a record's copy was shown from this node's folders.
+func (f *filedCopies) shown(r stream.Record) bool {
+	return r.Path != "" && f.seen[filepath.Clean(r.Path)]
 }
 
 // recordRow is a cluster record as list and status show a message.

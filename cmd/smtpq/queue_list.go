@@ -56,8 +56,10 @@ per line instead.
 
 Folders are read as they go, not sorted, so a queue of any size lists in bounded
 memory. With a nats section, the cluster's messages follow, from the records
-every node keeps (the node that holds or filed one is its instance). No password or token is ever shown, nor recipient addresses or user
-names (see "queue status" for one message). Sent copies keep no envelope: their
+every node keeps (the node that holds or filed one is its instance); a copy
+this node filed is listed once, from its folder, with its id. No password or
+token is ever shown, nor recipient addresses or user names (see "queue
+status" for one message). Sent copies keep no envelope: their
 host, sender and recipients show as "-".`,
 		Args: usageArgs(0, 0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -91,16 +93,20 @@ host, sender and recipients show as "-".`,
 				_, err := fmt.Fprint(out, r.line(q.now))
 				return err
 			}
-			err = spool.Walk(ctxOf(cmd), q.dirs, places, func(e spool.Entry) error { return show(q.row(e)) })
+			// The records first, for the ids of this node's filed
+			// copies; its folders are listed even if the cluster cannot
+			// be read.
+			rs, rerr := q.clusterRecords(ctxOf(cmd), "")
+			filed := newFiledCopies(rs)
+			err = spool.Walk(ctxOf(cmd), q.dirs, places, func(e spool.Entry) error { return show(filed.local(q.row(e))) })
 			if err != nil {
 				return err
 			}
-			rs, err := q.clusterRecords(ctxOf(cmd), "")
-			if err != nil {
-				return err
+			if rerr != nil {
+				return rerr
 			}
 			for _, r := range rs {
-				if slices.Contains(places, r.State) {
+				if slices.Contains(places, r.State) && !filed.shown(r) {
 					if err := show(q.recordRow(r)); err != nil {
 						return err
 					}

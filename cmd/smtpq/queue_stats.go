@@ -41,7 +41,7 @@ func newQueueStatsCmd() *cobra.Command {
 held and undeliverable: Sent copies keep no host), with the age of the oldest
 (since enqueueing). Messages whose seal cannot be opened count under host "-".
 With a nats section, the cluster's messages count too, from the records every
-node keeps.`,
+node keeps; a copy this node filed counts once.`,
 		Args: usageArgs(0, 0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			q, err := openQueueEnv(cmd)
@@ -72,24 +72,26 @@ node keeps.`,
 				}
 				c.add(r.Queued, q.now)
 			}
+			rs, rerr := q.clusterRecords(ctxOf(cmd), "")
+			filed := newFiledCopies(rs)
 			err = spool.Walk(ctxOf(cmd), q.dirs, spool.Places, func(e spool.Entry) error {
 				if e.Place == spool.PlaceSent {
+					filed.local(&queueRow{Path: e.Path})
 					t, _ := spool.QueuedTime(e.Name)
 					st.States[e.Place].add(t, q.now)
 					return nil
 				}
-				count(e.Place, q.row(e))
+				count(e.Place, filed.local(q.row(e)))
 				return nil
 			})
 			if err != nil {
 				return err
 			}
-			rs, err := q.clusterRecords(ctxOf(cmd), "")
-			if err != nil {
-				return err
+			if rerr != nil {
+				return rerr
 			}
 			for _, r := range rs {
-				if p := r.State; st.States[p] != nil {
+				if p := r.State; st.States[p] != nil && !filed.shown(r) {
 					count(p, q.recordRow(r))
 				}
 			}

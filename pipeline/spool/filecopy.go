@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -120,22 +119,9 @@ func (c *Copier) copyUnnamed(name string, write func(io.Writer) error) (string, 
 	if err := f.Sync(); err != nil {
 		return "", err
 	}
-	for i := 0; i < 1000; i++ {
-		p := filepath.Join(c.dir, suffixed(name, i))
-		err := linkUnnamed(f, p)
-		if errors.Is(err, fs.ErrExist) {
-			continue
-		}
-		if err != nil {
-			return "", err
-		}
-		if err := c.sync.Sync(); err != nil {
-			// Not known to be durable: taken back, so that a failed
-			// filing leaves nothing behind (its retry files it anew).
-			os.Remove(p)
-			return "", err
-		}
-		return p, nil
+	n, err := linkFree(c.dir, c.dir, name, func(p string) error { return linkUnnamed(f, p) }, c.sync)
+	if err != nil {
+		return "", err
 	}
-	return "", fmt.Errorf("no free name for %s in %s", name, c.dir)
+	return filepath.Join(c.dir, n), nil
 }

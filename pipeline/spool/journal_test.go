@@ -14,8 +14,7 @@ import (
 // until its line in the journal is durable: when that sync fails, filing
 // fails and the queue copy stays.
 func TestFilingWaitsForTheJournal(t *testing.T) {
-	root := t.TempDir()
-	d := Dirs{Queue: filepath.Join(root, "q"), Sent: filepath.Join(root, "sent"), Undeliverable: filepath.Join(root, "bad")}
+	d := testDirs(t)
 	sp, err := Open(d, nil)
 	if err != nil {
 		t.Fatal(err)

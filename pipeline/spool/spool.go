@@ -796,32 +796,43 @@ func (s *Spool) sentUnnamed(job *stages.Job) (string, error) {
 		return "", fmt.Errorf("writing stages.Sent copy: %w", err)
 	}
 	s.crash("archive-write")
-	for i := 0; i < 1000; i++ {
-		n := suffixed(job.Name, i)
-		var err error
-		if pooled != "" {
-			err = s.pool.publish(pooled, filepath.Join(s.dirs.Sent, n))
-		} else {
-			err = linkUnnamed(f, filepath.Join(s.dirs.Sent, n))
+	link := func(p string) error { return linkUnnamed(f, p) } // errNoUnnamed included: the caller falls back
+	if pooled != "" {
+		link = func(p string) error {
+			err := s.pool.publish(pooled, p)
+			if err != nil && !errors.Is(err, fs.ErrExist) {
+				return fmt.Errorf("%w: %v", errNoUnnamed, err) // the caller falls back
+			}
+			return err
 		}
+	}
+	return linkFree(s.dirs.Sent, "Sent", job.Name, link, s.sentDir)
+}
+
+// linkFree gives a complete, synced file the first free name of name,
+// name-1, name-2... in dir through link (fs.ErrExist: the name is taken),
+// then makes the folder durable through sync. If that sync fails, the name
+// is removed again, so that a failed filing leaves nothing behind (its
+// retry files it anew). It returns the name used; an error of link other
+// than fs.ErrExist as it is; what names dir in the others.
+func linkFree(dir, what, name string, link func(path string) error, sync *dirSync) (string, error) {
+	for i := 0; i < 1000; i++ {
+		n := suffixed(name, i)
+		p := filepath.Join(dir, n)
+		err := link(p)
 		if errors.Is(err, fs.ErrExist) {
 			continue
 		}
-		if err != nil && pooled != "" {
-			return "", fmt.Errorf("%w: %v", errNoUnnamed, err) // the caller falls back
-		}
 		if err != nil {
-			return "", err // errNoUnnamed included: the caller falls back
+			return "", err
 		}
-		if err := s.sentDir.Sync(); err != nil {
-			// Not known to be durable: take it back, so that a failed
-			// filing leaves nothing in Sent (the retry files it anew).
-			os.Remove(filepath.Join(s.dirs.Sent, n))
-			return "", fmt.Errorf("filing in Sent: %w", err)
+		if err := sync.Sync(); err != nil {
+			os.Remove(p)
+			return "", fmt.Errorf("filing in %s: %w", what, err)
 		}
 		return n, nil
 	}
-	return "", fmt.Errorf("filing in Sent: no free name for %s", job.Name)
+	return "", fmt.Errorf("filing in %s: no free name for %s", what, name)
 }
 
 // filedSent returns the name under which a job the server accepted before

@@ -3,22 +3,12 @@
 package spool
 
 import (
-	"errors"
 	"os"
 	"syscall"
 )
 
-// transientOpen reports whether opening a file failed for a reason that
-// passes: the process or the system is out of file descriptors or memory.
-func transientOpen(err error) bool {
-	for _, e := range transientErrors {
-		if errors.Is(err, e) {
-			return true
-		}
-	}
-	return false
-}
-
+// transientErrors are the reasons an open fails that pass: the process
+// or the system is out of file descriptors or memory.
 var transientErrors = []error{syscall.EMFILE, syscall.ENFILE, syscall.ENOMEM}
 
 // removeLock removes a spool lock's file, then unlocks it: removed first,

@@ -11,9 +11,7 @@ import (
 // A clean stop leaves no lock file of the instance behind (on Windows it
 // is removed after the unlock: an open file cannot be removed there).
 func TestCloseRemovesTheLockFile(t *testing.T) {
-	root := t.TempDir()
-	d := Dirs{Queue: filepath.Join(root, "q"), Sent: filepath.Join(root, "s"), Undeliverable: filepath.Join(root, "u")}
-	s, err := Open(d, nil)
+	s, err := Open(testDirs(t), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

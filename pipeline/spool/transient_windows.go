@@ -1,24 +1,14 @@
 package spool
 
 import (
-	"errors"
 	"os"
 
 	"golang.org/x/sys/windows"
 )
 
-// transientOpen reports whether opening a file failed for a reason that
-// passes: another program (a queue command, a virus scanner, a backup)
-// holds it open without sharing, or the process is out of handles.
-func transientOpen(err error) bool {
-	for _, e := range transientErrors {
-		if errors.Is(err, e) {
-			return true
-		}
-	}
-	return false
-}
-
+// transientErrors are the reasons an open fails that pass: another
+// program (a queue command, a virus scanner, a backup) holds the file open
+// without sharing, or the process is out of handles.
 var transientErrors = []error{windows.ERROR_SHARING_VIOLATION, windows.ERROR_LOCK_VIOLATION, windows.ERROR_TOO_MANY_OPEN_FILES, windows.ERROR_NOT_ENOUGH_MEMORY}
 
 // removeLock unlocks a spool lock, then removes its file: Windows does not

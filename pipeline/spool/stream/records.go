@@ -75,6 +75,11 @@ func (s *Spool) note(job *stages.Job, state spool.Place, path string, due time.T
 	if job.Params != nil && r.Sender == "" {
 		r.Sender = job.Params.From
 	}
+	if job.Params != nil && job.Pending == nil && len(job.State.Done)+len(job.State.Failed) == 0 {
+		// Deferred by its not_before before the Parser worked out who
+		// is left: nobody is done yet, so everyone.
+		r.Recipients = len(job.Params.To)
+	}
 	b, err := json.Marshal(r)
 	if err != nil {
 		return

@@ -522,7 +522,14 @@ func (s *Spool) claim(ctx context.Context, m jetstream.Msg) *stages.Job {
 		job.State, h.hasState = *st, true
 	}
 	if job.State.Queued.IsZero() {
+		// No state yet (a message deferred before its first attempt, by
+		// its not_before, has none): the time its name carries, as the
+		// directory spool does, else this copy's. A copy published again
+		// (queue retry, release) is newer than the message.
 		job.State.Queued = h.at
+		if t, ok := queuefile.NameTime(job.Name); ok {
+			job.State.Queued = t
+		}
 	}
 	s.mu.Lock()
 	s.inflight[h] = true

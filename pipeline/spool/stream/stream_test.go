@@ -18,6 +18,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/smtpq/smtpq/pipeline/natstest"
+	"github.com/smtpq/smtpq/pipeline/queuefile"
 	"github.com/smtpq/smtpq/pipeline/spool"
 	"github.com/smtpq/smtpq/pipeline/spool/stream"
 	"github.com/smtpq/smtpq/stages"
@@ -428,15 +429,7 @@ func TestRetryDeferred(t *testing.T) {
 	if err := s.Defer(job, due); err != nil {
 		t.Fatal(err)
 	}
-	var err error
-	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-		if err = stream.RetryDeferred(t.Context(), js, "", id); err == nil {
-			break // the deferred record has arrived
-		}
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
+	retryDeferred(t, js, id)
 	now := fetch(t, s, 1)
 	if len(now) != 1 || now[0].ID != id || now[0].State.Attempts != 1 {
 		t.Fatalf("after the retry: %v", now)
@@ -452,6 +445,67 @@ func TestRetryDeferred(t *testing.T) {
 		t.Fatalf("the superseded deferred copy was handed on: %s", again[0].ID)
 	}
 	waitEmpty(t, js)
+}
+
+// A message deferred before its first attempt (its not_before) has no
+// state; retried, its new copy is still as old as the message, not as the
+// retry (seen in "queue list": its age started again at 0s).
+func TestRetriedKeepsItsAge(t *testing.T) {
+	js := connect(t, natstest.NewServer(t).URL())
+	s := node(t, js, stream.Config{Node: "n1"})
+	enqueued := time.Now().Add(-time.Hour).UTC().Truncate(time.Microsecond)
+	name, err := queuefile.NewName(enqueued)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := publish(t, js, name, "Subject: x\r\n\r\nbody\r\n")
+	job := fetch(t, s, 1)[0]
+	if err := s.Defer(job, time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	retryDeferred(t, js, id)
+	again := fetch(t, s, 1)
+	if len(again) != 1 || again[0].ID != id {
+		t.Fatalf("after the retry: %v", again)
+	}
+	if q := again[0].State.Queued; !q.Equal(enqueued) {
+		t.Errorf("queued %v after the retry, want %v (its name's time)", q, enqueued)
+	}
+	if _, err := s.FileSent(again[0], true); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A message deferred by its not_before, before the Parser works out its
+// pending recipients, is recorded with all of them, not none ("queue list"
+// showed 0 recipients for it on a cluster, its true count from a folder).
+func TestDeferredBeforeFirstAttemptCountsItsRecipients(t *testing.T) {
+	js := connect(t, natstest.NewServer(t).URL())
+	s := node(t, js, stream.Config{Node: "n1"})
+	id := publish(t, js, "later.eml", "Subject: x\r\n\r\nbody\r\n")
+	job := fetch(t, s, 1)[0]
+	job.Params = &queuefile.Params{From: "a@example.org", To: []string{"b@example.org", "c@example.org"}}
+	if err := s.Defer(job, time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if r := waitRecord(t, js, id, spool.PlaceDeferred); r.Recipients != 2 || r.Sender != "a@example.org" {
+		t.Errorf("deferred record: %d recipients, sender %q; want 2, a@example.org", r.Recipients, r.Sender)
+	}
+}
+
+// retryDeferred retries the deferred message id once its deferred record
+// has arrived.
+func retryDeferred(t *testing.T, js jetstream.JetStream, id string) {
+	t.Helper()
+	var err error
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if err = stream.RetryDeferred(t.Context(), js, "", id); err == nil {
+			break // the deferred record has arrived
+		}
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
 }
 
 // A requeue reaches the node it names, once; a purge reaches every node.
