@@ -38,7 +38,8 @@ func newEnqueueCmd() *cobra.Command {
 		Short: "Seal a message with its send-time parameters and put it into the queue",
 		Long: `Seal an RFC 5322 message (from MESSAGE_FILE, or standard input for "-" or no
 argument) with the SMTP server and envelope, and put it into the queue. The
-queued file's full path is printed on standard output.
+queued file's full path is printed on standard output; with a nats section,
+the message's id on the stream (what "queue status" takes).
 
 The SMTP server is a relay profile of the configuration (--relay NAME, else
 default_relay), or given directly with --host and its --port, --tls, --user and

@@ -89,13 +89,13 @@ func newQueueMoveCmd(op spool.Op) *cobra.Command {
 		Long:  moveDocs[op][1],
 		Args:  usageArgs(0, 1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if len(args) == 1 && spool.IsID(strings.TrimSpace(args[0])) {
+			if id, err := messageName(strings.Join(args, "")); len(args) == 1 && err == nil && spool.IsID(id) {
 				q, err := openQueueEnv(cmd)
 				if err != nil {
 					return err
 				}
 				if q.cfg.NATS != nil {
-					return q.clusterMove(ctxOf(cmd), cmd.OutOrStdout(), op, strings.TrimSpace(args[0]))
+					return q.clusterMove(ctxOf(cmd), cmd.OutOrStdout(), op, id)
 				}
 			}
 			sel, err := parseSelection(cmd, op, args, all, host, true)

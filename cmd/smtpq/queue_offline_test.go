@@ -183,7 +183,10 @@ func TestQueueSelectByHostAndRetryControls(t *testing.T) {
 		if l := listLines(t, q.ok("list", "--state", "held")); len(l) != 1 || l[scheduled] == nil || l[scheduled][1] != id {
 			t.Errorf("held after hold by id: %v", l)
 		}
-		q.ok("release", id)
+		// An id typed in capitals is the same id.
+		if out := q.ok("release", strings.ToUpper(id)); !strings.HasPrefix(out, "released "+id) {
+			t.Errorf("release by id in capitals: %q", out)
+		}
 		e.deferNow(scheduled, time.Now().Add(2*time.Hour), "")
 	}
 	// retry of one queued message: lifts its host's pause.

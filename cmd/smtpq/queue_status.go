@@ -25,8 +25,8 @@ import (
 // (in any folder; the path of its .xml log also works) and returns the
 // name, or the id.
 func messageName(arg string) (string, error) {
-	if id := strings.TrimSpace(arg); spool.IsID(id) {
-		return id, nil
+	if id := strings.ToLower(strings.TrimSpace(arg)); spool.IsID(id) {
+		return id, nil // ids are lower case; one typed in capitals is the same id
 	}
 	name := filepath.Base(strings.TrimSpace(arg))
 	if strings.HasSuffix(name, ".xml") {
@@ -70,11 +70,9 @@ password or token.`,
 			if err != nil {
 				return err
 			}
-			name := strings.TrimSpace(args[0])
-			if !(q.cfg.NATS != nil && spool.IsID(name)) {
-				if name, err = messageName(args[0]); err != nil {
-					return err
-				}
+			name, err := messageName(args[0])
+			if err != nil {
+				return err
 			}
 			_ = q.loadIdentities(false)
 			out := cmd.OutOrStdout()
