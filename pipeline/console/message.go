@@ -168,16 +168,17 @@ func decodeCTE(cte string, b []byte) []byte {
 	return b
 }
 
-// clipText cuts s to at most n bytes on a character boundary.
+// clipText cuts s to at most n bytes on a character boundary (stepping
+// back at most a character's length, so a byte that is not UTF-8 before
+// the cut is kept, and the page's template escapes it).
 func clipText(s string, n int) string {
 	if len(s) <= n {
 		return s
 	}
-	s = s[:n]
-	for len(s) > 0 && !utf8.ValidString(s) {
-		s = s[:len(s)-1]
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
 	}
-	return s + "…"
+	return s[:n] + "…"
 }
 
 // openRegular opens path for reading if it is a regular file, never

@@ -37,3 +37,23 @@ func TestReadContent(t *testing.T) {
 		t.Errorf("readSubject: %q, %v", s, err)
 	}
 }
+
+// A field longer than the page shows is cut at a character boundary and
+// keeps what comes before the cut, even when it holds a byte that is not
+// UTF-8 (a raw Latin-1 header): the cut never empties the value.
+func TestClipTextKeepsTheTextBeforeTheCut(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		n    int
+		want string
+	}{
+		{"caf\xe9 " + strings.Repeat("a", 20), 10, "caf\xe9 aaaaa…"},
+		{"héhé", 2, "h…"},
+		{"héhé", 3, "hé…"},
+		{"abc", 10, "abc"},
+	} {
+		if got := clipText(tc.in, tc.n); got != tc.want {
+			t.Errorf("clipText(%q, %d) = %q, want %q", tc.in, tc.n, got, tc.want)
+		}
+	}
+}
