@@ -107,12 +107,8 @@ func ikey(id string, place spool.Place, name string) string {
 	return string(place) + ":" + name
 }
 
-func clip(s string) string {
-	if len(s) <= maxField {
-		return s
-	}
-	return strings.ToValidUTF8(s[:maxField], "") + "…"
-}
+// clip cuts a string kept in the index to maxField bytes.
+func clip(s string) string { return clipText(s, maxField) }
 
 // Observe records a filing of the pipeline (stages.Filed, as the Archiver
 // reports it) at now.
