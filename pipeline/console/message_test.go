@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/smtpq/smtpq/stages"
 )
 
 // The message page reads a file as the service does: fields in file order,
@@ -55,5 +57,19 @@ func TestClipTextKeepsTheTextBeforeTheCut(t *testing.T) {
 		if got := clipText(tc.in, tc.n); got != tc.want {
 			t.Errorf("clipText(%q, %d) = %q, want %q", tc.in, tc.n, got, tc.want)
 		}
+	}
+}
+
+// The message page lists the envelope's recipients not in the delivery
+// state (compared in any case) as pending, after the known ones.
+func TestMergeRcpts(t *testing.T) {
+	known := []stages.RcptResult{{Addr: "A@example.org", Status: stages.RcptDelivered}}
+	got := mergeRcpts(known, []string{"a@EXAMPLE.org", "b@example.org"})
+	var s []string
+	for _, r := range got {
+		s = append(s, r.Addr+"="+string(r.Status))
+	}
+	if want := "A@example.org=" + string(stages.RcptDelivered) + "|b@example.org=pending"; strings.Join(s, "|") != want {
+		t.Errorf("got %s, want %s", strings.Join(s, "|"), want)
 	}
 }
