@@ -540,12 +540,13 @@ func parseSelection(r *http.Request) (Action, error) {
 		return a, errors.New("give messages or a host, not both")
 	}
 	for _, k := range keys {
-		if p, name, ok := strings.Cut(k, "/"); ok {
+		if ps, name, ok := strings.Cut(k, "/"); ok {
 			// A filed copy from the queue page: place/name.
-			if _, err := spool.ParsePlace(p); err != nil || a.In != "" && a.In != spool.Place(p) {
+			p, err := spool.ParsePlace(ps)
+			if err != nil || a.In != "" && a.In != p {
 				return a, fmt.Errorf("%q: %w", clip(k), ErrBadKey)
 			}
-			a.In, k = spool.Place(p), name
+			a.In, k = p, name
 		}
 		if err := CheckKey(k); err != nil {
 			return a, err
