@@ -396,7 +396,10 @@ func (s *Server) queue(w http.ResponseWriter, r *http.Request, rq request) {
 	q.Page = min(max(q.Page, 0), MaxPageOffset/q.PerPage)
 	d := queueData{Query: q, Page: s.backend.List(q), States: stateOrder, Ops: Ops, Back: r.URL.RequestURI(), First: q.Page*q.PerPage + 1}
 	d.Filtered = q.Host != "" || q.Rcpt != "" || q.Subject != ""
-	d.Unread = s.backend.Summary().Unindexed
+	if d.Filtered {
+		// Shown only with a filter: a Summary walks the whole index again.
+		d.Unread = s.backend.Summary().Unindexed
+	}
 	link := func(page int) string {
 		v := r.URL.Query()
 		v.Set("page", strconv.Itoa(page))
