@@ -73,3 +73,27 @@ func TestMergeRcpts(t *testing.T) {
 		t.Errorf("got %s, want %s", strings.Join(s, "|"), want)
 	}
 }
+
+// A header section of many small fields (within what is read of it) is
+// shown as its first maxHeaderFields and a line counting the rest: the
+// page stays small.
+func TestReadContentBoundsTheFieldsShown(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "m.eml")
+	msg := "Subject: many\r\n" + strings.Repeat("X-A: b\r\n", 5000) + "\r\nbody\r\n"
+	if err := os.WriteFile(path, []byte(msg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := readContent(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.headers) != maxHeaderFields+1 {
+		t.Fatalf("%d header rows, want %d", len(c.headers), maxHeaderFields+1)
+	}
+	if last := c.headers[maxHeaderFields]; !strings.Contains(last.Value, fmt.Sprintf("%d more fields", 5001-maxHeaderFields)) {
+		t.Errorf("last row %+v", last)
+	}
+	if c.subject != "many" || strings.TrimSpace(c.body) != "body" {
+		t.Errorf("subject %q, body %q", c.subject, c.body)
+	}
+}
