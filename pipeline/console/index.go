@@ -214,6 +214,22 @@ func attemptLog(j *stages.Job, now time.Time) *stages.XMLLog {
 	if err != nil {
 		return nil
 	}
+	// BuildXMLLog writes a give-up's log: every recipient not delivered is
+	// failed. This message is deferred: only those failed for good are.
+	final := map[string]bool{}
+	for _, r := range j.State.Failed {
+		final[r.Addr] = true
+	}
+	for _, r := range j.Outcome.Rcpts {
+		if r.Status == stages.RcptFailed {
+			final[r.Addr] = true
+		}
+	}
+	for i, r := range l.Recipients {
+		if r.Status == string(stages.RcptFailed) && !final[r.Addr] {
+			l.Recipients[i].Status = string(stages.RcptDeferred)
+		}
+	}
 	return l
 }
 
