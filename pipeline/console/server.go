@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -487,7 +488,7 @@ type confirmData struct {
 // redirects back with the result.
 func (s *Server) actions(w http.ResponseWriter, r *http.Request, rq request) {
 	op := r.PostFormValue("action")
-	if !validOp(op) {
+	if !slices.Contains(Ops, op) {
 		s.fail(w, r, rq, http.StatusBadRequest, fmt.Sprintf("unknown action %q", clip(op)))
 		return
 	}
@@ -514,15 +515,6 @@ func (s *Server) actions(w http.ResponseWriter, r *http.Request, rq request) {
 		zap.Int("messages", len(a.Keys)), zap.String("host", a.Host), zap.Int("done", res.Done), zap.Int("errors", len(res.Errors)))
 	s.sessions.setFlash(rq.id, resultText(op, res))
 	http.Redirect(w, r, back, http.StatusSeeOther)
-}
-
-func validOp(op string) bool {
-	for _, o := range Ops {
-		if o == op {
-			return true
-		}
-	}
-	return false
 }
 
 // parseSelection reads the messages (key: an id, a name, or place/name
