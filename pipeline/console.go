@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sourcegraph/conc"
 	"go.uber.org/zap"
 
@@ -57,7 +58,7 @@ func (p *Pipeline) openConsole(cfg *Config, dirs spool.Dirs, met *metrics) (*web
 	log := p.log.Named("console")
 	b := console.NewDirBackend(dirs, p.identities, p.opts.Clock.Now, log)
 	b.LiftPause = p.Retry
-	svc := &consoleService{p: p, met: met, started: p.opts.Clock.Now()}
+	svc := &consoleService{p: p, sessions: sessionsGatherer(met), started: p.opts.Clock.Now()}
 	srv := console.NewServer(b, svc, p.consoleUsers, tc != nil, log, p.opts.Clock.Now)
 	p.mu.Lock()
 	p.consoleAddr = ln.Addr()
@@ -119,9 +120,9 @@ func (c *webConsole) close() {
 
 // consoleService is the running pipeline as the console sees it.
 type consoleService struct {
-	p       *Pipeline
-	met     *metrics
-	started time.Time
+	p        *Pipeline
+	sessions prometheus.Gatherer // smtpq_smtp_sessions only
+	started  time.Time
 }
 
 func (s *consoleService) Info() console.Info {
@@ -138,17 +139,23 @@ func (s *consoleService) Limits(host string) (int, float64) {
 	return l.MaxConnections, l.Rate
 }
 
-// Sessions reads the smtpq_smtp_sessions gauge.
+// sessionsGatherer gathers met's smtpq_smtp_sessions gauge alone: the
+// console's Sessions runs on every page and poll.
+func sessionsGatherer(met *metrics) prometheus.Gatherer {
+	r := prometheus.NewRegistry()
+	r.MustRegister(met.sessions)
+	return r
+}
+
+// Sessions reads the smtpq_smtp_sessions gauge, gathered alone (not the
+// whole registry: the process and Go collectors, the spool's counts).
 func (s *consoleService) Sessions() map[string]int {
 	out := map[string]int{}
-	mfs, err := s.met.reg.Gather()
+	mfs, err := s.sessions.Gather()
 	if err != nil {
 		return out
 	}
 	for _, mf := range mfs {
-		if mf.GetName() != "smtpq_smtp_sessions" {
-			continue
-		}
 		for _, m := range mf.GetMetric() {
 			for _, l := range m.GetLabel() {
 				if l.GetName() == "host" {

@@ -340,17 +340,16 @@ func (b *DirBackend) readFile(m *Message, path string, problems *[]string) {
 	}
 }
 
-// mergeRcpts adds the recipients not in known, as pending.
+// mergeRcpts adds the recipients not in known (in any case), as pending.
+// A set, not a scan of known per recipient: a message may have thousands.
 func mergeRcpts(known []stages.RcptResult, to []string) []stages.RcptResult {
+	seen := make(map[string]bool, len(known))
+	for _, k := range known {
+		seen[strings.ToLower(k.Addr)] = true
+	}
 	out := known
 	for _, a := range to {
-		found := false
-		for _, k := range known {
-			if strings.EqualFold(k.Addr, a) {
-				found = true
-			}
-		}
-		if !found {
+		if !seen[strings.ToLower(a)] {
 			out = append(out, stages.RcptResult{Addr: a, Status: "pending"})
 		}
 	}

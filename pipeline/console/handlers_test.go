@@ -337,6 +337,7 @@ func TestActionsOnOneMessage(t *testing.T) {
 		}
 		return n >= 2
 	})
+	f.observed(id, 2)
 	f.failing.Store(false)
 	step("retry", spool.PlaceQueued, spool.PlaceSent)
 	if sent := f.env.Wait(name); sent.Verdict != stages.Sent {
@@ -486,5 +487,25 @@ func TestSecureCookieUnderTLS(t *testing.T) {
 	}
 	if hsts := resp.Header.Get("Strict-Transport-Security"); hsts == "" {
 		t.Error("no Strict-Transport-Security under TLS")
+	}
+}
+
+// A filed copy's key (place/name) is taken in any case, as the in
+// parameter and the queue command are: UNDELIVERABLE/name is the copy in
+// Undeliverable, not a name looked for in queue_dir.
+func TestActionKeyPlaceInCapitals(t *testing.T) {
+	f := newFixture(t)
+	const name = "by-hand.eml"
+	p := filepath.Join(f.env.Config.UndeliverableDir, name)
+	if err := os.WriteFile(p, []byte("Subject: x\r\n\r\nhi\r\n"), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	c := f.loggedIn()
+	code, loc, _ := c.act("purge", true, "", "", "UNDELIVERABLE/"+name)
+	if _, page := c.get(loc); code != http.StatusSeeOther || !strings.Contains(page, "purge: 1 done") {
+		t.Errorf("purge of UNDELIVERABLE/%s: %d\n%s", name, code, page)
+	}
+	if _, err := os.Stat(p); !os.IsNotExist(err) {
+		t.Errorf("purge left %s: %v", p, err)
 	}
 }

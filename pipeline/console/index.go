@@ -107,12 +107,8 @@ func ikey(id string, place spool.Place, name string) string {
 	return string(place) + ":" + name
 }
 
-func clip(s string) string {
-	if len(s) <= maxField {
-		return s
-	}
-	return strings.ToValidUTF8(s[:maxField], "") + "…"
-}
+// clip cuts a string kept in the index to maxField bytes.
+func clip(s string) string { return clipText(s, maxField) }
 
 // Observe records a filing of the pipeline (stages.Filed, as the Archiver
 // reports it) at now.
@@ -121,12 +117,16 @@ func (x *Index) Observe(f stages.Filed, now time.Time) {
 	if j == nil {
 		return
 	}
+	state := verdictState(f)
+	var log *stages.XMLLog
+	if state == spool.PlaceDeferred && j.Outcome.Attempted {
+		log = attemptLog(j, now) // built before the lock: a page waits on it
+	}
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	x.seq++
 	x.series.Add(now, f.Verdict)
 	x.hostOutcome(f, now)
-	state := verdictState(f)
 	if state == "" {
 		return
 	}
@@ -148,8 +148,8 @@ func (x *Index) Observe(f stages.Filed, now time.Time) {
 	it.Next = time.Time{}
 	if state == spool.PlaceDeferred {
 		it.Next = j.State.NextAttempt
-		if j.Outcome.Attempted {
-			x.keepLog(j, now)
+		if log != nil {
+			x.keepLog(j.ID, log)
 		}
 	}
 	if f.Path != "" {
@@ -202,21 +202,44 @@ func (x *Index) fillFromJob(it *Item, j *stages.Job) {
 	}
 }
 
-// keepLog keeps the last attempt's log of a deferred message, the same
-// record an Undeliverable message gets as its XML log.
-func (x *Index) keepLog(j *stages.Job, now time.Time) {
+// attemptLog is the log of a deferred message's last attempt, the same
+// record an Undeliverable message gets as its XML log (nil if it cannot
+// be built).
+func attemptLog(j *stages.Job, now time.Time) *stages.XMLLog {
 	b, err := stages.BuildXMLLog(j, now)
 	if err != nil {
-		return
+		return nil
 	}
 	l, err := parseXMLLog(b)
 	if err != nil {
-		return
+		return nil
 	}
-	if _, ok := x.logs[j.ID]; !ok {
-		x.logIDs = append(x.logIDs, j.ID)
+	// BuildXMLLog writes a give-up's log: every recipient not delivered is
+	// failed. This message is deferred: only those failed for good are.
+	final := map[string]bool{}
+	for _, r := range j.State.Failed {
+		final[r.Addr] = true
 	}
-	x.logs[j.ID] = l
+	for _, r := range j.Outcome.Rcpts {
+		if r.Status == stages.RcptFailed {
+			final[r.Addr] = true
+		}
+	}
+	for i, r := range l.Recipients {
+		if r.Status == string(stages.RcptFailed) && !final[r.Addr] {
+			l.Recipients[i].Status = string(stages.RcptDeferred)
+		}
+	}
+	return l
+}
+
+// keepLog keeps l as the last attempt's log of message id, dropping the
+// oldest beyond MaxLogsKept.
+func (x *Index) keepLog(id string, l *stages.XMLLog) {
+	if _, ok := x.logs[id]; !ok {
+		x.logIDs = append(x.logIDs, id)
+	}
+	x.logs[id] = l
 	for len(x.logIDs) > MaxLogsKept {
 		delete(x.logs, x.logIDs[0])
 		x.logIDs = x.logIDs[1:]

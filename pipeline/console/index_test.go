@@ -2,6 +2,7 @@ package console
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -188,5 +189,30 @@ func BenchmarkIndexList(b *testing.B) {
 		if p := x.List(Query{Host: "h2", Page: 3, PerPage: 50}); len(p.Items) != 50 {
 			b.Fatal(len(p.Items))
 		}
+	}
+}
+
+// The last attempt's log of a deferred message is not a give-up's: a
+// recipient deferred in the attempt, or not attempted, is shown deferred
+// (BuildXMLLog marks both failed, for Undeliverable); one failed for good
+// stays failed.
+func TestLastLogOfADeferralKeepsRecipientsDeferred(t *testing.T) {
+	x := NewIndex()
+	job := &stages.Job{ID: "0pgt0ccccccccccc", Name: "c.eml", Route: stages.Route{Host: "smtp.example.com"},
+		Params: &queuefile.Params{To: []string{"u@example.org", "v@example.org", "w@example.org"}},
+		State:  stages.State{Queued: t0, Attempts: 1, Failed: []stages.RcptResult{{Addr: "v@example.org", Status: stages.RcptFailed, Code: 550}}}}
+	job.Outcome = stages.Outcome{Verdict: stages.Deferred, Attempted: true,
+		Rcpts: []stages.RcptResult{{Addr: "u@example.org", Status: stages.RcptDeferred, Code: 451}}}
+	x.Observe(stages.Filed{Job: job, Verdict: stages.Deferred}, t0.Add(time.Minute))
+	l := x.LastLog(job.ID)
+	if l == nil {
+		t.Fatal("no last-attempt log")
+	}
+	var got []string
+	for _, r := range l.Recipients {
+		got = append(got, r.Addr+"="+r.Status)
+	}
+	if want := "u@example.org=deferred v@example.org=failed w@example.org=deferred"; strings.Join(got, " ") != want {
+		t.Errorf("recipients %s, want %s", strings.Join(got, " "), want)
 	}
 }

@@ -26,6 +26,8 @@ const (
 	maxHeaderRead = 256 << 10 // the header section
 	maxPreview    = 16 << 10  // the text shown of the body
 	maxBodyRead   = 1 << 20   // the body read to find the text part
+
+	maxHeaderFields = 500 // the fields listed; the rest are counted
 )
 
 func parseXMLLog(b []byte) (*stages.XMLLog, error) {
@@ -45,7 +47,8 @@ type content struct {
 }
 
 // readContent reads the header fields (the sealed parameters and their
-// padding shown as their size only) and a text preview of the body of the
+// padding shown as their size only; the first maxHeaderFields, the rest
+// counted) and a text preview of the body of the
 // message file at path. The file must be a regular file (no link is
 // followed: see openRegular).
 func readContent(path string) (content, error) {
@@ -54,7 +57,11 @@ func readContent(path string) (content, error) {
 		return content{}, err
 	}
 	var c content
-	for fs := h.Fields(); fs.Next(); {
+	n := 0
+	for fs := h.Fields(); fs.Next(); n++ {
+		if n >= maxHeaderFields {
+			continue
+		}
 		v := fs.Value()
 		if queuefile.IsSealedField(fs.Key()) {
 			raw, _ := fs.Raw()
@@ -63,6 +70,9 @@ func readContent(path string) (content, error) {
 			v = decodeWords(v)
 		}
 		c.headers = append(c.headers, Header{Name: fs.Key(), Value: clipText(v, 4096)})
+	}
+	if n > maxHeaderFields {
+		c.headers = append(c.headers, Header{Name: "…", Value: fmt.Sprintf("[%d more fields not shown]", n-maxHeaderFields)})
 	}
 	c.subject = decodeWords(h.Get("Subject"))
 	c.body, c.cut = preview(h.Get("Content-Type"), h.Get("Content-Transfer-Encoding"), body)
@@ -168,16 +178,17 @@ func decodeCTE(cte string, b []byte) []byte {
 	return b
 }
 
-// clipText cuts s to at most n bytes on a character boundary.
+// clipText cuts s to at most n bytes on a character boundary (stepping
+// back at most a character's length, so a byte that is not UTF-8 before
+// the cut is kept, and the page's template escapes it).
 func clipText(s string, n int) string {
 	if len(s) <= n {
 		return s
 	}
-	s = s[:n]
-	for len(s) > 0 && !utf8.ValidString(s) {
-		s = s[:len(s)-1]
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
 	}
-	return s + "…"
+	return s[:n] + "…"
 }
 
 // openRegular opens path for reading if it is a regular file, never

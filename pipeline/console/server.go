@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -396,7 +397,10 @@ func (s *Server) queue(w http.ResponseWriter, r *http.Request, rq request) {
 	q.Page = min(max(q.Page, 0), MaxPageOffset/q.PerPage)
 	d := queueData{Query: q, Page: s.backend.List(q), States: stateOrder, Ops: Ops, Back: r.URL.RequestURI(), First: q.Page*q.PerPage + 1}
 	d.Filtered = q.Host != "" || q.Rcpt != "" || q.Subject != ""
-	d.Unread = s.backend.Summary().Unindexed
+	if d.Filtered {
+		// Shown only with a filter: a Summary walks the whole index again.
+		d.Unread = s.backend.Summary().Unindexed
+	}
 	link := func(page int) string {
 		v := r.URL.Query()
 		v.Set("page", strconv.Itoa(page))
@@ -484,7 +488,7 @@ type confirmData struct {
 // redirects back with the result.
 func (s *Server) actions(w http.ResponseWriter, r *http.Request, rq request) {
 	op := r.PostFormValue("action")
-	if !validOp(op) {
+	if !slices.Contains(Ops, op) {
 		s.fail(w, r, rq, http.StatusBadRequest, fmt.Sprintf("unknown action %q", clip(op)))
 		return
 	}
@@ -513,15 +517,6 @@ func (s *Server) actions(w http.ResponseWriter, r *http.Request, rq request) {
 	http.Redirect(w, r, back, http.StatusSeeOther)
 }
 
-func validOp(op string) bool {
-	for _, o := range Ops {
-		if o == op {
-			return true
-		}
-	}
-	return false
-}
-
 // parseSelection reads the messages (key: an id, a name, or place/name
 // for a filed copy) or the host an action is for.
 func parseSelection(r *http.Request) (Action, error) {
@@ -540,12 +535,13 @@ func parseSelection(r *http.Request) (Action, error) {
 		return a, errors.New("give messages or a host, not both")
 	}
 	for _, k := range keys {
-		if p, name, ok := strings.Cut(k, "/"); ok {
+		if ps, name, ok := strings.Cut(k, "/"); ok {
 			// A filed copy from the queue page: place/name.
-			if _, err := spool.ParsePlace(p); err != nil || a.In != "" && a.In != spool.Place(p) {
+			p, err := spool.ParsePlace(ps)
+			if err != nil || a.In != "" && a.In != p {
 				return a, fmt.Errorf("%q: %w", clip(k), ErrBadKey)
 			}
-			a.In, k = spool.Place(p), name
+			a.In, k = p, name
 		}
 		if err := CheckKey(k); err != nil {
 			return a, err
