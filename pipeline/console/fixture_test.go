@@ -155,26 +155,7 @@ func (f *fixture) deferred(msg string) (name, id string) {
 		}
 		return false
 	})
-	f.observed(id, 1)
 	return name, id
-}
-
-// observed waits until the console's index has seen the deferral of
-// message id after its attempt number attempts. The env records a filing
-// (what WaitFor sees) before it calls OnFiled, the index's Observe: an
-// action taken in between would be overtaken by that older filing.
-func (f *fixture) observed(id string, attempts int) {
-	f.t.Helper()
-	deadline := time.Now().Add(pipelinetest.WaitTimeout)
-	for {
-		if l := f.backend.Index.LastLog(id); l != nil && l.Attempts >= attempts {
-			return
-		}
-		if time.Now().After(deadline) {
-			f.t.Fatalf("the index never saw attempt %d of %s deferred", attempts, id)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }
 
 // client is a browser: it keeps cookies and does not follow redirects.

@@ -337,7 +337,6 @@ func TestActionsOnOneMessage(t *testing.T) {
 		}
 		return n >= 2
 	})
-	f.observed(id, 2)
 	f.failing.Store(false)
 	step("retry", spool.PlaceQueued, spool.PlaceSent)
 	if sent := f.env.Wait(name); sent.Verdict != stages.Sent {

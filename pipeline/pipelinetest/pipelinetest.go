@@ -174,10 +174,12 @@ func (e *Env) Start(opts pipeline.Options) {
 	}
 	user := opts.OnFiled
 	opts.OnFiled = func(f stages.Filed) {
-		e.record(f)
+		// The test's own hook first: what Wait and WaitFor see has been
+		// through it (an index it feeds is up to date when they return).
 		if user != nil {
 			user(f)
 		}
+		e.record(f)
 	}
 	if opts.ShutdownGrace == 0 {
 		opts.ShutdownGrace = 5 * time.Second
